@@ -1,0 +1,164 @@
+//! Types shared by the kernel side (`keeper-ebpf`) and userspace (`keeper-user`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the eBPF programs write it into maps and the ring
+//! buffer, userspace reads it back byte for byte. Change a layout here and both sides change with it.
+#![no_std]
+
+/// Highest CPU number + 1 that the trading-core mask can name.
+pub const MAX_CPUS: u32 = 256;
+/// Buckets of the log2 run-queue latency histogram (bucket `i` holds `2^i <= µs < 2^(i+1)`,
+/// bucket 0 also holds 0 µs).
+pub const HIST_BUCKETS: usize = 32;
+/// Latency classes: tasks in a protected cgroup, and everybody else.
+pub const CLASS_PROTECTED: usize = 0;
+pub const CLASS_OTHER: usize = 1;
+pub const CLASSES: usize = 2;
+/// Length of a task's `comm`, as in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Tracepoint field offsets, read by userspace from tracefs `events/sched/*/format` and handed
+/// to the programs as read-only globals, so one object loads on every kernel without CO-RE.
+pub mod globals {
+    /// `sched_wakeup`: offset of `pid` and `target_cpu`.
+    pub const WAKEUP_PID_OFF: &str = "WAKEUP_PID_OFF";
+    pub const WAKEUP_CPU_OFF: &str = "WAKEUP_CPU_OFF";
+    /// `sched_wakeup_new`: offset of `pid` and `target_cpu`.
+    pub const WAKEUP_NEW_PID_OFF: &str = "WAKEUP_NEW_PID_OFF";
+    pub const WAKEUP_NEW_CPU_OFF: &str = "WAKEUP_NEW_CPU_OFF";
+    /// `sched_switch`: offsets of `prev_comm`, `prev_pid`, `prev_state`, `next_pid`.
+    pub const SWITCH_PREV_COMM_OFF: &str = "SWITCH_PREV_COMM_OFF";
+    pub const SWITCH_PREV_PID_OFF: &str = "SWITCH_PREV_PID_OFF";
+    pub const SWITCH_PREV_STATE_OFF: &str = "SWITCH_PREV_STATE_OFF";
+    pub const SWITCH_NEXT_PID_OFF: &str = "SWITCH_NEXT_PID_OFF";
+    /// Minimum time between two intruder events for the same pid, in nanoseconds.
+    pub const INTRUDER_EVENT_INTERVAL_NS: &str = "INTRUDER_EVENT_INTERVAL_NS";
+}
+
+/// Names of the maps in the object, as userspace looks them up.
+pub mod maps {
+    /// `Array<u8>` indexed by CPU: 1 = trading core.
+    pub const TRADING_CPUS: &str = "TRADING_CPUS";
+    /// `HashMap<u64, u8>`: cgroup v2 ids whose tasks are protected.
+    pub const PROTECTED_CGROUPS: &str = "PROTECTED_CGROUPS";
+    /// `PerCpuArray<CpuStats>` with one entry: each CPU's counters.
+    pub const CPU_STATS: &str = "CPU_STATS";
+    /// `LruPerCpuHashMap<u64, u64>`: run time (ns) on trading cores per cgroup v2 id.
+    pub const CGROUP_RUNTIME: &str = "CGROUP_RUNTIME";
+    /// `LruHashMap<u32, IntruderTotal>`: run time on trading cores per intruding pid.
+    pub const INTRUDER_TOTALS: &str = "INTRUDER_TOTALS";
+    /// `RingBuf` of `IntruderEvent`.
+    pub const INTRUDER_EVENTS: &str = "INTRUDER_EVENTS";
+}
+
+/// Names of the programs in the object (at most 15 characters: the kernel's limit).
+pub mod programs {
+    pub const WAKEUP: &str = "keeper_wakeup";
+    pub const WAKEUP_NEW: &str = "keeper_wake_new";
+    pub const SWITCH: &str = "keeper_switch";
+    pub const ALL: [&str; 3] = [WAKEUP, WAKEUP_NEW, SWITCH];
+}
+
+/// Per-CPU counters kept by the scheduler programs. Only trading cores fill them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuStats {
+    /// Run-queue latency histograms, `[class][bucket]`, see [`HIST_BUCKETS`].
+    pub hist: [[u64; HIST_BUCKETS]; CLASSES],
+    /// Largest latency seen per class, in nanoseconds.
+    pub max_ns: [u64; CLASSES],
+    /// Time the idle task ran.
+    pub idle_ns: u64,
+    /// Time per-CPU kernel threads ran (kworker/N, ksoftirqd/N, migration/N, ...).
+    pub kernel_ns: u64,
+    /// Time tasks in protected cgroups ran.
+    pub protected_ns: u64,
+    /// Time every other task ran: the intruders.
+    pub intruder_ns: u64,
+    /// Context switches seen on this CPU.
+    pub switches: u64,
+    /// Intruder events written to the ring buffer.
+    pub events_sent: u64,
+    /// Intruder events dropped because the ring buffer was full.
+    pub events_lost: u64,
+}
+
+impl CpuStats {
+    pub const fn zeroed() -> Self {
+        Self {
+            hist: [[0; HIST_BUCKETS]; CLASSES],
+            max_ns: [0; CLASSES],
+            idle_ns: 0,
+            kernel_ns: 0,
+            protected_ns: 0,
+            intruder_ns: 0,
+            switches: 0,
+            events_sent: 0,
+            events_lost: 0,
+        }
+    }
+}
+
+/// Run time of one intruding pid on the trading cores.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IntruderTotal {
+    pub ran_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub last_cpu: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// One slice of an intruder's run on a trading core, sent on the ring buffer
+/// (rate-limited per pid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IntruderEvent {
+    /// `bpf_ktime_get_ns()` at switch-out (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    pub cgroup_id: u64,
+    /// How long this slice ran.
+    pub ran_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cpu: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data, every bit pattern valid, no padding holes read as refs.
+    unsafe impl aya::Pod for super::CpuStats {}
+    unsafe impl aya::Pod for super::IntruderTotal {}
+    unsafe impl aya::Pod for super::IntruderEvent {}
+}
+
+/// Index of the log2 bucket for a latency in nanoseconds (shared so both sides agree).
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    let us = ns / 1000;
+    if us == 0 {
+        return 0;
+    }
+    let b = 63 - us.leading_zeros() as usize;
+    if b >= HIST_BUCKETS { HIST_BUCKETS - 1 } else { b }
+}
+
+/// True when `comm` names a per-CPU kernel thread: a `/` followed by a digit
+/// (`kworker/1:0H`, `ksoftirqd/1`, `migration/1`, `cpuhp/1`, `rcuc/1`, ...).
+#[inline(always)]
+pub fn is_percpu_kthread_comm(comm: &[u8; COMM_LEN]) -> bool {
+    let mut i = 0;
+    while i < COMM_LEN - 1 {
+        if comm[i] == 0 {
+            return false;
+        }
+        if comm[i] == b'/' {
+            let c = comm[i + 1];
+            return c.is_ascii_digit();
+        }
+        i += 1;
+    }
+    false
+}

@@ -1,0 +1,293 @@
+//! The Keeper's scheduler sensor: run-queue latency and intruders on the trading cores.
+//!
+//! Classic tracepoints only (sched_wakeup, sched_wakeup_new, sched_switch). Field offsets are
+//! read-only globals that userspace fills from tracefs before loading, so this one object loads on
+//! any kernel that has these tracepoints, without CO-RE.
+//!
+//! - wakeup → on-CPU latency: a wakeup aimed at a trading core stores its timestamp; when the task
+//!   is switched in on a trading core the delay is kept as a pending sample, and filed into the
+//!   protected or other histogram when the task switches out (only then is its cgroup known, as
+//!   `bpf_get_current_cgroup_id` names the outgoing task). A task preempted on a trading core is
+//!   runnable again at once, so its wait restarts at the switch-out (as runqlat does).
+//! - intruders: at every switch-out on a trading core the outgoing task's run time goes to its
+//!   cgroup id; a task outside the protected set (not idle, not a per-CPU kernel thread) is an
+//!   intruder: its pid total is kept and an event goes on the ring buffer, rate-limited per pid.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use keeper_common::{
+    CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal, MAX_CPUS,
+    is_percpu_kthread_comm, latency_bucket,
+};
+
+// ---- configuration written by userspace before load (read-only globals) ----
+#[unsafe(no_mangle)]
+static WAKEUP_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static WAKEUP_CPU_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static WAKEUP_NEW_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static WAKEUP_NEW_CPU_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SWITCH_PREV_COMM_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SWITCH_PREV_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SWITCH_PREV_STATE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SWITCH_NEXT_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static INTRUDER_EVENT_INTERVAL_NS: u64 = 100_000_000;
+
+#[inline(always)]
+fn global_u32(g: &'static u32) -> usize {
+    unsafe { core::ptr::read_volatile(g) as usize }
+}
+
+// ---- maps (names shared with userspace through keeper_common::maps) ----
+#[map]
+static TRADING_CPUS: Array<u8> = Array::with_max_entries(MAX_CPUS, 0);
+#[map]
+static PROTECTED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+#[map]
+static CPU_STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static CGROUP_RUNTIME: LruPerCpuHashMap<u64, u64> = LruPerCpuHashMap::with_max_entries(4096, 0);
+#[map]
+static INTRUDER_TOTALS: LruHashMap<u32, IntruderTotal> = LruHashMap::with_max_entries(4096, 0);
+#[map]
+static INTRUDER_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Wakeup (or preemption) timestamp of tasks waiting for a trading core, by pid.
+#[map]
+static RUNNABLE_SINCE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+/// Last intruder event time by pid (the rate limit).
+#[map]
+static LAST_EVENT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+/// Per-CPU state between two switches.
+#[map]
+static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct CpuState {
+    /// When the running task was switched in (0: not seen yet).
+    on_cpu_since: u64,
+    /// Latency sample of the running task, filed at its switch-out (pid 0: none).
+    pending_pid: u32,
+    _pad: u32,
+    pending_ns: u64,
+}
+
+/// `prev_state` value the kernel reports for a preempted task (TASK_REPORT_MAX, 0x100 since
+/// 4.14); 0 is TASK_RUNNING (yield). Either way the task stays runnable.
+const PREEMPTED_STATE: u64 = 0x100;
+
+#[inline(always)]
+fn is_trading_cpu(cpu: u32) -> bool {
+    matches!(TRADING_CPUS.get(cpu), Some(&1))
+}
+
+#[tracepoint]
+pub fn keeper_wakeup(ctx: TracePointContext) -> u32 {
+    on_wakeup(
+        &ctx,
+        global_u32(&WAKEUP_PID_OFF),
+        global_u32(&WAKEUP_CPU_OFF),
+    );
+    0
+}
+
+#[tracepoint]
+pub fn keeper_wake_new(ctx: TracePointContext) -> u32 {
+    on_wakeup(
+        &ctx,
+        global_u32(&WAKEUP_NEW_PID_OFF),
+        global_u32(&WAKEUP_NEW_CPU_OFF),
+    );
+    0
+}
+
+#[inline(always)]
+fn on_wakeup(ctx: &TracePointContext, pid_off: usize, cpu_off: usize) {
+    let Ok(cpu) = (unsafe { ctx.read_at::<i32>(cpu_off) }) else {
+        return;
+    };
+    if cpu < 0 || !is_trading_cpu(cpu as u32) {
+        return;
+    }
+    let Ok(pid) = (unsafe { ctx.read_at::<i32>(pid_off) }) else {
+        return;
+    };
+    if pid <= 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = RUNNABLE_SINCE.insert(pid as u32, now, 0);
+}
+
+#[tracepoint]
+pub fn keeper_switch(ctx: TracePointContext) -> u32 {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if !is_trading_cpu(cpu) {
+        return 0;
+    }
+    let _ = on_trading_switch(&ctx, cpu);
+    0
+}
+
+#[inline(always)]
+fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let prev_pid = unsafe { ctx.read_at::<i32>(global_u32(&SWITCH_PREV_PID_OFF))? } as u32;
+    let prev_state = unsafe { ctx.read_at::<i64>(global_u32(&SWITCH_PREV_STATE_OFF))? } as u64;
+    let next_pid = unsafe { ctx.read_at::<i32>(global_u32(&SWITCH_NEXT_PID_OFF))? } as u32;
+    let stats = CPU_STATS.get_ptr_mut(0).ok_or(0)?;
+    let state = CPU_STATE.get_ptr_mut(0).ok_or(0)?;
+    let (stats, state) = unsafe { (&mut *stats, &mut *state) };
+    stats.switches += 1;
+
+    // --- the outgoing task: run time and, if it had one, its latency sample ---
+    let ran = if state.on_cpu_since != 0 && now > state.on_cpu_since {
+        now - state.on_cpu_since
+    } else {
+        0
+    };
+    if prev_pid == 0 {
+        stats.idle_ns += ran;
+    } else {
+        let comm = unsafe { ctx.read_at::<[u8; COMM_LEN]>(global_u32(&SWITCH_PREV_COMM_OFF))? };
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        let protected = unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some();
+        if state.pending_pid == prev_pid {
+            let class = if protected { CLASS_PROTECTED } else { CLASS_OTHER };
+            file_latency(stats, class, state.pending_ns);
+        }
+        if is_percpu_kthread_comm(&comm) {
+            stats.kernel_ns += ran;
+        } else {
+            add_cgroup_runtime(cgroup_id, ran);
+            if protected {
+                stats.protected_ns += ran;
+            } else {
+                stats.intruder_ns += ran;
+                on_intruder(stats, cpu, prev_pid, cgroup_id, ran, now, &comm);
+            }
+        }
+        if prev_state == 0 || prev_state & PREEMPTED_STATE != 0 {
+            let _ = RUNNABLE_SINCE.insert(prev_pid, now, 0);
+        }
+    }
+
+    // --- the incoming task: how long it waited ---
+    state.pending_pid = 0;
+    if next_pid != 0 {
+        if let Some(since) = unsafe { RUNNABLE_SINCE.get(next_pid) } {
+            let since = *since;
+            let _ = RUNNABLE_SINCE.remove(next_pid);
+            if now > since {
+                state.pending_pid = next_pid;
+                state.pending_ns = now - since;
+            }
+        }
+    }
+    state.on_cpu_since = now;
+    Ok(())
+}
+
+#[inline(always)]
+fn file_latency(stats: &mut CpuStats, class: usize, ns: u64) {
+    let b = latency_bucket(ns);
+    if class < stats.hist.len() && b < stats.hist[class].len() {
+        stats.hist[class][b] += 1;
+        if ns > stats.max_ns[class] {
+            stats.max_ns[class] = ns;
+        }
+    }
+}
+
+#[inline(always)]
+fn add_cgroup_runtime(cgroup_id: u64, ran: u64) {
+    match CGROUP_RUNTIME.get_ptr_mut(cgroup_id) {
+        Some(total) => unsafe { *total += ran },
+        None => {
+            let _ = CGROUP_RUNTIME.insert(cgroup_id, ran, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn on_intruder(
+    stats: &mut CpuStats,
+    cpu: u32,
+    pid: u32,
+    cgroup_id: u64,
+    ran: u64,
+    now: u64,
+    comm: &[u8; COMM_LEN],
+) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    match INTRUDER_TOTALS.get_ptr_mut(pid) {
+        Some(total) => unsafe {
+            (*total).ran_ns += ran;
+            (*total).last_cpu = cpu;
+            (*total).cgroup_id = cgroup_id;
+            // exec and prctl(PR_SET_NAME) rename a task: keep the latest name.
+            (*total).comm = *comm;
+        },
+        None => {
+            let total = IntruderTotal {
+                ran_ns: ran,
+                cgroup_id,
+                tgid,
+                last_cpu: cpu,
+                comm: *comm,
+            };
+            let _ = INTRUDER_TOTALS.insert(pid, total, 0);
+        }
+    }
+
+    let interval = unsafe { core::ptr::read_volatile(&INTRUDER_EVENT_INTERVAL_NS) };
+    if let Some(last) = unsafe { LAST_EVENT.get(pid) } {
+        if now.saturating_sub(*last) < interval {
+            return;
+        }
+    }
+    let _ = LAST_EVENT.insert(pid, now, 0);
+    match INTRUDER_EVENTS.reserve::<IntruderEvent>(0) {
+        Some(mut entry) => {
+            entry.write(IntruderEvent {
+                timestamp_ns: now,
+                cgroup_id,
+                ran_ns: ran,
+                pid,
+                tgid,
+                cpu,
+                _pad: 0,
+                comm: *comm,
+            });
+            entry.submit(0);
+            stats.events_sent += 1;
+        }
+        None => stats.events_lost += 1,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

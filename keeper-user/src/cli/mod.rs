@@ -1,0 +1,22 @@
+//! The `keeper` subcommands. Each file holds one command's arguments and its body; `main.rs`
+//! only parses and dispatches.
+
+pub mod check;
+pub mod schema;
+pub mod simulate;
+pub mod watch;
+
+use std::time::Duration;
+
+/// Output format of commands that print a result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Parses durations like `10s`, `1m30s`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e}); try 10s, 1m, 250ms"))
+}

@@ -1,0 +1,1 @@
+//! The pure decision engine (placeholder until the policy issue lands).

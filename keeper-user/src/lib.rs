@@ -1,0 +1,17 @@
+//! The Keeper: a deterministic resource enforcer for one Proxmox host.
+//!
+//! The data's trip, one folder per stage:
+//! - [`sense`]: eBPF programs and kernel files turned into observations;
+//! - [`policy`]: the YAML policy, its checks and its schema;
+//! - [`decide`]: the pure engine, (policy, observations, clock) → actions;
+//! - [`cli`]: the `keeper` subcommands that wire the stages together.
+//!
+//! Shared vocabulary: [`cpulist`] (CPU lists such as `1,3-5`) and [`cgroupfs`] (cgroup v2 paths
+//! and ids).
+
+pub mod cgroupfs;
+pub mod cli;
+pub mod cpulist;
+pub mod decide;
+pub mod policy;
+pub mod sense;

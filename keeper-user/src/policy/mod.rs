@@ -1,0 +1,1 @@
+//! The YAML policy (placeholder until the policy issue lands).

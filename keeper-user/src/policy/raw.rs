@@ -1,0 +1,244 @@
+//! The policy file as written: serde shapes with positions, also the source of the JSON Schema.
+//!
+//! Every struct denies unknown keys. Values that need parsing (durations, times, CPU lists,
+//! amounts) stay text here; `validate` turns them into [`super::types`] with located errors.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::at::At;
+use super::types::{Class, Trigger, WhenInactive};
+
+/// A keeper policy: the host, the workloads on it (ranked, 1 = highest) and the rules.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "The Keeper policy")]
+pub struct RawPolicy {
+    /// Format version of this file; only 1 exists.
+    pub version: Option<At<u32>>,
+    pub host: At<RawHost>,
+    /// Overrides of the class defaults (`keeper schema` and docs/policy.md list them).
+    pub classes: Option<At<RawClasses>>,
+    /// The workloads the keeper knows, each with a unique name and a unique rank.
+    pub workloads: At<Vec<At<RawWorkload>>>,
+    pub rules: Option<At<RawRules>>,
+}
+
+/// The machine this policy is for.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    /// A name for logs and reports.
+    pub name: Option<At<String>>,
+    /// IANA time zone of the windows, e.g. `Europe/Paris` (the default).
+    pub time_zone: Option<At<String>>,
+    /// CPUs owned by the trading workload, kernel list notation (`1`, `2-5`).
+    pub trading_cores: At<String>,
+    /// CPUs for everything else, and where intruders are moved to.
+    pub housekeeping_cores: At<String>,
+    /// The keeper's own systemd unit; never frozen. Default `keeper.service`.
+    pub keeper_unit: Option<At<String>>,
+}
+
+/// Per-class overrides of the default cgroup limits.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawClasses {
+    pub micro: Option<At<RawLimits>>,
+    #[serde(rename = "light-browser")]
+    pub light_browser: Option<At<RawLimits>>,
+    #[serde(rename = "heavy-browser")]
+    pub heavy_browser: Option<At<RawLimits>>,
+    pub batch: Option<At<RawLimits>>,
+    pub experimental: Option<At<RawLimits>>,
+}
+
+/// cgroup v2 limits. Sizes are `512M`, `8G`, or a percentage of the host (`80%`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// `cpu.weight`, 1..=10000 (100 is the kernel default).
+    pub cpu_weight: Option<At<u32>>,
+    /// `cpu.max` as a percentage of all host CPUs (`90%` = systemd's CPUQuota on the whole host).
+    pub cpu_max: Option<At<String>>,
+    /// `memory.high`: a size or a percentage of host memory.
+    pub memory_high: Option<At<String>>,
+    /// `memory.max`: a size or a percentage of host memory (`80%` = systemd's MemoryMax=80%).
+    pub memory_max: Option<At<String>>,
+}
+
+/// A workload: a set of processes the keeper can freeze, throttle and thaw as one.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkload {
+    /// Unique name, used in rules, logs and actions (`banker`, `eva-core`).
+    pub name: At<String>,
+    /// Unique rank, 1 = highest. Rank 1 is never frozen.
+    pub rank: At<u32>,
+    /// How processes are recognised; a process belongs if any key matches.
+    #[serde(rename = "match")]
+    pub matcher: At<RawMatch>,
+    /// Sizing class; gives default cgroup limits.
+    pub class: Option<At<Class>>,
+    /// When the workload is active. None: always.
+    pub windows: Option<At<Vec<At<RawWindow>>>>,
+    /// Start conditions, checked when the workload would become active.
+    pub conditions: Option<At<RawConditions>>,
+    /// What the keeper does while the workload is not active (`run`, the default, or `freeze`).
+    pub when_inactive: Option<At<WhenInactive>>,
+    /// Workloads frozen while this one is active (the seed: Banker pauses Muse and research).
+    pub pauses: Option<At<Vec<At<String>>>>,
+    /// Preemption: free the machine for this workload when its trigger fires.
+    pub preempt: Option<At<RawPreempt>>,
+    /// This workload owns the host's trading cores while active; intruders there are evicted.
+    pub owns_trading_cores: Option<At<bool>>,
+    /// Free text for operators.
+    pub description: Option<String>,
+}
+
+/// Match keys. `vmid: 100` means the cgroup `qemu.slice/100.scope`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// cgroup v2 path relative to the cgroup root (`machine.slice/x.scope`).
+    pub cgroup: Option<At<String>>,
+    /// systemd unit (`sentinel.service`), i.e. `system.slice/<unit>`.
+    pub systemd_unit: Option<At<String>>,
+    /// Proxmox VM id.
+    pub vmid: Option<At<u32>>,
+    /// Process name (`comm`, at most 15 bytes).
+    pub process: Option<At<String>>,
+    /// File holding the pid of the workload's main process.
+    pub pid_file: Option<At<String>>,
+}
+
+/// An activity window: days and hours in a time zone. `23:00-07:00` runs overnight and
+/// belongs to the day it starts on.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// `mon-fri`, `sat,sun`, `all`, `weekdays`, `weekends`.
+    pub days: At<String>,
+    /// `HH:MM-HH:MM`; the end may be `24:00`; an end before the start runs overnight.
+    pub hours: At<String>,
+    /// IANA time zone; default the host's.
+    pub time_zone: Option<At<String>>,
+}
+
+/// Start conditions; all given ones must hold.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConditions {
+    /// 1-minute load average below this.
+    pub loadavg_below: Option<At<f64>>,
+    /// GPU utilization below the eco mode's idle threshold (10 % without eco mode).
+    pub gpu_idle: Option<At<bool>>,
+    /// Host memory pressure (PSI some avg10, percent) below this.
+    pub memory_pressure_below: Option<At<f64>>,
+}
+
+/// Preemption of lower-ranked work.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreempt {
+    /// What starts it.
+    pub on: At<Trigger>,
+    /// Time allowed from trigger to freeze (`200ms`); at least the engine's reaction time.
+    pub deadline: At<String>,
+    /// Workloads to freeze; default every lower-ranked workload.
+    pub targets: Option<At<Vec<At<String>>>>,
+    /// How long after the trigger stops before thawing (default: `rules.thaw_hysteresis`).
+    pub release_after: Option<At<String>>,
+}
+
+/// Host-wide rules.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// Time a cause must be gone before its freeze is undone (default `30s`).
+    pub thaw_hysteresis: Option<At<String>>,
+    pub escalation: Option<At<RawEscalation>>,
+    pub thermal_guard: Option<At<RawThermalGuard>>,
+    pub eco_mode: Option<At<RawEcoMode>>,
+    pub memory: Option<At<RawMemory>>,
+    pub slo: Option<At<RawSlo>>,
+}
+
+/// Escalation ladder: under CPU pressure (or an SLO breach), throttle the lowest-ranked
+/// running workload step by step, then the next one; roll back once calm.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEscalation {
+    /// Host CPU pressure (PSI some avg10, percent) that starts the ladder.
+    pub cpu_pressure_above: At<f64>,
+    /// The steps in order, e.g. `[{cpu_weight: 10}, {cpu_max: 25%}, freeze]`.
+    pub steps: At<Vec<At<RawStep>>>,
+    /// Minimum time on one step before the next.
+    pub dwell: At<String>,
+    /// Calm time before rolling one step back.
+    pub rollback_after: At<String>,
+}
+
+/// One step of the escalation ladder.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawStep {
+    /// Lower `cpu.weight` to this.
+    CpuWeight(u32),
+    /// Cap `cpu.max` at this percentage of the host.
+    CpuMax(String),
+    /// Freeze the cgroup.
+    Freeze,
+}
+
+/// Thermal guard: GPU too hot → freeze the lowest-ranked GPU user, with hysteresis.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawThermalGuard {
+    /// Freeze above this GPU temperature (°C).
+    pub gpu_temp_above: At<f64>,
+    /// Thaw once below this temperature (°C); must be lower than `gpu_temp_above`.
+    pub resume_below: At<f64>,
+    /// Minimum time between two thermal freezes or thaws (default `30s`).
+    pub dwell: Option<At<String>>,
+}
+
+/// Eco mode: lower the GPU power limit while it idles.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEcoMode {
+    /// GPU utilization (percent) under which the GPU counts as idle.
+    pub idle_below: At<f64>,
+    /// How long it must idle before the limit drops.
+    pub idle_after: At<String>,
+    /// Power limit while idle (`60%`).
+    pub idle_power_limit: At<String>,
+    /// Power limit for heavy work (`100%`).
+    pub busy_power_limit: At<String>,
+}
+
+/// Memory rules, on host memory pressure (PSI avg10, percent).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    /// `some` above this: set `memory.high` on the lowest-ranked running workload.
+    pub high_above: Option<At<f64>>,
+    /// `full` above this: freeze the lowest-ranked running workload.
+    pub freeze_above: Option<At<f64>>,
+    /// `some` above this: balloon the lowest-ranked VM down.
+    pub balloon_above: Option<At<f64>>,
+    /// Balloon target: a size or a percentage of the VM's memory (default `50%`).
+    pub balloon_target: Option<At<String>>,
+    /// `memory.high` to set (default: the class's, else `50%`).
+    pub memory_high: Option<At<String>>,
+    /// Calm time before limits are restored (default `rules.thaw_hysteresis`).
+    pub release_after: Option<At<String>>,
+}
+
+/// Service level objectives.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    /// p99 wakeup latency on the trading cores (`100us`); a breach escalates like CPU pressure.
+    pub trading_p99_wakeup: At<String>,
+}

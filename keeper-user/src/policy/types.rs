@@ -1,0 +1,276 @@
+//! The checked policy: plain data the engine reads. Built from the file by `validate`.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::amount::{Amount, Percent};
+use super::window::Window;
+use crate::cpulist::CpuList;
+
+/// A checked policy. Workloads are sorted by rank (1 first).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub host: Host,
+    /// Effective limits of every class (defaults merged with the policy's overrides).
+    pub classes: BTreeMap<Class, Limits>,
+    pub workloads: Vec<Workload>,
+    pub rules: Rules,
+}
+
+impl Policy {
+    pub fn workload(&self, name: &str) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+    /// The cgroup limits a workload gets when nothing is pressing: its class's, or none.
+    pub fn limits_of(&self, workload: &Workload) -> Limits {
+        workload
+            .class
+            .and_then(|c| self.classes.get(&c).cloned())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub name: String,
+    pub time_zone_name: String,
+    pub time_zone: jiff::tz::TimeZone,
+    pub trading_cores: CpuList,
+    pub housekeeping_cores: CpuList,
+    pub keeper_unit: String,
+}
+
+/// Sizing classes from the heavy-agent sizing grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// ≤ 500 MB.
+    Micro,
+    /// 1–2 GB.
+    LightBrowser,
+    /// 4–8 GB.
+    HeavyBrowser,
+    /// > 8 GB (the systemd template: MemoryMax=80 %, CPUQuota=90 %).
+    Batch,
+    /// Unknown needs, kept on a short leash.
+    Experimental,
+}
+
+impl Class {
+    pub const ALL: [Class; 5] = [
+        Class::Micro,
+        Class::LightBrowser,
+        Class::HeavyBrowser,
+        Class::Batch,
+        Class::Experimental,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Micro => "micro",
+            Class::LightBrowser => "light-browser",
+            Class::HeavyBrowser => "heavy-browser",
+            Class::Batch => "batch",
+            Class::Experimental => "experimental",
+        }
+    }
+    /// Default cgroup limits of the class.
+    pub fn default_limits(self) -> Limits {
+        const MB: u64 = 1 << 20;
+        const GB: u64 = 1 << 30;
+        let bytes = |b| Some(Amount::Bytes(b));
+        let pct = |p| Some(Amount::Percent(Percent::new(p)));
+        match self {
+            Class::Micro => Limits {
+                cpu_weight: Some(50),
+                cpu_max: None,
+                memory_high: bytes(400 * MB),
+                memory_max: bytes(500 * MB),
+            },
+            Class::LightBrowser => Limits {
+                cpu_weight: Some(100),
+                cpu_max: None,
+                memory_high: bytes(GB + GB / 2),
+                memory_max: bytes(2 * GB),
+            },
+            Class::HeavyBrowser => Limits {
+                cpu_weight: Some(100),
+                cpu_max: None,
+                memory_high: bytes(6 * GB),
+                memory_max: bytes(8 * GB),
+            },
+            Class::Batch => Limits {
+                cpu_weight: Some(50),
+                cpu_max: Some(Percent::new(90.0)),
+                memory_high: pct(70.0),
+                memory_max: pct(80.0),
+            },
+            Class::Experimental => Limits {
+                cpu_weight: Some(20),
+                cpu_max: Some(Percent::new(50.0)),
+                memory_high: bytes(GB),
+                memory_max: bytes(2 * GB),
+            },
+        }
+    }
+}
+
+/// cgroup v2 limits; `None` leaves the kernel's value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub cpu_weight: Option<u32>,
+    /// `cpu.max` as a share of all host CPUs.
+    pub cpu_max: Option<Percent>,
+    pub memory_high: Option<Amount>,
+    pub memory_max: Option<Amount>,
+}
+
+/// What starts a preemption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The user is interacting (EVA: "user is speaking").
+    Interaction,
+}
+
+/// What the keeper does with a workload outside its windows or start conditions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenInactive {
+    /// Leave it alone.
+    #[default]
+    Run,
+    /// Keep it frozen.
+    Freeze,
+}
+
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: String,
+    pub rank: u32,
+    pub matcher: Match,
+    pub class: Option<Class>,
+    /// Empty: always in window.
+    pub windows: Vec<Window>,
+    pub conditions: Conditions,
+    pub when_inactive: WhenInactive,
+    pub pauses: Vec<String>,
+    pub preempt: Option<Preempt>,
+    pub owns_trading_cores: bool,
+}
+
+/// How processes are recognised; any key may match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Match {
+    pub cgroup: Option<String>,
+    pub systemd_unit: Option<String>,
+    pub vmid: Option<u32>,
+    pub process: Option<String>,
+    pub pid_file: Option<String>,
+}
+
+impl Match {
+    /// The cgroup paths (relative to the cgroup root) this match names.
+    pub fn cgroups(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(c) = &self.cgroup {
+            out.push(c.trim_matches('/').to_string());
+        }
+        if let Some(u) = &self.systemd_unit {
+            out.push(format!("system.slice/{u}"));
+        }
+        if let Some(v) = self.vmid {
+            out.push(format!("qemu.slice/{v}.scope"));
+        }
+        out
+    }
+    /// Whether a cgroup path (as the sensors report it) lies inside this match's cgroups.
+    pub fn owns_cgroup(&self, path: &str) -> bool {
+        let path = path.trim_matches('/');
+        self.cgroups()
+            .iter()
+            .any(|c| path == c || path.strip_prefix(c.as_str()).is_some_and(|r| r.starts_with('/')))
+    }
+}
+
+/// Start conditions; all present ones must hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Conditions {
+    pub loadavg_below: Option<f64>,
+    pub gpu_idle: bool,
+    pub memory_pressure_below: Option<f64>,
+}
+
+impl Conditions {
+    pub fn is_empty(&self) -> bool {
+        self.loadavg_below.is_none() && !self.gpu_idle && self.memory_pressure_below.is_none()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Preempt {
+    pub on: Trigger,
+    pub deadline: Duration,
+    /// Resolved: explicit targets, or every lower-ranked workload.
+    pub targets: Vec<String>,
+    pub release_after: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub thaw_hysteresis: Duration,
+    pub escalation: Option<Escalation>,
+    pub thermal_guard: Option<ThermalGuard>,
+    pub eco_mode: Option<EcoMode>,
+    pub memory: Option<MemoryRule>,
+    pub slo: Option<Slo>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Escalation {
+    pub cpu_pressure_above: f64,
+    pub steps: Vec<Step>,
+    pub dwell: Duration,
+    pub rollback_after: Duration,
+}
+
+/// One escalation step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    CpuWeight(u32),
+    CpuMax(Percent),
+    Freeze,
+}
+
+#[derive(Clone, Debug)]
+pub struct ThermalGuard {
+    pub gpu_temp_above: f64,
+    pub resume_below: f64,
+    pub dwell: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct EcoMode {
+    pub idle_below: f64,
+    pub idle_after: Duration,
+    pub idle_power_limit: Percent,
+    pub busy_power_limit: Percent,
+}
+
+#[derive(Clone, Debug)]
+pub struct MemoryRule {
+    pub high_above: Option<f64>,
+    pub freeze_above: Option<f64>,
+    pub balloon_above: Option<f64>,
+    pub balloon_target: Amount,
+    pub memory_high: Option<Amount>,
+    pub release_after: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Slo {
+    pub trading_p99_wakeup: Duration,
+}

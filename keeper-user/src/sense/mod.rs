@@ -1,0 +1,13 @@
+//! Sensors: thin adapters that turn kernel state into observations.
+//!
+//! - [`tracefs`]: tracepoint formats (field offsets for the eBPF programs);
+//! - [`ebpf`]: the embedded eBPF object;
+//! - [`sched`]: the scheduler sensor (run-queue latency and intruders on the trading cores);
+//! - [`latency`]: log2 histograms and their percentiles;
+//! - [`procfs`]: what /proc says about a task (kernel thread or not, run time).
+
+pub mod ebpf;
+pub mod latency;
+pub mod procfs;
+pub mod sched;
+pub mod tracefs;

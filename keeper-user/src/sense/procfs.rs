@@ -1,0 +1,62 @@
+//! What /proc says about a task: its kernel-thread flag and its run time.
+
+use std::fs;
+
+/// `PF_KTHREAD` in /proc/<pid>/stat's flags field.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Fields of /proc/<pid>/stat that the keeper uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskStat {
+    pub comm: String,
+    pub flags: u64,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+impl TaskStat {
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// Parses the text of /proc/<pid>/stat (comm may hold spaces and parentheses).
+pub fn parse_stat(text: &str) -> Option<TaskStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    // Fields after the comm, starting at field 3 (state).
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Some(TaskStat {
+        comm,
+        flags: field(9)?,
+        cpu_ticks: field(14)? + field(15)?,
+    })
+}
+
+/// Reads /proc/<pid>/stat; `None` when the task is gone.
+pub fn task_stat(pid: u32) -> Option<TaskStat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Total run time of a task, in nanoseconds, from /proc/<pid>/schedstat.
+pub fn run_time_ns(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        let text = "42 (a b) c) R 1 42 42 0 -1 2097216 0 0 0 0 7 3 0 0 20 0 1 0 100 0 0";
+        let s = parse_stat(text).unwrap();
+        assert_eq!(s.comm, "a b) c");
+        assert_eq!(s.flags, 2097216);
+        assert!(s.is_kernel_thread());
+        assert_eq!(s.cpu_ticks, 10);
+    }
+}

@@ -1,0 +1,317 @@
+//! The scheduler sensor: loads the eBPF programs, hands them their tracepoint offsets, the
+//! trading cores and the protected cgroups, and reads back latency histograms, run time per
+//! cgroup and intruders. Dropping the sensor detaches and unloads everything.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use keeper_common::{
+    CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal,
+    globals, maps, programs,
+};
+
+use super::{
+    ebpf,
+    latency::Histogram,
+    tracefs::{Tracefs, TracefsError},
+};
+use crate::cpulist::CpuList;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SenseError {
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(transparent)]
+    NoObject(#[from] ebpf::NoObject),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("CPU {0} is not online on this host")]
+    CpuOffline(u32),
+}
+
+/// Tracepoint field offsets, read from tracefs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedOffsets {
+    pub wakeup_pid: u32,
+    pub wakeup_cpu: u32,
+    pub wakeup_new_pid: u32,
+    pub wakeup_new_cpu: u32,
+    pub prev_comm: u32,
+    pub prev_pid: u32,
+    pub prev_state: u32,
+    pub next_pid: u32,
+}
+
+impl SchedOffsets {
+    /// Reads the offsets from the `format` files of sched_wakeup, sched_wakeup_new and
+    /// sched_switch. A missing field or a field of another size is an error naming the file.
+    pub fn from_tracefs(tracefs: &Tracefs) -> Result<Self, TracefsError> {
+        let wakeup = tracefs.format("sched", "sched_wakeup")?;
+        let wakeup_new = tracefs.format("sched", "sched_wakeup_new")?;
+        let switch = tracefs.format("sched", "sched_switch")?;
+        Ok(Self {
+            wakeup_pid: wakeup.offset("pid", 4)?,
+            wakeup_cpu: wakeup.offset("target_cpu", 4)?,
+            wakeup_new_pid: wakeup_new.offset("pid", 4)?,
+            wakeup_new_cpu: wakeup_new.offset("target_cpu", 4)?,
+            prev_comm: switch.offset("prev_comm", COMM_LEN)?,
+            prev_pid: switch.offset("prev_pid", 4)?,
+            prev_state: switch.offset("prev_state", 8)?,
+            next_pid: switch.offset("next_pid", 4)?,
+        })
+    }
+}
+
+/// What the sensor watches.
+#[derive(Clone, Debug)]
+pub struct SchedConfig {
+    pub trading_cpus: CpuList,
+    /// cgroup v2 ids whose tasks are protected (a protected subtree lists every id in it).
+    pub protected_cgroups: Vec<u64>,
+    /// Minimum time between two intruder events for one pid.
+    pub intruder_event_interval: std::time::Duration,
+}
+
+/// Counters of one trading core, summed since the sensor attached.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuReadout {
+    pub cpu: u32,
+    pub protected: Histogram,
+    pub other: Histogram,
+    pub idle_ns: u64,
+    pub kernel_ns: u64,
+    pub protected_ns: u64,
+    pub intruder_ns: u64,
+    pub switches: u64,
+    pub events_sent: u64,
+    pub events_lost: u64,
+}
+
+/// An intruder as the kernel side saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intruder {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub ran_ns: u64,
+    pub last_cpu: u32,
+}
+
+/// The loaded and attached scheduler sensor.
+pub struct SchedSensor {
+    ebpf: Ebpf,
+    trading_cpus: CpuList,
+}
+
+impl SchedSensor {
+    /// Loads the programs with offsets from tracefs, configures them and attaches them.
+    pub fn attach(tracefs: &Tracefs, config: &SchedConfig) -> Result<Self, SenseError> {
+        let offsets = SchedOffsets::from_tracefs(tracefs)?;
+        Self::attach_with(offsets, config)
+    }
+
+    pub fn attach_with(offsets: SchedOffsets, config: &SchedConfig) -> Result<Self, SenseError> {
+        let online = CpuList::online().unwrap_or_default();
+        if let Some(cpu) = config.trading_cpus.iter().find(|c| !online.contains(*c)) {
+            return Err(SenseError::CpuOffline(cpu));
+        }
+        ebpf::raise_memlock_rlimit();
+        let interval_ns = config.intruder_event_interval.as_nanos() as u64;
+        let ebpf = EbpfLoader::new()
+            .override_global(globals::WAKEUP_PID_OFF, &offsets.wakeup_pid, true)
+            .override_global(globals::WAKEUP_CPU_OFF, &offsets.wakeup_cpu, true)
+            .override_global(globals::WAKEUP_NEW_PID_OFF, &offsets.wakeup_new_pid, true)
+            .override_global(globals::WAKEUP_NEW_CPU_OFF, &offsets.wakeup_new_cpu, true)
+            .override_global(globals::SWITCH_PREV_COMM_OFF, &offsets.prev_comm, true)
+            .override_global(globals::SWITCH_PREV_PID_OFF, &offsets.prev_pid, true)
+            .override_global(globals::SWITCH_PREV_STATE_OFF, &offsets.prev_state, true)
+            .override_global(globals::SWITCH_NEXT_PID_OFF, &offsets.next_pid, true)
+            .override_global(globals::INTRUDER_EVENT_INTERVAL_NS, &interval_ns, true)
+            .load(ebpf::object()?)?;
+        // Configure the maps before attaching so the first events already see the right sets.
+        let mut sensor = Self {
+            ebpf,
+            trading_cpus: CpuList::default(),
+        };
+        sensor.set_trading_cpus(&config.trading_cpus)?;
+        sensor.set_protected(&config.protected_cgroups)?;
+        for (name, event) in [
+            (programs::WAKEUP, "sched_wakeup"),
+            (programs::WAKEUP_NEW, "sched_wakeup_new"),
+            (programs::SWITCH, "sched_switch"),
+        ] {
+            let err = |source| SenseError::Program { name, source };
+            let prog: &mut TracePoint = sensor
+                .ebpf
+                .program_mut(name)
+                .ok_or(SenseError::Program {
+                    name,
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(err)?;
+            prog.load().map_err(err)?;
+            prog.attach("sched", event).map_err(err)?;
+        }
+        tracing::info!(trading_cpus = %config.trading_cpus, protected = config.protected_cgroups.len(), "scheduler sensor attached");
+        Ok(sensor)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, SenseError> {
+        self.ebpf.map_mut(name).ok_or(SenseError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, SenseError> {
+        self.ebpf.map(name).ok_or(SenseError::MissingMap(name))
+    }
+
+    /// Replaces the set of trading cores.
+    pub fn set_trading_cpus(&mut self, cpus: &CpuList) -> Result<(), SenseError> {
+        let name = maps::TRADING_CPUS;
+        let err = |source| SenseError::Map { name, source };
+        let previous = self.trading_cpus.clone();
+        let mut array: Array<&mut MapData, u8> = self.map_mut(name)?.try_into().map_err(err)?;
+        for cpu in cpus.iter().chain(previous.iter()) {
+            array.set(cpu, u8::from(cpus.contains(cpu)), 0).map_err(err)?;
+        }
+        self.trading_cpus = cpus.clone();
+        Ok(())
+    }
+
+    pub fn trading_cpus(&self) -> &CpuList {
+        &self.trading_cpus
+    }
+
+    /// Replaces the set of protected cgroup ids.
+    pub fn set_protected(&mut self, ids: &[u64]) -> Result<(), SenseError> {
+        let name = maps::PROTECTED_CGROUPS;
+        let err = |source| SenseError::Map { name, source };
+        let mut map: BpfHashMap<&mut MapData, u64, u8> =
+            self.map_mut(name)?.try_into().map_err(err)?;
+        let old: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        for id in old.iter().filter(|id| !ids.contains(id)) {
+            let _ = map.remove(id);
+        }
+        for id in ids {
+            map.insert(id, 1, 0).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Counters of each trading core since attach.
+    pub fn cpu_readouts(&self) -> Result<Vec<CpuReadout>, SenseError> {
+        let name = maps::CPU_STATS;
+        let err = |source| SenseError::Map { name, source };
+        let array: PerCpuArray<&MapData, CpuStats> = self.map(name)?.try_into().map_err(err)?;
+        let per_cpu = array.get(&0, 0).map_err(err)?;
+        Ok(self
+            .trading_cpus
+            .iter()
+            .filter_map(|cpu| per_cpu.get(cpu as usize).map(|s| readout(cpu, s)))
+            .collect())
+    }
+
+    /// Intruders by pid, with their total run time on the trading cores since attach.
+    pub fn intruders(&self) -> Result<Vec<Intruder>, SenseError> {
+        let name = maps::INTRUDER_TOTALS;
+        let err = |source| SenseError::Map { name, source };
+        let map: BpfHashMap<&MapData, u32, IntruderTotal> =
+            self.map(name)?.try_into().map_err(err)?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(pid, t)| Intruder {
+                pid,
+                tgid: t.tgid,
+                comm: comm_str(&t.comm),
+                cgroup_id: t.cgroup_id,
+                ran_ns: t.ran_ns,
+                last_cpu: t.last_cpu,
+            })
+            .collect())
+    }
+
+    /// Run time on the trading cores per cgroup id, summed over the cores.
+    pub fn cgroup_runtime(&self) -> Result<BTreeMap<u64, u64>, SenseError> {
+        let name = maps::CGROUP_RUNTIME;
+        let err = |source| SenseError::Map { name, source };
+        let map: PerCpuHashMap<&MapData, u64, u64> = self.map(name)?.try_into().map_err(err)?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, per_cpu)| (id, per_cpu.iter().sum()))
+            .collect())
+    }
+
+    /// Takes the intruder event ring buffer out of the sensor (for an async reader).
+    pub fn take_events(&mut self) -> Result<IntruderEvents, SenseError> {
+        let name = maps::INTRUDER_EVENTS;
+        let map = self.ebpf.take_map(name).ok_or(SenseError::MissingMap(name))?;
+        let ring = RingBuf::try_from(map).map_err(|source| SenseError::Map { name, source })?;
+        Ok(IntruderEvents { ring })
+    }
+}
+
+fn readout(cpu: u32, s: &CpuStats) -> CpuReadout {
+    CpuReadout {
+        cpu,
+        protected: Histogram::from_buckets(&s.hist[CLASS_PROTECTED], s.max_ns[CLASS_PROTECTED]),
+        other: Histogram::from_buckets(&s.hist[CLASS_OTHER], s.max_ns[CLASS_OTHER]),
+        idle_ns: s.idle_ns,
+        kernel_ns: s.kernel_ns,
+        protected_ns: s.protected_ns,
+        intruder_ns: s.intruder_ns,
+        switches: s.switches,
+        events_sent: s.events_sent,
+        events_lost: s.events_lost,
+    }
+}
+
+/// The kernel's comm bytes as text (up to the first NUL).
+pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// The intruder event ring buffer. Poll its fd (it implements `AsRawFd`) and drain with
+/// [`IntruderEvents::drain`].
+pub struct IntruderEvents {
+    ring: RingBuf<aya::maps::MapData>,
+}
+
+impl IntruderEvents {
+    /// Reads every event waiting in the ring.
+    pub fn drain(&mut self) -> Vec<IntruderEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<IntruderEvent>() {
+                // SAFETY: the kernel wrote an IntruderEvent; read_unaligned copes with alignment.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<IntruderEvent>()) });
+            }
+        }
+        out
+    }
+}
+
+impl std::os::fd::AsRawFd for IntruderEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
