@@ -1,1 +1,214 @@
-//! placeholder
+//! Privileged end-to-end tests of the scheduler sensor on the real kernel: programs load with
+//! offsets from tracefs, the histograms count real wakeups, intruders are named, and nothing
+//! stays attached. CPU 1 is the trading core. Run as root (`cargo xtask test`).
+
+mod support;
+
+use std::time::Duration;
+
+use keeper::{
+    cpulist::CpuList,
+    sense::{
+        sched::{SchedConfig, SchedOffsets, SchedSensor},
+        tracefs::Tracefs,
+    },
+};
+use support::*;
+
+fn cpu1(report: &serde_json::Value) -> &serde_json::Value {
+    report["cpus"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["cpu"] == 1))
+        .unwrap_or_else(|| panic!("no CPU 1 in {report:#}"))
+}
+
+#[test]
+fn programs_load_with_offsets_from_tracefs_and_detach_on_drop() {
+    if !privileged("programs_load_with_offsets_from_tracefs_and_detach_on_drop") {
+        return;
+    }
+    let tracefs = Tracefs::find_or_mount().expect("tracefs");
+    let offsets = SchedOffsets::from_tracefs(&tracefs).expect("offsets");
+    // The offsets are the ones this kernel's format files give.
+    let text =
+        std::fs::read_to_string(tracefs.root().join("events/sched/sched_switch/format")).unwrap();
+    let line = text.lines().find(|l| l.contains(" next_pid;")).unwrap();
+    assert!(
+        line.contains(&format!("offset:{};", offsets.next_pid)),
+        "{line} vs {offsets:?}"
+    );
+
+    let config = SchedConfig {
+        trading_cpus: CpuList::new([1]),
+        protected_cgroups: vec![],
+        intruder_event_interval: Duration::from_millis(100),
+    };
+    let sensor = SchedSensor::attach(&tracefs, &config).expect("attach");
+    let names = loaded_programs();
+    for p in ["keeper_wakeup", "keeper_wake_new", "keeper_switch"] {
+        assert!(names.iter().any(|n| n == p), "{p} not loaded: {names:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu = &sensor.cpu_readouts().unwrap()[0];
+    assert_eq!(cpu.cpu, 1);
+    assert!(
+        cpu.switches > 0,
+        "no context switch seen on CPU 1 in 300 ms"
+    );
+    drop(sensor);
+    let names = loaded_programs();
+    assert!(
+        !names.iter().any(|n| n.starts_with("keeper_")),
+        "still loaded: {names:?}"
+    );
+}
+
+#[test]
+fn a_format_without_a_field_is_a_clear_error() {
+    // Needs no privilege: a fake tracefs tree.
+    let root = std::env::temp_dir().join(format!("keeper-fake-tracefs-{}", std::process::id()));
+    for (event, body) in [
+        (
+            "sched_wakeup",
+            "\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n",
+        ),
+        (
+            "sched_wakeup_new",
+            "\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:int target_cpu;\toffset:32;\tsize:4;\tsigned:1;\n",
+        ),
+        ("sched_switch", ""),
+    ] {
+        let dir = root.join("events/sched").join(event);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("format"),
+            format!("name: {event}\nformat:\n{body}"),
+        )
+        .unwrap();
+    }
+    let err = SchedOffsets::from_tracefs(&Tracefs::at(&root))
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert!(err.contains("events/sched/sched_wakeup/format"), "{err}");
+    assert!(err.contains("no field `target_cpu`"), "{err}");
+}
+
+#[test]
+fn a_sleeper_on_cpu1_is_counted_once_per_wakeup() {
+    if !privileged("a_sleeper_on_cpu1_is_counted_once_per_wakeup") {
+        return;
+    }
+    const N: u64 = 400;
+    let cg = TestCgroup::new("sleeper");
+    let watch = Watch::start(&["--cpus", "1", "--protect", &cg.rel, "--for", "4s"]);
+    let sleeper = spawn_pinned(PROBE, &["sleep", &N.to_string(), "2000"], 1, Some(&cg));
+    wait_cpu_time(sleeper);
+    let report = watch.finish();
+    let count = cpu1(&report)["protected"]["count"].as_u64().unwrap();
+    let (lo, hi) = (N * 95 / 100, N * 105 / 100);
+    assert!(
+        (lo..=hi).contains(&count),
+        "{count} samples for {N} wakeups (want {lo}..={hi})"
+    );
+}
+
+#[test]
+fn a_busy_loop_on_cpu1_is_named_as_an_intruder_unless_protected() {
+    if !privileged("a_busy_loop_on_cpu1_is_named_as_an_intruder_unless_protected") {
+        return;
+    }
+    let name = format!("kt_intr_{}", std::process::id() % 100_000);
+    // Unprotected: an intruder with its pid, comm and at least 80 % of its run time.
+    let watch = Watch::start(&["--cpus", "1", "--for", "4s"]);
+    let spinner = spawn_pinned(PROBE, &["spin", "2", &name], 1, None);
+    let pid = spinner.id();
+    let cpu_time = wait_cpu_time(spinner);
+    let report = watch.finish();
+    let intruders = report["intruders"].as_array().unwrap();
+    let me = intruders
+        .iter()
+        .find(|i| i["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not among intruders: {intruders:#?}"));
+    assert_eq!(me["comm"], name.as_str());
+    let stolen = me["stolen_ns"].as_u64().unwrap() as f64;
+    let ratio = stolen / cpu_time.as_nanos() as f64;
+    assert!(
+        ratio >= 0.8,
+        "stolen {stolen} ns is {ratio:.2} of its {cpu_time:?} run time"
+    );
+
+    // Protected: the same program inside a --protect'ed cgroup is no intruder.
+    let cg = TestCgroup::new("spin");
+    let watch = Watch::start(&["--cpus", "1", "--protect", &cg.rel, "--for", "3s"]);
+    let spinner = spawn_pinned(PROBE, &["spin", "1", &name], 1, Some(&cg));
+    let pid = spinner.id();
+    let cpu_time = wait_cpu_time(spinner);
+    let report = watch.finish();
+    assert!(
+        !report["intruders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["pid"] == pid),
+        "protected pid {pid} reported as intruder: {report:#}"
+    );
+    let protected_ns = cpu1(&report)["protected_ns"].as_u64().unwrap() as f64;
+    assert!(
+        protected_ns >= 0.8 * cpu_time.as_nanos() as f64,
+        "protected time {protected_ns} for {cpu_time:?}"
+    );
+}
+
+#[test]
+fn keeper_watch_leaves_no_program_behind() {
+    if !privileged("keeper_watch_leaves_no_program_behind") {
+        return;
+    }
+    let watch = Watch::start(&["--cpus", "1", "--for", "1s"]);
+    let during = loaded_programs();
+    assert!(
+        during.iter().any(|n| n == "keeper_switch"),
+        "not attached while watching: {during:?}"
+    );
+    watch.finish();
+    let after = loaded_programs();
+    assert!(
+        !after.iter().any(|n| n.starts_with("keeper_")),
+        "left behind: {after:?}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    if !privileged("bad_arguments_are_clear_errors") {
+        return;
+    }
+    let out = std::process::Command::new(KEEPER)
+        .args([
+            "watch",
+            "--cpus",
+            "1",
+            "--protect",
+            "no/such/cgroup-kt",
+            "--for",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no/such/cgroup-kt") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    let out = std::process::Command::new(KEEPER)
+        .args(["watch", "--cpus", "250", "--for", "1s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("CPU 250 is not online"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -42,10 +42,14 @@ pub mod maps {
     pub const PROTECTED_CGROUPS: &str = "PROTECTED_CGROUPS";
     /// `PerCpuArray<CpuStats>` with one entry: each CPU's counters.
     pub const CPU_STATS: &str = "CPU_STATS";
-    /// `LruPerCpuHashMap<u64, u64>`: run time (ns) on trading cores per cgroup v2 id.
+    /// `LruPerCpuHashMap<u64, u64>`: run time (ns) on trading cores per cgroup v2 id. Each CPU
+    /// adds a cgroup's slices when another cgroup starts running there, so the cgroup running
+    /// right now may be missing its latest stretch.
     pub const CGROUP_RUNTIME: &str = "CGROUP_RUNTIME";
     /// `LruHashMap<u32, IntruderTotal>`: run time on trading cores per intruding pid.
     pub const INTRUDER_TOTALS: &str = "INTRUDER_TOTALS";
+    /// `HashMap<u32, u64>`: when a task became runnable for a trading core, by pid.
+    pub const RUNNABLE_SINCE: &str = "RUNNABLE_SINCE";
     /// `RingBuf` of `IntruderEvent`.
     pub const INTRUDER_EVENTS: &str = "INTRUDER_EVENTS";
 }
@@ -104,6 +108,8 @@ impl CpuStats {
 pub struct IntruderTotal {
     pub ran_ns: u64,
     pub cgroup_id: u64,
+    /// When the last ring-buffer event for this pid was sent (the rate limit).
+    pub last_event_ns: u64,
     pub tgid: u32,
     pub last_cpu: u32,
     pub comm: [u8; COMM_LEN],

@@ -68,12 +68,11 @@ static INTRUDER_TOTALS: LruHashMap<u32, IntruderTotal> = LruHashMap::with_max_en
 #[map]
 static INTRUDER_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Wakeup (or preemption) timestamp of tasks waiting for a trading core, by pid.
+/// Wakeup (or preemption) timestamp of tasks waiting for a trading core, by pid; 0 once the task
+/// got the core. Entries are rewritten in place through their pointer (no bucket lock on the hot
+/// path) and stay; userspace prunes those of dead pids and stale ones.
 #[map]
-static RUNNABLE_SINCE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
-/// Last intruder event time by pid (the rate limit).
-#[map]
-static LAST_EVENT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+static RUNNABLE_SINCE: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 /// Per-CPU state between two switches.
 #[map]
 static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
@@ -86,6 +85,10 @@ struct CpuState {
     pending_pid: u32,
     _pad: u32,
     pending_ns: u64,
+    /// Run time of `batch_cgroup` not yet added to CGROUP_RUNTIME: consecutive slices of one
+    /// cgroup are summed here and written to the hash map when another cgroup runs.
+    batch_cgroup: u64,
+    batch_ns: u64,
 }
 
 /// `prev_state` value the kernel reports for a preempted task (TASK_REPORT_MAX, 0x100 since
@@ -131,8 +134,17 @@ fn on_wakeup(ctx: &TracePointContext, pid_off: usize, cpu_off: usize) {
     if pid <= 0 {
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let _ = RUNNABLE_SINCE.insert(pid as u32, now, 0);
+    mark_runnable(pid as u32, unsafe { bpf_ktime_get_ns() });
+}
+
+#[inline(always)]
+fn mark_runnable(pid: u32, now: u64) {
+    match RUNNABLE_SINCE.get_ptr_mut(pid) {
+        Some(since) => unsafe { *since = now },
+        None => {
+            let _ = RUNNABLE_SINCE.insert(pid, now, 0);
+        }
+    }
 }
 
 #[tracepoint]
@@ -175,7 +187,14 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
         if is_percpu_kthread_comm(&comm) {
             stats.kernel_ns += ran;
         } else {
-            add_cgroup_runtime(cgroup_id, ran);
+            if state.batch_cgroup != cgroup_id {
+                if state.batch_ns != 0 {
+                    add_cgroup_runtime(state.batch_cgroup, state.batch_ns);
+                }
+                state.batch_cgroup = cgroup_id;
+                state.batch_ns = 0;
+            }
+            state.batch_ns += ran;
             if protected {
                 stats.protected_ns += ran;
             } else {
@@ -184,17 +203,17 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
             }
         }
         if prev_state == 0 || prev_state & PREEMPTED_STATE != 0 {
-            let _ = RUNNABLE_SINCE.insert(prev_pid, now, 0);
+            mark_runnable(prev_pid, now);
         }
     }
 
     // --- the incoming task: how long it waited ---
     state.pending_pid = 0;
     if next_pid != 0 {
-        if let Some(since) = unsafe { RUNNABLE_SINCE.get(next_pid) } {
-            let since = *since;
-            let _ = RUNNABLE_SINCE.remove(next_pid);
-            if now > since {
+        if let Some(since_ptr) = RUNNABLE_SINCE.get_ptr_mut(next_pid) {
+            let since = unsafe { *since_ptr };
+            unsafe { *since_ptr = 0 };
+            if since != 0 && now > since {
                 state.pending_pid = next_pid;
                 state.pending_ns = now - since;
             }
@@ -236,6 +255,7 @@ fn on_intruder(
     comm: &[u8; COMM_LEN],
 ) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let interval = unsafe { core::ptr::read_volatile(&INTRUDER_EVENT_INTERVAL_NS) };
     match INTRUDER_TOTALS.get_ptr_mut(pid) {
         Some(total) => unsafe {
             (*total).ran_ns += ran;
@@ -243,11 +263,16 @@ fn on_intruder(
             (*total).cgroup_id = cgroup_id;
             // exec and prctl(PR_SET_NAME) rename a task: keep the latest name.
             (*total).comm = *comm;
+            if now.saturating_sub((*total).last_event_ns) < interval {
+                return;
+            }
+            (*total).last_event_ns = now;
         },
         None => {
             let total = IntruderTotal {
                 ran_ns: ran,
                 cgroup_id,
+                last_event_ns: now,
                 tgid,
                 last_cpu: cpu,
                 comm: *comm,
@@ -255,14 +280,6 @@ fn on_intruder(
             let _ = INTRUDER_TOTALS.insert(pid, total, 0);
         }
     }
-
-    let interval = unsafe { core::ptr::read_volatile(&INTRUDER_EVENT_INTERVAL_NS) };
-    if let Some(last) = unsafe { LAST_EVENT.get(pid) } {
-        if now.saturating_sub(*last) < interval {
-            return;
-        }
-    }
-    let _ = LAST_EVENT.insert(pid, now, 0);
     match INTRUDER_EVENTS.reserve::<IntruderEvent>(0) {
         Some(mut entry) => {
             entry.write(IntruderEvent {

@@ -31,11 +31,7 @@ pub enum CgroupError {
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError + use<> {
     let path = path.to_path_buf();
-    move |source| CgroupError::Io {
-        op,
-        path,
-        source,
-    }
+    move |source| CgroupError::Io { op, path, source }
 }
 
 /// The cgroup v2 hierarchy of this host.

@@ -1,1 +1,149 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, run, test and benchmarks for The Keeper.
+//!
+//! Every command installs what it needs (Debian packages, nightly's rust-src, bpf-linker)
+//! first, idempotently, so that on a fresh machine `cargo xtask run` and `cargo xtask test`
+//! are the only two commands an operator types.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// Packages the tests and benchmarks use.
+const TEST_PACKAGES: &[&str] = &[
+    "stress-ng",
+    "rt-tests",
+    "bpftool",
+    "bpftrace",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain if missing and build the eBPF object into target/bpf/keeper.o.
+    BuildEbpf,
+    /// Build the keeper (release) and run `keeper run` with the embedded default policy.
+    Run {
+        /// Arguments passed to `keeper run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole suite: rustfmt, clippy (host and eBPF), unit and privileged tests.
+    Test,
+    /// Benchmarks; results go in docs/BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::BuildEbpf => build_ebpf(&root).map(|p| println!("{}", p.display())),
+        Cmd::Run { args } => {
+            setup::ensure_ebpf_toolchain()?;
+            run(cargo().args(["build", "--release", "-p", "keeper-user", "--bin", "keeper"]))?;
+            let mut c = Command::new(root.join("target/release/keeper"));
+            c.arg("run").args(&args);
+            run(&mut c)
+        }
+        Cmd::Test => test(),
+        Cmd::Bench { which } => {
+            setup::ensure_ebpf_toolchain()?;
+            setup::ensure_apt(TEST_PACKAGES)?;
+            bench::run(&root, which)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// A command with PATH set so the private bpf-linker is found.
+pub fn cmd(program: &str) -> Command {
+    let mut c = Command::new(program);
+    if let Ok(path) = setup::path_with_bpf_linker() {
+        c.env("PATH", path);
+    }
+    c
+}
+
+/// Stable cargo (the workspace's host toolchain).
+pub fn cargo() -> Command {
+    cmd("cargo")
+}
+
+pub fn run(c: &mut Command) -> anyhow::Result<()> {
+    let status = c
+        .status()
+        .with_context(|| format!("starting {:?}", c.get_program()))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Builds keeper-ebpf on its own (the keeper embeds the same object through its build script).
+fn build_ebpf(root: &Path) -> anyhow::Result<PathBuf> {
+    setup::ensure_ebpf_toolchain()?;
+    run(cmd("cargo")
+        .args(["+nightly", "build", "-p", "keeper-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        ))?;
+    let built = root.join("target/bpfel-unknown-none/release/keeper");
+    let dest = root.join("target/bpf/keeper.o");
+    std::fs::create_dir_all(root.join("target/bpf"))?;
+    std::fs::copy(&built, &dest).with_context(|| format!("copying {}", built.display()))?;
+    Ok(dest)
+}
+
+fn test() -> anyhow::Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if setup::is_root() {
+        setup::ensure_apt(TEST_PACKAGES)?;
+    } else if ci {
+        bail!("CI=true: the privileged tests must run, so `cargo xtask test` must run as root");
+    } else {
+        eprintln!("xtask: NOT ROOT — apt packages are not installed and privileged tests will be SKIPPED (loudly)");
+    }
+    setup::ensure_ebpf_toolchain()?;
+    eprintln!("xtask: rustfmt");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    eprintln!("xtask: clippy (host)");
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    eprintln!("xtask: clippy (eBPF, nightly)");
+    run(cmd("cargo")
+        .args(["+nightly", "clippy", "-p", "keeper-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""))?;
+    eprintln!("xtask: tests");
+    // Privileged tests share CPU 1 and the kernel's tracepoints: one at a time.
+    run(cargo().args(["test", "--workspace", "--", "--test-threads=1"]))
+}

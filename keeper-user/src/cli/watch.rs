@@ -140,9 +140,10 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<WatchReport> {
     };
     let mut sensor = SchedSensor::attach(&tracefs, &config)?;
     // SAFETY: IntruderEvents owns the ring buffer's fd and keeps it open while the AsyncFd lives.
-    let mut events = unsafe { AsyncFd::register_with_interest(sensor.take_events()?, Interest::READABLE) }
-        .map_err(std::io::Error::from)
-        .context("polling the ring buffer")?;
+    let mut events =
+        unsafe { AsyncFd::register_with_interest(sensor.take_events()?, Interest::READABLE) }
+            .map_err(std::io::Error::from)
+            .context("polling the ring buffer")?;
     let started = Instant::now();
     tracing::info!(cpus = %args.cpus, protect = ?args.protect, "watching; Ctrl-C to stop");
 
@@ -165,6 +166,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<WatchReport> {
                 guard.clear_ready();
             }
             _ = rescan.tick() => {
+                sensor.prune_runnable(Duration::from_secs(60))?;
                 // New child cgroups of a protected cgroup are protected too.
                 match protected_subtrees(&cgroups, &args.protect) {
                     Ok(ids) => sensor.set_protected(&ids)?,
@@ -311,7 +313,11 @@ fn write_histogram(
         return Ok(());
     };
     let peak = l.buckets.iter().copied().max().unwrap_or(1).max(1);
-    writeln!(out, "{:>10} -> {:<10} : {:<8} distribution", "µs", "", "count")?;
+    writeln!(
+        out,
+        "{:>10} -> {:<10} : {:<8} distribution",
+        "µs", "", "count"
+    )?;
     for i in first..=last {
         let c = l.buckets[i];
         let bar = "*".repeat(((c * 40).div_ceil(peak)) as usize);

@@ -10,8 +10,8 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use keeper_common::{
-    CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal,
-    globals, maps, programs,
+    CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal, globals, maps,
+    programs,
 };
 
 use super::{
@@ -189,7 +189,9 @@ impl SchedSensor {
         let previous = self.trading_cpus.clone();
         let mut array: Array<&mut MapData, u8> = self.map_mut(name)?.try_into().map_err(err)?;
         for cpu in cpus.iter().chain(previous.iter()) {
-            array.set(cpu, u8::from(cpus.contains(cpu)), 0).map_err(err)?;
+            array
+                .set(cpu, u8::from(cpus.contains(cpu)), 0)
+                .map_err(err)?;
         }
         self.trading_cpus = cpus.clone();
         Ok(())
@@ -260,10 +262,35 @@ impl SchedSensor {
             .collect())
     }
 
+    /// Removes the wakeup entries of pids that no longer exist, and timestamps older than
+    /// `age` (tasks woken for a trading core that then ran elsewhere). Returns how many.
+    pub fn prune_runnable(&mut self, age: std::time::Duration) -> Result<usize, SenseError> {
+        let name = maps::RUNNABLE_SINCE;
+        let err = |source| SenseError::Map { name, source };
+        let cutoff = monotonic_ns().saturating_sub(age.as_nanos() as u64);
+        let mut map: BpfHashMap<&mut MapData, u32, u64> =
+            self.map_mut(name)?.try_into().map_err(err)?;
+        let stale: Vec<u32> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(pid, since)| {
+                (since != 0 && since < cutoff) || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            })
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in &stale {
+            let _ = map.remove(pid);
+        }
+        Ok(stale.len())
+    }
+
     /// Takes the intruder event ring buffer out of the sensor (for an async reader).
     pub fn take_events(&mut self) -> Result<IntruderEvents, SenseError> {
         let name = maps::INTRUDER_EVENTS;
-        let map = self.ebpf.take_map(name).ok_or(SenseError::MissingMap(name))?;
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(SenseError::MissingMap(name))?;
         let ring = RingBuf::try_from(map).map_err(|source| SenseError::Map { name, source })?;
         Ok(IntruderEvents { ring })
     }
@@ -282,6 +309,17 @@ fn readout(cpu: u32, s: &CpuStats) -> CpuReadout {
         events_sent: s.events_sent,
         events_lost: s.events_lost,
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The kernel's comm bytes as text (up to the first NUL).
@@ -303,7 +341,9 @@ impl IntruderEvents {
         while let Some(item) = self.ring.next() {
             if item.len() >= size_of::<IntruderEvent>() {
                 // SAFETY: the kernel wrote an IntruderEvent; read_unaligned copes with alignment.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<IntruderEvent>()) });
+                out.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<IntruderEvent>())
+                });
             }
         }
         out

@@ -202,6 +202,9 @@ mod tests {
             "/t/format: tracepoint format has no field `next_pid` (this kernel's sched:sched_switch lacks it)"
         );
         let e = f.offset("prev_state", 4).unwrap_err().to_string();
-        assert!(e.contains("`prev_state` is 8 bytes, the keeper expects 4"), "{e}");
+        assert!(
+            e.contains("`prev_state` is 8 bytes, the keeper expects 4"),
+            "{e}"
+        );
     }
 }

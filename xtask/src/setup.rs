@@ -1,0 +1,141 @@
+//! Idempotent set-up of what the build and the tests need: the nightly toolchain's rust-src,
+//! bpf-linker built against nightly's own libLLVM, and Debian packages.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, run};
+
+/// Where the private bpf-linker lives (its rpath points at `lib/` here: keep the folder).
+pub fn bpf_linker_prefix() -> anyhow::Result<PathBuf> {
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".cache/the-keeper/bpf-linker"))
+}
+
+/// PATH with the private bpf-linker first, for every cargo we start.
+pub fn path_with_bpf_linker() -> anyhow::Result<std::ffi::OsString> {
+    let bin = bpf_linker_prefix()?.join("bin");
+    let mut paths: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
+    paths.retain(|p| p != &bin);
+    paths.insert(0, bin);
+    Ok(env::join_paths(paths)?)
+}
+
+pub fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output();
+    match out {
+        Ok(o) if o.status.success() => Ok(PathBuf::from(String::from_utf8(o.stdout)?.trim())),
+        _ => bail!(
+            "the nightly Rust toolchain is missing; it builds the eBPF programs.\n\
+             Install it with `rustup toolchain install nightly` (the machine image ships nightly 1.97 with LLVM 22)"
+        ),
+    }
+}
+
+pub fn ensure_rust_src() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src for nightly");
+    run(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// Builds bpf-linker against nightly's libLLVM (Debian's LLVM is too old for bpf-linker 0.13).
+pub fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let sysroot = nightly_sysroot()?;
+    let prefix = bpf_linker_prefix()?;
+    let llvm = find_nightly_libllvm(&sysroot.join("lib"))?;
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    // `libLLVM.so` is what bpf-linker's build links against; the versioned name is the soname
+    // the installed binary asks the loader for (through its rpath to this folder).
+    let soname = llvm.file_name().context("libLLVM path has no file name")?;
+    for link in [lib.join("libLLVM.so"), lib.join(soname)] {
+        if std::fs::read_link(&link).ok().as_deref() != Some(llvm.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&llvm, &link)
+                .with_context(|| format!("linking {} to {}", link.display(), llvm.display()))?;
+        }
+    }
+    let linker = prefix.join("bin/bpf-linker");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker 0.13 against {} (about a minute)", llvm.display());
+    run(cmd("cargo")
+        .args(["install", "bpf-linker", "--force", "--locked", "--version", "~0.13"])
+        .args(["--no-default-features", "--features", "llvm-22", "--root"])
+        .arg(&prefix)
+        .env("LLVM_PREFIX", &prefix))
+    .context("installing bpf-linker")
+}
+
+fn find_nightly_libllvm(libdir: &Path) -> anyhow::Result<PathBuf> {
+    // The versioned file (`libLLVM.so.22.1-rust-…-nightly`) carries the soname bpf-linker records.
+    let entries = std::fs::read_dir(libdir).with_context(|| format!("reading {}", libdir.display()))?;
+    let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    names
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in the nightly toolchain ({})", libdir.display()))
+}
+
+/// Everything `cargo build` of keeper-user needs.
+pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
+    nightly_sysroot()?;
+    ensure_rust_src()?;
+    ensure_bpf_linker()
+}
+
+/// Installs missing Debian packages (needs root; `apt-get update` only when something is missing).
+pub fn ensure_apt(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing packages: {}; run as root or `apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(cmd("apt-get").arg("update").arg("-q"))?;
+    run(cmd("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
