@@ -45,12 +45,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn add_private_bpf_linker_to_path() {
-    let Some(home) = env::var_os("HOME") else { return };
+    let Some(home) = env::var_os("HOME") else {
+        return;
+    };
     let dir = PathBuf::from(home).join(".cache/the-keeper/bpf-linker/bin");
     if !dir.join("bpf-linker").exists() {
         return;
     }
-    let mut paths: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
+    let mut paths: Vec<PathBuf> =
+        env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
     if !paths.contains(&dir) {
         paths.insert(0, dir);
         if let Ok(joined) = env::join_paths(paths) {

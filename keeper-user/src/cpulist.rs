@@ -123,8 +123,14 @@ mod tests {
     #[test]
     fn refuses_junk() {
         assert_eq!("".parse::<CpuList>(), Err(CpuListError::Empty));
-        assert_eq!("3-1".parse::<CpuList>(), Err(CpuListError::Backwards("3-1".into())));
-        assert_eq!("x".parse::<CpuList>(), Err(CpuListError::NotANumber("x".into())));
+        assert_eq!(
+            "3-1".parse::<CpuList>(),
+            Err(CpuListError::Backwards("3-1".into()))
+        );
+        assert_eq!(
+            "x".parse::<CpuList>(),
+            Err(CpuListError::NotANumber("x".into()))
+        );
         assert_eq!("9999".parse::<CpuList>(), Err(CpuListError::TooHigh(9999)));
     }
 }

@@ -18,5 +18,6 @@ pub enum Format {
 
 /// Parses durations like `10s`, `1m30s`, `250ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e}); try 10s, 1m, 250ms"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); try 10s, 1m, 250ms"))
 }
