@@ -6,6 +6,7 @@
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +47,8 @@ enum Cmd {
     },
     /// The whole suite: rustfmt, clippy (host and eBPF), unit and privileged tests.
     Test,
+    /// Boot the Debian 6.1 cloud kernel in QEMU (TCG) with full cgroup v2 and run the guest tests.
+    VmTest,
     /// Benchmarks; results go in docs/BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -67,6 +70,11 @@ fn main() -> anyhow::Result<()> {
             run(&mut c)
         }
         Cmd::Test => test(),
+        Cmd::VmTest => {
+            setup::ensure_ebpf_toolchain()?;
+            setup::ensure_apt(TEST_PACKAGES)?;
+            vm::run(&root)
+        }
         Cmd::Bench { which } => {
             setup::ensure_ebpf_toolchain()?;
             setup::ensure_apt(TEST_PACKAGES)?;
