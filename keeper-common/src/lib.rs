@@ -148,7 +148,11 @@ pub fn latency_bucket(ns: u64) -> usize {
         return 0;
     }
     let b = 63 - us.leading_zeros() as usize;
-    if b >= HIST_BUCKETS { HIST_BUCKETS - 1 } else { b }
+    if b >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        b
+    }
 }
 
 /// True when `comm` names a per-CPU kernel thread: a `/` followed by a digit

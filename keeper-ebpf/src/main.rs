@@ -181,7 +181,11 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         let protected = unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some();
         if state.pending_pid == prev_pid {
-            let class = if protected { CLASS_PROTECTED } else { CLASS_OTHER };
+            let class = if protected {
+                CLASS_PROTECTED
+            } else {
+                CLASS_OTHER
+            };
             file_latency(stats, class, state.pending_ns);
         }
         if is_percpu_kthread_comm(&comm) {
@@ -209,14 +213,14 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
 
     // --- the incoming task: how long it waited ---
     state.pending_pid = 0;
-    if next_pid != 0 {
-        if let Some(since_ptr) = RUNNABLE_SINCE.get_ptr_mut(next_pid) {
-            let since = unsafe { *since_ptr };
-            unsafe { *since_ptr = 0 };
-            if since != 0 && now > since {
-                state.pending_pid = next_pid;
-                state.pending_ns = now - since;
-            }
+    if next_pid != 0
+        && let Some(since_ptr) = RUNNABLE_SINCE.get_ptr_mut(next_pid)
+    {
+        let since = unsafe { *since_ptr };
+        unsafe { *since_ptr = 0 };
+        if since != 0 && now > since {
+            state.pending_pid = next_pid;
+            state.pending_ns = now - since;
         }
     }
     state.on_cpu_since = now;

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use keeper::cli;
 
 #[derive(Debug, Parser)]
-#[command(name = "keeper", version, about = "The Keeper: eBPF resource enforcer for one Proxmox host")]
+#[command(
+    name = "keeper",
+    version,
+    about = "The Keeper: eBPF resource enforcer for one Proxmox host"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -63,7 +63,10 @@ fn probe(root: &Path, reps: usize, secs: u64) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<Vec<Condition>> {
         let mut out = Vec::new();
         out.push(measure("no tracer", reps, secs, None, |_| false)?);
-        for (label, cpus) in [("keeper, trading core CPU 1", "1"), ("keeper, CPUs 0-1", "0-1")] {
+        for (label, cpus) in [
+            ("keeper, trading core CPU 1", "1"),
+            ("keeper, CPUs 0-1", "0-1"),
+        ] {
             let before = prog_ids()?;
             let child = Command::new(&keeper)
                 .args(["watch", "--cpus", cpus, "--format", "json"])
@@ -103,7 +106,9 @@ struct Prog {
 }
 
 fn progs() -> anyhow::Result<Vec<Prog>> {
-    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output()?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool json")?;
     Ok(v.as_array()
         .map(|a| a.as_slice())
@@ -226,11 +231,18 @@ fn median(v: &[f64]) -> Option<f64> {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
-    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
 }
 
 fn print_table(conditions: &[Condition], reps: usize, secs: u64) {
-    let base = conditions.first().and_then(|c| median(&c.ops_per_sec)).unwrap_or(f64::NAN);
+    let base = conditions
+        .first()
+        .and_then(|c| median(&c.ops_per_sec))
+        .unwrap_or(f64::NAN);
     let bt = conditions
         .iter()
         .find(|c| c.label.starts_with("bpftrace"))
@@ -246,7 +258,8 @@ fn print_table(conditions: &[Condition], reps: usize, secs: u64) {
                 c.label,
                 ns.map_or("-".into(), |v| format!("{v:.0}")),
                 match (ns, bt) {
-                    (Some(a), Some(b)) if !c.label.starts_with("bpftrace") => format!("{:.2}×", a / b),
+                    (Some(a), Some(b)) if !c.label.starts_with("bpftrace") =>
+                        format!("{:.2}×", a / b),
                     _ => "-".into(),
                 },
                 median(&c.runs_per_sec).map_or("-".into(), |v| format!("{v:.0}")),
@@ -255,8 +268,12 @@ fn print_table(conditions: &[Condition], reps: usize, secs: u64) {
             ),
         );
     }
-    println!("\nProbe cost under `stress-ng --switch 2` ({reps} × {secs} s per condition, medians)\n");
-    println!("| condition | ns per program run | vs bpftrace | program runs/s | storm ops/s | throughput vs no tracer |");
+    println!(
+        "\nProbe cost under `stress-ng --switch 2` ({reps} × {secs} s per condition, medians)\n"
+    );
+    println!(
+        "| condition | ns per program run | vs bpftrace | program runs/s | storm ops/s | throughput vs no tracer |"
+    );
     println!("|---|---|---|---|---|---|");
     for r in rows.values() {
         println!("{r}");

@@ -20,14 +20,17 @@ pub fn bpf_linker_prefix() -> anyhow::Result<PathBuf> {
 /// PATH with the private bpf-linker first, for every cargo we start.
 pub fn path_with_bpf_linker() -> anyhow::Result<std::ffi::OsString> {
     let bin = bpf_linker_prefix()?.join("bin");
-    let mut paths: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
+    let mut paths: Vec<PathBuf> =
+        env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
     paths.retain(|p| p != &bin);
     paths.insert(0, bin);
     Ok(env::join_paths(paths)?)
 }
 
 pub fn nightly_sysroot() -> anyhow::Result<PathBuf> {
-    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output();
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output();
     match out {
         Ok(o) if o.status.success() => Ok(PathBuf::from(String::from_utf8(o.stdout)?.trim())),
         _ => bail!(
@@ -42,7 +45,10 @@ pub fn ensure_rust_src() -> anyhow::Result<()> {
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
         .context("running rustup")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     eprintln!("xtask: installing rust-src for nightly");
@@ -74,9 +80,19 @@ pub fn ensure_bpf_linker() -> anyhow::Result<()> {
     if works {
         return Ok(());
     }
-    eprintln!("xtask: building bpf-linker 0.13 against {} (about a minute)", llvm.display());
+    eprintln!(
+        "xtask: building bpf-linker 0.13 against {} (about a minute)",
+        llvm.display()
+    );
     run(cmd("cargo")
-        .args(["install", "bpf-linker", "--force", "--locked", "--version", "~0.13"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--force",
+            "--locked",
+            "--version",
+            "~0.13",
+        ])
         .args(["--no-default-features", "--features", "llvm-22", "--root"])
         .arg(&prefix)
         .env("LLVM_PREFIX", &prefix))
@@ -85,7 +101,8 @@ pub fn ensure_bpf_linker() -> anyhow::Result<()> {
 
 fn find_nightly_libllvm(libdir: &Path) -> anyhow::Result<PathBuf> {
     // The versioned file (`libLLVM.so.22.1-rust-…-nightly`) carries the soname bpf-linker records.
-    let entries = std::fs::read_dir(libdir).with_context(|| format!("reading {}", libdir.display()))?;
+    let entries =
+        std::fs::read_dir(libdir).with_context(|| format!("reading {}", libdir.display()))?;
     let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     names.sort();
     names
@@ -95,7 +112,12 @@ fn find_nightly_libllvm(libdir: &Path) -> anyhow::Result<PathBuf> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("libLLVM.so."))
         })
-        .with_context(|| format!("no libLLVM.so.* in the nightly toolchain ({})", libdir.display()))
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in the nightly toolchain ({})",
+                libdir.display()
+            )
+        })
 }
 
 /// Everything `cargo build` of keeper-user needs.

@@ -1,9 +1,11 @@
-//! `keeper schema` (placeholder until the policy module lands).
+//! `keeper schema`: print the JSON Schema of the policy file (for editors' YAML plugins).
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct SchemaArgs {}
 
 pub fn run(_args: &SchemaArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("keeper schema is not implemented yet")
+    let schema = crate::policy::json_schema();
+    println!("{}", serde_json::to_string_pretty(&schema)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -205,7 +205,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<WatchReport> {
         })
         .partition(|(k, _)| *k);
     let strip = |v: &mut Vec<(bool, IntruderView)>| {
-        v.sort_by(|a, b| b.1.stolen_ns.cmp(&a.1.stolen_ns));
+        v.sort_by_key(|x| std::cmp::Reverse(x.1.stolen_ns));
         v.drain(..).map(|(_, x)| x).collect::<Vec<_>>()
     };
     let events = EventCounts {

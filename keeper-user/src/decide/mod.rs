@@ -1,1 +1,57 @@
-//! The pure decision engine (placeholder until the policy issue lands).
+//! The pure decision engine: (policy, state, observations, time) → actions with reasons.
+//!
+//! No I/O, no clock reads, no globals: the caller passes `now`, and the memory between ticks
+//! (dwell times, hysteresis, what was already done) lives in [`EngineState`], plain data.
+//! Each tick rebuilds the *wanted* state from the rules (freeze claims, throttles, balloons,
+//! power limit, trading cores) and emits the difference with what was already applied, so the
+//! same input twice gives no new actions. Freezes go lowest rank first, thaws in reverse.
+//! Rank 1 and the keeper itself are never frozen.
+
+mod action;
+mod activity;
+mod gpu;
+mod ladder;
+mod memory;
+mod observe;
+mod reconcile;
+pub mod scenario;
+pub mod simulate;
+mod state;
+mod tick;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+pub use action::{Action, ActionKind, RuleId, limits_text};
+pub use observe::{GpuObs, Intruder, Observations, Psi, WorkloadObs};
+pub use state::{
+    Applied, EVICT_COOLDOWN, EngineState, Hold, Knobs, LadderState, Sticky, ThermalState, elapsed,
+};
+
+use crate::policy::Policy;
+
+/// The engine's minimum reaction time: one `decide` call on a tick the daemon runs as soon as
+/// a trigger (an interaction event) arrives. A preemption deadline below it cannot be met, so
+/// `keeper check` refuses one.
+pub const MIN_REACTION: Duration = Duration::from_millis(10);
+
+/// One tick of the engine. Mutates `state`; returns the actions to carry out, in order.
+pub fn decide(
+    policy: &Policy,
+    state: &mut EngineState,
+    obs: &Observations,
+    now: Timestamp,
+) -> Vec<Action> {
+    let mut tick = tick::Tick::new(policy, obs, now);
+    activity::run(&mut tick, state);
+    activity::trading(&mut tick, state);
+    gpu::thermal_guard(&mut tick, state);
+    ladder::run(&mut tick, state);
+    memory::run(&mut tick, state);
+    gpu::eco_mode(&mut tick, state);
+    reconcile::run(tick, state)
+}

@@ -43,8 +43,9 @@ pub struct Host {
 }
 
 /// Sizing classes from the heavy-agent sizing grid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Class {
     /// ≤ 500 MB.
@@ -189,9 +190,12 @@ impl Match {
     /// Whether a cgroup path (as the sensors report it) lies inside this match's cgroups.
     pub fn owns_cgroup(&self, path: &str) -> bool {
         let path = path.trim_matches('/');
-        self.cgroups()
-            .iter()
-            .any(|c| path == c || path.strip_prefix(c.as_str()).is_some_and(|r| r.starts_with('/')))
+        self.cgroups().iter().any(|c| {
+            path == c
+                || path
+                    .strip_prefix(c.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        })
     }
 }
 

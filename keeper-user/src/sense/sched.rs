@@ -274,7 +274,8 @@ impl SchedSensor {
             .iter()
             .filter_map(Result::ok)
             .filter(|&(pid, since)| {
-                (since != 0 && since < cutoff) || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                (since != 0 && since < cutoff)
+                    || !std::path::Path::new(&format!("/proc/{pid}")).exists()
             })
             .map(|(pid, _)| pid)
             .collect();

@@ -1,0 +1,181 @@
+//! Actions: what the engine asks the actuators to do, each with its rule and reason.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::cpulist::CpuList;
+use crate::policy::{Amount, Class, Limits, Percent};
+
+/// The policy rule that fired, named by its key path: `banker.pauses`, `eva-core.preempt`,
+/// `muse.windows`, `rules.thermal_guard`...
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RuleId(pub String);
+
+impl RuleId {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One action, with the rule that fired and a sentence saying why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Action {
+    #[serde(flatten)]
+    pub kind: ActionKind,
+    pub rule: RuleId,
+    pub reason: String,
+}
+
+fn cpu_list_text<S: Serializer>(c: &CpuList, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(c)
+}
+
+/// What to do. Names follow the policy's words.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Freeze the workload's cgroup (`cgroup.freeze` = 1).
+    Freeze { workload: String },
+    /// Thaw it (`cgroup.freeze` = 0).
+    Thaw { workload: String },
+    /// Apply the class's limits to a workload that just appeared.
+    ApplyClassLimits {
+        workload: String,
+        class: Class,
+        limits: Limits,
+    },
+    /// Throttle: lower `cpu.weight`.
+    SetCpuWeight { workload: String, weight: u32 },
+    /// Throttle: cap `cpu.max` at a share of all host CPUs.
+    SetCpuMax { workload: String, percent: Percent },
+    /// Set `memory.high`.
+    SetMemoryHigh { workload: String, amount: Amount },
+    /// Undo throttles: back to the class limits (or the kernel defaults without a class).
+    RestoreLimits { workload: String, limits: Limits },
+    /// Inflate the VM's balloon to leave it `target` memory (`100%`: give all back).
+    Balloon {
+        workload: String,
+        vmid: u32,
+        target: Amount,
+    },
+    /// Set the GPU power limit, as a share of its default limit.
+    SetGpuPowerLimit { percent: Percent },
+    /// Pin the trading workload to the trading cores and everything else off them.
+    ProtectTradingCores {
+        workload: String,
+        #[serde(serialize_with = "cpu_list_text")]
+        cpus: CpuList,
+        #[serde(serialize_with = "cpu_list_text")]
+        housekeeping: CpuList,
+    },
+    /// Stop reserving the trading cores.
+    ReleaseTradingCores { workload: String },
+    /// Move an intruder off a trading core.
+    EvictIntruder {
+        pid: u32,
+        comm: String,
+        cgroup: String,
+        cpu: u32,
+        #[serde(serialize_with = "cpu_list_text")]
+        to: CpuList,
+    },
+    /// The trading-core latency SLO is breached (report; the escalation ladder acts).
+    SloBreach { p99_us: f64, target_us: f64 },
+    /// The SLO is met again.
+    SloMet { p99_us: f64, target_us: f64 },
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ActionKind::*;
+        match self {
+            Freeze { workload } => write!(f, "freeze {workload}"),
+            Thaw { workload } => write!(f, "thaw {workload}"),
+            ApplyClassLimits {
+                workload,
+                class,
+                limits,
+            } => {
+                write!(
+                    f,
+                    "apply class {} to {workload} ({})",
+                    class.name(),
+                    limits_text(limits)
+                )
+            }
+            SetCpuWeight { workload, weight } => {
+                write!(f, "throttle {workload}: cpu.weight {weight}")
+            }
+            SetCpuMax { workload, percent } => write!(f, "throttle {workload}: cpu.max {percent}"),
+            SetMemoryHigh { workload, amount } => {
+                write!(f, "throttle {workload}: memory.high {amount}")
+            }
+            RestoreLimits { workload, limits } => {
+                write!(f, "restore limits of {workload} ({})", limits_text(limits))
+            }
+            Balloon {
+                workload,
+                vmid,
+                target,
+            } => write!(f, "balloon {workload} (vm {vmid}) to {target}"),
+            SetGpuPowerLimit { percent } => write!(f, "set GPU power limit {percent}"),
+            ProtectTradingCores {
+                workload,
+                cpus,
+                housekeeping,
+            } => {
+                write!(
+                    f,
+                    "protect trading cores {cpus} for {workload} (others on {housekeeping})"
+                )
+            }
+            ReleaseTradingCores { workload } => write!(f, "release trading cores of {workload}"),
+            EvictIntruder {
+                pid, comm, cpu, to, ..
+            } => write!(f, "evict intruder {comm}[{pid}] from CPU {cpu} to {to}"),
+            SloBreach { p99_us, target_us } => write!(
+                f,
+                "SLO breach: trading p99 wakeup {p99_us}us > {target_us}us"
+            ),
+            SloMet { p99_us, target_us } => {
+                write!(f, "SLO met: trading p99 wakeup {p99_us}us <= {target_us}us")
+            }
+        }
+    }
+}
+
+/// `cpu.weight 50, cpu.max 90%, memory.max 80%` or `kernel defaults`.
+pub fn limits_text(l: &Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(w) = l.cpu_weight {
+        parts.push(format!("cpu.weight {w}"));
+    }
+    if let Some(p) = l.cpu_max {
+        parts.push(format!("cpu.max {p}"));
+    }
+    if let Some(a) = l.memory_high {
+        parts.push(format!("memory.high {a}"));
+    }
+    if let Some(a) = l.memory_max {
+        parts.push(format!("memory.max {a}"));
+    }
+    if parts.is_empty() {
+        "kernel defaults".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}] {}", self.kind, self.rule, self.reason)
+    }
+}

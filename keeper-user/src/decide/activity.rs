@@ -1,0 +1,224 @@
+//! Workload activity (windows, start conditions), pauses, preemption, trading cores, intruders.
+
+use super::action::{ActionKind, RuleId};
+use super::state::{EVICT_COOLDOWN, EngineState, elapsed};
+use super::tick::{Tick, Want};
+use crate::policy::{Trigger, WhenInactive, Workload};
+
+/// Why the start conditions do not hold, or `None` when they do.
+fn unmet_condition(t: &Tick<'_>, w: &Workload) -> Option<String> {
+    let c = &w.conditions;
+    if let Some(max) = c.loadavg_below
+        && t.obs.loadavg >= max
+    {
+        return Some(format!(
+            "load average {:.2} is not below {max}",
+            t.obs.loadavg
+        ));
+    }
+    if let Some(max) = c.memory_pressure_below {
+        let p = t.obs.memory_pressure.some_avg10;
+        if p >= max {
+            return Some(format!("memory pressure {p:.1}% is not below {max}%"));
+        }
+    }
+    if c.gpu_idle {
+        let idle_below = t
+            .policy
+            .rules
+            .eco_mode
+            .as_ref()
+            .map_or(10.0, |e| e.idle_below);
+        match &t.obs.gpu {
+            Some(g) if g.utilization_pct < idle_below => {}
+            Some(g) => {
+                return Some(format!(
+                    "GPU is busy ({:.0}% >= {idle_below}%)",
+                    g.utilization_pct
+                ));
+            }
+            None => return Some("GPU state unknown".into()),
+        }
+    }
+    None
+}
+
+fn window_text(w: &Workload) -> String {
+    w.windows
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// Activity of every workload, `when_inactive: freeze`, `pauses` and `preempt`.
+pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
+    let policy = t.policy;
+    for w in &policy.workloads {
+        let present = t.obs.present(&w.name);
+        let in_window = w.windows.is_empty() || w.windows.iter().any(|win| win.contains(t.now));
+        let unmet = unmet_condition(t, w);
+        if !present || !in_window {
+            state.gates.remove(&w.name);
+        } else if unmet.is_none() {
+            state.gates.insert(w.name.clone());
+        }
+        let active = present && in_window && state.gates.contains(&w.name);
+        t.active.insert(w.name.clone(), active);
+        if active && w.when_inactive == WhenInactive::Freeze {
+            let rule = match state.applied.frozen.get(&w.name) {
+                Some(r) if r.0.starts_with(&format!("{}.", w.name)) => r.clone(),
+                _ => RuleId::new(format!("{}.windows", w.name)),
+            };
+            let why = if w.conditions.is_empty() {
+                "inside its windows"
+            } else {
+                "inside its windows and its start conditions hold"
+            };
+            t.released
+                .insert(w.name.clone(), (rule, format!("{} may run: {why}", w.name)));
+        }
+        if present && !active && w.when_inactive == WhenInactive::Freeze {
+            if !in_window {
+                let rule = RuleId::new(format!("{}.windows", w.name));
+                t.claim(
+                    &w.name,
+                    &rule,
+                    format!("{} is outside its windows ({})", w.name, window_text(w)),
+                );
+            } else {
+                let rule = RuleId::new(format!("{}.conditions", w.name));
+                let why = unmet.unwrap_or_default();
+                t.claim(&w.name, &rule, format!("{} may not start: {why}", w.name));
+            }
+        }
+    }
+    for w in &policy.workloads {
+        let active = t.is_active(&w.name);
+        let rule = RuleId::new(format!("{}.pauses", w.name));
+        for target in &w.pauses {
+            let cause = active.then(|| {
+                let when = if w.windows.is_empty() {
+                    "active".to_string()
+                } else {
+                    format!("active ({})", window_text(w))
+                };
+                format!("{} (rank {}) is {when} and pauses {target}", w.name, w.rank)
+            });
+            t.hold(state, &rule, target, cause, policy.rules.thaw_hysteresis);
+        }
+        if let Some(p) = &w.preempt {
+            let rule = RuleId::new(format!("{}.preempt", w.name));
+            let fired = active
+                && match p.on {
+                    Trigger::Interaction => t.obs.interaction,
+                };
+            for target in &p.targets {
+                let cause = fired.then(|| {
+                    format!(
+                        "interaction in progress: {} (rank {}) preempts {target} (deadline {})",
+                        w.name,
+                        w.rank,
+                        crate::policy::amount::format_duration(p.deadline)
+                    )
+                });
+                t.hold(state, &rule, target, cause, p.release_after);
+            }
+        }
+    }
+}
+
+/// Trading cores for their active owner, intruder eviction, and the latency SLO report.
+pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
+    let policy = t.policy;
+    let host = &policy.host;
+    let owner = policy
+        .workloads
+        .iter()
+        .find(|w| w.owns_trading_cores && t.is_active(&w.name));
+    let Some(owner) = owner else {
+        state.evicted.clear();
+        report_slo(t, state, false);
+        return;
+    };
+    let rule = RuleId::new(format!("{}.owns_trading_cores", owner.name));
+    t.trading = Some(Want {
+        value: owner.name.clone(),
+        rule: rule.clone(),
+        reason: format!(
+            "{} is active ({}) and owns the trading cores",
+            owner.name,
+            window_text(owner)
+        ),
+    });
+    let now = t.now;
+    state
+        .evicted
+        .retain(|_, at| elapsed(*at, now) < EVICT_COOLDOWN);
+    for i in &t.obs.intruders {
+        if !host.trading_cores.contains(i.cpu) || owner.matcher.owns_cgroup(&i.cgroup) {
+            continue;
+        }
+        if state.evicted.contains_key(&i.pid) {
+            continue;
+        }
+        state.evicted.insert(i.pid, now);
+        let reason = format!(
+            "{}[{}] from `{}` ran {}us on trading core {} owned by {}",
+            i.comm,
+            i.pid,
+            i.cgroup,
+            i.ran_ns / 1000,
+            i.cpu,
+            owner.name
+        );
+        let kind = ActionKind::EvictIntruder {
+            pid: i.pid,
+            comm: i.comm.clone(),
+            cgroup: i.cgroup.clone(),
+            cpu: i.cpu,
+            to: host.housekeeping_cores.clone(),
+        };
+        t.event(kind, &rule, reason);
+    }
+    report_slo(t, state, true);
+}
+
+/// Whether the trading-core latency SLO is breached now (only while the cores are protected).
+pub fn slo_breached(t: &Tick<'_>) -> Option<(f64, f64)> {
+    let slo = t.policy.rules.slo.as_ref()?;
+    let p99 = t.obs.trading_p99_wakeup_ns?;
+    let target = slo.trading_p99_wakeup.as_nanos() as f64;
+    (t.trading.is_some() && p99 as f64 > target).then_some((p99 as f64 / 1000.0, target / 1000.0))
+}
+
+fn report_slo(t: &mut Tick<'_>, state: &mut EngineState, protected: bool) {
+    let Some(slo) = &t.policy.rules.slo else {
+        return;
+    };
+    let breach = if protected { slo_breached(t) } else { None };
+    let rule = RuleId::new("rules.slo");
+    let target_us = slo.trading_p99_wakeup.as_nanos() as f64 / 1000.0;
+    let p99_us = t.obs.trading_p99_wakeup_ns.unwrap_or(0) as f64 / 1000.0;
+    match (breach, state.applied.slo_breached) {
+        (Some((p99_us, target_us)), false) => {
+            state.applied.slo_breached = true;
+            let reason = "p99 wakeup latency on the trading cores is above target; the escalation ladder throttles".into();
+            t.event(ActionKind::SloBreach { p99_us, target_us }, &rule, reason);
+        }
+        (None, true) => {
+            state.applied.slo_breached = false;
+            let reason = if protected {
+                "p99 wakeup latency is back within target"
+            } else {
+                "trading cores are no longer protected"
+            };
+            t.event(
+                ActionKind::SloMet { p99_us, target_us },
+                &rule,
+                reason.into(),
+            );
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,89 @@
+//! Observations: the facts the sensors report at one instant, without the time itself.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Pressure stall information (`/proc/pressure/*`, `<cgroup>/*.pressure`), avg10 in percent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Psi {
+    pub some_avg10: f64,
+    pub full_avg10: f64,
+}
+
+/// The GPU.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuObs {
+    pub temperature_c: f64,
+    pub utilization_pct: f64,
+    /// Workloads with processes on the GPU: workload → process count.
+    pub users: BTreeMap<String, u32>,
+}
+
+/// A workload the sensors found (its cgroup exists / its processes live).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadObs {
+    /// It has runnable work (uses CPU); an idle or frozen workload is not running.
+    pub running: bool,
+    pub memory_pressure: Psi,
+}
+
+impl Default for WorkloadObs {
+    fn default() -> Self {
+        Self {
+            running: true,
+            memory_pressure: Psi::default(),
+        }
+    }
+}
+
+/// A task that ran on a trading core without belonging to the trading workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Intruder {
+    pub pid: u32,
+    pub comm: String,
+    /// cgroup v2 path relative to the root.
+    pub cgroup: String,
+    pub cpu: u32,
+    pub ran_ns: u64,
+}
+
+/// Everything the engine reads about the host at one tick.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Observations {
+    /// 1-minute load average.
+    pub loadavg: f64,
+    /// Host CPU pressure.
+    pub cpu_pressure: Psi,
+    /// Host memory pressure.
+    pub memory_pressure: Psi,
+    /// `None`: no GPU, or its sensor is down (GPU rules stay still).
+    pub gpu: Option<GpuObs>,
+    /// A user interaction is in progress (EVA: "user is speaking").
+    pub interaction: bool,
+    /// Present workloads by name; absent ones are missing.
+    pub workloads: BTreeMap<String, WorkloadObs>,
+    /// Intruder events since the last tick.
+    pub intruders: Vec<Intruder>,
+    /// p99 wakeup latency on the trading cores over the last interval, nanoseconds.
+    pub trading_p99_wakeup_ns: Option<u64>,
+}
+
+impl Observations {
+    pub fn present(&self, workload: &str) -> bool {
+        self.workloads.contains_key(workload)
+    }
+    pub fn running(&self, workload: &str) -> bool {
+        self.workloads.get(workload).is_some_and(|w| w.running)
+    }
+    pub fn gpu_user(&self, workload: &str) -> bool {
+        self.gpu
+            .as_ref()
+            .is_some_and(|g| g.users.get(workload).is_some_and(|n| *n > 0))
+    }
+}

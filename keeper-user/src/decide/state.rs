@@ -1,0 +1,97 @@
+//! The engine's memory between ticks: plain data (serde), so it can be logged, saved, compared.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::action::RuleId;
+use crate::policy::{Amount, Percent};
+
+/// Everything `decide` remembers. Start from `EngineState::default()`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineState {
+    /// Workloads whose start conditions held once in the current window (the gate is open).
+    pub gates: BTreeSet<String>,
+    /// Freeze claims that outlive their cause by a hysteresis.
+    pub holds: Vec<Hold>,
+    pub ladder: LadderState,
+    pub thermal: ThermalState,
+    /// Memory rule levels (`high`, `freeze`, `balloon`) → the workload each one acts on.
+    pub memory: BTreeMap<String, Sticky>,
+    /// Since when the GPU has been idle (eco mode).
+    pub gpu_idle_since: Option<Timestamp>,
+    /// What the engine has already asked the actuators for.
+    pub applied: Applied,
+    /// Intruders evicted recently, pid → when (not evicted again within [`EVICT_COOLDOWN`]).
+    pub evicted: BTreeMap<u32, Timestamp>,
+}
+
+/// How long an evicted pid is not evicted again (identical events are not new facts).
+pub const EVICT_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// A rule's claim on a workload; `released_at` starts the hysteresis once the cause is gone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub rule: RuleId,
+    pub workload: String,
+    pub reason: String,
+    pub released_at: Option<Timestamp>,
+}
+
+/// A rule's chosen target, kept until its cause has been gone for the release time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sticky {
+    pub workload: String,
+    pub released_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LadderState {
+    /// Escalated workloads in escalation order, with the index of their current step.
+    pub entries: Vec<(String, usize)>,
+    pub last_change: Option<Timestamp>,
+    pub calm_since: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThermalState {
+    /// Workloads frozen by the thermal guard, in freezing order.
+    pub frozen: Vec<String>,
+    pub last_change: Option<Timestamp>,
+}
+
+/// Throttles on one workload.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Knobs {
+    pub cpu_weight: Option<u32>,
+    pub cpu_max: Option<Percent>,
+    pub memory_high: Option<Amount>,
+}
+
+impl Knobs {
+    pub fn is_empty(&self) -> bool {
+        self.cpu_weight.is_none() && self.cpu_max.is_none() && self.memory_high.is_none()
+    }
+}
+
+/// The actuated state as the engine commanded it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Frozen workloads and the rule that holds each.
+    pub frozen: BTreeMap<String, RuleId>,
+    pub knobs: BTreeMap<String, Knobs>,
+    pub balloons: BTreeMap<String, Amount>,
+    /// Workloads whose class limits were applied since they appeared.
+    pub classed: BTreeSet<String>,
+    /// The workload the trading cores are protected for.
+    pub trading: Option<String>,
+    pub gpu_power_limit: Option<Percent>,
+    pub slo_breached: bool,
+}
+
+/// `now - since`, never negative (a clock going back counts as no time).
+pub fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
+}

@@ -1,0 +1,292 @@
+//! Unit tests of the policy parser and checks: the seed policy, located errors, hostile input.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn errors(text: &str) -> Vec<String> {
+    match load(text.as_bytes(), &HostFacts::default()) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.0.iter().map(|d| format!("{}: {}", d.pos, d)).collect(),
+    }
+}
+
+fn hive_with(from: &str, to: &str) -> String {
+    assert!(HIVE_YAML.contains(from), "hive.yaml has no `{from}`");
+    HIVE_YAML.replacen(from, to, 1)
+}
+
+#[test]
+fn hive_encodes_the_seed_matrix() {
+    let p = hive().expect("hive.yaml is valid");
+    let names: Vec<(&str, u32)> = p
+        .workloads
+        .iter()
+        .map(|w| (w.name.as_str(), w.rank))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("banker", 1),
+            ("eva-core", 2),
+            ("sentinel", 3),
+            ("muse", 4),
+            ("research", 5)
+        ]
+    );
+    let banker = p.workload("banker").unwrap();
+    assert!(banker.owns_trading_cores);
+    assert_eq!(banker.pauses, ["muse", "research"]);
+    assert_eq!(banker.matcher.cgroups(), ["qemu.slice/100.scope"]);
+    assert_eq!(
+        banker.windows[0].to_string(),
+        "mon-fri 08:00-23:00 Europe/Paris"
+    );
+    let eva = p.workload("eva-core").unwrap();
+    assert_eq!(
+        eva.preempt.as_ref().unwrap().deadline,
+        Duration::from_millis(200)
+    );
+    let muse = p.workload("muse").unwrap();
+    assert_eq!(muse.conditions.loadavg_below, Some(0.5));
+    assert_eq!(muse.when_inactive, WhenInactive::Freeze);
+    assert!(muse.windows[0].is_overnight());
+    assert_eq!(p.host.trading_cores.to_string(), "1");
+    assert_eq!(p.host.housekeeping_cores.to_string(), "0");
+    let batch = &p.classes[&Class::Batch];
+    assert_eq!(batch.memory_max, Some(Amount::Percent(Percent::new(80.0))));
+    assert_eq!(batch.cpu_max, Some(Percent::new(90.0)));
+}
+
+#[test]
+fn every_error_is_located_and_names_its_key() {
+    // (edit of hive.yaml, expected "line:col: error: message" fragment)
+    let table: &[(&str, &str, &str)] = &[
+        (
+            "    rank: 4",
+            "    rnak: 4",
+            "44:5: error: unknown key `rnak` (did you mean `rank`?)",
+        ),
+        (
+            "    rank: 3",
+            "    rank: 2",
+            "38:11: error: `sentinel.rank`: duplicate rank 2",
+        ),
+        (
+            "  - name: research",
+            "  - name: muse",
+            "54:11: error: `name`: duplicate workload name `muse` (first at 43:11)",
+        ),
+        (
+            "pauses: [muse, research]",
+            "pauses: [muse, reserch]",
+            "`banker.pauses`: unknown workload `reserch` (did you mean `research`?)",
+        ),
+        (
+            "targets: [muse, research]",
+            "targets: [banker]",
+            "`eva-core.preempt.targets`: `banker` has rank 1, which is never frozen",
+        ),
+        (
+            "housekeeping_cores: \"0\"",
+            "housekeeping_cores: \"0-1\"",
+            "12:23: error: `host.housekeeping_cores`: cores 1 are also trading cores",
+        ),
+        (
+            "time_zone: Europe/Paris",
+            "time_zone: Mars/Olympus",
+            "10:14: error: `host.time_zone`: `Mars/Olympus` is not a known time zone",
+        ),
+        (
+            "hours: \"08:00-23:00\"",
+            "hours: \"08:00-25:00\"",
+            "`banker.windows[0].hours`: `25:00` is not a time of day",
+        ),
+        (
+            "days: mon-fri",
+            "days: mon-fry",
+            "`banker.windows[0].days`: `fry` is not a day",
+        ),
+        (
+            "deadline: 200ms",
+            "deadline: 5ms",
+            "`eva-core.preempt.deadline`: 5ms is below the engine's minimum reaction time (10ms)",
+        ),
+        (
+            "idle_power_limit: 60%",
+            "idle_power_limit: 160%",
+            "`rules.eco_mode.idle_power_limit`: percentage 160 is out of range 0..=100",
+        ),
+        (
+            "cpu_pressure_above: 25",
+            "cpu_pressure_above: 250",
+            "`rules.escalation.cpu_pressure_above`: 250 is out of range 0..=100",
+        ),
+        (
+            "resume_below: 72",
+            "resume_below: 85",
+            "`rules.thermal_guard.resume_below`: must be below gpu_temp_above",
+        ),
+        (
+            "class: batch",
+            "class: batsh",
+            "unknown value `batsh` (did you mean `batch`?)",
+        ),
+        (
+            "match: { vmid: 100 }",
+            "match: { vmid: 7 }",
+            "`banker.match.vmid`: 7 is not a Proxmox VM id",
+        ),
+        (
+            "loadavg_below: 0.5",
+            "loadavg_below: lots",
+            "`loadavg_below`: ",
+        ),
+        (
+            "dwell: 10s",
+            "dwell: 10 parsecs",
+            "`rules.escalation.dwell`: `10 parsecs` is not a duration",
+        ),
+        (
+            "      - freeze\n",
+            "      - freeze\n      - cpu_weight: 5\n",
+            "`rules.escalation.steps[2]`: `freeze` is the last step",
+        ),
+        (
+            "version: 1",
+            "version: 2",
+            "6:10: error: `version`: version 2 is unknown",
+        ),
+    ];
+    for (from, to, want) in table {
+        let errs = errors(&hive_with(from, to));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "edit `{from}` → `{to}`: want `{want}`, got {errs:#?}"
+        );
+        assert!(
+            errs.iter().all(|e| !e.starts_with("0:")),
+            "unlocated: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn cores_missing_on_this_host_warn_or_fail() {
+    let text = hive_with("trading_cores: \"1\"", "trading_cores: \"7\"");
+    let online: crate::cpulist::CpuList = "0-1".parse().unwrap();
+    let warn = HostFacts {
+        online_cpus: Some(online.clone()),
+        for_this_host: false,
+    };
+    let loaded = load(text.as_bytes(), &warn).expect("only a warning");
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0]
+            .message
+            .contains("cores 7 do not exist on this host")
+    );
+    let strict = HostFacts {
+        online_cpus: Some(online),
+        for_this_host: true,
+    };
+    let err = load(text.as_bytes(), &strict).unwrap_err();
+    assert_eq!(err.0[0].pos, Pos { line: 11, col: 18 });
+}
+
+fn assert_refused_quickly(name: &str, bytes: &[u8], want: &str) {
+    let start = Instant::now();
+    let err = load(bytes, &HostFacts::default()).expect_err(name);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{name} took {:?}",
+        start.elapsed()
+    );
+    let d = &err.0[0];
+    assert!(d.pos.line >= 1, "{name}: unlocated {d}");
+    assert!(d.message.contains(want), "{name}: want `{want}`, got `{d}`");
+}
+
+#[test]
+fn hostile_input_is_refused_quickly_with_a_location() {
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        bomb += &format!("a{i}: &a{i} [{refs}]\n");
+    }
+    let bomb_in_workloads = format!("workloads: &w [{}]\n", ["*w"; 10].join(","));
+    assert_refused_quickly("alias bomb", bomb.as_bytes(), "unknown key `a0`");
+    assert_refused_quickly("self alias", bomb_in_workloads.as_bytes(), "");
+    let deep_flow = format!("workloads: {}", "[".repeat(100_000));
+    assert_refused_quickly("deep flow", deep_flow.as_bytes(), "");
+    let deep_block: String = (0..500)
+        .map(|i| format!("{}- \n", "  ".repeat(i)))
+        .collect();
+    assert_refused_quickly(
+        "deep block",
+        format!("workloads:\n{deep_block}").as_bytes(),
+        "",
+    );
+    let deep_map: String = (0..500)
+        .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
+        .collect();
+    assert_refused_quickly("deep map", deep_map.as_bytes(), "");
+    assert_refused_quickly("huge", &vec![b'#'; MAX_POLICY_BYTES + 1], "at most");
+    assert_refused_quickly(
+        "invalid UTF-8",
+        b"host:\n  name: h\xc3\x28\n",
+        "invalid UTF-8",
+    );
+    assert_refused_quickly("binary", b"\x7fELF\x02\x01\x01\x00\x00\x00", "binary data");
+    assert_refused_quickly("empty", b"", "empty");
+    assert_refused_quickly("two documents", b"version: 1\n---\nversion: 1\n", "");
+    assert_refused_quickly("a scalar", b"42\n", "");
+}
+
+#[test]
+fn the_alias_bomb_is_stopped_by_the_budget_even_where_values_are_accepted() {
+    // `description` accepts any string; aliases to huge sequences must still be refused.
+    let mut text = String::from("x: &a [a, a, a, a, a, a, a, a]\n");
+    text.clear();
+    text += "version: 1\nhost: {trading_cores: \"1\", housekeeping_cores: \"0\"}\nworkloads:\n";
+    text += "  - &w {name: a, rank: 2, match: {vmid: 100}}\n";
+    for _ in 0..2_000 {
+        text += "  - *w\n";
+    }
+    let start = Instant::now();
+    let err = load(text.as_bytes(), &HostFacts::default()).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(err.0[0].message.contains("alias"), "{}", err.0[0]);
+}
+
+#[test]
+fn schema_describes_the_policy() {
+    let s = json_schema().to_string();
+    for key in [
+        "workloads",
+        "trading_cores",
+        "when_inactive",
+        "thermal_guard",
+        "light-browser",
+        "deadline",
+    ] {
+        assert!(s.contains(key), "schema lacks {key}");
+    }
+}
+
+#[test]
+fn example_policies_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let bytes = std::fs::read(&path).unwrap();
+            if let Err(e) = load(&bytes, &HostFacts::default()) {
+                panic!("{}: {:#?}", path.display(), e.0);
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "hive.yaml and the examples");
+}

@@ -1,0 +1,231 @@
+//! The `rules:` section: escalation ladder, thermal guard, eco mode, memory rules, SLOs.
+
+use std::time::Duration;
+
+use super::amount::{Amount, Percent};
+use super::at::At;
+use super::raw::*;
+use super::types::*;
+use super::validate::{Checker, DEFAULT_THAW_HYSTERESIS};
+
+/// Default `rules.thermal_guard.dwell`.
+pub const DEFAULT_THERMAL_DWELL: Duration = Duration::from_secs(30);
+
+impl Checker<'_> {
+    pub(super) fn rules(&mut self, raw: Option<&At<RawRules>>) -> Option<Rules> {
+        let Some(raw) = raw else {
+            return Some(Rules {
+                thaw_hysteresis: DEFAULT_THAW_HYSTERESIS,
+                escalation: None,
+                thermal_guard: None,
+                eco_mode: None,
+                memory: None,
+                slo: None,
+            });
+        };
+        let r = &raw.value;
+        let hysteresis = self.opt_duration(
+            &r.thaw_hysteresis,
+            "rules.thaw_hysteresis",
+            DEFAULT_THAW_HYSTERESIS,
+        );
+        let mut ok = true;
+        let escalation = match &r.escalation {
+            Some(e) => {
+                let v = self.escalation(&e.value);
+                ok &= v.is_some();
+                v
+            }
+            None => None,
+        };
+        let thermal_guard = r.thermal_guard.as_ref().map(|t| self.thermal(&t.value));
+        let eco_mode = match &r.eco_mode {
+            Some(e) => {
+                let v = self.eco(&e.value);
+                ok &= v.is_some();
+                v
+            }
+            None => None,
+        };
+        let memory = r.memory.as_ref().map(|m| self.memory(&m.value, hysteresis));
+        let slo = match &r.slo {
+            Some(s) => {
+                let d = self.duration(&s.value.trading_p99_wakeup, "rules.slo.trading_p99_wakeup");
+                if d == Some(Duration::ZERO) {
+                    self.err(
+                        s.value.trading_p99_wakeup.pos,
+                        "rules.slo.trading_p99_wakeup",
+                        "a latency target above 0",
+                    );
+                }
+                ok &= d.is_some();
+                d.map(|d| Slo {
+                    trading_p99_wakeup: d,
+                })
+            }
+            None => None,
+        };
+        ok.then_some(Rules {
+            thaw_hysteresis: hysteresis,
+            escalation,
+            thermal_guard,
+            eco_mode,
+            memory,
+            slo,
+        })
+    }
+
+    fn escalation(&mut self, e: &RawEscalation) -> Option<Escalation> {
+        let key = "rules.escalation";
+        let pressure =
+            self.percent_num(&e.cpu_pressure_above, &format!("{key}.cpu_pressure_above"));
+        if e.steps.value.is_empty() {
+            self.err(
+                e.steps.pos,
+                &format!("{key}.steps"),
+                "the ladder needs at least one step",
+            );
+        }
+        let mut steps = Vec::new();
+        for (i, s) in e.steps.value.iter().enumerate() {
+            let k = format!("{key}.steps[{i}]");
+            match &s.value {
+                RawStep::CpuWeight(w) => {
+                    if !(1..=10_000).contains(w) {
+                        self.err(
+                            s.pos,
+                            &format!("{k}.cpu_weight"),
+                            format!("{w} is out of range 1..=10000"),
+                        );
+                    }
+                    steps.push(Step::CpuWeight(*w));
+                }
+                RawStep::CpuMax(p) => match p.parse::<Percent>() {
+                    Ok(p) if p.get() > 0.0 => steps.push(Step::CpuMax(p)),
+                    Ok(_) => self.err(
+                        s.pos,
+                        &format!("{k}.cpu_max"),
+                        "0% would stop the workload; use `freeze`",
+                    ),
+                    Err(m) => self.err(s.pos, &format!("{k}.cpu_max"), m),
+                },
+                RawStep::Freeze => {
+                    if i + 1 != e.steps.value.len() {
+                        self.err(s.pos, &k, "`freeze` is the last step of a ladder");
+                    }
+                    steps.push(Step::Freeze);
+                }
+            }
+        }
+        let dwell = self.duration(&e.dwell, &format!("{key}.dwell"));
+        let rollback = self.duration(&e.rollback_after, &format!("{key}.rollback_after"));
+        Some(Escalation {
+            cpu_pressure_above: pressure,
+            steps,
+            dwell: dwell?,
+            rollback_after: rollback?,
+        })
+    }
+
+    fn thermal(&mut self, t: &RawThermalGuard) -> ThermalGuard {
+        let key = "rules.thermal_guard";
+        for (v, k) in [
+            (&t.gpu_temp_above, "gpu_temp_above"),
+            (&t.resume_below, "resume_below"),
+        ] {
+            if !(v.value.is_finite() && (0.0..=150.0).contains(&v.value)) {
+                self.err(
+                    v.pos,
+                    &format!("{key}.{k}"),
+                    format!(
+                        "{} °C is not a plausible GPU temperature (0..=150)",
+                        v.value
+                    ),
+                );
+            }
+        }
+        if t.resume_below.value >= t.gpu_temp_above.value {
+            self.err(
+                t.resume_below.pos,
+                &format!("{key}.resume_below"),
+                format!(
+                    "must be below gpu_temp_above ({} °C) so that there is hysteresis",
+                    t.gpu_temp_above.value
+                ),
+            );
+        }
+        ThermalGuard {
+            gpu_temp_above: t.gpu_temp_above.value,
+            resume_below: t.resume_below.value,
+            dwell: self.opt_duration(&t.dwell, &format!("{key}.dwell"), DEFAULT_THERMAL_DWELL),
+        }
+    }
+
+    fn eco(&mut self, e: &RawEcoMode) -> Option<EcoMode> {
+        let key = "rules.eco_mode";
+        let idle_below = self.percent_num(&e.idle_below, &format!("{key}.idle_below"));
+        let idle_after = self.duration(&e.idle_after, &format!("{key}.idle_after"));
+        let idle = self.pct_text(&e.idle_power_limit, &format!("{key}.idle_power_limit"));
+        let busy = self.pct_text(&e.busy_power_limit, &format!("{key}.busy_power_limit"));
+        if let (Some(i), Some(b)) = (idle, busy)
+            && i.get() > b.get()
+        {
+            self.err(
+                e.idle_power_limit.pos,
+                &format!("{key}.idle_power_limit"),
+                "is above busy_power_limit",
+            );
+        }
+        for (p, v, k) in [
+            (idle, &e.idle_power_limit, "idle_power_limit"),
+            (busy, &e.busy_power_limit, "busy_power_limit"),
+        ] {
+            if p.is_some_and(|p| p.get() < 10.0) {
+                self.err(
+                    v.pos,
+                    &format!("{key}.{k}"),
+                    "a GPU power limit below 10% is not supported by drivers",
+                );
+            }
+        }
+        Some(EcoMode {
+            idle_below,
+            idle_after: idle_after?,
+            idle_power_limit: idle?,
+            busy_power_limit: busy?,
+        })
+    }
+
+    fn memory(&mut self, m: &RawMemory, hysteresis: Duration) -> MemoryRule {
+        let key = "rules.memory";
+        let mut num = |v: &Option<At<f64>>, k: &str| {
+            v.as_ref()
+                .map(|v| self.percent_num(v, &format!("{key}.{k}")))
+        };
+        let high_above = num(&m.high_above, "high_above");
+        let freeze_above = num(&m.freeze_above, "freeze_above");
+        let balloon_above = num(&m.balloon_above, "balloon_above");
+        let amount = |c: &mut Self, v: &Option<At<String>>, k: &str| {
+            v.as_ref()
+                .and_then(|v| c.parsed(v, &format!("{key}.{k}"), |s| s.parse::<Amount>()))
+        };
+        let balloon_target = amount(self, &m.balloon_target, "balloon_target");
+        let memory_high = amount(self, &m.memory_high, "memory_high");
+        MemoryRule {
+            high_above,
+            freeze_above,
+            balloon_above,
+            balloon_target: balloon_target.unwrap_or(Amount::Percent(Percent::new(50.0))),
+            memory_high,
+            release_after: self.opt_duration(
+                &m.release_after,
+                &format!("{key}.release_after"),
+                hysteresis,
+            ),
+        }
+    }
+
+    fn pct_text(&mut self, v: &At<String>, key: &str) -> Option<Percent> {
+        self.parsed(v, key, |s| s.parse::<Percent>())
+    }
+}

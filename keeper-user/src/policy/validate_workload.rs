@@ -1,0 +1,131 @@
+//! A workload's `match`, `windows` and `conditions` keys: values and checks, located.
+
+use jiff::tz::TimeZone;
+
+use super::at::At;
+use super::raw::{RawConditions, RawMatch, RawWindow};
+use super::types::{Conditions, Host, Match};
+use super::validate::{Checker, DEFAULT_TIME_ZONE};
+use super::window::{DaySet, Window};
+
+impl Checker<'_> {
+    pub(super) fn matcher(
+        &mut self,
+        m: &At<RawMatch>,
+        name: &str,
+        host: Option<&Host>,
+    ) -> Option<Match> {
+        let r = &m.value;
+        let key = format!("{name}.match");
+        let out = Match {
+            cgroup: r.cgroup.as_ref().map(|v| v.value.clone()),
+            systemd_unit: r.systemd_unit.as_ref().map(|v| v.value.clone()),
+            vmid: r.vmid.as_ref().map(|v| v.value),
+            process: r.process.as_ref().map(|v| v.value.clone()),
+            pid_file: r.pid_file.as_ref().map(|v| v.value.clone()),
+        };
+        if out == Match::default() {
+            self.err(
+                m.pos,
+                &key,
+                "no match key; give one of cgroup, systemd_unit, vmid, process, pid_file",
+            );
+        }
+        if let Some(v) = &r.vmid
+            && !(100..=999_999_999).contains(&v.value)
+        {
+            self.err(
+                v.pos,
+                &format!("{key}.vmid"),
+                format!("{} is not a Proxmox VM id (100..=999999999)", v.value),
+            );
+        }
+        if let Some(p) = &r.process
+            && (p.value.is_empty() || p.value.len() > 15)
+        {
+            self.err(
+                p.pos,
+                &format!("{key}.process"),
+                "a process name (comm) has 1 to 15 bytes",
+            );
+        }
+        if let Some(c) = &r.cgroup
+            && (c.value.contains("..") || c.value.trim_matches('/').is_empty())
+        {
+            self.err(
+                c.pos,
+                &format!("{key}.cgroup"),
+                format!("`{}` is not a cgroup path below the root", c.value),
+            );
+        }
+        if let (Some(u), Some(h)) = (&r.systemd_unit, host)
+            && u.value == h.keeper_unit
+        {
+            self.err(
+                u.pos,
+                &format!("{key}.systemd_unit"),
+                "this is the keeper itself, which is never a workload",
+            );
+        }
+        if let Some(p) = &r.pid_file
+            && !p.value.starts_with('/')
+        {
+            self.err(
+                p.pos,
+                &format!("{key}.pid_file"),
+                "a pid file path is absolute",
+            );
+        }
+        Some(out)
+    }
+
+    pub(super) fn window(
+        &mut self,
+        w: &RawWindow,
+        key: &str,
+        host: Option<&Host>,
+    ) -> Option<Window> {
+        let days = self.parsed(&w.days, &format!("{key}.days"), DaySet::parse);
+        let (tz_name, tz) = match &w.time_zone {
+            Some(v) => (
+                v.value.trim().to_string(),
+                self.time_zone(v, &format!("{key}.time_zone")),
+            ),
+            // Without a valid host zone the window is still checked (in UTC) for its own errors.
+            None => match host {
+                Some(h) => (h.time_zone_name.clone(), Some(h.time_zone.clone())),
+                None => (DEFAULT_TIME_ZONE.to_string(), None),
+            },
+        };
+        // Hours are checked even when days or zone failed, so every mistake is reported.
+        let (d, z) = (
+            days.unwrap_or(DaySet::ALL),
+            tz.clone().unwrap_or(TimeZone::UTC),
+        );
+        let win = self.parsed(&w.hours, &format!("{key}.hours"), |s| {
+            Window::parse(d, s, &tz_name, z)
+        });
+        days.and(tz).and(win)
+    }
+
+    pub(super) fn conditions(&mut self, c: &RawConditions, name: &str) -> Conditions {
+        if let Some(l) = &c.loadavg_below
+            && !(l.value.is_finite() && l.value > 0.0)
+        {
+            self.err(
+                l.pos,
+                &format!("{name}.conditions.loadavg_below"),
+                "a load average threshold is a positive number",
+            );
+        }
+        let mem = c
+            .memory_pressure_below
+            .as_ref()
+            .map(|m| self.percent_num(m, &format!("{name}.conditions.memory_pressure_below")));
+        Conditions {
+            loadavg_below: c.loadavg_below.as_ref().map(|l| l.value),
+            gpu_idle: c.gpu_idle.as_ref().is_some_and(|g| g.value),
+            memory_pressure_below: mem,
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Replays the fuzz corpus (keeper-user/fuzz/corpus/policy_parse) and the bad policies through
+//! the parser: no panic, a located error or a policy, and bounded time for each input.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use keeper::policy::{HostFacts, load};
+
+fn replay(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let start = Instant::now();
+        let facts = HostFacts {
+            online_cpus: "0-1".parse().ok(),
+            for_this_host: true,
+        };
+        match load(&bytes, &facts) {
+            Ok(_) => {}
+            Err(d) => {
+                assert!(
+                    !d.0.is_empty(),
+                    "{}: error without a finding",
+                    path.display()
+                );
+                for diag in &d.0 {
+                    assert!(
+                        diag.pos.line >= 1 && diag.pos.col >= 1,
+                        "{}: unlocated {diag}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        let _ = keeper::decide::scenario::parse(&bytes);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{} took {:?}",
+            path.display(),
+            start.elapsed()
+        );
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn fuzz_corpus_replays_through_the_parser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(replay(&root.join("fuzz/corpus/policy_parse")) >= 10);
+    assert!(replay(&root.join("../tests/policies/bad")) >= 10);
+}
