@@ -26,6 +26,14 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the keeper: enforce the policy (default: the embedded policies/hive.yaml).
+    Run(cli::run::RunArgs),
+    /// Ask the running keeper for its state.
+    Status(cli::control::SocketArgs),
+    /// Tell the running keeper a user interaction starts or stops (EVA's preemption trigger).
+    Interaction(cli::control::InteractionArgs),
+    /// Make the running keeper re-read its policy (a bad policy keeps the old one).
+    Reload(cli::control::SocketArgs),
     /// Watch run-queue latency and intruders on CPUs (a runqlat for the trading cores).
     Watch(cli::watch::WatchArgs),
     /// Check policy files; exit 0 when all are valid, 1 when not.
@@ -40,6 +48,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match &cli.command {
+        Command::Run(args) => cli::run::run(args),
+        Command::Status(args) => cli::control::status(args),
+        Command::Interaction(args) => cli::control::interaction(args),
+        Command::Reload(args) => cli::control::reload(args),
         Command::Watch(args) => cli::watch::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::Schema(args) => cli::schema::run(args),

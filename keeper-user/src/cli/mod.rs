@@ -2,6 +2,8 @@
 //! only parses and dispatches.
 
 pub mod check;
+pub mod control;
+pub mod run;
 pub mod schema;
 pub mod simulate;
 pub mod watch;

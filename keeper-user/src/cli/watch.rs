@@ -237,7 +237,7 @@ fn protected_subtrees(cgroups: &CgroupFs, paths: &[String]) -> anyhow::Result<Ve
     Ok(ids)
 }
 
-fn cpu_view(r: &CpuReadout) -> CpuView {
+pub fn cpu_view(r: &CpuReadout) -> CpuView {
     CpuView {
         cpu: r.cpu,
         protected: (&r.protected).into(),

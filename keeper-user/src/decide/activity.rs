@@ -44,6 +44,9 @@ fn unmet_condition(t: &Tick<'_>, w: &Workload) -> Option<String> {
 }
 
 fn window_text(w: &Workload) -> String {
+    if w.windows.is_empty() {
+        return "always".into();
+    }
     w.windows
         .iter()
         .map(ToString::to_string)

@@ -1,0 +1,220 @@
+//! cgroup v2 actuators: control files with their originals journaled, freeze/thaw confirmed
+//! through `cgroup.events`, and the trading cores given to one cgroup as a cpuset partition.
+
+use std::{
+    fs, io,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use super::{ActError, Actuators, Outcome, journal::Entry, normalize};
+use crate::cpulist::CpuList;
+
+/// How long a freeze or thaw may take before it is reported as failed.
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Controller a control file belongs to (`cpu.max` → `cpu`).
+fn controller_of(file: &str) -> &str {
+    file.split('.').next().unwrap_or(file)
+}
+
+impl Actuators {
+    /// Reads a control file of a cgroup.
+    pub fn read_file(&self, rel: &str, file: &str) -> Result<String, ActError> {
+        let path = self.cg.dir(rel)?.join(file);
+        fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|source| self.file_error(rel, file, &path, source))
+    }
+
+    fn file_error(&self, rel: &str, file: &str, path: &Path, source: io::Error) -> ActError {
+        if source.kind() == io::ErrorKind::NotFound {
+            if self.cg.dir(rel).is_ok_and(|d| d.is_dir()) {
+                ActError::Missing {
+                    cgroup: format!("/{}", normalize(rel)),
+                    file: file.to_string(),
+                    controller: controller_of(file).to_string(),
+                }
+            } else {
+                ActError::CgroupGone {
+                    cgroup: format!("/{}", normalize(rel)),
+                }
+            }
+        } else {
+            ActError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+
+    /// Writes a control file, journaling its original value the first time.
+    pub fn write_file(&mut self, rel: &str, file: &str, value: &str) -> Result<Outcome, ActError> {
+        self.check_scope_cgroup(rel)?;
+        let path = self.cg.dir(rel)?.join(file);
+        let current = self.read_file(rel, file)?;
+        let what = format!("/{}/{file} = {value}", normalize(rel));
+        if current == value {
+            return Ok(Outcome::Unchanged(what));
+        }
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(what));
+        }
+        if !self.journaled.contains(&path) {
+            self.journal.record(&Entry::File {
+                path: path.clone(),
+                original: original_for_restore(file, &current),
+            })?;
+            self.journaled.insert(path.clone());
+        }
+        fs::write(&path, value).map_err(|source| self.file_error(rel, file, &path, source))?;
+        Ok(Outcome::Done(what))
+    }
+
+    /// Freezes a cgroup and waits until `cgroup.events` says `frozen 1`.
+    pub fn freeze(&mut self, rel: &str) -> Result<Outcome, ActError> {
+        self.set_frozen(rel, true)
+    }
+
+    /// Thaws a cgroup and waits until `cgroup.events` says `frozen 0`.
+    pub fn thaw(&mut self, rel: &str) -> Result<Outcome, ActError> {
+        self.set_frozen(rel, false)
+    }
+
+    fn set_frozen(&mut self, rel: &str, frozen: bool) -> Result<Outcome, ActError> {
+        self.check_scope_cgroup(rel)?;
+        let verb = if frozen { "freeze" } else { "thaw" };
+        let want = u8::from(frozen);
+        let dir = self.cg.dir(rel)?;
+        if !dir.is_dir() {
+            return Err(ActError::CgroupGone {
+                cgroup: format!("/{}", normalize(rel)),
+            });
+        }
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(format!("{verb} /{}", normalize(rel))));
+        }
+        if frozen {
+            self.journal.record(&Entry::Freeze {
+                cgroup: dir.clone(),
+            })?;
+        }
+        let file = dir.join("cgroup.freeze");
+        let start = Instant::now();
+        fs::write(&file, want.to_string())
+            .map_err(|source| self.file_error(rel, "cgroup.freeze", &file, source))?;
+        loop {
+            if self.events_frozen(rel)? == want {
+                return Ok(Outcome::Done(format!(
+                    "{verb} /{} (confirmed in {:.1} ms)",
+                    normalize(rel),
+                    start.elapsed().as_secs_f64() * 1000.0
+                )));
+            }
+            if start.elapsed() > FREEZE_TIMEOUT {
+                return Err(ActError::FreezeTimeout {
+                    cgroup: format!("/{}", normalize(rel)),
+                    want,
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// The `frozen` field of cgroup.events.
+    pub fn events_frozen(&self, rel: &str) -> Result<u8, ActError> {
+        let events = self.read_file(rel, "cgroup.events")?;
+        Ok(events
+            .lines()
+            .find_map(|l| l.strip_prefix("frozen "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Gives `cpus` to cgroup `rel` alone: a cpuset partition (`isolated` where the kernel
+    /// allows, else `root`), which takes the CPUs out of every other cgroup's effective cpuset.
+    /// Needs the cpuset controller in cgroup v2 and the parent to be a partition root.
+    pub fn partition(&mut self, rel: &str, cpus: &CpuList) -> Result<Outcome, ActError> {
+        self.check_scope_cgroup(rel)?;
+        let rel = normalize(rel);
+        let controllers =
+            fs::read_to_string(self.cg.mount().join("cgroup.controllers")).unwrap_or_default();
+        if !controllers.split_whitespace().any(|c| c == "cpuset") {
+            return Err(ActError::Missing {
+                cgroup: "/".into(),
+                file: "cpuset.cpus.partition".into(),
+                controller: "cpuset".into(),
+            });
+        }
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(format!("partition /{rel} on CPUs {cpus}")));
+        }
+        // Enable cpuset in the root and every ancestor, down to the cgroup's parent.
+        let parts: Vec<&str> = rel.split('/').collect();
+        for depth in 0..parts.len() {
+            self.enable_controller(&parts[..depth].join("/"), "cpuset")?;
+        }
+        self.write_file(&rel, "cpuset.cpus", &cpus.to_string())?;
+        for mode in ["isolated", "root"] {
+            self.write_file(&rel, "cpuset.cpus.partition", mode)?;
+            let state = self.read_file(&rel, "cpuset.cpus.partition")?;
+            if !state.contains("invalid") {
+                return Ok(Outcome::Done(format!(
+                    "partition /{rel} = {state} on CPUs {cpus}"
+                )));
+            }
+        }
+        let state = self.read_file(&rel, "cpuset.cpus.partition")?;
+        self.write_file(&rel, "cpuset.cpus.partition", "member")?;
+        Err(ActError::Partition {
+            cgroup: format!("/{rel}"),
+            state,
+        })
+    }
+
+    /// `+controller` in a cgroup's subtree_control, journaled as an enable to undo.
+    fn enable_controller(&mut self, rel: &str, controller: &str) -> Result<(), ActError> {
+        let current = self.read_file(rel, "cgroup.subtree_control")?;
+        if current.split_whitespace().any(|c| c == controller) {
+            return Ok(());
+        }
+        let dir = self.cg.dir(rel)?;
+        self.journal.record(&Entry::Enable {
+            cgroup: dir.clone(),
+            controller: controller.to_string(),
+        })?;
+        let file = dir.join("cgroup.subtree_control");
+        fs::write(&file, format!("+{controller}"))
+            .map_err(|source| ActError::Io { path: file, source })
+    }
+}
+
+/// The value to write back to restore a file: what was read, except where the file's read
+/// format differs from its write format.
+fn original_for_restore(file: &str, current: &str) -> String {
+    match file {
+        // "root invalid (...)" reads back, "member"/"root"/"isolated" is written.
+        "cpuset.cpus.partition" => current
+            .split_whitespace()
+            .next()
+            .unwrap_or("member")
+            .to_string(),
+        _ => current.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_values_are_writable() {
+        assert_eq!(
+            original_for_restore("cpuset.cpus.partition", "root invalid (x)"),
+            "root"
+        );
+        assert_eq!(original_for_restore("cpu.max", "max 100000"), "max 100000");
+        assert_eq!(controller_of("memory.high"), "memory");
+    }
+}

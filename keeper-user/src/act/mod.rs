@@ -1,0 +1,336 @@
+//! Actuators: thin adapters that change the host and report what they did. Every change is
+//! journaled before it is applied ([`journal`]) and can be undone ([`Actuators::restore_all`]),
+//! after a crash too. `--dry-run` builds them with `dry_run` set: they say what they would do.
+//!
+//! - [`cgroup`]: control files (cpu.weight, cpu.max, memory.high, cpuset), freeze/thaw
+//!   confirmed through cgroup.events, the trading-core cpuset partition;
+//! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees, CPU affinity (intruder eviction);
+//! - [`journal`]: the crash-safety journal.
+
+pub mod cgroup;
+pub mod journal;
+pub mod process;
+
+use std::{
+    collections::HashSet,
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{cgroupfs::CgroupFs, cpulist::CpuList};
+use journal::{Entry, Journal, JournalError};
+use process::Proc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    #[error("pid {pid} vanished")]
+    Vanished { pid: u32 },
+    #[error("pid {pid}: {op}: {source}")]
+    Process {
+        pid: u32,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cgroup {cgroup} has no {file}: the {controller} controller is not available here")]
+    Missing {
+        cgroup: String,
+        file: String,
+        controller: String,
+    },
+    #[error("cgroup {cgroup} is gone")]
+    CgroupGone { cgroup: String },
+    #[error("cgroup {cgroup} did not report `frozen {want}` in cgroup.events within {waited:?}")]
+    FreezeTimeout {
+        cgroup: String,
+        want: u8,
+        waited: Duration,
+    },
+    #[error("{what} is outside the scope {scope}: not touched")]
+    OutOfScope { what: String, scope: String },
+    #[error("cpuset partition of {cgroup} refused: {state}")]
+    Partition { cgroup: String, state: String },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroupfs::CgroupError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// What an actuator did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done(String),
+    /// Nothing to do (already so).
+    Unchanged(String),
+    /// `--dry-run`: what would have been done.
+    WouldDo(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Done(s) => write!(f, "done: {s}"),
+            Outcome::Unchanged(s) => write!(f, "unchanged: {s}"),
+            Outcome::WouldDo(s) => write!(f, "dry run, would: {s}"),
+        }
+    }
+}
+
+/// The keeper's hands.
+pub struct Actuators {
+    pub(crate) cg: CgroupFs,
+    pub(crate) journal: Journal,
+    pub(crate) dry_run: bool,
+    /// Cgroup path (relative to the v2 mount) outside of which nothing is touched.
+    pub(crate) scope: Option<String>,
+    /// Files whose original value is already in the journal.
+    pub(crate) journaled: HashSet<PathBuf>,
+    /// Controllers already reported missing (said once).
+    pub(crate) missing_said: HashSet<String>,
+}
+
+impl Actuators {
+    pub fn new(cg: CgroupFs, journal: Journal, dry_run: bool, scope: Option<String>) -> Self {
+        let scope = scope.map(|s| normalize(&s));
+        Self {
+            cg,
+            journal,
+            dry_run,
+            scope,
+            journaled: HashSet::new(),
+            missing_said: HashSet::new(),
+        }
+    }
+
+    pub fn cgroups(&self) -> &CgroupFs {
+        &self.cg
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Refuses a cgroup outside the scope.
+    pub fn check_scope_cgroup(&self, rel: &str) -> Result<(), ActError> {
+        match &self.scope {
+            Some(scope) if !under(&normalize(rel), scope) => Err(ActError::OutOfScope {
+                what: format!("cgroup /{}", normalize(rel)),
+                scope: format!("/{scope}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a task whose cgroup is outside the scope.
+    pub fn check_scope_pid(&self, pid: u32) -> Result<(), ActError> {
+        let Some(scope) = &self.scope else {
+            return Ok(());
+        };
+        let cgroup = task_cgroup(pid).ok_or(ActError::Vanished { pid })?;
+        if under(&normalize(&cgroup), scope) {
+            Ok(())
+        } else {
+            Err(ActError::OutOfScope {
+                what: format!("pid {pid} (cgroup /{cgroup})"),
+                scope: format!("/{scope}"),
+            })
+        }
+    }
+
+    /// Logs a missing controller once; later calls stay quiet. Returns true the first time.
+    pub fn say_missing_once(&mut self, err: &ActError) -> bool {
+        if let ActError::Missing { controller, .. } = err
+            && self.missing_said.insert(controller.clone())
+        {
+            tracing::warn!(%controller, "{err}; actions that need it are skipped on this host");
+            return true;
+        }
+        false
+    }
+
+    /// Moves every thread of `pid` to `to` (intruder eviction), journaling the original affinity.
+    pub fn evict(&mut self, pid: u32, to: &CpuList) -> Result<Outcome, ActError> {
+        self.check_scope_pid(pid)?;
+        let what = format!("pid {pid} to CPUs {to}");
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(format!("evict {what}")));
+        }
+        let mut moved = 0;
+        for tid in process::threads(pid) {
+            let task = match Proc::open(tid, None) {
+                Ok(t) => t,
+                Err(ActError::Vanished { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let original = task.affinity()?;
+            if original == *to {
+                continue;
+            }
+            self.journal.record(&Entry::Affinity {
+                pid: tid,
+                start: task.start,
+                original: original.to_string(),
+            })?;
+            match task.set_affinity(to) {
+                Ok(()) => moved += 1,
+                Err(ActError::Vanished { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if moved == 0 && process::threads(pid).is_empty() {
+            return Err(ActError::Vanished { pid });
+        }
+        Ok(if moved == 0 {
+            Outcome::Unchanged(what)
+        } else {
+            Outcome::Done(format!("evicted {what} ({moved} threads)"))
+        })
+    }
+
+    /// SIGSTOP (`stop = true`) or SIGCONT a process and its descendants, through pidfds.
+    pub fn signal_tree(&mut self, pid: u32, stop: bool) -> Result<Outcome, ActError> {
+        self.check_scope_pid(pid)?;
+        let verb = if stop { "stop" } else { "continue" };
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(format!("{verb} process tree of {pid}")));
+        }
+        let mut n = 0;
+        for p in process::tree(pid) {
+            let proc = match Proc::open(p, None) {
+                Ok(x) => x,
+                Err(ActError::Vanished { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if stop {
+                self.journal.record(&Entry::Stop {
+                    pid: p,
+                    start: proc.start,
+                })?;
+            }
+            match proc.signal(if stop { libc::SIGSTOP } else { libc::SIGCONT }) {
+                Ok(()) => n += 1,
+                Err(ActError::Vanished { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Err(ActError::Vanished { pid });
+        }
+        Ok(Outcome::Done(format!("{verb} {n} processes under {pid}")))
+    }
+
+    /// Undoes everything in the journal, newest first, then empties it. Used at start (after a
+    /// crash) and at exit. Failures are logged and do not stop the rest.
+    pub fn restore_all(&mut self) -> Result<Vec<String>, ActError> {
+        let entries = self.journal.entries()?;
+        let mut done = Vec::new();
+        for entry in entries.iter().rev() {
+            match restore(entry) {
+                Ok(Some(what)) => done.push(what),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, ?entry, "could not restore"),
+            }
+        }
+        self.journal.clear()?;
+        self.journaled.clear();
+        Ok(done)
+    }
+}
+
+fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ActError::Io { path, source }
+    };
+    match entry {
+        Entry::File { path, original } => {
+            if !path.exists() {
+                return Ok(None);
+            }
+            std::fs::write(path, original).map_err(io(path))?;
+            Ok(Some(format!("{} = {original:?}", path.display())))
+        }
+        Entry::Enable { cgroup, controller } => {
+            let file = cgroup.join("cgroup.subtree_control");
+            if !file.exists() {
+                return Ok(None);
+            }
+            std::fs::write(&file, format!("-{controller}")).map_err(io(&file))?;
+            Ok(Some(format!("{} -{controller}", file.display())))
+        }
+        Entry::Freeze { cgroup } => {
+            let file = cgroup.join("cgroup.freeze");
+            if !file.exists() {
+                return Ok(None);
+            }
+            std::fs::write(&file, "0").map_err(io(&file))?;
+            Ok(Some(format!("thawed {}", cgroup.display())))
+        }
+        Entry::Stop { pid, start } => match Proc::open(*pid, Some(*start)) {
+            Ok(p) => {
+                p.signal(libc::SIGCONT)?;
+                Ok(Some(format!("continued pid {pid}")))
+            }
+            Err(ActError::Vanished { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
+        Entry::Affinity {
+            pid,
+            start,
+            original,
+        } => match Proc::open(*pid, Some(*start)) {
+            Ok(p) => {
+                let cpus: CpuList = original.parse().unwrap_or_default();
+                if cpus.is_empty() {
+                    return Ok(None);
+                }
+                match p.set_affinity(&cpus) {
+                    Ok(()) => Ok(Some(format!("pid {pid} back on CPUs {original}"))),
+                    Err(ActError::Vanished { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(ActError::Vanished { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// `a/b` without leading or trailing slashes ("" is the root).
+pub fn normalize(rel: &str) -> String {
+    rel.trim_matches('/').to_string()
+}
+
+/// True when `path` is `scope` or below it ("" scope holds everything).
+pub fn under(path: &str, scope: &str) -> bool {
+    scope.is_empty() || path == scope || path.starts_with(&format!("{scope}/"))
+}
+
+/// The cgroup v2 path of a task ("0::/a/b" in /proc/<pid>/cgroup), without the leading slash.
+pub fn task_cgroup(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| normalize(p.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_holds_its_subtree_only() {
+        assert!(under("kt/banker", "kt"));
+        assert!(under("kt", "kt"));
+        assert!(!under("kt2/x", "kt"));
+        assert!(under("anything", ""));
+        assert_eq!(normalize("/a/b/"), "a/b");
+    }
+
+    #[test]
+    fn our_own_cgroup_is_readable() {
+        assert!(task_cgroup(std::process::id()).is_some());
+    }
+}

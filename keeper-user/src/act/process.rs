@@ -1,0 +1,195 @@
+//! Processes as the keeper touches them: through a pidfd (so a reused pid is never hit), with
+//! their start time to recognise them later; SIGSTOP/SIGCONT of process trees; CPU affinity.
+
+use std::{
+    fs, io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use super::ActError;
+use crate::cpulist::CpuList;
+
+/// A live process, pinned by a pidfd.
+pub struct Proc {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (/proc/<pid>/stat field 22).
+    pub start: u64,
+    fd: OwnedFd,
+}
+
+impl Proc {
+    /// Opens a pidfd on `pid`, then reads its start time. `expected_start` (from a journal)
+    /// refuses a pid that now names another process.
+    pub fn open(pid: u32, expected_start: Option<u64>) -> Result<Proc, ActError> {
+        // SAFETY: pidfd_open(pid, 0) returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::ESRCH) {
+                ActError::Vanished { pid }
+            } else {
+                ActError::Process {
+                    pid,
+                    op: "pidfd_open",
+                    source: e,
+                }
+            });
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let start = start_time(pid).ok_or(ActError::Vanished { pid })?;
+        if expected_start.is_some_and(|s| s != start) {
+            return Err(ActError::Vanished { pid });
+        }
+        Ok(Proc { pid, start, fd })
+    }
+
+    /// Sends a signal through the pidfd.
+    pub fn signal(&self, sig: i32) -> Result<(), ActError> {
+        // SAFETY: pidfd_send_signal on our own pidfd with a null siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::ESRCH) {
+                ActError::Vanished { pid: self.pid }
+            } else {
+                ActError::Process {
+                    pid: self.pid,
+                    op: "pidfd_send_signal",
+                    source: e,
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The CPUs the task may run on.
+    pub fn affinity(&self) -> Result<CpuList, ActError> {
+        // SAFETY: zeroed cpu_set_t, filled by the kernel.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::sched_getaffinity(self.pid as i32, size_of::<libc::cpu_set_t>(), &mut set)
+        };
+        if rc != 0 {
+            return Err(self.os_err("sched_getaffinity"));
+        }
+        let max = keeper_common::MAX_CPUS.min(libc::CPU_SETSIZE as u32);
+        // SAFETY: CPU_ISSET reads the set we own.
+        Ok(CpuList::new(
+            (0..max).filter(|&c| unsafe { libc::CPU_ISSET(c as usize, &set) }),
+        ))
+    }
+
+    /// Restricts the task (this thread id) to `cpus`.
+    pub fn set_affinity(&self, cpus: &CpuList) -> Result<(), ActError> {
+        // SAFETY: a zeroed cpu_set_t filled with CPU_SET, passed with its size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for c in cpus.iter() {
+            unsafe { libc::CPU_SET(c as usize, &mut set) };
+        }
+        let rc =
+            unsafe { libc::sched_setaffinity(self.pid as i32, size_of::<libc::cpu_set_t>(), &set) };
+        if rc != 0 {
+            return Err(self.os_err("sched_setaffinity"));
+        }
+        Ok(())
+    }
+
+    fn os_err(&self, op: &'static str) -> ActError {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            ActError::Vanished { pid: self.pid }
+        } else {
+            ActError::Process {
+                pid: self.pid,
+                op,
+                source: e,
+            }
+        }
+    }
+}
+
+/// Start time of a process in clock ticks since boot; `None` when it is gone.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    // Field 22 overall; fields after the comm start at 3.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The threads of a process (/proc/<pid>/task).
+pub fn threads(pid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `root` and all its descendants, parents before children (from /proc/*/stat ppid).
+pub fn tree(root: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = text
+                .rfind(')')
+                .and_then(|i| text.get(i + 1..))
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(c) = children.get(&out[i]) {
+            out.extend(c);
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_process_has_a_start_time_and_a_pidfd() {
+        let me = std::process::id();
+        let p = Proc::open(me, None).unwrap();
+        assert_eq!(Some(p.start), start_time(me));
+        assert!(matches!(
+            Proc::open(me, Some(p.start + 1)),
+            Err(ActError::Vanished { .. })
+        ));
+        assert!(!p.affinity().unwrap().is_empty());
+        assert!(tree(me).contains(&me));
+    }
+
+    #[test]
+    fn a_vanished_pid_is_an_error_not_a_panic() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(matches!(Proc::open(pid, None), Err(ActError::Vanished { pid: p }) if p == pid));
+    }
+}

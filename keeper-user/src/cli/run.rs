@@ -1,0 +1,87 @@
+//! `keeper run`: the enforcement daemon (see `daemon`).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+
+use super::parse_duration;
+use crate::{
+    cpulist::CpuList,
+    daemon::{self, DaemonConfig, PolicySource},
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/keeper/keeper.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/keeper";
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Policy file; default: the embedded policies/hive.yaml.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Trading cores, overriding the policy's (the rest of the online CPUs do housekeeping).
+    #[arg(long, value_parser = parse_cpus)]
+    pub trading_cores: Option<CpuList>,
+    /// A cgroup (relative to the cgroup v2 mount) that owns the trading cores at all times,
+    /// overriding the policy's owner. Repeatable: the others are protected too.
+    #[arg(long)]
+    pub protect: Vec<String>,
+    /// Act only on tasks and cgroups inside this cgroup subtree; the rest is observed only.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Decide and log, change nothing (and journal nothing).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop after this long (e.g. 30s, 2h); default: until SIGINT/SIGTERM.
+    #[arg(long = "for", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Write the run record (JSON) here on exit.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Control socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Also allow this uid on the control socket (root always is). Repeatable.
+    #[arg(long)]
+    pub allow_uid: Vec<u32>,
+    /// Where the crash-safety journal lives.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Decision period (actions also run at once on intruder events and control requests).
+    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
+    pub tick: Duration,
+}
+
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let mut allowed = vec![0];
+    allowed.extend(&args.allow_uid);
+    let cfg = DaemonConfig {
+        source: PolicySource {
+            file: args.policy.clone(),
+            trading_cores: args.trading_cores.clone(),
+            protect: args.protect.clone(),
+        },
+        scope: args.scope.clone(),
+        dry_run: args.dry_run,
+        duration: args.duration,
+        state_dir: args.state_dir.clone(),
+        socket: args.socket.clone(),
+        allowed_uids: allowed,
+        tick: args.tick,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let record = rt.block_on(daemon::run(cfg))?;
+    if let Some(path) = &args.report {
+        let text = serde_json::to_string_pretty(&record)?;
+        std::fs::write(path, text)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+        tracing::info!(report = %path.display(), "run record written");
+    }
+    Ok(ExitCode::SUCCESS)
+}

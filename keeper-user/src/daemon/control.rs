@@ -1,0 +1,208 @@
+//! The control socket: a unix socket (mode 0600, peer credentials checked: root only by
+//! default) taking one JSON request per connection and answering one JSON line.
+//!
+//! Requests: `{"command":"status"}`, `{"command":"interaction","state":"start"|"stop"}`,
+//! `{"command":"reload"}`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+
+use std::{
+    io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum InteractionState {
+    Start,
+    Stop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Interaction { state: InteractionState },
+    Reload,
+}
+
+/// The request as written; unknown keys are refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    command: String,
+    state: Option<InteractionState>,
+}
+
+impl Request {
+    /// Parses one request line; the error says where and what was expected.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let expected = r#"expected {"command":"status"}, {"command":"interaction","state":"start"|"stop"} or {"command":"reload"}"#;
+        let w: Wire = serde_json::from_str(line)
+            .map_err(|e| format!("request line 1, column {}: {e}; {expected}", e.column()))?;
+        match (w.command.as_str(), w.state) {
+            ("status", None) => Ok(Request::Status),
+            ("reload", None) => Ok(Request::Reload),
+            ("interaction", Some(state)) => Ok(Request::Interaction { state }),
+            ("interaction", None) => {
+                Err(format!("request: `interaction` needs `state`; {expected}"))
+            }
+            ("status" | "reload", Some(_)) => Err(format!(
+                "request: `{}` takes no `state`; {expected}",
+                w.command
+            )),
+            (other, _) => Err(format!("request: unknown command `{other}`; {expected}")),
+        }
+    }
+}
+
+/// A request with the channel its answer goes back on.
+pub struct Call {
+    pub request: Request,
+    pub reply: oneshot::Sender<serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("control socket {path}: another keeper is listening there")]
+    InUse { path: PathBuf },
+}
+
+/// Binds the socket (replacing a stale one), mode 0600, and serves it until the receiver of
+/// the returned channel is dropped.
+pub fn serve(path: &Path, allowed_uids: Vec<u32>) -> Result<mpsc::Receiver<Call>, ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let conn_tx = tx.clone();
+            let allowed = allowed_uids.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(stream, &allowed, conn_tx).await {
+                    tracing::debug!(error = %e, "control connection failed");
+                }
+            });
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn handle(stream: UnixStream, allowed: &[u32], tx: mpsc::Sender<Call>) -> io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let (read, mut write) = stream.into_split();
+    let answer = if !allowed.contains(&uid) {
+        tracing::warn!(uid, "control socket: refused a peer that is not allowed");
+        refusal(format!(
+            "uid {uid} is not allowed on this socket (allowed: {allowed:?})"
+        ))
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+        let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+        match read {
+            Err(_) => refusal("no request within 5 s".into()),
+            Ok(Err(e)) => refusal(format!("reading the request: {e}")),
+            Ok(Ok(_)) if !line.ends_with('\n') && line.len() >= MAX_REQUEST => {
+                refusal(format!("request longer than {MAX_REQUEST} bytes"))
+            }
+            Ok(Ok(_)) => match Request::parse(line.trim()) {
+                Err(e) => refusal(e),
+                Ok(request) => {
+                    let (reply, rx) = oneshot::channel();
+                    if tx.send(Call { request, reply }).await.is_err() {
+                        refusal("the keeper is shutting down".into())
+                    } else {
+                        rx.await.unwrap_or_else(|_| refusal("no answer".into()))
+                    }
+                }
+            },
+        }
+    };
+    let mut text = answer.to_string();
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await
+}
+
+fn refusal(error: String) -> serde_json::Value {
+    serde_json::json!({ "ok": false, "error": error })
+}
+
+/// Client side: sends one request and returns the answer.
+pub async fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stream = UnixStream::connect(path).await.map_err(io_err)?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(request).expect("requests serialize");
+    line.push('\n');
+    write.write_all(line.as_bytes()).await.map_err(io_err)?;
+    let mut answer = String::new();
+    BufReader::new(read)
+        .read_line(&mut answer)
+        .await
+        .map_err(io_err)?;
+    serde_json::from_str(&answer)
+        .map_err(|e| io_err(io::Error::other(format!("bad answer {answer:?}: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_read_as_documented() {
+        let r = Request::parse(r#"{"command":"interaction","state":"start"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Interaction {
+                state: InteractionState::Start
+            }
+        );
+        let line = serde_json::to_string(&Request::Reload).unwrap();
+        assert_eq!(Request::parse(&line), Ok(Request::Reload));
+        let e = Request::parse(r#"{"command":"status","x":1}"#).unwrap_err();
+        assert!(e.contains("unknown field `x`"), "{e}");
+        let e = Request::parse(r#"{"command":"explode"}"#).unwrap_err();
+        assert!(e.contains("unknown command `explode`"), "{e}");
+        let e = Request::parse("{nope").unwrap_err();
+        assert!(e.starts_with("request line 1, column 2"), "{e}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Carries the engine's actions out through the actuators, workload by workload: cgroups
+//! where the workload has them, signals to its processes where it has none.
+
+use std::collections::BTreeMap;
+
+use super::host::Placement;
+use crate::{
+    act::{ActError, Actuators, Outcome},
+    cpulist::CpuList,
+    decide::{Action, ActionKind, EngineState},
+    policy::{Amount, Limits, Percent},
+};
+
+/// Host totals that percentages in actions refer to.
+#[derive(Clone, Copy, Debug)]
+pub struct HostTotals {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+impl HostTotals {
+    pub fn read() -> Self {
+        let cpus = CpuList::online()
+            .map(|c| c.len() as u32)
+            .unwrap_or(1)
+            .max(1);
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024);
+        Self { cpus, memory_bytes }
+    }
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// `cpu.max` for a share of all host CPUs.
+pub fn cpu_max_value(p: Percent, totals: HostTotals) -> String {
+    let quota = p.of(CPU_PERIOD_US * totals.cpus as u64).max(1000);
+    format!("{quota} {CPU_PERIOD_US}")
+}
+
+/// Everything an action did, one line per cgroup/process touched.
+pub type Report = Vec<Result<Outcome, ActError>>;
+
+/// Carries out one action.
+pub fn execute(
+    act: &mut Actuators,
+    placements: &BTreeMap<String, Placement>,
+    totals: HostTotals,
+    action: &Action,
+) -> Report {
+    let place = |w: &str| placements.get(w).cloned().unwrap_or_default();
+    match &action.kind {
+        ActionKind::Freeze { workload } => freeze(act, &place(workload), true),
+        ActionKind::Thaw { workload } => freeze(act, &place(workload), false),
+        ActionKind::ApplyClassLimits {
+            workload, limits, ..
+        }
+        | ActionKind::RestoreLimits { workload, limits } => {
+            set_limits(act, &place(workload), limits, totals, true)
+        }
+        ActionKind::SetCpuWeight { workload, weight } => {
+            each_cgroup(act, &place(workload), |a, c| a.write_file(c, "cpu.weight", &weight.to_string()))
+        }
+        ActionKind::SetCpuMax { workload, percent } => {
+            let v = cpu_max_value(*percent, totals);
+            each_cgroup(act, &place(workload), |a, c| a.write_file(c, "cpu.max", &v))
+        }
+        ActionKind::SetMemoryHigh { workload, amount } => {
+            let v = amount.resolve(totals.memory_bytes).to_string();
+            each_cgroup(act, &place(workload), |a, c| a.write_file(c, "memory.high", &v))
+        }
+        ActionKind::ProtectTradingCores { workload, cpus, .. } => {
+            let p = place(workload);
+            p.cgroups
+                .iter()
+                .map(|c| act.partition(c, cpus))
+                .collect()
+        }
+        ActionKind::ReleaseTradingCores { workload } => {
+            each_cgroup(act, &place(workload), |a, c| {
+                match a.read_file(c, "cpuset.cpus.partition") {
+                    Ok(_) => a.write_file(c, "cpuset.cpus.partition", "member"),
+                    Err(e) => Err(e),
+                }
+            })
+        }
+        ActionKind::EvictIntruder { pid, to, .. } => vec![act.evict(*pid, to)],
+        ActionKind::Balloon { .. } => vec![Ok(Outcome::Unchanged(
+            "ballooning is not available in this version (VM memory actions come with the memory issue)".into(),
+        ))],
+        ActionKind::SetGpuPowerLimit { .. } => vec![Ok(Outcome::Unchanged(
+            "no GPU support in this version: power limit left as is".into(),
+        ))],
+        ActionKind::SloBreach { .. } | ActionKind::SloMet { .. } => vec![],
+    }
+}
+
+fn each_cgroup(
+    act: &mut Actuators,
+    p: &Placement,
+    mut f: impl FnMut(&mut Actuators, &str) -> Result<Outcome, ActError>,
+) -> Report {
+    if p.cgroups.is_empty() {
+        return vec![Ok(Outcome::Unchanged("workload has no cgroup here".into()))];
+    }
+    p.cgroups.iter().map(|c| f(act, c)).collect()
+}
+
+fn freeze(act: &mut Actuators, p: &Placement, frozen: bool) -> Report {
+    let mut out: Report = p
+        .cgroups
+        .iter()
+        .map(|c| if frozen { act.freeze(c) } else { act.thaw(c) })
+        .collect();
+    // Processes without a cgroup of their own: SIGSTOP/SIGCONT their trees.
+    out.extend(p.pids.iter().map(|pid| act.signal_tree(*pid, frozen)));
+    if out.is_empty() {
+        out.push(Ok(Outcome::Unchanged(
+            "workload not found on this host".into(),
+        )));
+    }
+    out
+}
+
+fn set_limits(
+    act: &mut Actuators,
+    p: &Placement,
+    l: &Limits,
+    totals: HostTotals,
+    defaults: bool,
+) -> Report {
+    let weight = l
+        .cpu_weight
+        .map(|w| w.to_string())
+        .or(defaults.then(|| "100".into()));
+    let cpu_max = l
+        .cpu_max
+        .map(|pc| cpu_max_value(pc, totals))
+        .or(defaults.then(|| format!("max {CPU_PERIOD_US}")));
+    let bytes = |a: Option<Amount>| a.map(|a| a.resolve(totals.memory_bytes).to_string());
+    let high = bytes(l.memory_high).or(defaults.then(|| "max".into()));
+    let max = bytes(l.memory_max).or(defaults.then(|| "max".into()));
+    let files: Vec<(&str, String)> = [
+        ("cpu.weight", weight),
+        ("cpu.max", cpu_max),
+        ("memory.high", high),
+        ("memory.max", max),
+    ]
+    .into_iter()
+    .filter_map(|(f, v)| Some((f, v?)))
+    .collect();
+    each_cgroup(act, p, |a, c| {
+        let mut last = Ok(Outcome::Unchanged(format!("/{c}: limits already so")));
+        for (f, v) in &files {
+            match a.write_file(c, f, v) {
+                Ok(Outcome::Unchanged(_)) => {}
+                Err(e @ ActError::Missing { .. }) => {
+                    a.say_missing_once(&e);
+                }
+                other => last = other,
+            }
+        }
+        last
+    })
+}
+
+/// Whether a failure is worth retrying on the next tick (a transient I/O failure), as opposed
+/// to a fact of this host (missing controller, out of scope, vanished pid).
+pub fn retryable(e: &ActError) -> bool {
+    matches!(
+        e,
+        ActError::Io { .. }
+            | ActError::FreezeTimeout { .. }
+            | ActError::Process { .. }
+            | ActError::Journal(_)
+    )
+}
+
+/// After a failed action, forget that the engine applied it, so the next tick retries.
+pub fn forget(state: &mut EngineState, action: &Action) {
+    let a = &mut state.applied;
+    match &action.kind {
+        ActionKind::Freeze { workload } => {
+            a.frozen.remove(workload);
+        }
+        ActionKind::ApplyClassLimits { workload, .. } => {
+            a.classed.remove(workload);
+        }
+        ActionKind::SetCpuWeight { workload, .. }
+        | ActionKind::SetCpuMax { workload, .. }
+        | ActionKind::SetMemoryHigh { workload, .. } => {
+            a.knobs.remove(workload);
+        }
+        ActionKind::ProtectTradingCores { .. } => a.trading = None,
+        ActionKind::EvictIntruder { pid, .. } => {
+            state.evicted.remove(pid);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_is_a_share_of_all_cpus() {
+        let t = HostTotals {
+            cpus: 2,
+            memory_bytes: 0,
+        };
+        assert_eq!(cpu_max_value(Percent::new(25.0), t), "50000 100000");
+        assert_eq!(cpu_max_value(Percent::new(90.0), t), "180000 100000");
+    }
+}

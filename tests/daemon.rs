@@ -1,0 +1,371 @@
+//! Privileged end-to-end tests of `keeper run` on the real kernel: intruder eviction, freeze →
+//! thaw through the control socket, restore after `kill -9`, survival of vanished pids, and the
+//! control socket's refusals. Everything runs inside a scope cgroup the test creates.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+/// The scope and its workload cgroups, plus a policy naming them.
+struct Rig {
+    scope: TestCgroup,
+    dir: PathBuf,
+}
+
+impl Rig {
+    fn new(tag: &str) -> Rig {
+        let scope = TestCgroup::new(tag);
+        for w in ["banker", "eva", "muse"] {
+            std::fs::create_dir_all(scope.dir.join(w)).unwrap();
+        }
+        let dir = std::env::temp_dir().join(format!("keeper-daemon-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = &scope.rel;
+        std::fs::write(
+            dir.join("policy.yaml"),
+            format!(
+                "version: 1\n\
+                 host: {{ name: test, time_zone: UTC, trading_cores: \"1\", housekeeping_cores: \"0\" }}\n\
+                 workloads:\n\
+                 \x20 - {{ name: banker, rank: 1, match: {{ cgroup: {s}/banker }}, owns_trading_cores: true }}\n\
+                 \x20 - name: eva\n\
+                 \x20   rank: 2\n\
+                 \x20   match: {{ cgroup: {s}/eva }}\n\
+                 \x20   preempt: {{ on: interaction, deadline: 200ms, targets: [muse], release_after: 1s }}\n\
+                 \x20 - {{ name: muse, rank: 3, match: {{ cgroup: {s}/muse }} }}\n"
+            ),
+        )
+        .unwrap();
+        Rig { scope, dir }
+    }
+
+    fn cg(&self, w: &str) -> PathBuf {
+        self.scope.dir.join(w)
+    }
+    fn rel(&self, w: &str) -> String {
+        format!("{}/{w}", self.scope.rel)
+    }
+    fn socket(&self) -> PathBuf {
+        self.dir.join("keeper.sock")
+    }
+    fn frozen(&self, w: &str) -> bool {
+        std::fs::read_to_string(self.cg(w).join("cgroup.events"))
+            .unwrap()
+            .lines()
+            .any(|l| l == "frozen 1")
+    }
+
+    /// Starts `keeper run` with this rig's policy, scope, socket and state dir.
+    fn keeper(&self, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(KEEPER)
+            .arg("run")
+            .arg("--policy")
+            .arg(self.dir.join("policy.yaml"))
+            .args(["--scope", &self.scope.rel])
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            log: rx,
+            lines: vec![],
+        };
+        d.wait_for("keeper running", Duration::from_secs(30));
+        d
+    }
+
+    fn control(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(KEEPER)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Daemon {
+    child: Option<Child>,
+    log: mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Daemon {
+    fn wait_for(&mut self, text: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.lines.iter().any(|l| l.contains(text)) {
+            assert!(
+                start.elapsed() < limit,
+                "no `{text}` from keeper run: {:#?}",
+                self.lines
+            );
+            match self.log.recv_timeout(Duration::from_millis(50)) {
+                Ok(l) => self.lines.push(l),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("keeper run exited: {:#?}", self.lines)
+                }
+            }
+        }
+    }
+
+    /// Waits for `--for` to end it; returns its log.
+    fn finish(mut self) -> Vec<String> {
+        let status = self.child.take().unwrap().wait().unwrap();
+        self.lines.extend(self.log.try_iter());
+        assert!(
+            status.success(),
+            "keeper run failed ({status}): {:#?}",
+            self.lines
+        );
+        std::mem::take(&mut self.lines)
+    }
+
+    fn kill9(mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn affinity(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn an_intruder_is_evicted_counted_and_put_back_at_exit() {
+    if !privileged("an_intruder_is_evicted_counted_and_put_back_at_exit") {
+        return;
+    }
+    let rig = Rig::new("evict");
+    let report = rig.dir.join("report.json");
+    let keeper = rig.keeper(&["--for", "3s", "--report", report.to_str().unwrap()]);
+    // A hog that arrives on the trading core after the keeper started.
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    let hog = spawn_pinned(PROBE, &["spin", "5", "kt_evict"], 1, Some(&muse));
+    std::mem::forget(muse); // the rig's scope removes it
+    let pid = hog.id();
+    assert!(
+        eventually(Duration::from_secs(2), || affinity(pid) == "0"),
+        "not evicted: {}",
+        affinity(pid)
+    );
+    let status = rig.control(&["status"]);
+    assert!(status["evictions"].as_u64().unwrap() >= 1, "{status:#}");
+    keeper.finish();
+    // At exit the keeper puts back what it changed.
+    assert_eq!(affinity(pid), "1");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(record["evictions"].as_u64().unwrap() >= 1);
+    assert!(
+        record["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "evict_intruder" && a["pid"] == pid),
+        "{record:#}"
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_cpu_time(hog);
+}
+
+#[test]
+fn interaction_freezes_muse_and_kill_9_then_restart_thaws_it() {
+    if !privileged("interaction_freezes_muse_and_kill_9_then_restart_thaws_it") {
+        return;
+    }
+    let rig = Rig::new("freeze");
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    let eva = TestCgroup {
+        rel: rig.rel("eva"),
+        dir: rig.cg("eva"),
+    };
+    let worker = spawn_pinned(PROBE, &["spin", "30", "kt_muse"], 0, Some(&muse));
+    let assistant = spawn_pinned(PROBE, &["sleep", "3000", "10000"], 0, Some(&eva));
+    std::mem::forget(muse);
+    std::mem::forget(eva);
+
+    let keeper = rig.keeper(&[]);
+    let answer = rig.control(&["interaction", "start"]);
+    assert_eq!(answer["ok"], true, "{answer:#}");
+    assert!(
+        rig.frozen("muse"),
+        "muse not frozen after `interaction start`: {answer:#}"
+    );
+    assert!(!rig.frozen("eva"));
+    let status = rig.control(&["status"]);
+    assert_eq!(status["frozen"], serde_json::json!(["muse"]), "{status:#}");
+
+    // Crash while muse is frozen: it stays frozen...
+    keeper.kill9();
+    assert!(rig.frozen("muse"));
+    // ...until the next keeper starts and restores everything from its journal.
+    let keeper = rig.keeper(&["--for", "1s"]);
+    assert!(!rig.frozen("muse"), "restart did not thaw muse");
+    let log = keeper.finish();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("undid a change left by an earlier keeper run")),
+        "{log:#?}"
+    );
+
+    // A clean round trip: start → frozen, stop (+ release_after 1 s) → thawed.
+    let keeper = rig.keeper(&[]);
+    rig.control(&["interaction", "start"]);
+    assert!(rig.frozen("muse"));
+    rig.control(&["interaction", "stop"]);
+    assert!(
+        eventually(Duration::from_secs(5), || !rig.frozen("muse")),
+        "muse not thawed after stop"
+    );
+    drop(keeper);
+    for c in [worker, assistant] {
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        wait_cpu_time(c);
+    }
+}
+
+#[test]
+fn vanished_pids_are_logged_not_fatal() {
+    if !privileged("vanished_pids_are_logged_not_fatal") {
+        return;
+    }
+    let rig = Rig::new("churn");
+    let keeper = rig.keeper(&["--for", "3s"]);
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    // Short-lived intruders on the trading core: many exit before the keeper acts on them.
+    for _ in 0..100 {
+        let c = spawn_pinned(PROBE, &["sleep", "1", "100"], 1, Some(&muse));
+        wait_cpu_time(c);
+    }
+    std::mem::forget(muse);
+    let status = rig.control(&["status"]);
+    assert_eq!(status["ok"], true);
+    let log = keeper.finish();
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
+}
+
+#[test]
+fn the_control_socket_refuses_non_root_peers() {
+    if !privileged("the_control_socket_refuses_non_root_peers") {
+        return;
+    }
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let rig = Rig::new("sock");
+    std::fs::set_permissions(&rig.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let keeper = rig.keeper(&["--for", "5s"]);
+    let mode = std::fs::metadata(rig.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let as_nobody = || {
+        Command::new(KEEPER)
+            .args(["status", "--socket"])
+            .arg(rig.socket())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    // The file mode keeps nobody out...
+    let out = as_nobody();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    // ...and with the mode opened, the peer credentials still do.
+    std::fs::set_permissions(rig.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["ok"], false);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("uid 65534 is not allowed"),
+        "{answer}"
+    );
+    // Bad requests get a located error, and the keeper keeps serving.
+    let mut s = std::os::unix::net::UnixStream::connect(rig.socket()).unwrap();
+    use std::io::Write;
+    s.write_all(b"{\"command\":\"freeze-everything\"}\n")
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).unwrap();
+    assert!(
+        reply.contains("unknown command `freeze-everything`"),
+        "{reply}"
+    );
+    assert_eq!(rig.control(&["status"])["ok"], true);
+    drop(keeper);
+}
