@@ -59,7 +59,9 @@ pub mod programs {
     pub const WAKEUP: &str = "keeper_wakeup";
     pub const WAKEUP_NEW: &str = "keeper_wake_new";
     pub const SWITCH: &str = "keeper_switch";
-    pub const ALL: [&str; 3] = [WAKEUP, WAKEUP_NEW, SWITCH];
+    /// perf_event (CPU clock) on each trading core: reports a running intruder.
+    pub const SAMPLE: &str = "keeper_sample";
+    pub const ALL: [&str; 4] = [WAKEUP, WAKEUP_NEW, SWITCH, SAMPLE];
 }
 
 /// Per-CPU counters kept by the scheduler programs. Only trading cores fill them.
@@ -123,7 +125,7 @@ pub struct IntruderEvent {
     /// `bpf_ktime_get_ns()` at switch-out (CLOCK_MONOTONIC).
     pub timestamp_ns: u64,
     pub cgroup_id: u64,
-    /// How long this slice ran.
+    /// How long this slice has run: to its switch-out, or so far when the sampler saw it.
     pub ran_ns: u64,
     pub pid: u32,
     pub tgid: u32,

@@ -12,17 +12,20 @@
 //! - intruders: at every switch-out on a trading core the outgoing task's run time goes to its
 //!   cgroup id; a task outside the protected set (not idle, not a per-CPU kernel thread) is an
 //!   intruder: its pid total is kept and an event goes on the ring buffer, rate-limited per pid.
+//! - the sampler: a CPU-clock perf event on each trading core looks at the running task every
+//!   few milliseconds, so an intruder that never switches out (a lone busy loop) is reported
+//!   while it runs, not after its slice.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
-    macros::{map, tracepoint},
+    macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{PerfEventContext, TracePointContext},
 };
 use keeper_common::{
     CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal, MAX_CPUS,
@@ -203,7 +206,7 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
                 stats.protected_ns += ran;
             } else {
                 stats.intruder_ns += ran;
-                on_intruder(stats, cpu, prev_pid, cgroup_id, ran, now, &comm);
+                on_intruder(stats, cpu, prev_pid, cgroup_id, ran, ran, now, &comm);
             }
         }
         if prev_state == 0 || prev_state & PREEMPTED_STATE != 0 {
@@ -248,13 +251,56 @@ fn add_cgroup_runtime(cgroup_id: u64, ran: u64) {
     }
 }
 
+#[perf_event]
+pub fn keeper_sample(_ctx: PerfEventContext) -> u32 {
+    let _ = sample();
+    0
+}
+
+/// The task running on a trading core right now, if it is an intruder, is reported (its time
+/// is not added here: the switch-out does that).
 #[inline(always)]
+fn sample() -> Result<(), i32> {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if !is_trading_cpu(cpu) {
+        return Ok(());
+    }
+    let pid = bpf_get_current_pid_tgid() as u32;
+    if pid == 0 {
+        return Ok(());
+    }
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some() {
+        return Ok(());
+    }
+    let comm = bpf_get_current_comm()?;
+    if is_percpu_kthread_comm(&comm) {
+        return Ok(());
+    }
+    let stats = CPU_STATS.get_ptr_mut(0).ok_or(0)?;
+    let state = CPU_STATE.get_ptr_mut(0).ok_or(0)?;
+    let (stats, state) = unsafe { (&mut *stats, &*state) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let running = if state.on_cpu_since != 0 && now > state.on_cpu_since {
+        now - state.on_cpu_since
+    } else {
+        0
+    };
+    on_intruder(stats, cpu, pid, cgroup_id, 0, running, now, &comm);
+    Ok(())
+}
+
+/// Adds `add_ns` to the pid's total and sends an event (its slice so far: `slice_ns`) unless one
+/// went out less than the rate-limit interval ago.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn on_intruder(
     stats: &mut CpuStats,
     cpu: u32,
     pid: u32,
     cgroup_id: u64,
-    ran: u64,
+    add_ns: u64,
+    slice_ns: u64,
     now: u64,
     comm: &[u8; COMM_LEN],
 ) {
@@ -262,19 +308,22 @@ fn on_intruder(
     let interval = unsafe { core::ptr::read_volatile(&INTRUDER_EVENT_INTERVAL_NS) };
     match INTRUDER_TOTALS.get_ptr_mut(pid) {
         Some(total) => unsafe {
-            (*total).ran_ns += ran;
+            (*total).ran_ns += add_ns;
             (*total).last_cpu = cpu;
+            // A task that moved to another cgroup is news at once (it may have left or entered
+            // a workload or the scope); otherwise one event per interval.
+            let moved = (*total).cgroup_id != cgroup_id;
             (*total).cgroup_id = cgroup_id;
             // exec and prctl(PR_SET_NAME) rename a task: keep the latest name.
             (*total).comm = *comm;
-            if now.saturating_sub((*total).last_event_ns) < interval {
+            if !moved && now.saturating_sub((*total).last_event_ns) < interval {
                 return;
             }
             (*total).last_event_ns = now;
         },
         None => {
             let total = IntruderTotal {
-                ran_ns: ran,
+                ran_ns: add_ns,
                 cgroup_id,
                 last_event_ns: now,
                 tgid,
@@ -289,7 +338,7 @@ fn on_intruder(
             entry.write(IntruderEvent {
                 timestamp_ns: now,
                 cgroup_id,
-                ran_ns: ran,
+                ran_ns: slice_ns,
                 pid,
                 tgid,
                 cpu,

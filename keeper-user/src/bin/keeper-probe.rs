@@ -1,7 +1,8 @@
 //! keeper-probe: a small, predictable workload for tests and benchmarks.
 //!
 //! - `keeper-probe sleep COUNT INTERVAL_US`: wakes COUNT times, sleeping INTERVAL_US each time;
-//! - `keeper-probe spin SECONDS [NAME]`: a busy loop for SECONDS, renamed NAME (its comm);
+//! - `keeper-probe spin SECONDS [NAME]`: a busy loop for SECONDS (fractions allowed), renamed
+//!   NAME (its comm);
 //!
 //! Pin it with taskset or by the caller's affinity; it changes nothing else.
 use std::{
@@ -32,14 +33,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("spin") => {
-            let Some(secs) = num(1) else {
+            let Some(secs) = args
+                .get(1)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+            else {
                 eprintln!("usage: keeper-probe spin SECONDS [NAME]");
                 return ExitCode::from(2);
             };
             if let Some(name) = args.get(2) {
                 set_comm(name);
             }
-            let end = Instant::now() + Duration::from_secs(secs);
+            let end = Instant::now() + Duration::from_secs_f64(secs);
             let mut x = 0u64;
             while Instant::now() < end {
                 for i in 0..10_000u64 {

@@ -47,7 +47,7 @@ pub struct RunArgs {
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Decision period (actions also run at once on intruder events and control requests).
-    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub tick: Duration,
 }
 

@@ -130,6 +130,7 @@ pub struct Keeper {
     pub last: VecDeque<Done>,
     pub timeline: Vec<Done>,
     pub evictions: u64,
+    pub eviction_latencies_us: Vec<f64>,
     pub errors: u64,
 }
 
@@ -146,6 +147,7 @@ impl Keeper {
             last: VecDeque::new(),
             timeline: Vec::new(),
             evictions: 0,
+            eviction_latencies_us: Vec::new(),
             errors: 0,
         }
     }

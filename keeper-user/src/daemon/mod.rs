@@ -78,8 +78,53 @@ pub struct RunRecord {
     pub restored_at_exit: Vec<String>,
     pub cpus: Vec<crate::cli::watch::CpuView>,
     pub evictions: u64,
+    /// From an intruder's first run on a trading core to its eviction done, in µs.
+    pub eviction_latency: EvictionLatency,
     pub errors: u64,
     pub actions: Vec<Done>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct EvictionLatency {
+    pub count: usize,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub max_us: Option<f64>,
+    pub samples_us: Vec<f64>,
+}
+
+impl EvictionLatency {
+    fn of(samples: &mut [f64]) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let q = |q: f64| {
+            (!samples.is_empty()).then(|| {
+                samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1]
+            })
+        };
+        Self {
+            count: samples.len(),
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+            max_us: samples.last().copied(),
+            samples_us: samples.to_vec(),
+        }
+    }
+}
+
+/// Notes, for each intruder evicted in this tick, how long after its first run it was done.
+fn record_evictions(keeper: &mut Keeper, done: &[Done], first_run: &mut HashMap<u32, u64>) {
+    let now = crate::sense::sched::monotonic_ns();
+    for d in done {
+        if let crate::decide::ActionKind::EvictIntruder { pid, .. } = d.action.kind
+            && d.ok
+            && d.outcome.iter().any(|o| o.starts_with("done"))
+            && let Some(first) = first_run.remove(&pid)
+        {
+            keeper
+                .eviction_latencies_us
+                .push(now.saturating_sub(first) as f64 / 1000.0);
+        }
+    }
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
@@ -135,8 +180,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let mut latency = LatencyWindow::default();
     let mut index = cg.id_index();
     let mut last_prune = Instant::now();
+    let mut first_run: HashMap<u32, u64> = HashMap::new();
+    // Intruders outside --scope, by pid → the cgroup id they were seen in: observed once and
+    // not handed to the engine again until they move to another cgroup.
+    let mut observed_only: HashMap<u32, u64> = HashMap::new();
     loop {
         let mut intruders = Vec::new();
+        let mut cgroup_of: HashMap<u32, u64> = HashMap::new();
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -144,12 +194,25 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             guard = events.readable_mut() => {
                 let mut guard = guard?;
                 for ev in guard.get_inner_mut().drain() {
-                    if procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread()) {
-                        continue; // kernel threads are never evictable intruders
+                    tracing::trace!(
+                        pid = ev.pid,
+                        comm = %comm_str(&ev.comm),
+                        cpu = ev.cpu,
+                        ran_ns = ev.ran_ns,
+                        age_us = crate::sense::sched::monotonic_ns().saturating_sub(ev.timestamp_ns) / 1000,
+                        "intruder event"
+                    );
+                    if observed_only.get(&ev.pid) == Some(&ev.cgroup_id)
+                        || procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread())
+                    {
+                        continue; // outside the scope, or a kernel thread: never evicted
                     }
+                    cgroup_of.insert(ev.pid, ev.cgroup_id);
                     if !index.contains_key(&ev.cgroup_id) {
                         index = cg.id_index();
                     }
+                    // When the intruder's first slice began on the trading core (CLOCK_MONOTONIC).
+                    first_run.entry(ev.pid).or_insert(ev.timestamp_ns.saturating_sub(ev.ran_ns));
                     intruders.push(Intruder {
                         pid: ev.pid,
                         comm: comm_str(&ev.comm),
@@ -170,6 +233,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
             _ = ticker.tick() => {
                 if last_prune.elapsed() > Duration::from_secs(5) {
+                    let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+                    first_run.retain(|pid, _| alive(pid));
+                    observed_only.retain(|pid, _| alive(pid));
                     sensor.prune_runnable(Duration::from_secs(60))?;
                     sensor.set_protected(&protected_ids(&keeper, &cg))?;
                     last_prune = Instant::now();
@@ -177,7 +243,19 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
         }
         let obs = keeper.observe(intruders, latency.p99(&sensor));
-        keeper.tick(&obs);
+        let done = keeper.tick(&obs);
+        record_evictions(&mut keeper, &done, &mut first_run);
+        for d in &done {
+            if let crate::decide::ActionKind::EvictIntruder { pid, .. } = d.action.kind
+                && d.outcome.iter().any(|o| o.starts_with("observed only"))
+                && let Some(id) = cgroup_of.get(&pid)
+            {
+                observed_only.insert(pid, *id);
+                keeper.state.evicted.remove(&pid);
+                // Its time outside the scope does not count towards an eviction's latency.
+                first_run.remove(&pid);
+            }
+        }
     }
 
     tracing::info!("stopping: undoing every change");
@@ -199,6 +277,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         restored_at_exit,
         cpus,
         evictions: keeper.evictions,
+        eviction_latency: EvictionLatency::of(&mut keeper.eviction_latencies_us),
         errors: keeper.errors,
         actions: keeper.timeline,
     })
@@ -262,14 +341,23 @@ fn protected_ids(keeper: &Keeper, cg: &CgroupFs) -> Vec<u64> {
         .collect()
 }
 
-/// Keeps the keeper itself off the trading cores.
+/// Keeps the keeper itself off the trading cores, and lets it run first on the housekeeping
+/// cores: those are where the intruders it evicts pile up, and an enforcer that waits behind
+/// eight CPU hogs evicts late. SCHED_FIFO priority 1 (the lowest real-time priority; the
+/// kernel's RT throttling still bounds it), else nice -20.
 fn pin_self(housekeeping: &crate::cpulist::CpuList) {
-    if housekeeping.is_empty() {
-        return;
-    }
     for tid in crate::act::process::threads(std::process::id()) {
-        if let Ok(t) = Proc::open(tid, None) {
+        if !housekeeping.is_empty()
+            && let Ok(t) = Proc::open(tid, None)
+        {
             let _ = t.set_affinity(housekeeping);
+        }
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sched_setscheduler/setpriority on our own thread ids with a valid param.
+        let rt = unsafe { libc::sched_setscheduler(tid as i32, libc::SCHED_FIFO, &param) } == 0;
+        if !rt {
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, -20) };
+            tracing::info!("SCHED_FIFO refused; running at nice -20");
         }
     }
 }

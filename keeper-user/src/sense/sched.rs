@@ -7,7 +7,12 @@ use std::collections::BTreeMap;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{
+        PerfEvent, ProgramError, TracePoint,
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
+    },
 };
 use keeper_common::{
     CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal, globals, maps,
@@ -114,10 +119,15 @@ pub struct Intruder {
     pub last_cpu: u32,
 }
 
+/// How often the sampler looks at what runs on each trading core: an intruder that never
+/// switches out is reported within this period.
+pub const SAMPLE_PERIOD_NS: u64 = 2_000_000;
+
 /// The loaded and attached scheduler sensor.
 pub struct SchedSensor {
     ebpf: Ebpf,
     trading_cpus: CpuList,
+    sampler_links: BTreeMap<u32, PerfEventLinkId>,
 }
 
 impl SchedSensor {
@@ -149,9 +159,23 @@ impl SchedSensor {
         let mut sensor = Self {
             ebpf,
             trading_cpus: CpuList::default(),
+            sampler_links: BTreeMap::new(),
         };
-        sensor.set_trading_cpus(&config.trading_cpus)?;
         sensor.set_protected(&config.protected_cgroups)?;
+        let name = programs::SAMPLE;
+        let sampler: &mut PerfEvent = sensor
+            .ebpf
+            .program_mut(name)
+            .ok_or(SenseError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| SenseError::Program { name, source })?;
+        sampler
+            .load()
+            .map_err(|source| SenseError::Program { name, source })?;
+        sensor.set_trading_cpus(&config.trading_cpus)?;
         for (name, event) in [
             (programs::WAKEUP, "sched_wakeup"),
             (programs::WAKEUP_NEW, "sched_wakeup_new"),
@@ -194,6 +218,47 @@ impl SchedSensor {
                 .map_err(err)?;
         }
         self.trading_cpus = cpus.clone();
+        self.attach_samplers()
+    }
+
+    /// One CPU-clock perf event per trading core runs the sampler; others have none.
+    fn attach_samplers(&mut self) -> Result<(), SenseError> {
+        let name = programs::SAMPLE;
+        let err = |source| SenseError::Program { name, source };
+        let sampler: &mut PerfEvent = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(SenseError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(err)?;
+        let stale: Vec<u32> = self
+            .sampler_links
+            .keys()
+            .copied()
+            .filter(|c| !self.trading_cpus.contains(*c))
+            .collect();
+        for cpu in stale {
+            if let Some(link) = self.sampler_links.remove(&cpu) {
+                sampler.detach(link).map_err(err)?;
+            }
+        }
+        for cpu in self.trading_cpus.iter() {
+            if self.sampler_links.contains_key(&cpu) {
+                continue;
+            }
+            let link = sampler
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(SAMPLE_PERIOD_NS),
+                    false,
+                )
+                .map_err(err)?;
+            self.sampler_links.insert(cpu, link);
+        }
         Ok(())
     }
 

@@ -1,6 +1,4 @@
-//! `cargo xtask bench …`: benchmarks whose results go in docs/BENCHMARKS.md.
-//!
-//! `probe`: cost per event of the keeper's attached programs, read from the kernel's BPF stats
+//! `cargo xtask bench probe`: cost per event of the keeper's attached programs, read from the kernel's BPF stats
 //! (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt) under a context-switch storm
 //! (`stress-ng --switch`), beside bpftrace running an equivalent runqlat script, and the storm's
 //! throughput with and without each tracer attached. Medians of several repetitions, one run.
@@ -15,26 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use super::{ChildGuard, median};
 use crate::cargo;
-
-#[derive(clap::Subcommand)]
-pub enum Which {
-    /// Probe cost per event vs bpftrace, and storm throughput loss.
-    Probe {
-        /// Repetitions per condition (the median is reported).
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-        /// Length of one storm, in seconds.
-        #[arg(long, default_value_t = 5)]
-        secs: u64,
-    },
-}
-
-pub fn run(root: &Path, which: Which) -> anyhow::Result<()> {
-    match which {
-        Which::Probe { reps, secs } => probe(root, reps, secs),
-    }
-}
 
 /// bpftrace's runqlat, reduced to what the keeper measures (wakeup and preemption → on CPU).
 const RUNQLAT_BT: &str = r#"
@@ -55,7 +35,7 @@ struct Condition {
     ops_per_sec: Vec<f64>,
 }
 
-fn probe(root: &Path, reps: usize, secs: u64) -> anyhow::Result<()> {
+pub fn probe(root: &Path, reps: usize, secs: u64) -> anyhow::Result<()> {
     crate::run(cargo().args(["build", "--release", "-p", "keeper-user", "--bin", "keeper"]))?;
     let keeper = root.join("target/release/keeper");
     let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?;
@@ -145,7 +125,7 @@ fn measure(
     tracer: Option<Child>,
     pick: impl Fn(&Prog) -> bool,
 ) -> anyhow::Result<Condition> {
-    let mut guard = TracerGuard(tracer);
+    let mut guard = ChildGuard(tracer);
     if guard.0.is_some() {
         let start = Instant::now();
         while totals(&pick)?.2 < 2 {
@@ -201,41 +181,6 @@ fn storm(secs: u64) -> anyhow::Result<f64> {
         .find_map(|l| l.trim().strip_prefix("bogo-ops-per-second-real-time:"))
         .and_then(|v| v.trim().parse().ok())
         .context("stress-ng yaml has no bogo-ops-per-second-real-time")
-}
-
-/// Stops a tracer we started (by its pid) with SIGINT, then waits for it.
-struct TracerGuard(Option<Child>);
-
-impl Drop for TracerGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            // SAFETY: kill on the pid of a child we spawned and have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
 }
 
 fn print_table(conditions: &[Condition], reps: usize, secs: u64) {

@@ -1,0 +1,87 @@
+//! `cargo xtask bench …`: benchmarks whose results go in docs/BENCHMARKS.md.
+//!
+//! - `probe`: cost per event of the eBPF programs vs bpftrace (issue: foundation);
+//! - `isolation`: the trading core's latency unprotected / statically isolated / with the
+//!   keeper, intruder eviction and EVA preemption latency, the daemon's footprint.
+
+mod isolation;
+mod probe;
+
+use std::{
+    path::Path,
+    process::Child,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+#[derive(clap::Subcommand)]
+pub enum Which {
+    /// Probe cost per event vs bpftrace, and storm throughput loss.
+    Probe {
+        /// Repetitions per condition (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Length of one storm, in seconds.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+    },
+    /// Trading-core isolation: cyclictest on CPU 1 under 8 hogs and a process churn.
+    Isolation {
+        /// Length of each condition's cyclictest run, in seconds.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Rounds of the three conditions, interleaved (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// `keeper interaction start` → Muse frozen round trips to time.
+        #[arg(long, default_value_t = 100)]
+        preemptions: usize,
+    },
+}
+
+pub fn run(root: &Path, which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Probe { reps, secs } => probe::probe(root, reps, secs),
+        Which::Isolation {
+            secs,
+            rounds,
+            preemptions,
+        } => isolation::run(root, secs, rounds, preemptions),
+    }
+}
+
+/// Stops a process we started (by its pid) with SIGINT, then SIGKILL after 10 s.
+pub struct ChildGuard(pub Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SAFETY: kill on the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn median(v: &[f64]) -> Option<f64> {
+    quantile(v, 0.5)
+}
+
+/// Nearest-rank quantile.
+pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    Some(s[rank - 1])
+}
