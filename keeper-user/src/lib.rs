@@ -18,4 +18,5 @@ pub mod cpulist;
 pub mod daemon;
 pub mod decide;
 pub mod policy;
+pub mod report;
 pub mod sense;

@@ -34,6 +34,8 @@ enum Command {
     Interaction(cli::control::InteractionArgs),
     /// Make the running keeper re-read its policy (a bad policy keeps the old one).
     Reload(cli::control::SocketArgs),
+    /// Render a run record (text, JSON or a self-contained HTML page), or the live one.
+    Report(cli::report::ReportArgs),
     /// Watch run-queue latency and intruders on CPUs (a runqlat for the trading cores).
     Watch(cli::watch::WatchArgs),
     /// Check policy files; exit 0 when all are valid, 1 when not.
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::control::status(args),
         Command::Interaction(args) => cli::control::interaction(args),
         Command::Reload(args) => cli::control::reload(args),
+        Command::Report(args) => cli::report::run(args),
         Command::Watch(args) => cli::watch::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::Schema(args) => cli::schema::run(args),

@@ -2,6 +2,8 @@
 //! creates and always removes, pinned child processes, and `keeper watch` runs.
 #![allow(dead_code)]
 
+pub mod rig;
+
 use std::{
     io::{BufRead, BufReader},
     os::unix::process::CommandExt,
@@ -64,15 +66,30 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
+        // Thaw (a frozen task cannot die), kill everything in the subtree, then remove the
+        // subtree depth first.
+        let _ = std::fs::write(self.dir.join("cgroup.freeze"), "0");
         let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
         for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+            if remove_tree(&self.dir) || !self.dir.exists() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("warning: could not remove {}", self.dir.display());
     }
+}
+
+/// Removes a cgroup and its descendants (children first). True when it is gone.
+fn remove_tree(dir: &std::path::Path) -> bool {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok()
 }
 
 /// Starts `program args` pinned to `cpu`, inside `cgroup` when given.

@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "kmod",
+    // Renders the HTML report in the report test (headless screenshot).
+    "chromium",
 ];
 
 #[derive(Parser)]

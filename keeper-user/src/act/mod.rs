@@ -108,6 +108,11 @@ impl Actuators {
         &self.cg
     }
 
+    /// The `--scope` cgroup, normalised, if any.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
     pub fn dry_run(&self) -> bool {
         self.dry_run
     }

@@ -33,8 +33,12 @@ pub enum InteractionState {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Interaction { state: InteractionState },
+    Interaction {
+        state: InteractionState,
+    },
     Reload,
+    /// The run record so far (`keeper report --live`).
+    Report,
 }
 
 /// The request as written; unknown keys are refused.
@@ -48,17 +52,18 @@ struct Wire {
 impl Request {
     /// Parses one request line; the error says where and what was expected.
     pub fn parse(line: &str) -> Result<Request, String> {
-        let expected = r#"expected {"command":"status"}, {"command":"interaction","state":"start"|"stop"} or {"command":"reload"}"#;
+        let expected = r#"expected {"command":"status"}, {"command":"interaction","state":"start"|"stop"}, {"command":"reload"} or {"command":"report"}"#;
         let w: Wire = serde_json::from_str(line)
             .map_err(|e| format!("request line 1, column {}: {e}; {expected}", e.column()))?;
         match (w.command.as_str(), w.state) {
             ("status", None) => Ok(Request::Status),
             ("reload", None) => Ok(Request::Reload),
+            ("report", None) => Ok(Request::Report),
             ("interaction", Some(state)) => Ok(Request::Interaction { state }),
             ("interaction", None) => {
                 Err(format!("request: `interaction` needs `state`; {expected}"))
             }
-            ("status" | "reload", Some(_)) => Err(format!(
+            ("status" | "reload" | "report", Some(_)) => Err(format!(
                 "request: `{}` takes no `state`; {expected}",
                 w.command
             )),

@@ -117,6 +117,7 @@ pub struct Done {
     pub action: Action,
     pub outcome: Vec<String>,
     pub ok: bool,
+    pub elapsed_ms: f64,
 }
 
 pub struct Keeper {
@@ -128,9 +129,7 @@ pub struct Keeper {
     pub placements: BTreeMap<String, Placement>,
     pub interaction: bool,
     pub last: VecDeque<Done>,
-    pub timeline: Vec<Done>,
     pub evictions: u64,
-    pub eviction_latencies_us: Vec<f64>,
     pub errors: u64,
 }
 
@@ -145,9 +144,7 @@ impl Keeper {
             placements: BTreeMap::new(),
             interaction: false,
             last: VecDeque::new(),
-            timeline: Vec::new(),
             evictions: 0,
-            eviction_latencies_us: Vec::new(),
             errors: 0,
         }
     }
@@ -230,6 +227,7 @@ impl Keeper {
                 action,
                 outcome,
                 ok,
+                elapsed_ms,
             });
         }
         for d in &done {
@@ -237,7 +235,6 @@ impl Keeper {
                 self.last.pop_front();
             }
             self.last.push_back(d.clone());
-            self.timeline.push(d.clone());
         }
         done
     }

@@ -6,6 +6,7 @@ pub mod control;
 pub mod execute;
 pub mod host;
 mod keeper;
+pub mod record;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,7 +20,9 @@ use tokio::{
 };
 
 pub use keeper::{Done, Keeper, PolicySource};
+use record::{Recorder, Sensed};
 
+use crate::report::{RunRecord, view};
 use crate::{
     act::{Actuators, journal::Journal, process::Proc},
     cgroupfs::CgroupFs,
@@ -66,63 +69,12 @@ pub struct DaemonConfig {
     pub tick: Duration,
 }
 
-/// What a run leaves behind for `--report`.
-#[derive(Debug, serde::Serialize)]
-pub struct RunRecord {
-    pub started: String,
-    pub ended: String,
-    pub policy: String,
-    pub mode: &'static str,
-    pub trading_cores: String,
-    pub restored_at_start: Vec<String>,
-    pub restored_at_exit: Vec<String>,
-    pub cpus: Vec<crate::cli::watch::CpuView>,
-    pub evictions: u64,
-    /// From an intruder's first run on a trading core to its eviction done, in µs.
-    pub eviction_latency: EvictionLatency,
-    pub errors: u64,
-    pub actions: Vec<Done>,
-}
-
-#[derive(Debug, Default, serde::Serialize)]
-pub struct EvictionLatency {
-    pub count: usize,
-    pub p50_us: Option<f64>,
-    pub p99_us: Option<f64>,
-    pub max_us: Option<f64>,
-    pub samples_us: Vec<f64>,
-}
-
-impl EvictionLatency {
-    fn of(samples: &mut [f64]) -> Self {
-        samples.sort_by(f64::total_cmp);
-        let q = |q: f64| {
-            (!samples.is_empty()).then(|| {
-                samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1]
-            })
-        };
-        Self {
-            count: samples.len(),
-            p50_us: q(0.5),
-            p99_us: q(0.99),
-            max_us: samples.last().copied(),
-            samples_us: samples.to_vec(),
-        }
-    }
-}
-
 /// Notes, for each intruder evicted in this tick, how long after its first run it was done.
-fn record_evictions(keeper: &mut Keeper, done: &[Done], first_run: &mut HashMap<u32, u64>) {
+fn record_evictions(recorder: &mut Recorder, done: &[Done], first_run: &mut HashMap<u32, u64>) {
     let now = crate::sense::sched::monotonic_ns();
-    for d in done {
-        if let crate::decide::ActionKind::EvictIntruder { pid, .. } = d.action.kind
-            && d.ok
-            && d.outcome.iter().any(|o| o.starts_with("done"))
-            && let Some(first) = first_run.remove(&pid)
-        {
-            keeper
-                .eviction_latencies_us
-                .push(now.saturating_sub(first) as f64 / 1000.0);
+    for pid in done.iter().filter_map(record::is_eviction_done) {
+        if let Some(first) = first_run.remove(&pid) {
+            recorder.eviction(now.saturating_sub(first) as f64 / 1000.0);
         }
     }
 }
@@ -184,8 +136,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     // Intruders outside --scope, by pid → the cgroup id they were seen in: observed once and
     // not handed to the engine again until they move to another cgroup.
     let mut observed_only: HashMap<u32, u64> = HashMap::new();
+    let mut recorder = Recorder::new(started);
     loop {
         let mut intruders = Vec::new();
+        let mut ticked = false;
         let mut cgroup_of: HashMap<u32, u64> = HashMap::new();
         tokio::select! {
             _ = sigint.recv() => break,
@@ -228,10 +182,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
             Some(call) = calls.recv() => {
                 let p99 = latency.p99(&sensor);
-                answer(&mut keeper, &mut sensor, &cg, call, p99);
+                answer(&mut keeper, &mut recorder, &mut sensor, &cg, call, p99);
                 continue;
             }
             _ = ticker.tick() => {
+                ticked = true;
                 if last_prune.elapsed() > Duration::from_secs(5) {
                     let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
                     first_run.retain(|pid, _| alive(pid));
@@ -242,9 +197,14 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 }
             }
         }
-        let obs = keeper.observe(intruders, latency.p99(&sensor));
+        let p99 = latency.p99(&sensor);
+        let obs = keeper.observe(intruders, p99);
         let done = keeper.tick(&obs);
-        record_evictions(&mut keeper, &done, &mut first_run);
+        recorder.actions(&done);
+        if ticked {
+            recorder.sample(&keeper, &obs, p99);
+        }
+        record_evictions(&mut recorder, &done, &mut first_run);
         for d in &done {
             if let crate::decide::ActionKind::EvictIntruder { pid, .. } = d.action.kind
                 && d.outcome.iter().any(|o| o.starts_with("observed only"))
@@ -259,32 +219,40 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     }
 
     tracing::info!("stopping: undoing every change");
-    let cpus = sensor
-        .cpu_readouts()
-        .map(|r| r.iter().map(crate::cli::watch::cpu_view).collect())
-        .unwrap_or_default();
+    let mut sensed = sensed(&sensor, &cg, started);
     drop(events);
     drop(sensor);
-    let restored_at_exit = keeper.act.restore_all()?;
+    sensed.restored_at_exit = keeper.act.restore_all()?;
+    sensed.restored_at_start = restored_at_start;
     let _ = std::fs::remove_file(&cfg.socket);
-    Ok(RunRecord {
-        started: started.to_string(),
-        ended: jiff::Timestamp::now().to_string(),
-        policy: keeper.source.name(),
-        mode: if cfg.dry_run { "dry-run" } else { "enforcing" },
-        trading_cores: keeper.policy.host.trading_cores.to_string(),
-        restored_at_start,
-        restored_at_exit,
+    Ok(recorder.build(&keeper, sensed, false))
+}
+
+/// Per-CPU views and the intruders table, as the sensor has them now.
+fn sensed(sensor: &SchedSensor, cg: &CgroupFs, started: jiff::Timestamp) -> Sensed {
+    let cpus: Vec<_> = sensor
+        .cpu_readouts()
+        .map(|r| r.iter().map(view::cpu_view).collect())
+        .unwrap_or_default();
+    let span_s = jiff::Timestamp::now()
+        .duration_since(started)
+        .as_secs_f64()
+        .max(0.0);
+    let span_ns = span_s * 1e9 * sensor.trading_cpus().len() as f64;
+    let intruders = sensor
+        .intruders()
+        .map(|list| view::intruder_views(list, &cg.id_index(), span_ns).0)
+        .unwrap_or_default();
+    Sensed {
         cpus,
-        evictions: keeper.evictions,
-        eviction_latency: EvictionLatency::of(&mut keeper.eviction_latencies_us),
-        errors: keeper.errors,
-        actions: keeper.timeline,
-    })
+        intruders,
+        ..Sensed::default()
+    }
 }
 
 fn answer(
     keeper: &mut Keeper,
+    recorder: &mut Recorder,
     sensor: &mut SchedSensor,
     cg: &CgroupFs,
     call: Call,
@@ -292,11 +260,22 @@ fn answer(
 ) {
     let reply = match call.request {
         Request::Status => keeper.status(),
+        Request::Report => {
+            let record = recorder.build(keeper, sensed(sensor, cg, recorder.started_at()), true);
+            serde_json::json!({"ok": true, "record": record})
+        }
         Request::Interaction { state } => {
             let started = Instant::now();
             keeper.interaction = state == InteractionState::Start;
             let obs = keeper.observe(vec![], p99);
             let done = keeper.tick(&obs);
+            recorder.actions(&done);
+            let froze = done
+                .iter()
+                .any(|d| d.ok && matches!(d.action.kind, crate::decide::ActionKind::Freeze { .. }));
+            if keeper.interaction && froze {
+                recorder.preemption(started.elapsed().as_secs_f64() * 1000.0);
+            }
             serde_json::json!({
                 "ok": done.iter().all(|d| d.ok),
                 "interaction": keeper.interaction,

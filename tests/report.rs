@@ -1,0 +1,203 @@
+//! `keeper report` from a real run: the daemon enforces for a few seconds (a protected sleeper
+//! and an intruder on the trading core, an EVA interaction that freezes Muse), its record is
+//! rendered as HTML, and headless Chromium shows the charts (screenshot not blank, bars and
+//! lines drawn). `keeper report --live` answers while the daemon runs.
+
+mod support;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use support::{rig::*, *};
+
+/// Chromium, or None (said loudly; a failure under CI=true, where xtask installs it).
+fn chromium() -> Option<&'static str> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("CI=true: chromium is needed for the HTML report test (apt package chromium)");
+        }
+        eprintln!("\n!!! SKIPPED the browser half of the report test: no chromium !!!\n");
+    }
+    found
+}
+
+fn keeper(args: &[&str]) -> std::process::Output {
+    let out = Command::new(KEEPER).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "keeper {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
+    if !privileged("a_real_run_renders_as_html_with_its_charts_in_chromium") {
+        return;
+    }
+    let rig = Rig::with_rules("report", "  slo: { trading_p99_wakeup: 5ms }\n");
+    let record = rig.dir.join("run.json");
+    let daemon = rig.keeper(&[
+        "--for",
+        "5s",
+        "--tick",
+        "200ms",
+        "--report",
+        record.to_str().unwrap(),
+    ]);
+    let cg = |w: &str| TestCgroup {
+        rel: rig.rel(w),
+        dir: rig.cg(w),
+    };
+    let (banker, muse, eva) = (cg("banker"), cg("muse"), cg("eva"));
+    // Protected wakeups on the trading core, an intruder there, and an interaction.
+    let sleeper = spawn_pinned(PROBE, &["sleep", "2000", "1000"], 1, Some(&banker));
+    let hog = spawn_pinned(PROBE, &["spin", "6", "kt_report"], 1, Some(&muse));
+    let assistant = spawn_pinned(PROBE, &["sleep", "600", "10000"], 0, Some(&eva));
+    std::mem::forget((banker, muse, eva)); // the rig's scope removes them
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = rig.control(&["interaction", "start"]);
+    assert_eq!(started["ok"], true, "{started:#}");
+    let live = keeper(&[
+        "report",
+        "--live",
+        "--format",
+        "json",
+        "--socket",
+        rig.socket().to_str().unwrap(),
+    ]);
+    let live: serde_json::Value = serde_json::from_slice(&live.stdout).unwrap();
+    assert_eq!(live["live"], true);
+    assert!(live["evictions"].as_u64().unwrap() >= 1, "{live:#}");
+    rig.control(&["interaction", "stop"]);
+    daemon.finish();
+    for c in [sleeper, hog, assistant] {
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        wait_cpu_time(c);
+    }
+
+    // The record: verdicts, a histogram with samples, actions, samples over time.
+    let json = keeper(&["report", record.to_str().unwrap(), "--format", "json"]);
+    let r: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        r["cpus"][0]["protected"]["count"].as_u64().unwrap() > 100,
+        "{:#}",
+        r["cpus"]
+    );
+    assert!(r["samples"].as_array().unwrap().len() >= 10);
+    let kinds: Vec<&str> = r["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"evict_intruder") && kinds.contains(&"freeze"),
+        "{kinds:?}"
+    );
+    let verdicts: Vec<&str> = r["slo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["objective"].as_str())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["trading_p99_wakeup", "preemption_deadline"],
+        "{:#}",
+        r["slo"]
+    );
+    assert_eq!(r["slo"][1]["met"], true, "{:#}", r["slo"]);
+    let text = keeper(&["report", record.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Service levels"));
+
+    let html = rig.dir.join("report.html");
+    keeper(&[
+        "report",
+        record.to_str().unwrap(),
+        "--format",
+        "html",
+        "-o",
+        html.to_str().unwrap(),
+    ]);
+    let Some(chromium) = chromium() else { return };
+    let url = format!("file://{}", html.display());
+    let dom = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for id in [
+        "histogram-cpu1",
+        "latency-over-time",
+        "actions-over-time",
+        "pressure-over-time",
+    ] {
+        assert!(
+            dom.contains(&format!("id=\"{id}\"")),
+            "chart {id} not in the browser's DOM"
+        );
+    }
+    let shot = rig.dir.join("report.png");
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1100,2400",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (w, h, rgb) = decode(&shot);
+    let non_white = rgb.chunks(3).filter(|p| p.iter().any(|&c| c < 235)).count();
+    let bar_blue = rgb
+        .chunks(3)
+        .filter(|p| near(p, [0x1f, 0x5f, 0xbf]))
+        .count();
+    eprintln!("screenshot {w}×{h}: {non_white} non-white pixels, {bar_blue} chart-blue pixels");
+    assert!(
+        non_white > (w * h) as usize / 100,
+        "the screenshot is (nearly) blank"
+    );
+    assert!(bar_blue > 200, "no histogram bars or latency line drawn");
+    if let Ok(dir) = std::env::var("KEEPER_REPORT_SCREENSHOT_DIR") {
+        let _ = std::fs::copy(&shot, Path::new(&dir).join("report.png"));
+        let _ = std::fs::copy(&html, Path::new(&dir).join("report.html"));
+    }
+}
+
+fn near(p: &[u8], c: [u8; 3]) -> bool {
+    p.iter().zip(c).all(|(a, b)| a.abs_diff(b) < 24)
+}
+
+/// The screenshot as 8-bit RGB.
+fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let rgb = match info.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Rgba => buf.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    (info.width, info.height, rgb)
+}
