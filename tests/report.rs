@@ -1,7 +1,7 @@
 //! `keeper report` from a real run: the daemon enforces for a few seconds (a protected sleeper
 //! and an intruder on the trading core, an EVA interaction that freezes Muse), its record is
 //! rendered as HTML, and headless Chromium shows the charts (screenshot not blank, bars and
-//! lines drawn). `keeper report --live` answers while the daemon runs.
+//! lines drawn). `keeper report --live` and `/metrics` answer while the daemon runs.
 
 mod support;
 
@@ -40,14 +40,23 @@ fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
     }
     let rig = Rig::with_rules("report", "  slo: { trading_p99_wakeup: 5ms }\n");
     let record = rig.dir.join("run.json");
-    let daemon = rig.keeper(&[
+    let mut daemon = rig.keeper(&[
         "--for",
         "5s",
         "--tick",
         "200ms",
         "--report",
         record.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
     ]);
+    daemon.wait_for("metrics on /metrics", Duration::from_secs(10));
+    let metrics_addr = daemon
+        .lines
+        .iter()
+        .find_map(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_string())
+        .expect("the metrics address in the log");
     let cg = |w: &str| TestCgroup {
         rel: rig.rel(w),
         dir: rig.cg(w),
@@ -72,6 +81,17 @@ fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
     let live: serde_json::Value = serde_json::from_slice(&live.stdout).unwrap();
     assert_eq!(live["live"], true);
     assert!(live["evictions"].as_u64().unwrap() >= 1, "{live:#}");
+    // Prometheus during the run: latency histogram, evictions, Muse frozen.
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = scrape(&metrics_addr);
+    for want in [
+        "keeper_wakeup_latency_seconds_bucket{le=",
+        "keeper_trading_core_seconds_total{cpu=\"1\",kind=\"intruder\"}",
+        "keeper_workload_frozen{workload=\"muse\"} 1",
+        "keeper_actions_total{kind=\"evict_intruder\",ok=\"true\"}",
+    ] {
+        assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
+    }
     rig.control(&["interaction", "stop"]);
     daemon.finish();
     for c in [sleeper, hog, assistant] {
@@ -181,6 +201,18 @@ fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
         let _ = std::fs::copy(&shot, Path::new(&dir).join("report.png"));
         let _ = std::fs::copy(&html, Path::new(&dir).join("report.html"));
     }
+}
+
+/// GET /metrics, the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
 fn near(p: &[u8], c: [u8; 3]) -> bool {

@@ -70,7 +70,13 @@ impl Rig {
 
     /// Starts `keeper run` with this rig's policy, scope, socket and state dir.
     pub fn keeper(&self, extra: &[&str]) -> Daemon {
+        self.keeper_with_env(extra, &[])
+    }
+
+    /// Same, with extra environment variables.
+    pub fn keeper_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(KEEPER)
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--policy")
             .arg(self.dir.join("policy.yaml"))
@@ -121,7 +127,7 @@ impl Drop for Rig {
 pub struct Daemon {
     child: Option<Child>,
     log: mpsc::Receiver<String>,
-    lines: Vec<String>,
+    pub lines: Vec<String>,
 }
 
 impl Daemon {

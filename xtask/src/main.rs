@@ -5,6 +5,7 @@
 //! are the only two commands an operator types.
 
 mod bench;
+mod package;
 mod setup;
 mod vm;
 
@@ -51,6 +52,8 @@ enum Cmd {
     Test,
     /// Boot the Debian 6.1 cloud kernel in QEMU (TCG) with full cgroup v2 and run the guest tests.
     VmTest,
+    /// Build a Debian package (binary, systemd unit, default policy, docs) in target/deb/.
+    Package,
     /// Benchmarks; results go in docs/BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -72,6 +75,10 @@ fn main() -> anyhow::Result<()> {
             run(&mut c)
         }
         Cmd::Test => test(),
+        Cmd::Package => {
+            setup::ensure_ebpf_toolchain()?;
+            package::deb(&root).map(|p| println!("{}", p.display()))
+        }
         Cmd::VmTest => {
             setup::ensure_ebpf_toolchain()?;
             setup::ensure_apt(TEST_PACKAGES)?;

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// Decision period (actions also run at once on intruder events and control requests).
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub tick: Duration,
+    /// Serve Prometheus metrics on GET /metrics at this address (a bare port means
+    /// 127.0.0.1:PORT). Off by default.
+    #[arg(long, value_parser = crate::daemon::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_cpus(s: &str) -> Result<CpuList, String> {
@@ -71,6 +75,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         socket: args.socket.clone(),
         allowed_uids: allowed,
         tick: args.tick,
+        metrics: args.metrics,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,6 +6,7 @@ pub mod control;
 pub mod execute;
 pub mod host;
 mod keeper;
+pub mod metrics;
 pub mod record;
 
 use std::{
@@ -67,6 +68,8 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub allowed_uids: Vec<u32>,
     pub tick: Duration,
+    /// Serve Prometheus metrics here (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Notes, for each intruder evicted in this tick, how long after its first run it was done.
@@ -124,6 +127,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         "keeper running"
     );
 
+    // systemd (Type=notify): ready now; the watchdog is kicked by the loop itself, so a hung
+    // loop gets the keeper restarted (and the restart undoes what the journal holds).
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let watchdog = systemd_watchdog();
+    let mut kick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
@@ -137,6 +145,15 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     // not handed to the engine again until they move to another cgroup.
     let mut observed_only: HashMap<u32, u64> = HashMap::new();
     let mut recorder = Recorder::new(started);
+    let metrics = metrics::Metrics::default();
+    let _metrics_server = match cfg.metrics {
+        Some(addr) => Some(
+            metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("--metrics {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     loop {
         let mut intruders = Vec::new();
         let mut ticked = false;
@@ -185,6 +202,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 answer(&mut keeper, &mut recorder, &mut sensor, &cg, call, p99);
                 continue;
             }
+            _ = kick.tick(), if watchdog.is_some() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                continue;
+            }
             _ = ticker.tick() => {
                 ticked = true;
                 if last_prune.elapsed() > Duration::from_secs(5) {
@@ -201,8 +222,23 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         let obs = keeper.observe(intruders, p99);
         let done = keeper.tick(&obs);
         recorder.actions(&done);
+        if cfg.metrics.is_some() {
+            metrics.update(|m| {
+                for d in &done {
+                    let kind = serde_json::to_value(&d.action.kind).ok();
+                    let kind = kind
+                        .as_ref()
+                        .and_then(|k| k["action"].as_str())
+                        .unwrap_or("?");
+                    *m.actions.entry((kind.to_string(), d.ok)).or_default() += 1;
+                }
+            });
+        }
         if ticked {
             recorder.sample(&keeper, &obs, p99);
+            if cfg.metrics.is_some() {
+                refresh_metrics(&metrics, &keeper, &sensor, &obs, p99);
+            }
         }
         record_evictions(&mut recorder, &done, &mut first_run);
         for d in &done {
@@ -219,6 +255,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     }
 
     tracing::info!("stopping: undoing every change");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let mut sensed = sensed(&sensor, &cg, started);
     drop(events);
     drop(sensor);
@@ -226,6 +263,53 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     sensed.restored_at_start = restored_at_start;
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(recorder.build(&keeper, sensed, false))
+}
+
+/// systemd's watchdog period halved (the kick interval), as libsystemd's sd_watchdog_enabled
+/// reads it: WATCHDOG_USEC set, and WATCHDOG_PID unset or ours.
+fn systemd_watchdog() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(50)))
+}
+
+/// The scrape's snapshot, as of this tick.
+fn refresh_metrics(
+    metrics: &metrics::Metrics,
+    keeper: &Keeper,
+    sensor: &SchedSensor,
+    obs: &crate::decide::Observations,
+    p99: Option<u64>,
+) {
+    let readouts = sensor.cpu_readouts().unwrap_or_default();
+    let applied = &keeper.state.applied;
+    metrics.update(|m| {
+        m.cpus = readouts.iter().map(view::cpu_view).collect();
+        m.events_sent = readouts.iter().map(|r| r.events_sent).sum();
+        m.events_lost = readouts.iter().map(|r| r.events_lost).sum();
+        m.evictions = keeper.evictions;
+        m.errors = keeper.errors;
+        m.workloads = keeper
+            .policy
+            .workloads
+            .iter()
+            .map(|w| {
+                let frozen = applied.frozen.contains_key(&w.name);
+                let throttled = applied.knobs.get(&w.name).is_some_and(|k| !k.is_empty());
+                (w.name.clone(), (frozen, throttled))
+            })
+            .collect();
+        m.trading_p99_seconds = p99.map(|ns| ns as f64 / 1e9);
+        m.loadavg = obs.loadavg;
+        m.cpu_pressure_some = obs.cpu_pressure.some_avg10;
+        m.memory_pressure_some = obs.memory_pressure.some_avg10;
+        m.memory_pressure_full = obs.memory_pressure.full_avg10;
+        m.gpu_temperature_celsius = obs.gpu.as_ref().map(|g| g.temperature_c);
+    });
 }
 
 /// Per-CPU views and the intruders table, as the sensor has them now.
@@ -296,6 +380,10 @@ fn answer(
                 keeper.policy = p;
                 let _ = sensor.set_protected(&protected_ids(keeper, cg));
                 tracing::info!(policy = %keeper.source.name(), "policy reloaded");
+                // Place and act at once (a VM that just started, a policy that changed).
+                let obs = keeper.observe(vec![], p99);
+                let done = keeper.tick(&obs);
+                recorder.actions(&done);
                 serde_json::json!({"ok": true, "policy": keeper.source.name()})
             }
             Err(e) => {

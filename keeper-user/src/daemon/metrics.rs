@@ -1,0 +1,396 @@
+//! `keeper run --metrics ADDR`: Prometheus (OpenMetrics text) on `GET /metrics`.
+//!
+//! The loop refreshes a snapshot each tick; a scrape encodes the snapshot (prometheus-client
+//! collector), so the sensor and the actuators stay on the loop's thread and a slow scraper
+//! never delays enforcement.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use crate::report::view::CpuView;
+
+/// Everything a scrape shows, as of the last tick.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub cpus: Vec<CpuView>,
+    pub events_sent: u64,
+    pub events_lost: u64,
+    pub evictions: u64,
+    pub errors: u64,
+    /// (action kind, ok) → count.
+    pub actions: BTreeMap<(String, bool), u64>,
+    /// Workload → (frozen, throttled).
+    pub workloads: BTreeMap<String, (bool, bool)>,
+    pub trading_p99_seconds: Option<f64>,
+    pub loadavg: f64,
+    pub cpu_pressure_some: f64,
+    pub memory_pressure_some: f64,
+    pub memory_pressure_full: f64,
+    pub gpu_temperature_celsius: Option<f64>,
+    pub gpu_power_watts: Option<f64>,
+}
+
+/// The snapshot, shared between the loop (writer) and the HTTP server (reader).
+#[derive(Debug, Default, Clone)]
+pub struct Metrics(Arc<Mutex<Snapshot>>);
+
+impl Metrics {
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// The exposition text (OpenMetrics), as a scrape sees it.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    match rows {
+        [(labels, v)] if labels.is_empty() => ConstCounter::new(*v).encode(m)?,
+        _ => {
+            for (labels, v) in rows {
+                ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    match rows {
+        [(labels, v)] if labels.is_empty() => ConstGauge::new(*v).encode(m)?,
+        _ => {
+            for (labels, v) in rows {
+                ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = match self.0.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => return Ok(()),
+        };
+        // Wakeup latency per trading core, from the kernel's log2 buckets: bucket i counts
+        // 2^i ≤ µs < 2^(i+1), so its upper bound is 2^(i+1) µs. The sum is estimated from the
+        // bucket midpoints (the kernel side keeps counts, not sums).
+        let mut m = enc.encode_descriptor(
+            "keeper_wakeup_latency_seconds",
+            "Run-queue latency (wakeup to on-CPU) on the trading cores, by task kind",
+            None,
+            MetricType::Histogram,
+        )?;
+        for c in &s.cpus {
+            for (tasks, l) in [("protected", &c.protected), ("other", &c.other)] {
+                let labels: Labels = vec![("cpu", c.cpu.to_string()), ("tasks", tasks.into())];
+                let mut buckets: Vec<(f64, u64)> = l
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| ((1u64 << (i + 1)) as f64 / 1e6, *n))
+                    .collect();
+                buckets.push((f64::MAX, 0));
+                let sum: f64 = l
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| *n as f64 * 1.5 * (1u64 << i) as f64 / 1e6)
+                    .sum();
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, l.count, &buckets, None)?;
+            }
+        }
+        let ns = 1e-9;
+        let time: Vec<(Labels, u64)> = s
+            .cpus
+            .iter()
+            .flat_map(|c| {
+                [
+                    ("protected", c.protected_ns),
+                    ("intruder", c.intruder_ns),
+                    ("kernel", c.kernel_ns),
+                    ("idle", c.idle_ns),
+                ]
+                .map(|(k, v)| (vec![("cpu", c.cpu.to_string()), ("kind", k.to_string())], v))
+            })
+            .collect();
+        let mut m = enc.encode_descriptor(
+            "keeper_trading_core_seconds",
+            "Time on each trading core by kind of task (intruder: neither protected nor kernel)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, v) in &time {
+            ConstCounter::new(*v as f64 * ns).encode(m.encode_family(labels)?)?;
+        }
+        counter(
+            &mut enc,
+            "keeper_evictions",
+            "Intruders moved off the trading cores",
+            &[(vec![], s.evictions)],
+        )?;
+        let actions: Vec<(Labels, u64)> = s
+            .actions
+            .iter()
+            .map(|((kind, ok), n)| (vec![("kind", kind.clone()), ("ok", ok.to_string())], *n))
+            .collect();
+        counter(
+            &mut enc,
+            "keeper_actions",
+            "Actions carried out, by kind and success",
+            &actions,
+        )?;
+        counter(
+            &mut enc,
+            "keeper_errors",
+            "Actions that failed",
+            &[(vec![], s.errors)],
+        )?;
+        counter(
+            &mut enc,
+            "keeper_ringbuf_events",
+            "Intruder events on the ring buffer (lost: buffer full)",
+            &[
+                (vec![("state", "sent".into())], s.events_sent),
+                (vec![("state", "lost".into())], s.events_lost),
+            ],
+        )?;
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let frozen: Vec<(Labels, f64)> = s
+            .workloads
+            .iter()
+            .map(|(w, (f, _))| (vec![("workload", w.clone())], flag(*f)))
+            .collect();
+        let throttled: Vec<(Labels, f64)> = s
+            .workloads
+            .iter()
+            .map(|(w, (_, t))| (vec![("workload", w.clone())], flag(*t)))
+            .collect();
+        gauge(
+            &mut enc,
+            "keeper_workload_frozen",
+            "1 while the keeper holds the workload frozen",
+            &frozen,
+        )?;
+        gauge(
+            &mut enc,
+            "keeper_workload_throttled",
+            "1 while the keeper throttles the workload",
+            &throttled,
+        )?;
+        let one = |v: f64| vec![(Labels::new(), v)];
+        if let Some(p99) = s.trading_p99_seconds {
+            gauge(
+                &mut enc,
+                "keeper_trading_p99_wakeup_seconds",
+                "p99 wakeup latency of protected tasks on the trading cores, last 5 s",
+                &one(p99),
+            )?;
+        }
+        gauge(
+            &mut enc,
+            "keeper_loadavg",
+            "1-minute load average",
+            &one(s.loadavg),
+        )?;
+        gauge(
+            &mut enc,
+            "keeper_pressure_avg10_percent",
+            "Host PSI avg10",
+            &[
+                (
+                    vec![("resource", "cpu".into()), ("kind", "some".into())],
+                    s.cpu_pressure_some,
+                ),
+                (
+                    vec![("resource", "memory".into()), ("kind", "some".into())],
+                    s.memory_pressure_some,
+                ),
+                (
+                    vec![("resource", "memory".into()), ("kind", "full".into())],
+                    s.memory_pressure_full,
+                ),
+            ],
+        )?;
+        if let Some(t) = s.gpu_temperature_celsius {
+            gauge(
+                &mut enc,
+                "keeper_gpu_temperature_celsius",
+                "GPU temperature",
+                &one(t),
+            )?;
+        }
+        if let Some(p) = s.gpu_power_watts {
+            gauge(
+                &mut enc,
+                "keeper_gpu_power_watts",
+                "GPU power draw",
+                &one(p),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `--metrics` values: `PORT` (127.0.0.1), `:PORT` (127.0.0.1), `HOST:PORT`, `[V6]:PORT`.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let bare = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = bare.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("`{s}` is not PORT, :PORT or HOST:PORT (e.g. 9464, 127.0.0.1:9464)"))
+}
+
+/// Binds now (so a taken port is an error at start) and serves `GET /metrics` until dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, peer)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                // Read the request head (bounded in size and time).
+                let head = tokio::time::timeout(Duration::from_secs(5), async {
+                    while n < buf.len() {
+                        let got = conn.read(&mut buf[n..]).await.ok()?;
+                        if got == 0 {
+                            break;
+                        }
+                        n += got;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+                })
+                .await;
+                let Ok(Some(head)) = head else { return };
+                let line = head.lines().next().unwrap_or_default();
+                let mut parts = line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let response = if method == "GET"
+                    && (path == "/metrics" || path.starts_with("/metrics?"))
+                {
+                    let body = metrics.render();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    tracing::debug!(%peer, request = %line, "metrics: not found");
+                    let body = "only GET /metrics here\n";
+                    format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::view::LatencyView;
+
+    #[test]
+    fn addresses_default_to_loopback() {
+        assert_eq!(parse_addr("9464").unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(parse_addr(":9464").unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(parse_addr("0.0.0.0:1").unwrap().to_string(), "0.0.0.0:1");
+        assert!(parse_addr("nope").unwrap_err().contains("HOST:PORT"));
+    }
+
+    #[test]
+    fn a_snapshot_renders_as_openmetrics() {
+        let m = Metrics::default();
+        m.update(|s| {
+            let l = LatencyView {
+                count: 3,
+                p50_us: None,
+                p90_us: None,
+                p99_us: None,
+                p999_us: None,
+                max_us: None,
+                buckets: vec![0, 2, 1],
+            };
+            s.cpus = vec![CpuView {
+                cpu: 1,
+                protected: l.clone(),
+                other: l,
+                idle_ns: 1_000_000_000,
+                kernel_ns: 0,
+                protected_ns: 0,
+                intruder_ns: 5,
+                switches: 9,
+            }];
+            s.evictions = 4;
+            s.actions.insert(("freeze".into(), true), 2);
+            s.workloads.insert("muse".into(), (true, false));
+        });
+        let text = m.render();
+        for want in [
+            "keeper_wakeup_latency_seconds_bucket{le=\"0.000004\",cpu=\"1\",tasks=\"protected\"} 2",
+            "keeper_wakeup_latency_seconds_bucket{le=\"+Inf\",cpu=\"1\",tasks=\"protected\"} 3",
+            "keeper_evictions_total 4",
+            "keeper_actions_total{kind=\"freeze\",ok=\"true\"} 2",
+            "keeper_workload_frozen{workload=\"muse\"} 1",
+            "keeper_trading_core_seconds_total{cpu=\"1\",kind=\"idle\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "no `{want}` in\n{text}");
+        }
+    }
+}
