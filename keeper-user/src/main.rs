@@ -38,6 +38,9 @@ enum Command {
     Report(cli::report::ReportArgs),
     /// Watch run-queue latency and intruders on CPUs (a runqlat for the trading cores).
     Watch(cli::watch::WatchArgs),
+    /// The VMs' balloons, by QMP: `keeper vm list`, `keeper vm balloon VMID SIZE`.
+    #[command(subcommand)]
+    Vm(cli::vm::VmCommand),
     /// Check policy files; exit 0 when all are valid, 1 when not.
     Check(cli::check::CheckArgs),
     /// Print the JSON Schema of the policy (for editors).
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Reload(args) => cli::control::reload(args),
         Command::Report(args) => cli::report::run(args),
         Command::Watch(args) => cli::watch::run(args),
+        Command::Vm(cmd) => cli::vm::run(cmd),
         Command::Check(args) => cli::check::run(args),
         Command::Schema(args) => cli::schema::run(args),
         Command::Simulate(args) => cli::simulate::run(args),

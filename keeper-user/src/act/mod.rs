@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod journal;
 pub mod process;
+pub mod qmp;
 
 use std::{
     collections::HashSet,

@@ -7,6 +7,7 @@ pub mod report;
 pub mod run;
 pub mod schema;
 pub mod simulate;
+pub mod vm;
 pub mod watch;
 
 use std::time::Duration;

@@ -11,3 +11,4 @@ pub mod latency;
 pub mod procfs;
 pub mod sched;
 pub mod tracefs;
+pub mod vms;
