@@ -123,7 +123,8 @@ fn vanished_pids_are_logged_not_fatal() {
         rel: rig.rel("muse"),
         dir: rig.cg("muse"),
     };
-    // Short-lived intruders on the trading core: many exit before the keeper acts on them.
+    // Short-lived intruders on the trading core: many exit before the keeper acts on them
+    // (an outcome, "exited before its eviction", not an error).
     for _ in 0..100 {
         let c = spawn_pinned(PROBE, &["sleep", "1", "100"], 1, Some(&muse));
         wait_cpu_time(c);

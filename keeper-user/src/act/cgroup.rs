@@ -67,8 +67,32 @@ impl Actuators {
             })?;
             self.journaled.insert(path.clone());
         }
-        fs::write(&path, value).map_err(|source| self.file_error(rel, file, &path, source))?;
+        fs::write(&path, write_form(value))
+            .map_err(|source| self.file_error(rel, file, &path, source))?;
         Ok(Outcome::Done(what))
+    }
+
+    /// Sets a cgroup's `cpuset.cpus` (an empty list: its parent's), enabling the cpuset
+    /// controller in its ancestors first.
+    pub fn restrict_cpus(&mut self, rel: &str, cpus: &str) -> Result<Outcome, ActError> {
+        self.check_scope_cgroup(rel)?;
+        let rel = normalize(rel);
+        let controllers =
+            fs::read_to_string(self.cg.mount().join("cgroup.controllers")).unwrap_or_default();
+        if !controllers.split_whitespace().any(|c| c == "cpuset") {
+            return Err(ActError::Missing {
+                cgroup: "/".into(),
+                file: "cpuset.cpus".into(),
+                controller: "cpuset".into(),
+            });
+        }
+        let parts: Vec<&str> = rel.split('/').collect();
+        if !self.dry_run {
+            for depth in 0..parts.len() {
+                self.enable_controller(&parts[..depth].join("/"), "cpuset")?;
+            }
+        }
+        self.write_file(&rel, "cpuset.cpus", cpus)
     }
 
     /// Freezes a cgroup and waits until `cgroup.events` says `frozen 1`.
@@ -188,6 +212,12 @@ impl Actuators {
         fs::write(&file, format!("+{controller}"))
             .map_err(|source| ActError::Io { path: file, source })
     }
+}
+
+/// What to write for `value`: a cgroup file ignores a write of zero bytes, so an empty value
+/// (`cpuset.cpus` = the parent's) is written as a newline.
+pub fn write_form(value: &str) -> &str {
+    if value.is_empty() { "\n" } else { value }
 }
 
 /// The value to write back to restore a file: what was read, except where the file's read

@@ -158,7 +158,15 @@ impl Actuators {
 
     /// Moves every thread of `pid` to `to` (intruder eviction), journaling the original affinity.
     pub fn evict(&mut self, pid: u32, to: &CpuList) -> Result<Outcome, ActError> {
-        self.check_scope_pid(pid)?;
+        match self.check_scope_pid(pid) {
+            // Gone before it could be moved: nothing left on the trading core to evict.
+            Err(ActError::Vanished { .. }) => {
+                return Ok(Outcome::Unchanged(format!(
+                    "pid {pid} exited before its eviction"
+                )));
+            }
+            r => r?,
+        }
         let what = format!("pid {pid} to CPUs {to}");
         if self.dry_run {
             return Ok(Outcome::WouldDo(format!("evict {what}")));
@@ -186,7 +194,10 @@ impl Actuators {
             }
         }
         if moved == 0 && process::threads(pid).is_empty() {
-            return Err(ActError::Vanished { pid });
+            // Gone before it could be moved: nothing left on the trading core to evict.
+            return Ok(Outcome::Unchanged(format!(
+                "pid {pid} exited before its eviction"
+            )));
         }
         Ok(if moved == 0 {
             Outcome::Unchanged(what)
@@ -232,7 +243,15 @@ impl Actuators {
     pub fn restore_all(&mut self) -> Result<Vec<String>, ActError> {
         let entries = self.journal.entries()?;
         let mut done = Vec::new();
-        for entry in entries.iter().rev() {
+        // Newest first, except that partitions are dissolved before any cpuset.cpus is put
+        // back: a partition holds its CPUs out of its siblings' reach until then.
+        let is_partition = |e: &&Entry| matches!(e, Entry::File { path, .. } if path.ends_with("cpuset.cpus.partition"));
+        let order = entries
+            .iter()
+            .rev()
+            .filter(is_partition)
+            .chain(entries.iter().rev().filter(|e| !is_partition(e)));
+        for entry in order {
             match restore(entry) {
                 Ok(Some(what)) => done.push(what),
                 Ok(None) => {}
@@ -255,8 +274,32 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             if !path.exists() {
                 return Ok(None);
             }
-            std::fs::write(path, original).map_err(io(path))?;
-            Ok(Some(format!("{} = {original:?}", path.display())))
+            match std::fs::write(path, cgroup::write_form(original)) {
+                // 6.1 refuses an empty cpuset.cpus (= the parent's CPUs) while the cgroup has
+                // tasks: give it the parent's effective CPUs, which is the same set.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOSPC)
+                        && original.is_empty()
+                        && path.file_name().is_some_and(|n| n == "cpuset.cpus") =>
+                {
+                    let parent = path
+                        .parent()
+                        .and_then(Path::parent)
+                        .map(|p| p.join("cpuset.cpus.effective"))
+                        .ok_or_else(|| io(path)(e))?;
+                    let cpus = std::fs::read_to_string(&parent).map_err(io(&parent))?;
+                    let cpus = cpus.trim();
+                    std::fs::write(path, cpus).map_err(io(path))?;
+                    Ok(Some(format!(
+                        "{} = {cpus:?} (the parent's CPUs: the kernel refuses an empty cpuset while the cgroup has tasks)",
+                        path.display()
+                    )))
+                }
+                r => {
+                    r.map_err(io(path))?;
+                    Ok(Some(format!("{} = {original:?}", path.display())))
+                }
+            }
         }
         Entry::Enable { cgroup, controller } => {
             let file = cgroup.join("cgroup.subtree_control");

@@ -75,20 +75,29 @@ pub fn execute(
             let v = amount.resolve(totals.memory_bytes).to_string();
             each_cgroup(act, &place(workload), |a, c| a.write_file(c, "memory.high", &v))
         }
-        ActionKind::ProtectTradingCores { workload, cpus, .. } => {
-            let p = place(workload);
-            p.cgroups
-                .iter()
-                .map(|c| act.partition(c, cpus))
-                .collect()
-        }
+        ActionKind::ProtectTradingCores {
+            workload,
+            cpus,
+            housekeeping,
+        } => protect_trading_cores(act, placements, workload, cpus, housekeeping),
         ActionKind::ReleaseTradingCores { workload } => {
-            each_cgroup(act, &place(workload), |a, c| {
+            let mut out = each_cgroup(act, &place(workload), |a, c| {
                 match a.read_file(c, "cpuset.cpus.partition") {
                     Ok(_) => a.write_file(c, "cpuset.cpus.partition", "member"),
                     Err(e) => Err(e),
                 }
-            })
+            });
+            // The others get their parent's CPUs again (an empty cpuset.cpus).
+            for (name, p) in placements {
+                if name != workload {
+                    for c in &p.cgroups {
+                        if act.read_file(c, "cpuset.cpus").is_ok() {
+                            out.push(act.write_file(c, "cpuset.cpus", ""));
+                        }
+                    }
+                }
+            }
+            out
         }
         ActionKind::EvictIntruder { pid, to, .. } => vec![act.evict(*pid, to)],
         ActionKind::Balloon { .. } => vec![Ok(Outcome::Unchanged(
@@ -99,6 +108,42 @@ pub fn execute(
         ))],
         ActionKind::SloBreach { .. } | ActionKind::SloMet { .. } => vec![],
     }
+}
+
+/// The trading cores for `workload` alone: a cpuset partition where the kernel allows one (its
+/// parent must be a partition root: true for a child of the root cgroup, not for Proxmox's
+/// `qemu.slice/<vmid>.scope`), and in every case every other workload's `cpuset.cpus` set to
+/// the housekeeping cores, so that the trading cores stay clear even without a partition.
+fn protect_trading_cores(
+    act: &mut Actuators,
+    placements: &BTreeMap<String, Placement>,
+    workload: &str,
+    cpus: &CpuList,
+    housekeeping: &CpuList,
+) -> Report {
+    let mut out: Report = Vec::new();
+    let owner = placements.get(workload).cloned().unwrap_or_default();
+    for c in &owner.cgroups {
+        match act.partition(c, cpus) {
+            Err(ActError::Partition { cgroup, state }) => {
+                // partition() left the cgroup a member with cpuset.cpus = the trading cores.
+                out.push(Ok(Outcome::Unchanged(format!(
+                    "no cpuset partition for {cgroup} ({state}): the trading cores are kept by \
+                     the other workloads' cpusets instead"
+                ))));
+            }
+            other => out.push(other),
+        }
+    }
+    for (name, p) in placements {
+        if name == workload {
+            continue;
+        }
+        for c in &p.cgroups {
+            out.push(act.restrict_cpus(c, &housekeeping.to_string()));
+        }
+    }
+    out
 }
 
 fn each_cgroup(

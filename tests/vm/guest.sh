@@ -1,0 +1,132 @@
+#!/bin/sh
+# The guest half of `cargo xtask vm-test`, run by /init in the Debian 6.1 cloud kernel with full
+# cgroup v2. One line per check: `VMTEST PASS name` or `VMTEST FAIL name: why`; then
+# `VMTEST DONE <failures>`. The host side (xtask/src/vm/) checks that every check passed.
+K=/usr/bin/keeper
+P=/usr/bin/keeper-probe
+CG=/sys/fs/cgroup
+# The guest is the test's own machine: the workloads are children of the root cgroup (so the
+# Banker's can become a cpuset partition) and the keeper runs without --scope.
+S=$CG
+STATE=/tmp/keeper-state
+SOCK=/tmp/keeper.sock
+LOG=/tmp/keeper.log
+FAILS=0
+
+pass() { echo "VMTEST PASS $1"; }
+fail() {
+    echo "VMTEST FAIL $1: $2"
+    FAILS=$((FAILS + 1))
+    [ -f "$LOG" ] && tail -20 "$LOG" | sed 's/^/  keeper: /'
+}
+# wait_for SECONDS COMMAND...: polls every 0.1 s.
+wait_for() {
+    t=$(($1 * 10)); shift
+    while [ $t -gt 0 ]; do
+        "$@" && return 0
+        sleep 0.1; t=$((t - 1))
+    done
+    return 1
+}
+has() { grep -q "$2" "$1" 2>/dev/null; }
+is() { [ "$(cat "$1" 2>/dev/null)" = "$2" ]; }
+frozen() { has "$S/$1/cgroup.events" "^frozen 1"; }
+thawed() { has "$S/$1/cgroup.events" "^frozen 0"; }
+
+echo "VMTEST kernel $(uname -r), controllers: $(cat $CG/cgroup.controllers)"
+
+# 1. The same embedded eBPF object loads and attaches on this kernel.
+if $K watch --cpus 1 --for 2s --format json > /tmp/watch.json 2> "$LOG" && has /tmp/watch.json '"cpu": 1'; then
+    pass ebpf-loads
+else
+    fail ebpf-loads "keeper watch failed or printed no CPU 1"
+fi
+
+# The workloads' cgroups, with every controller delegated.
+echo "+cpuset +cpu +memory" > $CG/cgroup.subtree_control
+mkdir -p $S/banker $S/eva $S/muse
+# What the keeper must put back.
+for f in muse/cpu.max muse/memory.high muse/memory.max muse/cpu.weight banker/cpuset.cpus \
+         banker/cpuset.cpus.partition muse/cpuset.cpus eva/cpuset.cpus; do
+    cat $S/$f > /tmp/orig.$(echo $f | tr / _)
+done
+$P spin 600 vm_muse & MUSE=$!
+echo $MUSE > $S/muse/cgroup.procs
+$P sleep 600000 1000 & EVA=$!
+echo $EVA > $S/eva/cgroup.procs
+$P sleep 600000 1000 & BANKER=$!
+echo $BANKER > $S/banker/cgroup.procs
+
+start_keeper() {
+    $K run --policy /vm/policy.yaml --state-dir $STATE --socket $SOCK "$@" > "$LOG" 2>&1 &
+    KEEPER=$!
+    wait_for 60 has "$LOG" "keeper running" || fail start "keeper run did not start"
+}
+start_keeper
+
+# 2. The trading core as a cpuset partition for the Banker, and off everyone else's cpuset.
+if wait_for 20 grep -Eq '^(isolated|root)' $S/banker/cpuset.cpus.partition \
+   && is $S/banker/cpuset.cpus.effective 1 \
+   && ! grep -q 1 $S/muse/cpuset.cpus.effective && ! grep -q 1 $S/eva/cpuset.cpus.effective; then
+    pass "partition ($(cat $S/banker/cpuset.cpus.partition); banker $(cat $S/banker/cpuset.cpus.effective), muse $(cat $S/muse/cpuset.cpus.effective))"
+else
+    fail partition "banker partition=$(cat $S/banker/cpuset.cpus.partition) effective=$(cat $S/banker/cpuset.cpus.effective), muse effective=$(cat $S/muse/cpuset.cpus.effective), eva effective=$(cat $S/eva/cpuset.cpus.effective)"
+fi
+
+# 3. Muse's class limits: cpu.max 25 % of 2 CPUs, memory.high 256M, and the spinner is throttled.
+if wait_for 20 is $S/muse/cpu.max "50000 100000" && is $S/muse/memory.high 268435456; then
+    t0=$(grep nr_throttled $S/muse/cpu.stat | cut -d' ' -f2)
+    u0=$(grep usage_usec $S/muse/cpu.stat | cut -d' ' -f2)
+    sleep 2
+    t1=$(grep nr_throttled $S/muse/cpu.stat | cut -d' ' -f2)
+    u1=$(grep usage_usec $S/muse/cpu.stat | cut -d' ' -f2)
+    share=$(( (u1 - u0) / 20000 ))
+    if [ $t1 -gt $t0 ] && [ $share -le 60 ]; then
+        pass "cpu.max+memory.high (throttled $((t1 - t0)) times, ${share}% of a CPU)"
+    else
+        fail cpu.max "not throttled: nr_throttled $t0 -> $t1, ${share}% of a CPU"
+    fi
+else
+    fail cpu.max+memory.high "cpu.max=$(cat $S/muse/cpu.max) memory.high=$(cat $S/muse/memory.high)"
+fi
+
+# 4. EVA's interaction freezes Muse (confirmed by cgroup.events), its end thaws it.
+$K interaction start --socket $SOCK > /tmp/i.json 2>&1
+if frozen muse && has /tmp/i.json '"ok": true'; then
+    pass freeze
+else
+    fail freeze "after interaction start: $(cat $S/muse/cgroup.events | tr '\n' ' ') $(head -c 300 /tmp/i.json)"
+fi
+$K interaction stop --socket $SOCK > /dev/null 2>&1
+if wait_for 30 thawed muse; then pass thaw; else fail thaw "muse still frozen 30 s after interaction stop"; fi
+
+# 5. kill -9 while Muse is frozen and limited; a new keeper puts everything back.
+$K interaction start --socket $SOCK > /dev/null 2>&1
+wait_for 10 frozen muse
+kill -9 $KEEPER; wait $KEEPER 2>/dev/null
+if frozen muse && is $S/muse/cpu.max "50000 100000"; then
+    pass still-applied-after-kill9
+else
+    fail still-applied-after-kill9 "muse $(cat $S/muse/cgroup.events | tr '\n' ' ') cpu.max=$(cat $S/muse/cpu.max)"
+fi
+# The next start replays the journal first; SIGTERM then undoes what that run did.
+start_keeper
+has "$LOG" "undid a change" || fail restore-after-kill9 "the restart logged no undone change"
+kill -TERM $KEEPER; wait $KEEPER
+ok=1
+for f in muse/cpu.max muse/memory.high muse/memory.max muse/cpu.weight banker/cpuset.cpus \
+         banker/cpuset.cpus.partition muse/cpuset.cpus eva/cpuset.cpus; do
+    orig=$(cat /tmp/orig.$(echo $f | tr / _))
+    now=$(cat $S/$f)
+    # 6.1 refuses an empty cpuset.cpus while the cgroup has tasks: the keeper then restores
+    # the parent's CPUs, the same set.
+    case "$f" in */cpuset.cpus) [ -z "$orig" ] && [ "$now" = "$(cat $CG/cpuset.cpus.effective)" ] && now="";; esac
+    if [ "$orig" != "$now" ]; then
+        ok=0; fail restore-after-kill9 "$f is '$now', was '$orig'"
+    fi
+done
+thawed muse || { ok=0; fail restore-after-kill9 "muse still frozen"; }
+[ $ok = 1 ] && pass "restore-after-kill9 (thawed; cpu.max, memory.high, cpuset, partition back)"
+
+kill -9 $MUSE $EVA $BANKER 2>/dev/null
+echo "VMTEST DONE $FAILS"

@@ -1,0 +1,97 @@
+//! The guest's initramfs: busybox (static), the keeper and keeper-probe with the shared
+//! libraries `ldd` names, the guest script and its policy, and an /init that mounts what the
+//! keeper needs and runs the script.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+const INIT: &str = r#"#!/bin/sh
+mount -t proc none /proc
+mount -t sysfs none /sys
+mount -t devtmpfs none /dev
+mount -t tmpfs none /tmp
+mount -t tracefs none /sys/kernel/tracing
+mount -t bpf none /sys/fs/bpf
+mount -t cgroup2 none /sys/fs/cgroup
+/bin/sh /vm/guest.sh
+poweroff -f
+"#;
+
+const APPLETS: &[&str] = &[
+    "sh", "mount", "mkdir", "cat", "echo", "sleep", "poweroff", "ls", "grep", "sed", "tr", "head",
+    "tail", "wc", "kill", "cut", "test", "printf", "uname", "insmod", "rm", "cp", "true", "false",
+];
+
+/// Builds `out` (gzip'd newc cpio) from the given binaries and the files of tests/vm/.
+pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let stage = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&stage);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "vm", "usr/bin"] {
+        std::fs::create_dir_all(stage.join(d))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("no busybox (apt package busybox-static)")?;
+    std::fs::copy(busybox, stage.join("bin/busybox"))?;
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", stage.join("bin").join(a))?;
+    }
+    for bin in binaries {
+        let name = bin.file_name().context("binary name")?;
+        std::fs::copy(bin, stage.join("usr/bin").join(name))
+            .with_context(|| format!("copying {}", bin.display()))?;
+        for lib in shared_libraries(bin)? {
+            let dest = stage.join(lib.strip_prefix("/").unwrap_or(&lib));
+            std::fs::create_dir_all(dest.parent().context("lib dir")?)?;
+            std::fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
+        }
+    }
+    for f in ["guest.sh", "policy.yaml"] {
+        std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
+    }
+    std::fs::write(stage.join("init"), INIT)?;
+    std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
+    // find . | cpio -o -H newc | gzip -1 > out
+    let script = format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        stage.display(),
+        out.display()
+    );
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .stderr(Stdio::inherit())
+        .status()?;
+    if !status.success() {
+        bail!("building the initramfs failed ({status}); are cpio and gzip installed?");
+    }
+    let _ = std::fs::remove_dir_all(&stage);
+    Ok(())
+}
+
+/// The absolute paths of the libraries (and loader) `ldd` lists for `bin`.
+fn shared_libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("running ldd")?;
+    if !out.status.success() {
+        // A static binary: nothing to copy.
+        return Ok(vec![]);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let path = match l.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
