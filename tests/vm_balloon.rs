@@ -133,3 +133,252 @@ fn bad_vm_requests_are_clear_errors() {
     assert_eq!(code, 2);
     assert!(err.contains("102.qmp: cannot connect"), "{err}");
 }
+
+/// The 6.1 cloud kernel `cargo xtask vm-test` keeps in its cache (xtask test fetches it before
+/// the cargo tests), as (vmlinuz, modules dir).
+fn guest_kernel() -> Option<(PathBuf, PathBuf)> {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let unpacked = PathBuf::from(home).join(".cache/the-keeper/vm-kernel/unpacked");
+    let boot = std::fs::read_dir(unpacked.join("boot")).ok()?;
+    let release = boot.flatten().find_map(|e| {
+        e.file_name()
+            .to_str()?
+            .strip_prefix("vmlinuz-")
+            .map(str::to_string)
+    })?;
+    Some((
+        unpacked.join("boot").join(format!("vmlinuz-{release}")),
+        unpacked
+            .join("lib/modules")
+            .join(&release)
+            .join("kernel/drivers/virtio"),
+    ))
+}
+
+/// virtio_balloon and what it needs, in load order (from `modinfo -F depends`).
+fn balloon_modules(dir: &Path) -> Vec<PathBuf> {
+    let depends = |m: &str| -> Vec<String> {
+        let out = Command::new("modinfo")
+            .args(["-F", "depends"])
+            .arg(dir.join(format!("{m}.ko")))
+            .output()
+            .expect("modinfo (apt package kmod)");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut order: Vec<String> = Vec::new();
+    fn visit(m: &str, order: &mut Vec<String>, depends: &dyn Fn(&str) -> Vec<String>) {
+        if order.iter().any(|o| o == m) {
+            return;
+        }
+        for d in depends(m) {
+            visit(&d, order, depends);
+        }
+        order.push(m.to_string());
+    }
+    for m in ["virtio_pci", "virtio_balloon"] {
+        visit(m, &mut order, &depends);
+    }
+    order.iter().map(|m| dir.join(format!("{m}.ko"))).collect()
+}
+
+/// A guest that loads virtio_balloon and prints `MEMTOTAL <kB>` every 200 ms.
+fn guest_initramfs(modules: &[PathBuf], out: &Path) {
+    let stage = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&stage);
+    for d in ["bin", "proc", "sys", "dev", "mod"] {
+        std::fs::create_dir_all(stage.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", stage.join("bin/busybox")).expect("busybox-static");
+    for a in [
+        "sh", "mount", "insmod", "head", "sleep", "echo", "poweroff", "cut", "grep",
+    ] {
+        std::os::unix::fs::symlink("busybox", stage.join("bin").join(a)).unwrap();
+    }
+    let mut init = String::from("#!/bin/sh\nmount -t proc none /proc\nmount -t sysfs none /sys\n");
+    for m in modules {
+        let name = m.file_name().unwrap().to_str().unwrap();
+        std::fs::copy(m, stage.join("mod").join(name)).unwrap();
+        init.push_str(&format!("insmod /mod/{name}\n"));
+    }
+    init.push_str(
+        "while true; do echo \"MEMTOTAL $(grep MemTotal /proc/meminfo | cut -c10- | cut -dk -f1)\"; sleep 0.2; done\n",
+    );
+    std::fs::write(stage.join("init"), init).unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(stage.join("init"))
+        .status()
+        .unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+            stage.display(),
+            out.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cpio");
+    let _ = std::fs::remove_dir_all(&stage);
+}
+
+/// The guest's last MemTotal in MiB, from its console log.
+fn memtotal_mib(console: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(console).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("MEMTOTAL ")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kb| kb / 1024)
+}
+
+fn balloon_actual_mib(dir: &Path) -> u64 {
+    let (code, out, err) = keeper(&["vm", "list", "--format", "json"], dir);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["balloon_actual_bytes"].as_u64().unwrap() >> 20
+}
+
+fn psi(file: &Path, some: f64) {
+    std::fs::write(
+        file,
+        format!(
+            "some avg10={some:.2} avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn memory_pressure_balloons_a_real_guest_and_its_end_deflates_it() {
+    use support::rig::Rig;
+    if !support::privileged("memory_pressure_balloons_a_real_guest_and_its_end_deflates_it") {
+        return;
+    }
+    let Some((vmlinuz, moddir)) = guest_kernel() else {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+            "CI=true: the guest kernel must be in the cache (cargo xtask test fetches it)"
+        );
+        eprintln!(
+            "\n!!! SKIPPED the guest balloon test: no guest kernel (run cargo xtask vm-test once) !!!\n"
+        );
+        return;
+    };
+    let rig = Rig::with(
+        "balloon",
+        &|s| format!("  - {{ name: vm100, rank: 4, match: {{ vmid: 100, cgroup: {s}/vm100 }} }}\n"),
+        "  memory: { balloon_above: 10, balloon_target: 50%, balloon_floor: 256M, release_after: 1s }\n",
+    );
+    let vmcg = rig.cg("vm100");
+    std::fs::create_dir_all(&vmcg).unwrap();
+    let qmp_dir = rig.dir.join("qemu-server");
+    std::fs::create_dir_all(&qmp_dir).unwrap();
+    let initrd = rig.dir.join("guest.gz");
+    guest_initramfs(&balloon_modules(&moddir), &initrd);
+    let console = rig.dir.join("console.log");
+    let procs = vmcg.join("cgroup.procs");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(&vmlinuz)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args(["-append", "console=ttyS0 quiet panic=-1"])
+    .args(["-device", "virtio-balloon-pci"])
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .arg("-qmp")
+    .arg(format!(
+        "unix:{}/100.qmp,server=on,wait=off",
+        qmp_dir.display()
+    ))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // The VM runs in its workload's cgroup, as Proxmox's qemu.slice/100.scope.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+    let vm = Qemu {
+        child: cmd.spawn().unwrap(),
+        dir: rig.dir.join("qemu-unused"),
+    };
+    let booted = wait_until(Duration::from_secs(60), || memtotal_mib(&console).is_some());
+    assert!(booted.is_some(), "the guest never printed MEMTOTAL");
+    let full = memtotal_mib(&console).unwrap();
+    assert_eq!(balloon_actual_mib(&qmp_dir), 1024);
+
+    let pressure = rig.dir.join("memory.pressure");
+    psi(&pressure, 0.0);
+    let daemon = rig.keeper(&[
+        "--for",
+        "40s",
+        "--tick",
+        "200ms",
+        "--qmp-dir",
+        qmp_dir.to_str().unwrap(),
+        "--memory-psi",
+        pressure.to_str().unwrap(),
+    ]);
+    // Pressure: the lowest-ranked VM is ballooned to 50 % (512 MiB), above its 256 MiB floor.
+    psi(&pressure, 30.0);
+    let inflated = wait_until(Duration::from_secs(10), || {
+        balloon_actual_mib(&qmp_dir) == 512
+    })
+    .expect("query-balloon never reached 512 MiB under pressure");
+    let shrunk = wait_until(Duration::from_secs(10), || {
+        memtotal_mib(&console).is_some_and(|m| m + 400 < full)
+    })
+    .expect("the guest's MemTotal did not follow the balloon");
+    eprintln!(
+        "inflate: 1024 → 512 MiB in {:.2} s (query-balloon), guest MemTotal {full} → {} MiB in {:.2} s",
+        inflated.as_secs_f64(),
+        memtotal_mib(&console).unwrap(),
+        shrunk.as_secs_f64()
+    );
+    // Pressure gone: after release_after, the VM gets all of its memory back.
+    psi(&pressure, 0.0);
+    wait_until(Duration::from_secs(15), || {
+        balloon_actual_mib(&qmp_dir) == 1024
+    })
+    .expect("the balloon was not deflated when the pressure cleared");
+    wait_until(Duration::from_secs(10), || {
+        memtotal_mib(&console).is_some_and(|m| m + 50 >= full)
+    })
+    .expect("the guest's MemTotal did not come back");
+    drop(daemon);
+    drop(vm);
+}

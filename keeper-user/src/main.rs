@@ -27,7 +27,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the keeper: enforce the policy (default: the embedded policies/hive.yaml).
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Ask the running keeper for its state.
     Status(cli::control::SocketArgs),
     /// Tell the running keeper a user interaction starts or stops (EVA's preemption trigger).

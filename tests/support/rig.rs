@@ -24,6 +24,12 @@ impl Rig {
 
     /// A rig whose policy also has `rules` (YAML lines under `rules:`, indented by 2).
     pub fn with_rules(tag: &str, rules: &str) -> Rig {
+        Rig::with(tag, &|_| String::new(), rules)
+    }
+
+    /// A rig whose policy also has the workloads `extra(scope)` returns (YAML list items,
+    /// indented by 2) and `rules`.
+    pub fn with(tag: &str, extra: &dyn Fn(&str) -> String, rules: &str) -> Rig {
         let scope = TestCgroup::new(tag);
         for w in ["banker", "eva", "muse"] {
             std::fs::create_dir_all(scope.dir.join(w)).unwrap();
@@ -44,7 +50,8 @@ impl Rig {
                  \x20   match: {{ cgroup: {s}/eva }}\n\
                  \x20   preempt: {{ on: interaction, deadline: 200ms, targets: [muse], release_after: 1s }}\n\
                  \x20 - {{ name: muse, rank: 3, match: {{ cgroup: {s}/muse }} }}\n\
-                 {}",
+                 {}{}",
+                extra(s),
                 if rules.is_empty() { String::new() } else { format!("rules:\n{rules}") }
             ),
         )

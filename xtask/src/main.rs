@@ -187,6 +187,10 @@ fn test() -> anyhow::Result<()> {
             "CARGO_ENCODED_RUSTFLAGS",
             "--cfg=bpf_target_arch=\"x86_64\"",
         ))?;
+    if setup::is_root() {
+        // The guest kernel, for the balloon test and vm-test (fetched once, then cached).
+        vm::kernel::ensure()?;
+    }
     eprintln!("xtask: tests");
     // Privileged tests share CPU 1 and the kernel's tracepoints: one at a time.
     run(cargo().args([

@@ -32,6 +32,8 @@ pub enum Entry {
         start: u64,
         original: String,
     },
+    /// A VM whose balloon the keeper moved (QMP socket), and the guest memory it had.
+    Balloon { socket: PathBuf, original: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@
 //! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees, CPU affinity (intruder eviction);
 //! - [`journal`]: the crash-safety journal.
 
+pub mod balloon;
 pub mod cgroup;
 pub mod journal;
 pub mod process;
@@ -57,6 +58,8 @@ pub enum ActError {
     Cgroup(#[from] crate::cgroupfs::CgroupError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
 }
 
 /// What an actuator did.
@@ -90,6 +93,12 @@ pub struct Actuators {
     pub(crate) journaled: HashSet<PathBuf>,
     /// Controllers already reported missing (said once).
     pub(crate) missing_said: HashSet<String>,
+    /// Where the VMs' QMP sockets are (`<vmid>.qmp`).
+    pub qmp_dir: PathBuf,
+    /// No VM is ballooned below this (a size, or a share of its memory).
+    pub balloon_floor: crate::policy::Amount,
+    /// QMP sockets whose original balloon is in the journal.
+    pub(crate) balloons_journaled: HashSet<PathBuf>,
 }
 
 impl Actuators {
@@ -102,6 +111,9 @@ impl Actuators {
             scope,
             journaled: HashSet::new(),
             missing_said: HashSet::new(),
+            qmp_dir: PathBuf::from(crate::sense::vms::DEFAULT_QMP_DIR),
+            balloon_floor: crate::policy::Amount::Bytes(1 << 30),
+            balloons_journaled: HashSet::new(),
         }
     }
 
@@ -344,6 +356,7 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             Err(ActError::Vanished { .. }) => Ok(None),
             Err(e) => Err(e),
         },
+        Entry::Balloon { socket, original } => balloon::restore(socket, *original),
     }
 }
 

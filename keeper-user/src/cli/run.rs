@@ -53,6 +53,13 @@ pub struct RunArgs {
     /// 127.0.0.1:PORT). Off by default.
     #[arg(long, value_parser = crate::daemon::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where the VMs' QMP sockets are (`<vmid>.qmp`), for ballooning.
+    #[arg(long, default_value = crate::sense::vms::DEFAULT_QMP_DIR)]
+    pub qmp_dir: PathBuf,
+    /// The memory pressure the memory rules act on: the host's, or a slice's
+    /// `memory.pressure` (e.g. /sys/fs/cgroup/qemu.slice/memory.pressure).
+    #[arg(long, default_value = "/proc/pressure/memory")]
+    pub memory_psi: PathBuf,
 }
 
 fn parse_cpus(s: &str) -> Result<CpuList, String> {
@@ -76,6 +83,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         allowed_uids: allowed,
         tick: args.tick,
         metrics: args.metrics,
+        qmp_dir: args.qmp_dir.clone(),
+        memory_psi: args.memory_psi.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -65,7 +65,9 @@ pub fn execute(
             set_limits(act, &place(workload), limits, totals, true)
         }
         ActionKind::SetCpuWeight { workload, weight } => {
-            each_cgroup(act, &place(workload), |a, c| a.write_file(c, "cpu.weight", &weight.to_string()))
+            each_cgroup(act, &place(workload), |a, c| {
+                a.write_file(c, "cpu.weight", &weight.to_string())
+            })
         }
         ActionKind::SetCpuMax { workload, percent } => {
             let v = cpu_max_value(*percent, totals);
@@ -73,7 +75,9 @@ pub fn execute(
         }
         ActionKind::SetMemoryHigh { workload, amount } => {
             let v = amount.resolve(totals.memory_bytes).to_string();
-            each_cgroup(act, &place(workload), |a, c| a.write_file(c, "memory.high", &v))
+            each_cgroup(act, &place(workload), |a, c| {
+                a.write_file(c, "memory.high", &v)
+            })
         }
         ActionKind::ProtectTradingCores {
             workload,
@@ -100,9 +104,11 @@ pub fn execute(
             out
         }
         ActionKind::EvictIntruder { pid, to, .. } => vec![act.evict(*pid, to)],
-        ActionKind::Balloon { .. } => vec![Ok(Outcome::Unchanged(
-            "ballooning is not available in this version (VM memory actions come with the memory issue)".into(),
-        ))],
+        ActionKind::Balloon {
+            vmid,
+            target,
+            workload,
+        } => vec![act.balloon(*vmid, *target, &place(workload).cgroups)],
         ActionKind::SetGpuPowerLimit { .. } => vec![Ok(Outcome::Unchanged(
             "no GPU support in this version: power limit left as is".into(),
         ))],
@@ -224,6 +230,7 @@ pub fn retryable(e: &ActError) -> bool {
             | ActError::FreezeTimeout { .. }
             | ActError::Process { .. }
             | ActError::Journal(_)
+            | ActError::Qmp(_)
     )
 }
 
@@ -245,6 +252,12 @@ pub fn forget(state: &mut EngineState, action: &Action) {
         ActionKind::ProtectTradingCores { .. } => a.trading = None,
         ActionKind::EvictIntruder { pid, .. } => {
             state.evicted.remove(pid);
+        }
+        // A failed inflate is retried; a failed deflate is left to the journal's restore.
+        ActionKind::Balloon {
+            workload, target, ..
+        } if *target != Amount::Percent(Percent::new(100.0)) => {
+            a.balloons.remove(workload);
         }
         _ => {}
     }

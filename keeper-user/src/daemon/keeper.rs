@@ -129,6 +129,8 @@ pub struct Keeper {
     pub placements: BTreeMap<String, Placement>,
     pub interaction: bool,
     pub last: VecDeque<Done>,
+    /// The PSI file the memory rules read (`--memory-psi`; default the host's).
+    pub memory_psi: std::path::PathBuf,
     pub evictions: u64,
     pub errors: u64,
 }
@@ -144,6 +146,7 @@ impl Keeper {
             placements: BTreeMap::new(),
             interaction: false,
             last: VecDeque::new(),
+            memory_psi: "/proc/pressure/memory".into(),
             evictions: 0,
             errors: 0,
         }
@@ -160,7 +163,7 @@ impl Keeper {
         Observations {
             loadavg: host::loadavg(),
             cpu_pressure: host::read_psi("/proc/pressure/cpu".as_ref()),
-            memory_pressure: host::read_psi("/proc/pressure/memory".as_ref()),
+            memory_pressure: host::read_psi(&self.memory_psi),
             gpu: None,
             interaction: self.interaction,
             workloads: self
@@ -170,6 +173,13 @@ impl Keeper {
                 .collect(),
             intruders,
             trading_p99_wakeup_ns: trading_p99_ns,
+        }
+    }
+
+    /// The policy's balloon floor, for the actuators.
+    pub fn set_balloon_floor(&mut self) {
+        if let Some(m) = &self.policy.rules.memory {
+            self.act.balloon_floor = m.balloon_floor;
         }
     }
 

@@ -70,6 +70,10 @@ pub struct DaemonConfig {
     pub tick: Duration,
     /// Serve Prometheus metrics here (`--metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where the VMs' QMP sockets are (`--qmp-dir`).
+    pub qmp_dir: PathBuf,
+    /// The memory PSI file the memory rules read (`--memory-psi`).
+    pub memory_psi: PathBuf,
 }
 
 /// Notes, for each intruder evicted in this tick, how long after its first run it was done.
@@ -102,6 +106,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let policy = cfg.source.load().map_err(DaemonError::Policy)?;
     pin_self(&policy.host.housekeeping_cores);
     let mut keeper = Keeper::new(cfg.source.clone(), policy, act);
+    keeper.memory_psi = cfg.memory_psi.clone();
+    keeper.act.qmp_dir = cfg.qmp_dir.clone();
+    keeper.set_balloon_floor();
 
     let protected = protected_ids(&keeper, &cg);
     let tracefs = Tracefs::find_or_mount()?;
@@ -378,6 +385,7 @@ fn answer(
                     return;
                 }
                 keeper.policy = p;
+                keeper.set_balloon_floor();
                 let _ = sensor.set_protected(&protected_ids(keeper, cg));
                 tracing::info!(policy = %keeper.source.name(), "policy reloaded");
                 // Place and act at once (a VM that just started, a policy that changed).

@@ -229,6 +229,8 @@ pub struct RawMemory {
     pub balloon_above: Option<At<f64>>,
     /// Balloon target: a size or a percentage of the VM's memory (default `50%`).
     pub balloon_target: Option<At<String>>,
+    /// Never balloon a VM below this: a size or a percentage of its memory (default `1G`).
+    pub balloon_floor: Option<At<String>>,
     /// `memory.high` to set (default: the class's, else `50%`).
     pub memory_high: Option<At<String>>,
     /// Calm time before limits are restored (default `rules.thaw_hysteresis`).

@@ -270,6 +270,7 @@ pub struct MemoryRule {
     pub freeze_above: Option<f64>,
     pub balloon_above: Option<f64>,
     pub balloon_target: Amount,
+    pub balloon_floor: Amount,
     pub memory_high: Option<Amount>,
     pub release_after: Duration,
 }

@@ -210,12 +210,14 @@ impl Checker<'_> {
                 .and_then(|v| c.parsed(v, &format!("{key}.{k}"), |s| s.parse::<Amount>()))
         };
         let balloon_target = amount(self, &m.balloon_target, "balloon_target");
+        let balloon_floor = amount(self, &m.balloon_floor, "balloon_floor");
         let memory_high = amount(self, &m.memory_high, "memory_high");
         MemoryRule {
             high_above,
             freeze_above,
             balloon_above,
             balloon_target: balloon_target.unwrap_or(Amount::Percent(Percent::new(50.0))),
+            balloon_floor: balloon_floor.unwrap_or(Amount::Bytes(1 << 30)),
             memory_high,
             release_after: self.opt_duration(
                 &m.release_after,

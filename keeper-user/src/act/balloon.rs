@@ -1,0 +1,73 @@
+//! Ballooning a VM through its QMP socket: the target resolved against the VM's memory, never
+//! below the floor, journaled (the guest memory it had) before the change, confirmed by
+//! `query-balloon` answering, undone on exit or after a crash.
+
+use std::path::Path;
+
+use super::{ActError, Actuators, Outcome, journal::Entry, qmp::Qmp};
+use crate::{policy::Amount, sense::vms};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+impl Actuators {
+    /// Sets VM `vmid`'s balloon so that the guest keeps `target` (`100%`: all of its memory),
+    /// and never less than the floor. `cgroups`: the workload's, for the scope check.
+    pub fn balloon(
+        &mut self,
+        vmid: u32,
+        target: Amount,
+        cgroups: &[String],
+    ) -> Result<Outcome, ActError> {
+        if self.scope.is_some() {
+            match cgroups.iter().find(|c| self.check_scope_cgroup(c).is_ok()) {
+                Some(_) => {}
+                None => {
+                    return Err(ActError::OutOfScope {
+                        what: format!("VM {vmid}"),
+                        scope: format!("/{}", self.scope.as_deref().unwrap_or("")),
+                    });
+                }
+            }
+        }
+        let socket = vms::socket_of(&self.qmp_dir, vmid);
+        let mut q = Qmp::connect(&socket)?;
+        let max = q.max_memory()?;
+        let floor = self.balloon_floor.resolve(max).min(max);
+        let want = target.resolve(max).clamp(floor, max);
+        let actual = q.balloon_actual()?;
+        let what = format!(
+            "VM {vmid} balloon {:.0} MiB → {:.0} MiB (of {:.0} MiB, floor {:.0} MiB)",
+            actual as f64 / MIB,
+            want as f64 / MIB,
+            max as f64 / MIB,
+            floor as f64 / MIB
+        );
+        if actual.abs_diff(want) < 1 << 20 {
+            return Ok(Outcome::Unchanged(what));
+        }
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(what));
+        }
+        if self.balloons_journaled.insert(socket.clone()) {
+            self.journal.record(&Entry::Balloon {
+                socket: socket.clone(),
+                original: actual,
+            })?;
+        }
+        q.set_balloon(want)?;
+        Ok(Outcome::Done(what))
+    }
+}
+
+/// Gives a VM back the memory it had before the keeper ballooned it.
+pub(super) fn restore(socket: &Path, original: u64) -> Result<Option<String>, ActError> {
+    if !socket.exists() {
+        return Ok(None); // the VM is gone
+    }
+    Qmp::connect(socket)?.set_balloon(original)?;
+    Ok(Some(format!(
+        "{} balloon back to {:.0} MiB",
+        socket.display(),
+        original as f64 / MIB
+    )))
+}
