@@ -170,7 +170,8 @@ fn the_control_socket_refuses_non_root_peers() {
     // ...and with the mode opened, the peer credentials still do.
     std::fs::set_permissions(rig.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = as_nobody();
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(answer["ok"], false);
     assert!(
         answer["error"]

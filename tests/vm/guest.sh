@@ -129,4 +129,17 @@ thawed muse || { ok=0; fail restore-after-kill9 "muse still frozen"; }
 [ $ok = 1 ] && pass "restore-after-kill9 (thawed; cpu.max, memory.high, cpuset, partition back)"
 
 kill -9 $MUSE $EVA $BANKER 2>/dev/null
+
+# 6. A PSI trigger on a cgroup's memory.pressure fires under real memory pressure: 96 MiB of
+#    anonymous memory kept hot under memory.high = 32M (no swap: the kernel throttles it).
+mkdir -p $S/hog
+echo 32M > $S/hog/memory.high
+sh -c "echo \$\$ > $S/hog/cgroup.procs; exec $P mem 96 40" & HOG=$!
+if $P psi-wait $S/hog/memory.pressure 10 30 > /tmp/psi.out 2>&1; then
+    pass "psi-trigger ($(cat /tmp/psi.out); $(head -1 $S/hog/memory.pressure))"
+else
+    fail psi-trigger "$(cat /tmp/psi.out); $(head -1 $S/hog/memory.pressure)"
+fi
+kill -9 $HOG 2>/dev/null
+
 echo "VMTEST DONE $FAILS"

@@ -4,6 +4,11 @@
 //! - `keeper-probe spin SECONDS [NAME]`: a busy loop for SECONDS (fractions allowed), renamed
 //!   NAME (its comm);
 //!
+//! - `keeper-probe mem MIB SECONDS`: allocates MIB MiB and keeps touching every page for
+//!   SECONDS (memory pressure under a low `memory.high`);
+//! - `keeper-probe psi-wait FILE PERCENT SECONDS`: registers a PSI trigger (`some`, PERCENT of
+//!   the window) on FILE and prints `fired after N ms`, or exits 1 after SECONDS.
+//!
 //! Pin it with taskset or by the caller's affinity; it changes nothing else.
 use std::{
     process::ExitCode,
@@ -54,9 +59,77 @@ fn main() -> ExitCode {
             std::hint::black_box(x);
             ExitCode::SUCCESS
         }
+        Some("mem") => {
+            let (Some(mib), Some(secs)) = (num(1), num(2)) else {
+                eprintln!("usage: keeper-probe mem MIB SECONDS");
+                return ExitCode::from(2);
+            };
+            let mut block = vec![0u8; (mib as usize) << 20];
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut round = 0u8;
+            while Instant::now() < end {
+                round = round.wrapping_add(1);
+                for page in block.chunks_mut(4096) {
+                    page[0] = round;
+                }
+                std::hint::black_box(&block);
+            }
+            ExitCode::SUCCESS
+        }
+        Some("psi-wait") => {
+            let (Some(file), Some(pct), Some(secs)) = (
+                args.get(1),
+                args.get(2).and_then(|v| v.parse::<f64>().ok()),
+                num(3),
+            ) else {
+                eprintln!("usage: keeper-probe psi-wait FILE PERCENT SECONDS");
+                return ExitCode::from(2);
+            };
+            psi_wait(file, pct, secs)
+        }
         _ => {
-            eprintln!("usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME]");
+            eprintln!(
+                "usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME] | mem MIB SECONDS | psi-wait FILE PERCENT SECONDS"
+            );
             ExitCode::from(2)
         }
     }
+}
+
+fn psi_wait(file: &str, pct: f64, secs: u64) -> ExitCode {
+    use keeper::sense::psi::{PsiTrigger, Stall};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::from(2);
+    };
+    rt.block_on(async {
+        let mut t = match PsiTrigger::register_share(std::path::Path::new(file), Stall::Some, pct) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("keeper-probe: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let start = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(secs), t.fired()).await {
+            Ok(Ok(())) => {
+                println!(
+                    "fired after {} ms ({})",
+                    start.elapsed().as_millis(),
+                    t.describe()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(Err(e)) => {
+                eprintln!("keeper-probe: {e}");
+                ExitCode::from(2)
+            }
+            Err(_) => {
+                println!("not fired within {secs} s ({})", t.describe());
+                ExitCode::from(1)
+            }
+        }
+    })
 }

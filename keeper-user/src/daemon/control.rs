@@ -130,15 +130,17 @@ pub fn serve(path: &Path, allowed_uids: Vec<u32>) -> Result<mpsc::Receiver<Call>
 async fn handle(stream: UnixStream, allowed: &[u32], tx: mpsc::Sender<Call>) -> io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
+    // The request is read first, even from a peer that will be refused: closing on a client
+    // that is still writing would make it see a broken pipe instead of the refusal.
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
     let answer = if !allowed.contains(&uid) {
         tracing::warn!(uid, "control socket: refused a peer that is not allowed");
         refusal(format!(
             "uid {uid} is not allowed on this socket (allowed: {allowed:?})"
         ))
     } else {
-        let mut line = String::new();
-        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
-        let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
         match read {
             Err(_) => refusal("no request within 5 s".into()),
             Ok(Err(e)) => refusal(format!("reading the request: {e}")),

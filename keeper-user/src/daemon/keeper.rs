@@ -131,6 +131,8 @@ pub struct Keeper {
     pub last: VecDeque<Done>,
     /// The PSI file the memory rules read (`--memory-psi`; default the host's).
     pub memory_psi: std::path::PathBuf,
+    /// A PSI trigger fired: stalls above this share (%) in its last window, and when.
+    pub pressure_hint: Option<(f64, Instant)>,
     pub evictions: u64,
     pub errors: u64,
 }
@@ -147,6 +149,7 @@ impl Keeper {
             interaction: false,
             last: VecDeque::new(),
             memory_psi: "/proc/pressure/memory".into(),
+            pressure_hint: None,
             evictions: 0,
             errors: 0,
         }
@@ -163,7 +166,17 @@ impl Keeper {
         Observations {
             loadavg: host::loadavg(),
             cpu_pressure: host::read_psi("/proc/pressure/cpu".as_ref()),
-            memory_pressure: host::read_psi(&self.memory_psi),
+            memory_pressure: {
+                let mut psi = host::read_psi(&self.memory_psi);
+                // avg10 lags a spike by seconds; a trigger that just fired says the stall share
+                // of its last window was above its threshold.
+                if let Some((pct, at)) = self.pressure_hint
+                    && at.elapsed() < std::time::Duration::from_secs(2)
+                {
+                    psi.some_avg10 = psi.some_avg10.max(pct);
+                }
+                psi
+            },
             gpu: None,
             interaction: self.interaction,
             workloads: self

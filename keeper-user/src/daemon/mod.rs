@@ -139,6 +139,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let watchdog = systemd_watchdog();
     let mut kick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut memory_trigger = memory_trigger(&keeper.policy, &cfg.memory_psi);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
@@ -209,6 +210,19 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 answer(&mut keeper, &mut recorder, &mut sensor, &cg, call, p99);
                 continue;
             }
+            fired = trigger_fired(&mut memory_trigger) => {
+                match fired {
+                    Ok(pct) => {
+                        tracing::debug!(share = pct, "memory pressure trigger fired");
+                        keeper.pressure_hint = Some((pct, Instant::now()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "memory pressure trigger failed; reading PSI every tick instead");
+                        memory_trigger = None;
+                        continue;
+                    }
+                }
+            }
             _ = kick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 continue;
@@ -270,6 +284,44 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     sensed.restored_at_start = restored_at_start;
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(recorder.build(&keeper, sensed, false))
+}
+
+/// A PSI trigger on the memory pressure the memory rules read, at their lowest `some`
+/// threshold: a spike is acted on when the kernel reports it, not at the next tick. Where no
+/// trigger can be registered (a plain file, an old kernel), the rules read PSI every tick.
+fn memory_trigger(
+    policy: &crate::policy::Policy,
+    path: &std::path::Path,
+) -> Option<(crate::sense::psi::PsiTrigger, f64)> {
+    use crate::sense::psi::{PsiTrigger, Stall};
+    let m = policy.rules.memory.as_ref()?;
+    let pct = [m.high_above, m.balloon_above]
+        .into_iter()
+        .flatten()
+        .fold(f64::INFINITY, f64::min);
+    if !pct.is_finite() {
+        return None;
+    }
+    match PsiTrigger::register_share(path, Stall::Some, pct) {
+        Ok(t) => {
+            tracing::info!(trigger = %t.describe(), "memory pressure trigger armed");
+            Some((t, pct))
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "no memory pressure trigger; the memory rules read PSI every tick");
+            None
+        }
+    }
+}
+
+/// Waits for the memory trigger (forever when there is none); its share on firing.
+async fn trigger_fired(
+    t: &mut Option<(crate::sense::psi::PsiTrigger, f64)>,
+) -> std::io::Result<f64> {
+    match t {
+        Some((trigger, pct)) => trigger.fired().await.map(|()| *pct),
+        None => std::future::pending().await,
+    }
 }
 
 /// systemd's watchdog period halved (the kick interval), as libsystemd's sd_watchdog_enabled

@@ -9,6 +9,7 @@
 pub mod ebpf;
 pub mod latency;
 pub mod procfs;
+pub mod psi;
 pub mod sched;
 pub mod tracefs;
 pub mod vms;

@@ -27,6 +27,7 @@ const CHECKS: &[&str] = &[
     "thaw",
     "still-applied-after-kill9",
     "restore-after-kill9",
+    "psi-trigger",
 ];
 
 const TIMEOUT: Duration = Duration::from_secs(300);
