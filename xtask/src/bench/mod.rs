@@ -4,6 +4,7 @@
 //! - `isolation`: the trading core's latency unprotected / statically isolated / with the
 //!   keeper, intruder eviction and EVA preemption latency, the daemon's footprint.
 
+mod balloon;
 mod isolation;
 mod probe;
 
@@ -25,6 +26,12 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         secs: u64,
     },
+    /// Reclaiming 1 GiB from an idle guest: the keeper vs Proxmox's auto-ballooning pace.
+    Balloon {
+        /// Repetitions of the keeper's reclaim (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// Trading-core isolation: cyclictest on CPU 1 under 8 hogs and a process churn.
     Isolation {
         /// Length of each condition's cyclictest run, in seconds.
@@ -42,6 +49,7 @@ pub enum Which {
 pub fn run(root: &Path, which: Which) -> anyhow::Result<()> {
     match which {
         Which::Probe { reps, secs } => probe::probe(root, reps, secs),
+        Which::Balloon { reps } => balloon::run(root, reps),
         Which::Isolation {
             secs,
             rounds,

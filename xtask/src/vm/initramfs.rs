@@ -95,3 +95,69 @@ fn shared_libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
         })
         .collect())
 }
+
+/// A guest that only loads virtio_balloon (and what it needs, in `modinfo` order), says
+/// `BALLOON READY` on its console and idles: for the balloon benchmark.
+pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
+    let virtio = modules.join("kernel/drivers/virtio");
+    let depends = |m: &str| -> anyhow::Result<Vec<String>> {
+        let o = Command::new("modinfo")
+            .args(["-F", "depends"])
+            .arg(virtio.join(format!("{m}.ko")))
+            .output()
+            .context("modinfo (apt package kmod)")?;
+        Ok(String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect())
+    };
+    let mut order: Vec<String> = Vec::new();
+    let mut todo = vec!["virtio_pci".to_string(), "virtio_balloon".to_string()];
+    while let Some(m) = todo.pop() {
+        if order.contains(&m) {
+            continue;
+        }
+        let deps: Vec<String> = depends(&m)?
+            .into_iter()
+            .filter(|d| !order.contains(d))
+            .collect();
+        if deps.is_empty() {
+            order.push(m);
+        } else {
+            todo.push(m);
+            todo.extend(deps);
+        }
+    }
+    let stage = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&stage);
+    for d in ["bin", "proc", "sys", "mod"] {
+        std::fs::create_dir_all(stage.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", stage.join("bin/busybox")).context("busybox-static")?;
+    for a in ["sh", "mount", "insmod", "sleep", "echo"] {
+        std::os::unix::fs::symlink("busybox", stage.join("bin").join(a))?;
+    }
+    let mut init = String::from("#!/bin/sh\nmount -t proc none /proc\nmount -t sysfs none /sys\n");
+    for m in &order {
+        std::fs::copy(
+            virtio.join(format!("{m}.ko")),
+            stage.join("mod").join(format!("{m}.ko")),
+        )?;
+        init.push_str(&format!("insmod /mod/{m}.ko\n"));
+    }
+    init.push_str("echo BALLOON READY\nwhile true; do sleep 60; done\n");
+    std::fs::write(stage.join("init"), init)?;
+    std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
+    let script = format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        stage.display(),
+        out.display()
+    );
+    if !Command::new("sh").args(["-c", &script]).status()?.success() {
+        bail!("building the balloon guest's initramfs failed");
+    }
+    let _ = std::fs::remove_dir_all(&stage);
+    Ok(())
+}

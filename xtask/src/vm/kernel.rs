@@ -8,10 +8,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// The unpacked kernel package (its modules are under `unpacked/lib/modules/RELEASE`).
+/// The unpacked kernel package.
 pub struct Kernel {
     pub release: String,
     pub vmlinuz: PathBuf,
+    /// `lib/modules/RELEASE` of the package.
+    pub modules: PathBuf,
 }
 
 /// Where the downloaded and unpacked kernels live.
@@ -87,6 +89,7 @@ fn unpacked(dir: &Path) -> anyhow::Result<Option<Kernel>> {
             return Ok(Some(Kernel {
                 release: release.to_string(),
                 vmlinuz: e.path(),
+                modules: dir.join("unpacked/lib/modules").join(release),
             }));
         }
     }

@@ -3,7 +3,7 @@
 //! and runs tests/vm/guest.sh there: the same eBPF object loads, the trading core becomes a
 //! cpuset partition, cpu.max and memory.high take effect, freeze/thaw, restore after `kill -9`.
 
-mod initramfs;
+pub mod initramfs;
 pub mod kernel;
 
 use std::{
