@@ -32,6 +32,8 @@ pub mod globals {
     pub const SWITCH_NEXT_PID_OFF: &str = "SWITCH_NEXT_PID_OFF";
     /// Minimum time between two intruder events for the same pid, in nanoseconds.
     pub const INTRUDER_EVENT_INTERVAL_NS: &str = "INTRUDER_EVENT_INTERVAL_NS";
+    /// Offset of `pid` in oom:mark_victim.
+    pub const OOM_VICTIM_PID_OFF: &str = "OOM_VICTIM_PID_OFF";
 }
 
 /// Names of the maps in the object, as userspace looks them up.
@@ -52,6 +54,12 @@ pub mod maps {
     pub const RUNNABLE_SINCE: &str = "RUNNABLE_SINCE";
     /// `RingBuf` of `IntruderEvent`.
     pub const INTRUDER_EVENTS: &str = "INTRUDER_EVENTS";
+    /// `HashMap<u32, u64>`: when a task entered direct reclaim, by pid.
+    pub const RECLAIM_START: &str = "RECLAIM_START";
+    /// `LruHashMap<u64, ReclaimStats>`: direct-reclaim stalls per cgroup v2 id.
+    pub const RECLAIM_STATS: &str = "RECLAIM_STATS";
+    /// `RingBuf` of `OomEvent`.
+    pub const OOM_EVENTS: &str = "OOM_EVENTS";
 }
 
 /// Names of the programs in the object (at most 15 characters: the kernel's limit).
@@ -62,6 +70,34 @@ pub mod programs {
     /// perf_event (CPU clock) on each trading core: reports a running intruder.
     pub const SAMPLE: &str = "keeper_sample";
     pub const ALL: [&str; 4] = [WAKEUP, WAKEUP_NEW, SWITCH, SAMPLE];
+    /// vmscan:mm_vmscan_direct_reclaim_begin / _end, oom:mark_victim.
+    pub const RECLAIM_BEGIN: &str = "keeper_rcl_begin";
+    pub const RECLAIM_END: &str = "keeper_rcl_end";
+    pub const OOM_VICTIM: &str = "keeper_oom";
+    pub const MEMORY: [&str; 3] = [RECLAIM_BEGIN, RECLAIM_END, OOM_VICTIM];
+}
+
+/// Direct-reclaim stalls of one cgroup: a log2 histogram of their durations (µs buckets, as
+/// the latency histograms), their count and total time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReclaimStats {
+    pub hist: [u64; HIST_BUCKETS],
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+/// The OOM killer chose a victim (oom:mark_victim). `cgroup_id` and `comm` are those of the
+/// task that ran the OOM killer (the one whose allocation failed, in the victim's memory cgroup
+/// for a cgroup OOM); the victim's own name is read from /proc by userspace while it dies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomEvent {
+    pub timestamp_ns: u64,
+    pub cgroup_id: u64,
+    pub victim_pid: u32,
+    pub killer_pid: u32,
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Per-CPU counters kept by the scheduler programs. Only trading cores fill them.
@@ -140,6 +176,8 @@ mod pod {
     unsafe impl aya::Pod for super::CpuStats {}
     unsafe impl aya::Pod for super::IntruderTotal {}
     unsafe impl aya::Pod for super::IntruderEvent {}
+    unsafe impl aya::Pod for super::ReclaimStats {}
+    unsafe impl aya::Pod for super::OomEvent {}
 }
 
 /// Index of the log2 bucket for a latency in nanoseconds (shared so both sides agree).

@@ -52,6 +52,8 @@ static SWITCH_NEXT_PID_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static INTRUDER_EVENT_INTERVAL_NS: u64 = 100_000_000;
 
+mod memory;
+
 #[inline(always)]
 fn global_u32(g: &'static u32) -> usize {
     unsafe { core::ptr::read_volatile(g) as usize }

@@ -100,6 +100,21 @@ fi
 $K interaction stop --socket $SOCK > /dev/null 2>&1
 if wait_for 30 thawed muse; then pass thaw; else fail thaw "muse still frozen 30 s after interaction stop"; fi
 
+# 4b. The memory sensor: a hog over its cgroup's memory.max stalls in reclaim and is
+#     OOM-killed; the running keeper logs the kill and records both (keeper report --live).
+mkdir -p $S/oomer
+echo 48M > $S/oomer/memory.max
+sh -c "echo \$\$ > $S/oomer/cgroup.procs; exec $P mem 128 30" & OOMER=$!
+wait $OOMER 2>/dev/null
+if wait_for 20 has "$LOG" "OOM kill pid=" \
+   && $K report --live --format json --socket $SOCK > /tmp/live.json 2>&1 \
+   && has /tmp/live.json '"oom_kills": \[' && ! has /tmp/live.json '"oom_kills": \[\]' \
+   && grep -q '"stalls": [1-9]' /tmp/live.json; then
+    pass "oom-and-reclaim ($(grep -o "OOM kill pid=.*" "$LOG" | head -1 | cut -c1-150); $(grep -o "\"stalls\": [0-9]*" /tmp/live.json | head -1))"
+else
+    fail oom-and-reclaim "no OOM kill / reclaim stalls seen: $(grep -c 'OOM kill' "$LOG") log lines; $(grep -A3 oom_kills /tmp/live.json | head -5 | tr '\n' ' ')"
+fi
+
 # 5. kill -9 while Muse is frozen and limited; a new keeper puts everything back.
 $K interaction start --socket $SOCK > /dev/null 2>&1
 wait_for 10 frozen muse

@@ -6,6 +6,7 @@ pub mod control;
 pub mod execute;
 pub mod host;
 mod keeper;
+mod memory;
 pub mod metrics;
 pub mod record;
 
@@ -124,6 +125,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let mut events =
         unsafe { AsyncFd::register_with_interest(sensor.take_events()?, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
+    let (memory_sensor, mut oom_events) = memory::attach(&tracefs);
     let mut calls = control::serve(&cfg.socket, cfg.allowed_uids.clone())?;
     tracing::info!(
         mode = if cfg.dry_run { "dry-run" } else { "enforcing" },
@@ -207,7 +209,14 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
             Some(call) = calls.recv() => {
                 let p99 = latency.p99(&sensor);
-                answer(&mut keeper, &mut recorder, &mut sensor, &cg, call, p99);
+                answer(&mut keeper, &mut recorder, &mut sensor, memory_sensor.as_ref(), &cg, call, p99);
+                continue;
+            }
+            guard = memory::ready(&mut oom_events) => {
+                if let Ok(mut guard) = guard {
+                    memory::handle(guard.get_inner_mut(), &cg, &keeper.placements, &mut recorder);
+                    guard.clear_ready();
+                }
                 continue;
             }
             fired = trigger_fired(&mut memory_trigger) => {
@@ -278,6 +287,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     tracing::info!("stopping: undoing every change");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let mut sensed = sensed(&sensor, &cg, started);
+    sensed.reclaim = memory::reclaim_records(memory_sensor.as_ref(), &cg, &keeper.placements);
     drop(events);
     drop(sensor);
     sensed.restored_at_exit = keeper.act.restore_all()?;
@@ -397,6 +407,7 @@ fn answer(
     keeper: &mut Keeper,
     recorder: &mut Recorder,
     sensor: &mut SchedSensor,
+    memory_sensor: Option<&crate::sense::memory::MemorySensor>,
     cg: &CgroupFs,
     call: Call,
     p99: Option<u64>,
@@ -404,7 +415,9 @@ fn answer(
     let reply = match call.request {
         Request::Status => keeper.status(),
         Request::Report => {
-            let record = recorder.build(keeper, sensed(sensor, cg, recorder.started_at()), true);
+            let mut s = sensed(sensor, cg, recorder.started_at());
+            s.reclaim = memory::reclaim_records(memory_sensor, cg, &keeper.placements);
+            let record = recorder.build(keeper, s, true);
             serde_json::json!({"ok": true, "record": record})
         }
         Request::Interaction { state } => {

@@ -8,8 +8,8 @@ use crate::{
     decide::{ActionKind, Observations},
     policy::Policy,
     report::{
-        ActionRecord, EvictionLatency, MAX_ACTIONS, MAX_SAMPLES, RECORD_VERSION, RunRecord, Sample,
-        SloVerdict, quantile,
+        ActionRecord, EvictionLatency, MAX_ACTIONS, MAX_SAMPLES, OomKillRecord, RECORD_VERSION,
+        ReclaimRecord, RunRecord, Sample, SloVerdict, quantile,
         view::{CpuView, IntruderView},
     },
     sense::latency::Histogram,
@@ -29,6 +29,7 @@ pub struct Recorder {
     ticks: u64,
     eviction_us: VecDeque<f64>,
     preemption_ms: VecDeque<f64>,
+    oom_kills: Vec<OomKillRecord>,
 }
 
 impl Recorder {
@@ -43,6 +44,7 @@ impl Recorder {
             ticks: 0,
             eviction_us: VecDeque::new(),
             preemption_ms: VecDeque::new(),
+            oom_kills: Vec::new(),
         }
     }
 
@@ -111,6 +113,20 @@ impl Recorder {
         push_capped(&mut self.eviction_us, us);
     }
 
+    /// An OOM kill the memory sensor saw.
+    pub fn oom_kill(&mut self, pid: u32, comm: String, cgroup: String, workload: Option<String>) {
+        if self.oom_kills.len() < MAX_TIMINGS {
+            let t_s = self.since_start();
+            self.oom_kills.push(OomKillRecord {
+                t_s,
+                pid,
+                comm,
+                cgroup,
+                workload,
+            });
+        }
+    }
+
     /// `interaction start` → the preemption's freezes confirmed, in ms.
     pub fn preemption(&mut self, ms: f64) {
         push_capped(&mut self.preemption_ms, ms);
@@ -142,6 +158,13 @@ impl Recorder {
             evictions: keeper.evictions,
             eviction_latency: EvictionLatency::of(&evictions),
             errors: keeper.errors,
+            sizing: crate::report::sizing::advise(
+                &keeper.policy,
+                &self.oom_kills,
+                self.since_start(),
+            ),
+            oom_kills: self.oom_kills.clone(),
+            reclaim: sensed.reclaim,
             samples: self.samples.clone(),
             actions: self.actions.iter().cloned().collect(),
             actions_dropped: self.actions_dropped,
@@ -156,6 +179,7 @@ pub struct Sensed {
     pub intruders: Vec<IntruderView>,
     pub restored_at_start: Vec<String>,
     pub restored_at_exit: Vec<String>,
+    pub reclaim: Vec<ReclaimRecord>,
 }
 
 fn push_capped<T>(q: &mut VecDeque<T>, v: T) {

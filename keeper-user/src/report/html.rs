@@ -67,6 +67,7 @@ pub fn render(r: &RunRecord) -> String {
     trading_cores(&mut h, r);
     over_time(&mut h, r);
     intruders(&mut h, r);
+    memory(&mut h, r);
     actions(&mut h, r);
     h.push_str("</body></html>\n");
     h
@@ -287,6 +288,44 @@ fn intruders(h: &mut String, r: &RunRecord) {
         ms(e.p99_us),
         ms(e.max_us)
     );
+}
+
+fn memory(h: &mut String, r: &RunRecord) {
+    h.push_str("<h2>Memory</h2>");
+    for a in &r.sizing {
+        let _ = write!(h, "<p class=\"missed\">Sizing: {}</p>", esc(&a.advice));
+    }
+    if r.oom_kills.is_empty() {
+        h.push_str("<p class=\"small\">No OOM kill.</p>");
+    } else {
+        h.push_str("<table><tr><th>t (s)</th><th>OOM-killed</th><th>pid</th><th>cgroup</th><th>workload</th></tr>");
+        for k in &r.oom_kills {
+            let _ = write!(
+                h,
+                "<tr><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                k.t_s,
+                esc(&k.comm),
+                k.pid,
+                esc(&k.cgroup),
+                esc(k.workload.as_deref().unwrap_or("-"))
+            );
+        }
+        h.push_str("</table>");
+    }
+    if !r.reclaim.is_empty() {
+        h.push_str("<table><tr><th>cgroup</th><th>direct-reclaim stalls</th><th>total ms</th><th>p99 µs</th></tr>");
+        for rc in r.reclaim.iter().take(10) {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+                esc(&rc.cgroup),
+                rc.stalls,
+                rc.total_ms,
+                rc.p99_us.map_or("-".into(), |p| format!("≤ {p}"))
+            );
+        }
+        h.push_str("</table>");
+    }
 }
 
 fn actions(h: &mut String, r: &RunRecord) {

@@ -6,6 +6,7 @@
 //! engine's and the daemon's types, so that an old record stays readable.
 
 pub mod html;
+pub mod sizing;
 mod svg;
 pub mod text;
 pub mod view;
@@ -51,6 +52,15 @@ pub struct RunRecord {
     /// One sample per tick: latency, pressure, GPU, frozen/throttled counts over time.
     #[serde(default)]
     pub samples: Vec<Sample>,
+    /// OOM kills seen during the run (oom:mark_victim).
+    #[serde(default)]
+    pub oom_kills: Vec<OomKillRecord>,
+    /// Direct-reclaim stalls per cgroup (vmscan), most stalled time first.
+    #[serde(default)]
+    pub reclaim: Vec<ReclaimRecord>,
+    /// The sizing advisor: a class that is OOM-killed more than once a week is too small.
+    #[serde(default)]
+    pub sizing: Vec<SizingAdvice>,
     /// Actions in order (the most recent `MAX_ACTIONS` when there were more).
     pub actions: Vec<ActionRecord>,
     #[serde(default)]
@@ -130,6 +140,36 @@ pub struct ActionRecord {
     /// The action's own fields as the engine gave them (`{"action":"evict_intruder","pid":…}`).
     #[serde(default)]
     pub detail: serde_json::Value,
+}
+
+/// One OOM kill.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OomKillRecord {
+    pub t_s: f64,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: String,
+    pub workload: Option<String>,
+}
+
+/// A cgroup's direct-reclaim stalls.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReclaimRecord {
+    pub cgroup: String,
+    pub workload: Option<String>,
+    pub stalls: u64,
+    pub total_ms: f64,
+    pub p99_us: Option<u64>,
+}
+
+/// "This workload's class is too small."
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SizingAdvice {
+    pub workload: String,
+    pub class: String,
+    pub oom_kills: u32,
+    pub per_week: f64,
+    pub advice: String,
 }
 
 /// Did a workload get the latency its policy promises?

@@ -93,6 +93,32 @@ pub fn write(out: &mut impl Write, r: &RunRecord) -> io::Result<()> {
         max(|s| s.gpu_temperature_c)
     )?;
 
+    writeln!(out, "\nMemory: {} OOM kills", r.oom_kills.len())?;
+    for k in &r.oom_kills {
+        writeln!(
+            out,
+            "  {:>8.1}s OOM kill {}[{}] in {} ({})",
+            k.t_s,
+            k.comm,
+            k.pid,
+            k.cgroup,
+            k.workload.as_deref().unwrap_or("no workload")
+        )?;
+    }
+    for rc in r.reclaim.iter().take(5) {
+        writeln!(
+            out,
+            "  direct reclaim in {}: {} stalls, {:.1} ms in all, p99 ≤ {} µs",
+            rc.cgroup,
+            rc.stalls,
+            rc.total_ms,
+            rc.p99_us.map_or("-".into(), |p| p.to_string())
+        )?;
+    }
+    for a in &r.sizing {
+        writeln!(out, "  sizing: {}", a.advice)?;
+    }
+
     writeln!(out, "\nActions ({}, {} errors):", r.actions.len(), r.errors)?;
     if r.actions_dropped > 0 {
         writeln!(out, "  ({} older actions not kept)", r.actions_dropped)?;

@@ -8,6 +8,7 @@
 
 pub mod ebpf;
 pub mod latency;
+pub mod memory;
 pub mod procfs;
 pub mod psi;
 pub mod sched;
