@@ -94,8 +94,11 @@ pub fn execute(
         ActionKind::Balloon { .. } => vec![Ok(Outcome::Unchanged(
             "ballooning is not available in this version (VM memory actions come with the memory issue)".into(),
         ))],
-        ActionKind::SetGpuPowerLimit { .. } => vec![Ok(Outcome::Unchanged(
-            "no GPU support in this version: power limit left as is".into(),
+        ActionKind::SetGpuPowerLimit { .. }
+        | ActionKind::SetGpuClockOffset { .. }
+        | ActionKind::GpuCheckpoint { .. }
+        | ActionKind::GpuRestore { .. } => vec![Ok(Outcome::Unchanged(
+            "no GPU support in this version: GPU left as is".into(),
         ))],
         ActionKind::SloBreach { .. } | ActionKind::SloMet { .. } => vec![],
     }

@@ -106,6 +106,7 @@ fn protected_workload() -> Workload {
         pauses: vec![],
         preempt: None,
         owns_trading_cores: true,
+        gpu_handoff: None,
     }
 }
 
