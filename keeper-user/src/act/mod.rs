@@ -5,9 +5,11 @@
 //! - [`cgroup`]: control files (cpu.weight, cpu.max, memory.high, cpuset), freeze/thaw
 //!   confirmed through cgroup.events, the trading-core cpuset partition;
 //! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees, CPU affinity (intruder eviction);
+//! - [`gpu`]: the GPU power limit and clock offset (NVML), cuda-checkpoint for the handoff;
 //! - [`journal`]: the crash-safety journal.
 
 pub mod cgroup;
+pub mod gpu;
 pub mod journal;
 pub mod process;
 
@@ -56,6 +58,10 @@ pub enum ActError {
     Cgroup(#[from] crate::cgroupfs::CgroupError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Gpu(#[from] crate::sense::gpu::GpuError),
+    #[error("cuda-checkpoint, pid {pid}: {message}")]
+    Checkpoint { pid: u32, message: String },
 }
 
 /// What an actuator did.
@@ -89,6 +95,8 @@ pub struct Actuators {
     pub(crate) journaled: HashSet<PathBuf>,
     /// Controllers already reported missing (said once).
     pub(crate) missing_said: HashSet<String>,
+    /// The GPU (NVML) and cuda-checkpoint, when present.
+    pub(crate) gpu: gpu::GpuHands,
 }
 
 impl Actuators {
@@ -101,6 +109,7 @@ impl Actuators {
             scope,
             journaled: HashSet::new(),
             missing_said: HashSet::new(),
+            gpu: gpu::GpuHands::default(),
         }
     }
 
@@ -226,7 +235,19 @@ impl Actuators {
     pub fn restore_all(&mut self) -> Result<Vec<String>, ActError> {
         let entries = self.journal.entries()?;
         let mut done = Vec::new();
+        // Checkpoints already given back (newer `GpuRestored` entries) need no undoing.
+        let mut restored = HashSet::new();
         for entry in entries.iter().rev() {
+            match entry {
+                Entry::GpuRestored { pid, start } => {
+                    restored.insert((*pid, *start));
+                    continue;
+                }
+                Entry::GpuCheckpoint { pid, start, .. } if restored.remove(&(*pid, *start)) => {
+                    continue;
+                }
+                _ => {}
+            }
             match restore(entry) {
                 Ok(Some(what)) => done.push(what),
                 Ok(None) => {}
@@ -235,6 +256,7 @@ impl Actuators {
         }
         self.journal.clear()?;
         self.journaled.clear();
+        self.gpu.journal_cleared();
         Ok(done)
     }
 }
@@ -295,6 +317,18 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             Err(ActError::Vanished { .. }) => Ok(None),
             Err(e) => Err(e),
         },
+        Entry::GpuPowerLimit {
+            lib,
+            uuid,
+            original_mw,
+        } => gpu::restore_power_limit(lib, uuid, *original_mw).map(Some),
+        Entry::GpuClockOffset {
+            lib,
+            uuid,
+            original_mhz,
+        } => gpu::restore_clock_offset(lib, uuid, *original_mhz).map(Some),
+        Entry::GpuCheckpoint { pid, start, tool } => gpu::restore_checkpoint(*pid, *start, tool),
+        Entry::GpuRestored { .. } => Ok(None),
     }
 }
 

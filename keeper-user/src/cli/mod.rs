@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod control;
+pub mod gpu;
 pub mod run;
 pub mod schema;
 pub mod simulate;

@@ -49,6 +49,13 @@ pub struct RunArgs {
     /// Decision period (actions also run at once on intruder events and control requests).
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub tick: Duration,
+    /// NVML library to load (default: $KEEPER_NVML_LIB, else the system's libnvidia-ml.so.1).
+    /// Without a GPU the GPU rules stay inactive.
+    #[arg(long)]
+    pub nvml_lib: Option<PathBuf>,
+    /// cuda-checkpoint for the GPU handoff (default: found on PATH; absent: VRAM stays held).
+    #[arg(long)]
+    pub cuda_checkpoint: Option<PathBuf>,
 }
 
 fn parse_cpus(s: &str) -> Result<CpuList, String> {
@@ -71,6 +78,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         socket: args.socket.clone(),
         allowed_uids: allowed,
         tick: args.tick,
+        nvml_lib: args.nvml_lib.clone(),
+        cuda_checkpoint: args.cuda_checkpoint.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

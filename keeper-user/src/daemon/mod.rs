@@ -18,7 +18,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-pub use keeper::{Done, Keeper, PolicySource};
+pub use keeper::{Done, Keeper, PolicySource, attach_gpu};
 
 use crate::{
     act::{Actuators, journal::Journal, process::Proc},
@@ -64,6 +64,10 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub allowed_uids: Vec<u32>,
     pub tick: Duration,
+    /// NVML library (`None`: `$KEEPER_NVML_LIB`, else the system's libnvidia-ml.so.1).
+    pub nvml_lib: Option<PathBuf>,
+    /// cuda-checkpoint (`None`: looked up on PATH).
+    pub cuda_checkpoint: Option<PathBuf>,
 }
 
 /// What a run leaves behind for `--report`.
@@ -145,6 +149,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         tracing::warn!(restored = %r, "undid a change left by an earlier keeper run");
     }
     let policy = cfg.source.load().map_err(DaemonError::Policy)?;
+    attach_gpu(
+        &mut act,
+        cfg.nvml_lib.as_deref(),
+        cfg.cuda_checkpoint.as_deref(),
+    );
     pin_self(&policy.host.housekeeping_cores);
     let mut keeper = Keeper::new(cfg.source.clone(), policy, act);
 
