@@ -35,6 +35,7 @@ golden!(hot_gpu_night, "hot-gpu-night.yaml");
 golden!(saturday, "saturday.yaml");
 golden!(dst_night, "dst-night.yaml");
 golden!(dst_autumn_night, "dst-autumn-night.yaml");
+golden!(gpu_handoff, "gpu-handoff.yaml");
 
 #[test]
 fn every_scenario_has_a_golden_test() {
@@ -48,6 +49,7 @@ fn every_scenario_has_a_golden_test() {
         [
             "dst-autumn-night.yaml",
             "dst-night.yaml",
+            "gpu-handoff.yaml",
             "hot-gpu-night.yaml",
             "saturday.yaml",
             "trading-monday.yaml"

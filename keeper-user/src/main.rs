@@ -24,6 +24,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of `keeper run`'s arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the keeper: enforce the policy (default: the embedded policies/hive.yaml).
@@ -47,6 +49,8 @@ enum Command {
     Schema(cli::schema::SchemaArgs),
     /// Replay a scenario through the decision engine and print the actions.
     Simulate(cli::simulate::SimulateArgs),
+    /// Print the live GPU readout (NVML): temperature, power, utilization, processes.
+    Gpu(cli::gpu::GpuArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check::run(args),
         Command::Schema(args) => cli::schema::run(args),
         Command::Simulate(args) => cli::simulate::run(args),
+        Command::Gpu(args) => cli::gpu::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! The crash-safety journal: every change is written here *before* it is applied, so that a
 //! keeper started after a crash or `kill -9` (and a keeper exiting) can put everything back:
-//! original file values, frozen cgroups, stopped processes, moved affinities.
+//! original file values, frozen cgroups, stopped processes, moved affinities, the GPU's power
+//! limit and clock offset, and GPU state checkpointed by a handoff.
 //!
 //! One JSON object per line in `<state dir>/journal.jsonl`. Writes are not fsynced: the journal
 //! must outlive the keeper's process, not the machine (a reboot resets cgroups and processes).
@@ -34,6 +35,22 @@ pub enum Entry {
     },
     /// A VM whose balloon the keeper moved (QMP socket), and the guest memory it had.
     Balloon { socket: PathBuf, original: u64 },
+    /// The GPU power limit before the keeper changed it (set back through NVML at `lib`).
+    GpuPowerLimit {
+        lib: PathBuf,
+        uuid: String,
+        original_mw: u32,
+    },
+    /// The GPU clock offset before the keeper changed it.
+    GpuClockOffset {
+        lib: PathBuf,
+        uuid: String,
+        original_mhz: i32,
+    },
+    /// A process whose GPU state the keeper checkpointed (`tool --toggle` gives it back).
+    GpuCheckpoint { pid: u32, start: u64, tool: PathBuf },
+    /// That process got its GPU state back: the checkpoint above needs no undoing.
+    GpuRestored { pid: u32, start: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,10 +5,12 @@
 //! - [`cgroup`]: control files (cpu.weight, cpu.max, memory.high, cpuset), freeze/thaw
 //!   confirmed through cgroup.events, the trading-core cpuset partition;
 //! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees, CPU affinity (intruder eviction);
+//! - [`gpu`]: the GPU power limit and clock offset (NVML), cuda-checkpoint for the handoff;
 //! - [`journal`]: the crash-safety journal.
 
 pub mod balloon;
 pub mod cgroup;
+pub mod gpu;
 pub mod journal;
 pub mod process;
 pub mod qmp;
@@ -60,6 +62,10 @@ pub enum ActError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Qmp(#[from] qmp::QmpError),
+    #[error(transparent)]
+    Gpu(#[from] crate::sense::gpu::GpuError),
+    #[error("cuda-checkpoint, pid {pid}: {message}")]
+    Checkpoint { pid: u32, message: String },
 }
 
 /// What an actuator did.
@@ -99,6 +105,8 @@ pub struct Actuators {
     pub balloon_floor: crate::policy::Amount,
     /// QMP sockets whose original balloon is in the journal.
     pub(crate) balloons_journaled: HashSet<PathBuf>,
+    /// The GPU (NVML) and cuda-checkpoint, when present.
+    pub(crate) gpu: gpu::GpuHands,
 }
 
 impl Actuators {
@@ -114,6 +122,7 @@ impl Actuators {
             qmp_dir: PathBuf::from(crate::sense::vms::DEFAULT_QMP_DIR),
             balloon_floor: crate::policy::Amount::Bytes(1 << 30),
             balloons_journaled: HashSet::new(),
+            gpu: gpu::GpuHands::default(),
         }
     }
 
@@ -263,7 +272,19 @@ impl Actuators {
             .rev()
             .filter(is_partition)
             .chain(entries.iter().rev().filter(|e| !is_partition(e)));
+        // Checkpoints already given back (newer `GpuRestored` entries) need no undoing.
+        let mut restored = HashSet::new();
         for entry in order {
+            match entry {
+                Entry::GpuRestored { pid, start } => {
+                    restored.insert((*pid, *start));
+                    continue;
+                }
+                Entry::GpuCheckpoint { pid, start, .. } if restored.remove(&(*pid, *start)) => {
+                    continue;
+                }
+                _ => {}
+            }
             match restore(entry) {
                 Ok(Some(what)) => done.push(what),
                 Ok(None) => {}
@@ -272,6 +293,7 @@ impl Actuators {
         }
         self.journal.clear()?;
         self.journaled.clear();
+        self.gpu.journal_cleared();
         Ok(done)
     }
 }
@@ -357,6 +379,18 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             Err(e) => Err(e),
         },
         Entry::Balloon { socket, original } => balloon::restore(socket, *original),
+        Entry::GpuPowerLimit {
+            lib,
+            uuid,
+            original_mw,
+        } => gpu::restore_power_limit(lib, uuid, *original_mw).map(Some),
+        Entry::GpuClockOffset {
+            lib,
+            uuid,
+            original_mhz,
+        } => gpu::restore_clock_offset(lib, uuid, *original_mhz).map(Some),
+        Entry::GpuCheckpoint { pid, start, tool } => gpu::restore_checkpoint(*pid, *start, tool),
+        Entry::GpuRestored { .. } => Ok(None),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod control;
+pub mod gpu;
 pub mod report;
 pub mod run;
 pub mod schema;

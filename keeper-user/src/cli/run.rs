@@ -60,6 +60,13 @@ pub struct RunArgs {
     /// `memory.pressure` (e.g. /sys/fs/cgroup/qemu.slice/memory.pressure).
     #[arg(long, default_value = "/proc/pressure/memory")]
     pub memory_psi: PathBuf,
+    /// NVML library to load (default: $KEEPER_NVML_LIB, else the system's libnvidia-ml.so.1).
+    /// Without a GPU the GPU rules stay inactive.
+    #[arg(long)]
+    pub nvml_lib: Option<PathBuf>,
+    /// cuda-checkpoint for the GPU handoff (default: found on PATH; absent: VRAM stays held).
+    #[arg(long)]
+    pub cuda_checkpoint: Option<PathBuf>,
 }
 
 fn parse_cpus(s: &str) -> Result<CpuList, String> {
@@ -85,6 +92,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         metrics: args.metrics,
         qmp_dir: args.qmp_dir.clone(),
         memory_psi: args.memory_psi.clone(),
+        nvml_lib: args.nvml_lib.clone(),
+        cuda_checkpoint: args.cuda_checkpoint.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

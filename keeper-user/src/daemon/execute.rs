@@ -109,9 +109,12 @@ pub fn execute(
             target,
             workload,
         } => vec![act.balloon(*vmid, *target, &place(workload).cgroups)],
-        ActionKind::SetGpuPowerLimit { .. } => vec![Ok(Outcome::Unchanged(
-            "no GPU support in this version: power limit left as is".into(),
-        ))],
+        ActionKind::SetGpuPowerLimit { percent } => vec![act.set_gpu_power_limit(*percent)],
+        ActionKind::SetGpuClockOffset { mhz } => vec![act.set_gpu_clock_offset(*mhz)],
+        ActionKind::GpuCheckpoint { workload } => {
+            vec![gpu_pids(act, placements, workload).and_then(|p| act.gpu_checkpoint(workload, &p))]
+        }
+        ActionKind::GpuRestore { workload } => vec![act.gpu_restore(workload)],
         ActionKind::SloBreach { .. } | ActionKind::SloMet { .. } => vec![],
     }
 }
@@ -150,6 +153,20 @@ fn protect_trading_cores(
         }
     }
     out
+}
+
+/// `workload`'s processes on the GPU now (a fresh readout, pids mapped through placements).
+fn gpu_pids(
+    act: &Actuators,
+    placements: &BTreeMap<String, Placement>,
+    workload: &str,
+) -> Result<Vec<u32>, ActError> {
+    let Some(gpu) = act.gpu() else {
+        return Ok(vec![]);
+    };
+    let mut r = gpu.readout()?;
+    r.assign(|pid| super::host::owner_of(pid, placements));
+    Ok(r.pids_of(workload))
 }
 
 fn each_cgroup(

@@ -95,6 +95,38 @@ fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
     Placement { cgroups, pids }
 }
 
+/// The workload a process belongs to: the deepest workload cgroup holding it, else the
+/// workload whose matched process is it or one of its ancestors (a GPU worker's parent).
+pub fn owner_of(pid: u32, placements: &BTreeMap<String, Placement>) -> Option<String> {
+    if let Some(cg) = task_cgroup(pid) {
+        let best = placements
+            .iter()
+            .flat_map(|(n, p)| p.cgroups.iter().map(move |c| (n, c)))
+            .filter(|(_, c)| crate::act::under(&cg, c))
+            .max_by_key(|(_, c)| c.len());
+        if let Some((name, _)) = best {
+            return Some(name.clone());
+        }
+    }
+    let mut cur = pid;
+    for _ in 0..64 {
+        if let Some((name, _)) = placements.iter().find(|(_, p)| p.pids.contains(&cur)) {
+            return Some(name.clone());
+        }
+        cur = parent_of(cur)?;
+        if cur <= 1 {
+            return None;
+        }
+    }
+    None
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn process_names() -> Vec<(u32, String)> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return vec![];
@@ -131,6 +163,31 @@ pub fn observe_workload(p: &Placement, cg: &CgroupFs) -> WorkloadObs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_belongs_to_the_workload_of_its_cgroup_or_ancestor() {
+        let me = std::process::id();
+        let parent = parent_of(me).unwrap();
+        let mut placements = BTreeMap::new();
+        placements.insert(
+            "launcher".to_string(),
+            Placement {
+                cgroups: vec![],
+                pids: vec![parent],
+            },
+        );
+        assert_eq!(owner_of(me, &placements).as_deref(), Some("launcher"));
+        let mine = task_cgroup(me).unwrap();
+        placements.insert(
+            "here".to_string(),
+            Placement {
+                cgroups: vec![mine],
+                pids: vec![],
+            },
+        );
+        assert_eq!(owner_of(me, &placements).as_deref(), Some("here"));
+        assert_eq!(owner_of(u32::MAX - 1, &BTreeMap::new()), None);
+    }
 
     #[test]
     fn reads_psi_avg10() {

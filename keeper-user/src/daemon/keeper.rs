@@ -2,8 +2,8 @@
 //! what was done. One `tick` = observe → decide → act.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
-    path::PathBuf,
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    path::{Path, PathBuf},
     time::Instant,
 };
 
@@ -14,11 +14,47 @@ use super::{
     host::{self, Placement},
 };
 use crate::{
-    act::{ActError, Actuators, Outcome},
+    act::{ActError, Actuators, Outcome, gpu::find_checkpoint_tool},
     cpulist::CpuList,
-    decide::{self, Action, EngineState, Intruder, Observations},
+    decide::{self, Action, EngineState, GpuObs, Intruder, Observations},
     policy::{self, HostFacts, Match, Policy, Workload},
+    sense::gpu::{self as gpu_sense, Gpu, GpuReadout},
 };
+
+/// Opens the GPU for the daemon and finds cuda-checkpoint; says in one line what it found.
+/// No GPU: the GPU rules stay inactive and everything else keeps working.
+pub fn attach_gpu(act: &mut Actuators, lib: Option<&Path>, tool: Option<&Path>) {
+    let lib = gpu_sense::library(lib);
+    let gpu = match Gpu::open(&lib) {
+        Ok(g) => g,
+        Err(e) if e.is_no_gpu() => {
+            tracing::info!("{e}; GPU rules inactive, everything else keeps working");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("{e}; GPU rules inactive, everything else keeps working");
+            return;
+        }
+    };
+    let found = find_checkpoint_tool(tool);
+    if let (Some(t), None) = (tool, &found) {
+        tracing::warn!(path = %t.display(), "--cuda-checkpoint is not an executable file");
+    }
+    let handoff = match &found {
+        Some(t) => format!("handoff releases VRAM with {}", t.display()),
+        None => {
+            "cuda-checkpoint not found: a handoff freezes the holder, its VRAM stays held".into()
+        }
+    };
+    tracing::info!(
+        gpu = %gpu.name,
+        uuid = %gpu.uuid,
+        driver = %gpu.driver,
+        library = %gpu.lib.display(),
+        "GPU found: GPU rules active; {handoff}"
+    );
+    act.set_gpu(Some(gpu), found);
+}
 
 /// Where the policy comes from, and the command-line overrides applied on top.
 #[derive(Clone, Debug)]
@@ -106,6 +142,7 @@ fn protected_workload() -> Workload {
         pauses: vec![],
         preempt: None,
         owns_trading_cores: true,
+        gpu_handoff: None,
     }
 }
 
@@ -117,6 +154,7 @@ pub struct Done {
     pub action: Action,
     pub outcome: Vec<String>,
     pub ok: bool,
+    /// How long carrying it out took.
     pub elapsed_ms: f64,
 }
 
@@ -135,7 +173,14 @@ pub struct Keeper {
     pub pressure_hint: Option<(f64, Instant)>,
     pub evictions: u64,
     pub errors: u64,
+    /// The last GPU readout, processes mapped to workloads (`None`: no GPU or unreadable).
+    pub gpu_readout: Option<GpuReadout>,
+    gpu_read_at: Option<Instant>,
+    gpu_error: Option<String>,
 }
+
+/// How long a GPU readout is reused.
+pub const GPU_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Keeper {
     pub fn new(source: PolicySource, policy: Policy, act: Actuators) -> Self {
@@ -152,6 +197,9 @@ impl Keeper {
             pressure_hint: None,
             evictions: 0,
             errors: 0,
+            gpu_readout: None,
+            gpu_read_at: None,
+            gpu_error: None,
         }
     }
 
@@ -177,7 +225,7 @@ impl Keeper {
                 }
                 psi
             },
-            gpu: None,
+            gpu: self.observe_gpu(),
             interaction: self.interaction,
             workloads: self
                 .placements
@@ -196,16 +244,110 @@ impl Keeper {
         }
     }
 
-    /// Decides on `obs` and carries the actions out. Returns what was done.
+    /// Reads the GPU (if any) and maps its processes to workloads. A failing readout is said
+    /// once (until it changes) and leaves the GPU rules still. NVML calls take milliseconds on
+    /// real GPUs: a readout younger than [`GPU_READ_EVERY`] is reused (intruder events must not
+    /// wait for the GPU).
+    fn observe_gpu(&mut self) -> Option<GpuObs> {
+        let gpu = self.act.gpu()?;
+        if self
+            .gpu_read_at
+            .is_some_and(|at| at.elapsed() < GPU_READ_EVERY)
+        {
+            let r = self.gpu_readout.as_mut()?;
+            r.assign(|pid| host::owner_of(pid, &self.placements));
+            return Some(r.observation());
+        }
+        self.gpu_read_at = Some(Instant::now());
+        match gpu.readout() {
+            Ok(mut r) => {
+                r.assign(|pid| host::owner_of(pid, &self.placements));
+                let o = r.observation();
+                if self.gpu_error.take().is_some() {
+                    tracing::info!(gpu = %r.name, "GPU readable again: GPU rules active");
+                }
+                self.gpu_readout = Some(r);
+                Some(o)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.gpu_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!("{msg}; GPU rules inactive until it reads again");
+                }
+                self.gpu_error = Some(msg);
+                self.gpu_readout = None;
+                None
+            }
+        }
+    }
+
+    /// Decides on `obs` and carries the actions out. Returns what was done. When a step of a
+    /// GPU handoff fails, the engine is asked again at once and its rollback is carried out.
     pub fn tick(&mut self, obs: &Observations) -> Vec<Done> {
         let actions = decide::decide(&self.policy, &mut self.state, obs, jiff::Timestamp::now());
+        let (mut done, rollback) = self.carry_out(actions);
+        if rollback {
+            let again = decide::decide(&self.policy, &mut self.state, obs, jiff::Timestamp::now());
+            tracing::warn!(
+                steps = again.len(),
+                "GPU handoff step failed: rolling back to the holder running"
+            );
+            done.extend(self.carry_out(again).0);
+        }
+        for d in &done {
+            if self.last.len() == 50 {
+                self.last.pop_front();
+            }
+            self.last.push_back(d.clone());
+        }
+        done
+    }
+
+    /// Executes `actions` in order; returns what was done and whether a handoff rolls back.
+    fn carry_out(&mut self, actions: Vec<Action>) -> (Vec<Done>, bool) {
         let mut done = Vec::new();
+        let mut rollback = false;
+        // Workloads whose thaw failed: their GPU state cannot come back yet.
+        let mut still_frozen: BTreeSet<String> = BTreeSet::new();
+        // Workloads whose handoff rolled back: its later steps in this batch are skipped.
+        let mut rolled_back: BTreeSet<String> = BTreeSet::new();
         for action in actions {
             let started = Instant::now();
+            let skip = match &action.kind {
+                decide::ActionKind::GpuRestore { workload } if still_frozen.contains(workload) => {
+                    decide::step_failed(&mut self.state, &action);
+                    Some(format!(
+                        "skipped: {workload} is still frozen (its thaw failed); retried after its thaw"
+                    ))
+                }
+                decide::ActionKind::Freeze { workload }
+                    if rolled_back.contains(workload)
+                        && action.rule.0.ends_with(".gpu_handoff") =>
+                {
+                    execute::forget(&mut self.state, &action);
+                    Some(format!(
+                        "skipped: the handoff of {workload} rolled back, it keeps running"
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(why) = skip {
+                let outcome = vec![why];
+                tracing::warn!(rule = %action.rule, outcome = ?outcome, "{} skipped", action.kind);
+                done.push(Done {
+                    at: jiff::Timestamp::now().to_string(),
+                    action,
+                    outcome,
+                    ok: false,
+                    elapsed_ms: 0.0,
+                });
+                continue;
+            }
             let report = execute::execute(&mut self.act, &self.placements, self.totals, &action);
             let mut ok = true;
             let mut quiet = true;
             let mut outcome = Vec::new();
+            let mut first_error = None;
             for r in report {
                 match r {
                     Ok(o) => {
@@ -227,13 +369,26 @@ impl Keeper {
                         outcome.push(format!("skipped: {e}"));
                     }
                     Err(e) => {
-                        if execute::retryable(&e) {
-                            execute::forget(&mut self.state, &action);
-                        }
                         ok = false;
                         quiet = false;
                         outcome.push(format!("error: {e}"));
+                        first_error.get_or_insert(e);
                     }
+                }
+            }
+            if let Some(e) = first_error {
+                if decide::step_failed(&mut self.state, &action) {
+                    rollback = true;
+                    if let decide::ActionKind::GpuCheckpoint { workload }
+                    | decide::ActionKind::Freeze { workload } = &action.kind
+                    {
+                        rolled_back.insert(workload.clone());
+                    }
+                } else if execute::retryable(&e) {
+                    execute::forget(&mut self.state, &action);
+                }
+                if let decide::ActionKind::Thaw { workload } = &action.kind {
+                    still_frozen.insert(workload.clone());
                 }
             }
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -253,13 +408,7 @@ impl Keeper {
                 elapsed_ms,
             });
         }
-        for d in &done {
-            if self.last.len() == 50 {
-                self.last.pop_front();
-            }
-            self.last.push_back(d.clone());
-        }
-        done
+        (done, rollback)
     }
 
     /// The answer to `keeper status`.
@@ -293,6 +442,9 @@ impl Keeper {
             "workloads": workloads,
             "frozen": a.frozen.keys().collect::<Vec<_>>(),
             "throttled": a.knobs.iter().filter(|(_, k)| !k.is_empty()).map(|(w, _)| w).collect::<Vec<_>>(),
+            "gpu": self.gpu_readout,
+            "gpu_checkpointed": a.gpu_checkpointed.keys().collect::<Vec<_>>(),
+            "handoff": self.state.handoff,
             "evictions": self.evictions,
             "errors": self.errors,
             "last_actions": self.last.iter().rev().take(20).collect::<Vec<_>>(),

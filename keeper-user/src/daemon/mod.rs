@@ -21,7 +21,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-pub use keeper::{Done, Keeper, PolicySource};
+pub use keeper::{Done, Keeper, PolicySource, attach_gpu};
 use record::{Recorder, Sensed};
 
 use crate::report::{RunRecord, view};
@@ -75,6 +75,10 @@ pub struct DaemonConfig {
     pub qmp_dir: PathBuf,
     /// The memory PSI file the memory rules read (`--memory-psi`).
     pub memory_psi: PathBuf,
+    /// NVML library (`None`: `$KEEPER_NVML_LIB`, else the system's libnvidia-ml.so.1).
+    pub nvml_lib: Option<PathBuf>,
+    /// cuda-checkpoint (`None`: looked up on PATH).
+    pub cuda_checkpoint: Option<PathBuf>,
 }
 
 /// Notes, for each intruder evicted in this tick, how long after its first run it was done.
@@ -105,6 +109,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         tracing::warn!(restored = %r, "undid a change left by an earlier keeper run");
     }
     let policy = cfg.source.load().map_err(DaemonError::Policy)?;
+    attach_gpu(
+        &mut act,
+        cfg.nvml_lib.as_deref(),
+        cfg.cuda_checkpoint.as_deref(),
+    );
     pin_self(&policy.host.housekeeping_cores);
     let mut keeper = Keeper::new(cfg.source.clone(), policy, act);
     keeper.memory_psi = cfg.memory_psi.clone();

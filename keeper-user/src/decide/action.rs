@@ -68,6 +68,13 @@ pub enum ActionKind {
     },
     /// Set the GPU power limit, as a share of its default limit.
     SetGpuPowerLimit { percent: Percent },
+    /// Set the GPU clock offset (eco mode's undervolt), in MHz.
+    SetGpuClockOffset { mhz: i32 },
+    /// Handoff: move the workload's GPU state (VRAM) to host memory (`cuda-checkpoint`), before
+    /// it is frozen.
+    GpuCheckpoint { workload: String },
+    /// Handoff over: give the workload its GPU state back, after it is thawed.
+    GpuRestore { workload: String },
     /// Pin the trading workload to the trading cores and everything else off them.
     ProtectTradingCores {
         workload: String,
@@ -127,6 +134,11 @@ impl fmt::Display for ActionKind {
                 target,
             } => write!(f, "balloon {workload} (vm {vmid}) to {target}"),
             SetGpuPowerLimit { percent } => write!(f, "set GPU power limit {percent}"),
+            SetGpuClockOffset { mhz } => write!(f, "set GPU clock offset {mhz} MHz"),
+            GpuCheckpoint { workload } => {
+                write!(f, "checkpoint GPU state of {workload} (release its VRAM)")
+            }
+            GpuRestore { workload } => write!(f, "restore GPU state of {workload}"),
             ProtectTradingCores {
                 workload,
                 cpus,

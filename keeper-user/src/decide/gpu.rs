@@ -1,4 +1,5 @@
-//! GPU rules: the thermal guard (freeze the lowest-ranked GPU user when hot) and eco mode.
+//! GPU rules: the thermal guard (freeze the lowest-ranked GPU user when hot) and eco mode
+//! (the handoff has its own file, `handoff.rs`).
 
 use super::action::RuleId;
 use super::state::{EngineState, elapsed};
@@ -52,7 +53,8 @@ pub fn thermal_guard(t: &mut Tick<'_>, state: &mut EngineState) {
     }
 }
 
-/// Idle GPU for `idle_after` → idle power limit; any work → busy power limit.
+/// Idle GPU for `idle_after` → idle power limit (and the clock offset, if any); any work →
+/// busy power limit (and clock offset 0).
 pub fn eco_mode(t: &mut Tick<'_>, state: &mut EngineState) {
     let Some(eco) = &t.policy.rules.eco_mode else {
         return;
@@ -89,6 +91,22 @@ pub fn eco_mode(t: &mut Tick<'_>, state: &mut EngineState) {
             format!("GPU busy ({:.0}%, {who})", gpu.utilization_pct),
         ))
     };
+    // The undervolt goes with the idle limit, and back to 0 for work once it was set.
+    t.clock_offset = eco.clock_offset_mhz.and_then(|mhz| {
+        let (value, reason) = match &want {
+            Some((_, r)) if idle => (mhz, format!("{r}: eco mode undervolt")),
+            Some((_, r)) => {
+                state.applied.gpu_clock_offset?;
+                (0, r.clone())
+            }
+            None => return None,
+        };
+        Some(Want {
+            value,
+            rule: rule.clone(),
+            reason,
+        })
+    });
     // While idle but not yet for long enough, keep whatever limit is in force.
     let (value, reason) = match want {
         Some(w) => w,

@@ -3,13 +3,15 @@
 //! No I/O, no clock reads, no globals: the caller passes `now`, and the memory between ticks
 //! (dwell times, hysteresis, what was already done) lives in [`EngineState`], plain data.
 //! Each tick rebuilds the *wanted* state from the rules (freeze claims, throttles, balloons,
-//! power limit, trading cores) and emits the difference with what was already applied, so the
-//! same input twice gives no new actions. Freezes go lowest rank first, thaws in reverse.
-//! Rank 1 and the keeper itself are never frozen.
+//! power limit, GPU handoffs, trading cores) and emits the difference with what was already
+//! applied, so the same input twice gives no new actions. Freezes go lowest rank first, thaws
+//! in reverse. Rank 1 and the keeper itself are never frozen. A handoff checkpoints a
+//! workload's GPU state before its freeze and restores it after its thaw.
 
 mod action;
 mod activity;
 mod gpu;
+mod handoff;
 mod ladder;
 mod memory;
 mod observe;
@@ -20,6 +22,8 @@ mod state;
 mod tick;
 
 #[cfg(test)]
+mod gpu_tests;
+#[cfg(test)]
 mod tests;
 
 use std::time::Duration;
@@ -27,9 +31,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 pub use action::{Action, ActionKind, RuleId, limits_text};
+pub use handoff::step_failed;
 pub use observe::{GpuObs, Intruder, Observations, Psi, WorkloadObs};
 pub use state::{
-    Applied, EVICT_COOLDOWN, EngineState, Hold, Knobs, LadderState, Sticky, ThermalState, elapsed,
+    Applied, EVICT_COOLDOWN, EngineState, Handoff, Hold, Knobs, LadderState, Sticky, ThermalState,
+    elapsed,
 };
 
 use crate::policy::Policy;
@@ -48,6 +54,7 @@ pub fn decide(
 ) -> Vec<Action> {
     let mut tick = tick::Tick::new(policy, obs, now);
     activity::run(&mut tick, state);
+    handoff::run(&mut tick, state);
     activity::trading(&mut tick, state);
     gpu::thermal_guard(&mut tick, state);
     ladder::run(&mut tick, state);

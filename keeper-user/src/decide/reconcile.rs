@@ -15,6 +15,9 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         knobs,
         balloons,
         power_limit,
+        clock_offset,
+        checkpoint,
+        handback,
         trading,
         released,
         events,
@@ -35,6 +38,7 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
     applied.knobs.retain(|w, _| obs.present(w));
     applied.balloons.retain(|w, _| obs.present(w));
     applied.classed.retain(|w| obs.present(w));
+    applied.gpu_checkpointed.retain(|w, _| obs.present(w));
 
     for w in &policy.workloads {
         if let Some(class) = w.class
@@ -63,6 +67,25 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
     let mut wanted: BTreeMap<&str, &Claim> = BTreeMap::new();
     for c in &claims {
         wanted.entry(c.workload.as_str()).or_insert(c);
+    }
+    // Handoff: checkpoint GPU state before the freeze (a frozen process cannot answer
+    // cuda-checkpoint), and only of a workload not frozen already.
+    for w in policy.workloads.iter().rev() {
+        if let Some(c) = checkpoint.get(&w.name)
+            && !applied.frozen.contains_key(&w.name)
+            && !applied.gpu_checkpointed.contains_key(&w.name)
+        {
+            applied
+                .gpu_checkpointed
+                .insert(w.name.clone(), c.rule.clone());
+            push(
+                ActionKind::GpuCheckpoint {
+                    workload: w.name.clone(),
+                },
+                &c.rule,
+                c.reason.clone(),
+            );
+        }
     }
     // Freeze lowest rank first.
     for w in policy.workloads.iter().rev() {
@@ -102,6 +125,27 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
             };
             push(
                 ActionKind::Thaw {
+                    workload: w.name.clone(),
+                },
+                &rule,
+                reason,
+            );
+        }
+    }
+    // Handoff over: GPU state back once the workload runs again (after its thaw).
+    for w in &policy.workloads {
+        if checkpoint.contains_key(&w.name) || wanted.contains_key(w.name.as_str()) {
+            continue;
+        }
+        if let Some(held_by) = applied.gpu_checkpointed.remove(&w.name) {
+            let (rule, reason) = handback.get(&w.name).cloned().unwrap_or_else(|| {
+                (
+                    held_by,
+                    format!("{} runs again and gets its GPU state back", w.name),
+                )
+            });
+            push(
+                ActionKind::GpuRestore {
                     workload: w.name.clone(),
                 },
                 &rule,
@@ -229,6 +273,17 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
             ActionKind::SetGpuPowerLimit {
                 percent: want.value,
             },
+            &want.rule,
+            want.reason,
+        );
+    }
+
+    if let Some(want) = clock_offset
+        && applied.gpu_clock_offset != Some(want.value)
+    {
+        applied.gpu_clock_offset = Some(want.value);
+        push(
+            ActionKind::SetGpuClockOffset { mhz: want.value },
             &want.rule,
             want.reason,
         );

@@ -22,6 +22,9 @@ pub struct EngineState {
     pub memory: BTreeMap<String, Sticky>,
     /// Since when the GPU has been idle (eco mode).
     pub gpu_idle_since: Option<Timestamp>,
+    /// GPU handoffs in progress, by the workload that gives the GPU up.
+    #[serde(default)]
+    pub handoff: BTreeMap<String, Handoff>,
     /// What the engine has already asked the actuators for.
     pub applied: Applied,
     /// Intruders evicted recently, pid → when (not evicted again within [`EVICT_COOLDOWN`]).
@@ -53,6 +56,18 @@ pub struct LadderState {
     pub entries: Vec<(String, usize)>,
     pub last_change: Option<Timestamp>,
     pub calm_since: Option<Timestamp>,
+}
+
+/// One GPU handoff: `from` (the map key) gives the GPU up to `to`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub to: String,
+    pub rule: RuleId,
+    pub since: Timestamp,
+    /// When `to` stopped needing the GPU (the hysteresis runs from here).
+    pub released_at: Option<Timestamp>,
+    /// A step failed: `from` runs again, and this handoff does not retry until its cause ends.
+    pub rolled_back: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -88,6 +103,11 @@ pub struct Applied {
     /// The workload the trading cores are protected for.
     pub trading: Option<String>,
     pub gpu_power_limit: Option<Percent>,
+    #[serde(default)]
+    pub gpu_clock_offset: Option<i32>,
+    /// Workloads whose GPU state is checkpointed (handoff), and the rule that did it.
+    #[serde(default)]
+    pub gpu_checkpointed: BTreeMap<String, RuleId>,
     pub slo_breached: bool,
 }
 

@@ -43,6 +43,11 @@ pub struct Tick<'a> {
     pub knobs: BTreeMap<String, WantedKnobs>,
     pub balloons: BTreeMap<String, Want<Amount>>,
     pub power_limit: Option<Want<Percent>>,
+    pub clock_offset: Option<Want<i32>>,
+    /// Workloads whose GPU state a handoff wants checkpointed (VRAM released).
+    pub checkpoint: BTreeMap<String, Claim>,
+    /// Why a handoff ended, by workload (used in the restore's reason).
+    pub handback: BTreeMap<String, (RuleId, String)>,
     pub trading: Option<Want<String>>,
     /// Why a hold ended, by workload (used in the thaw's reason).
     pub released: BTreeMap<String, (RuleId, String)>,
@@ -61,6 +66,9 @@ impl<'a> Tick<'a> {
             knobs: BTreeMap::new(),
             balloons: BTreeMap::new(),
             power_limit: None,
+            clock_offset: None,
+            checkpoint: BTreeMap::new(),
+            handback: BTreeMap::new(),
             trading: None,
             released: BTreeMap::new(),
             events: Vec::new(),
@@ -92,6 +100,18 @@ impl<'a> Tick<'a> {
                 rule: rule.clone(),
                 reason,
             });
+        }
+    }
+
+    /// A claim that comes before the others, so its rule names the freeze (a handoff's freeze
+    /// is one of its steps, whoever else wants the workload frozen too).
+    pub fn claim_first(&mut self, workload: &str, rule: &RuleId, reason: String) {
+        let n = self.claims.len();
+        self.claim(workload, rule, reason);
+        if self.claims.len() > n
+            && let Some(c) = self.claims.pop()
+        {
+            self.claims.insert(0, c);
         }
     }
 

@@ -92,6 +92,9 @@ pub struct RawWorkload {
     pub preempt: Option<At<RawPreempt>>,
     /// This workload owns the host's trading cores while active; intruders there are evicted.
     pub owns_trading_cores: Option<At<bool>>,
+    /// GPU handoff: when this workload needs the GPU, lower-ranked GPU users give it up
+    /// (their VRAM released with cuda-checkpoint where present, then frozen) until it is done.
+    pub gpu_handoff: Option<At<RawGpuHandoff>>,
     /// Free text for operators.
     pub description: Option<String>,
 }
@@ -148,6 +151,19 @@ pub struct RawPreempt {
     /// Workloads to freeze; default every lower-ranked workload.
     pub targets: Option<At<Vec<At<String>>>>,
     /// How long after the trigger stops before thawing (default: `rules.thaw_hysteresis`).
+    pub release_after: Option<At<String>>,
+}
+
+/// The GPU handoff (seed 001 "Freeze" logic): the GPU is one mutex between workloads.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpuHandoff {
+    /// When this workload needs the GPU.
+    pub on: At<Trigger>,
+    /// Lower-ranked workloads that give the GPU up while they hold it.
+    pub from: At<Vec<At<String>>>,
+    /// How long after the trigger stops before they get it back (default:
+    /// `rules.thaw_hysteresis`).
     pub release_after: Option<At<String>>,
 }
 
@@ -215,6 +231,9 @@ pub struct RawEcoMode {
     pub idle_power_limit: At<String>,
     /// Power limit for heavy work (`100%`).
     pub busy_power_limit: At<String>,
+    /// GPU clock offset (MHz) applied with the idle power limit, e.g. `-200` (the seed's
+    /// undervolt); back to 0 for heavy work. Only where the GPU exposes a clock offset.
+    pub clock_offset_mhz: Option<At<i32>>,
 }
 
 /// Memory rules, on host memory pressure (PSI avg10, percent).

@@ -65,17 +65,17 @@ fn every_error_is_located_and_names_its_key() {
         (
             "    rank: 4",
             "    rnak: 4",
-            "44:5: error: unknown key `rnak` (did you mean `rank`?)",
+            "50:5: error: unknown key `rnak` (did you mean `rank`?)",
         ),
         (
             "    rank: 3",
             "    rank: 2",
-            "38:11: error: `sentinel.rank`: duplicate rank 2",
+            "44:11: error: `sentinel.rank`: duplicate rank 2",
         ),
         (
             "  - name: research",
             "  - name: muse",
-            "54:11: error: `name`: duplicate workload name `muse` (first at 43:11)",
+            "60:11: error: `name`: duplicate workload name `muse` (first at 49:11)",
         ),
         (
             "pauses: [muse, research]",
@@ -151,6 +151,16 @@ fn every_error_is_located_and_names_its_key() {
             "      - freeze\n",
             "      - freeze\n      - cpu_weight: 5\n",
             "`rules.escalation.steps[2]`: `freeze` is the last step",
+        ),
+        (
+            "from: [muse]",
+            "from: [banker]",
+            "`eva-core.gpu_handoff.from`: `banker` has rank 1, which is never frozen",
+        ),
+        (
+            "clock_offset_mhz: -200",
+            "clock_offset_mhz: -2000",
+            "`rules.eco_mode.clock_offset_mhz`: -2000 MHz is not a plausible clock offset",
         ),
         (
             "version: 1",

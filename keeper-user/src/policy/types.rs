@@ -160,6 +160,7 @@ pub struct Workload {
     pub pauses: Vec<String>,
     pub preempt: Option<Preempt>,
     pub owns_trading_cores: bool,
+    pub gpu_handoff: Option<GpuHandoff>,
 }
 
 /// How processes are recognised; any key may match.
@@ -222,6 +223,14 @@ pub struct Preempt {
     pub release_after: Duration,
 }
 
+/// The GPU handoff: `from` give the GPU up while this workload needs it.
+#[derive(Clone, Debug)]
+pub struct GpuHandoff {
+    pub on: Trigger,
+    pub from: Vec<String>,
+    pub release_after: Duration,
+}
+
 #[derive(Clone, Debug)]
 pub struct Rules {
     pub thaw_hysteresis: Duration,
@@ -262,6 +271,8 @@ pub struct EcoMode {
     pub idle_after: Duration,
     pub idle_power_limit: Percent,
     pub busy_power_limit: Percent,
+    /// GPU clock offset (MHz) while idle; `None`: clocks are left alone.
+    pub clock_offset_mhz: Option<i32>,
 }
 
 #[derive(Clone, Debug)]

@@ -386,6 +386,10 @@ impl<'a> Checker<'a> {
             .preempt
             .as_ref()
             .and_then(|p| self.preempt(&p.value, &name, w.rank.value, refs));
+        let gpu_handoff = w
+            .gpu_handoff
+            .as_ref()
+            .map(|h| self.gpu_handoff(&h.value, &name, w.rank.value, refs));
         Some(Workload {
             name,
             rank: w.rank.value,
@@ -401,11 +405,12 @@ impl<'a> Checker<'a> {
             pauses,
             preempt,
             owns_trading_cores: w.owns_trading_cores.as_ref().is_some_and(|o| o.value),
+            gpu_handoff,
         })
     }
 
     /// Checks references to other workloads: known, not self, lower-ranked, never rank 1.
-    fn targets(
+    pub(super) fn targets(
         &mut self,
         list: &[At<String>],
         key: &str,
@@ -487,9 +492,9 @@ impl<'a> Checker<'a> {
 }
 
 pub(super) struct Refs<'a> {
-    names: &'a [&'a str],
-    ranks: &'a HashMap<&'a str, u32>,
-    hysteresis: Duration,
+    pub(super) names: &'a [&'a str],
+    pub(super) ranks: &'a HashMap<&'a str, u32>,
+    pub(super) hysteresis: Duration,
 }
 
 fn valid_name(n: &str) -> bool {

@@ -188,11 +188,24 @@ impl Checker<'_> {
                 );
             }
         }
+        if let Some(c) = &e.clock_offset_mhz
+            && !(-1000..=1000).contains(&c.value)
+        {
+            self.err(
+                c.pos,
+                &format!("{key}.clock_offset_mhz"),
+                format!(
+                    "{} MHz is not a plausible clock offset (-1000..=1000)",
+                    c.value
+                ),
+            );
+        }
         Some(EcoMode {
             idle_below,
             idle_after: idle_after?,
             idle_power_limit: idle?,
             busy_power_limit: busy?,
+            clock_offset_mhz: e.clock_offset_mhz.as_ref().map(|c| c.value),
         })
     }
 

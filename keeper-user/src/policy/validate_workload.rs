@@ -1,11 +1,12 @@
-//! A workload's `match`, `windows` and `conditions` keys: values and checks, located.
+//! A workload's `match`, `windows`, `conditions` and `gpu_handoff` keys: values and checks,
+//! located.
 
 use jiff::tz::TimeZone;
 
 use super::at::At;
-use super::raw::{RawConditions, RawMatch, RawWindow};
-use super::types::{Conditions, Host, Match};
-use super::validate::{Checker, DEFAULT_TIME_ZONE};
+use super::raw::{RawConditions, RawGpuHandoff, RawMatch, RawWindow};
+use super::types::{Conditions, GpuHandoff, Host, Match};
+use super::validate::{Checker, DEFAULT_TIME_ZONE, Refs};
 use super::window::{DaySet, Window};
 
 impl Checker<'_> {
@@ -126,6 +127,33 @@ impl Checker<'_> {
             loadavg_below: c.loadavg_below.as_ref().map(|l| l.value),
             gpu_idle: c.gpu_idle.as_ref().is_some_and(|g| g.value),
             memory_pressure_below: mem,
+        }
+    }
+
+    pub(super) fn gpu_handoff(
+        &mut self,
+        h: &RawGpuHandoff,
+        name: &str,
+        rank: u32,
+        refs: &Refs<'_>,
+    ) -> GpuHandoff {
+        let key = format!("{name}.gpu_handoff");
+        if h.from.value.is_empty() {
+            self.err(
+                h.from.pos,
+                &format!("{key}.from"),
+                "empty list; name the workloads that give the GPU up",
+            );
+        }
+        let from = self.targets(&h.from.value, &format!("{key}.from"), name, rank, refs);
+        let release_after = h
+            .release_after
+            .as_ref()
+            .and_then(|r| self.duration(r, &format!("{key}.release_after")));
+        GpuHandoff {
+            on: h.on.value,
+            from,
+            release_after: release_after.unwrap_or(refs.hysteresis),
         }
     }
 }

@@ -4,9 +4,11 @@
 //! - [`ebpf`]: the embedded eBPF object;
 //! - [`sched`]: the scheduler sensor (run-queue latency and intruders on the trading cores);
 //! - [`latency`]: log2 histograms and their percentiles;
-//! - [`procfs`]: what /proc says about a task (kernel thread or not, run time).
+//! - [`procfs`]: what /proc says about a task (kernel thread or not, run time);
+//! - [`gpu`]: the GPU through NVML (temperature, power, utilization, processes).
 
 pub mod ebpf;
+pub mod gpu;
 pub mod latency;
 pub mod memory;
 pub mod procfs;

@@ -1,0 +1,340 @@
+//! Privileged live runs of `keeper run` against the fake NVML: the GPU handoff through the
+//! control socket (checkpoint → freeze → thaw → restore, in the run record with each step's
+//! time), eco mode on the fake's power limit and its restore at exit; and a run without a GPU
+//! library, which says so once and keeps working. Everything acts inside a scope cgroup.
+
+#[path = "support/gpu.rs"]
+mod fake;
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use fake::{FakeGpu, Process, STATE_ENV, fake_lib};
+use support::*;
+
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn frozen(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == "frozen 1")
+}
+
+/// `keeper run` with its stderr collected.
+struct Run {
+    child: Option<Child>,
+    log: mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Run {
+    fn start(g: &FakeGpu, args: &[&str]) -> Run {
+        let mut child = Command::new(KEEPER)
+            .arg("run")
+            .args(args)
+            .env(STATE_ENV, &g.state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut r = Run {
+            child: Some(child),
+            log: rx,
+            lines: vec![],
+        };
+        r.wait_for("keeper running");
+        r
+    }
+
+    fn wait_for(&mut self, text: &str) {
+        let start = Instant::now();
+        while !self.lines.iter().any(|l| l.contains(text)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no `{text}`: {:#?}",
+                self.lines
+            );
+            match self.log.recv_timeout(Duration::from_millis(50)) {
+                Ok(l) => self.lines.push(l),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("keeper run exited: {:#?}", self.lines)
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, wait; returns the log.
+    fn stop(mut self) -> Vec<String> {
+        let mut c = self.child.take().unwrap();
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().unwrap();
+        self.lines.extend(self.log.try_iter());
+        assert!(status.success(), "{status}: {:#?}", self.lines);
+        std::mem::take(&mut self.lines)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn control(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(KEEPER)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn live_handoff_and_eco_mode_against_the_fake_gpu() {
+    if !privileged("live_handoff_and_eco_mode_against_the_fake_gpu") {
+        return;
+    }
+    let g = FakeGpu::new("live");
+    let scope = TestCgroup::new("gpu");
+    let cg = |w: &str| {
+        let dir = scope.dir.join(w);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestCgroup {
+            rel: format!("{}/{w}", scope.rel),
+            dir,
+        }
+    };
+    let (eva, muse) = (cg("eva"), cg("muse"));
+    let assistant = spawn_pinned(PROBE, &["sleep", "100000", "10000"], 0, Some(&eva));
+    let worker = spawn_pinned(PROBE, &["sleep", "100000", "10000"], 0, Some(&muse));
+    let s = &scope.rel;
+    let policy = g.dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\n\
+             host: {{ name: test, time_zone: UTC, trading_cores: \"1\", housekeeping_cores: \"0\" }}\n\
+             workloads:\n\
+             \x20 - name: eva\n\
+             \x20   rank: 1\n\
+             \x20   match: {{ cgroup: {s}/eva }}\n\
+             \x20   gpu_handoff: {{ on: interaction, from: [muse], release_after: 1s }}\n\
+             \x20 - {{ name: muse, rank: 2, match: {{ cgroup: {s}/muse }} }}\n\
+             rules:\n\
+             \x20 eco_mode: {{ idle_below: 10, idle_after: 2s, idle_power_limit: 60%, busy_power_limit: 100%, clock_offset_mhz: -200 }}\n"
+        ),
+    )
+    .unwrap();
+    g.device(|d| {
+        d.utilization_gpu = 98;
+        d.temperature_c = 70;
+        d.compute_processes = vec![Process {
+            pid: worker.id(),
+            used_memory_bytes: 6 << 30,
+        }];
+    });
+    let tool = g.stand_in_tool();
+    let (socket, report) = (g.dir.join("keeper.sock"), g.dir.join("report.json"));
+    let lib = fake_lib();
+    let p = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let run = Run::start(
+        &g,
+        &[
+            "--policy",
+            &p(&policy),
+            "--scope",
+            s,
+            "--socket",
+            &p(&socket),
+            "--state-dir",
+            &p(&g.dir.join("state")),
+            "--report",
+            &p(&report),
+            "--nvml-lib",
+            &p(&lib),
+            "--cuda-checkpoint",
+            &p(&tool),
+            "--tick",
+            "200ms",
+        ],
+    );
+    assert!(
+        run.lines
+            .iter()
+            .any(|l| l.contains("GPU found: GPU rules active")),
+        "{:#?}",
+        run.lines
+    );
+
+    // EVA needs the GPU while Muse holds it.
+    let answer = control(&socket, &["interaction", "start"]);
+    assert_eq!(answer["ok"], true, "{answer:#}");
+    let steps: Vec<&str> = answer["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["gpu_checkpoint", "freeze"], "{answer:#}");
+    assert!(frozen(&muse.dir) && !frozen(&eva.dir));
+    let toggle = format!("--toggle --pid {}", worker.id());
+    assert_eq!(g.tool_calls(), [toggle]);
+    // Checkpointed, Muse left the GPU; EVA works on it.
+    g.device(|d| {
+        d.compute_processes = vec![Process {
+            pid: assistant.id(),
+            used_memory_bytes: 8 << 30,
+        }]
+    });
+    // `keeper status` shows the last readout (each tick reads the GPU).
+    let mut status = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            status = control(&socket, &["status"]);
+            status["gpu"]["processes"][0]["workload"] == "eva"
+        }),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["gpu_checkpointed"],
+        serde_json::json!(["muse"]),
+        "{status:#}"
+    );
+
+    // EVA is done: after the 1 s hysteresis Muse is thawed, then gets its GPU state back.
+    control(&socket, &["interaction", "stop"]);
+    assert!(
+        eventually(Duration::from_secs(5), || !frozen(&muse.dir)
+            && g.tool_calls().len() == 2),
+        "muse not handed back: {:?}",
+        g.tool_calls()
+    );
+    // The GPU idles: eco mode lowers the power limit (and undervolts) after 2 s.
+    g.device(|d| {
+        d.compute_processes.clear();
+        d.utilization_gpu = 0;
+    });
+    assert!(
+        eventually(Duration::from_secs(6), || g.limit_mw() == 210_000),
+        "eco mode did not act: {} mW",
+        g.limit_mw()
+    );
+    assert_eq!(g.read().devices[0].clock_offset_mhz, Some(-200));
+
+    // At exit the keeper puts the GPU back as it found it.
+    let log = run.stop();
+    assert_eq!(g.limit_mw(), 350_000, "{log:#?}");
+    assert_eq!(g.read().devices[0].clock_offset_mhz, Some(0));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let timeline: Vec<String> = record["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["detail"]["workload"] == "muse" || a["kind"].as_str().unwrap().contains("gpu")
+        })
+        .map(|a| {
+            format!(
+                "{} {} [{}] {:.1} ms: {}",
+                a["at"].as_str().unwrap(),
+                a["kind"].as_str().unwrap(),
+                a["rule"].as_str().unwrap(),
+                a["elapsed_ms"].as_f64().unwrap(),
+                a["outcome"][0].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    eprintln!("live GPU timeline:\n{}", timeline.join("\n"));
+    let kinds: Vec<&str> = timeline
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "set_gpu_power_limit",
+            "gpu_checkpoint",
+            "freeze",
+            "thaw",
+            "gpu_restore",
+            "set_gpu_power_limit",
+            "set_gpu_clock_offset"
+        ],
+        "{timeline:#?}"
+    );
+    assert!(
+        record["restored_at_exit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "GPU power limit back to 350 W"),
+        "{record:#}"
+    );
+    for c in [assistant, worker] {
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        wait_cpu_time(c);
+    }
+}
+
+#[test]
+fn a_live_run_without_a_gpu_library_says_so_once_and_keeps_working() {
+    if !privileged("a_live_run_without_a_gpu_library_says_so_once_and_keeps_working") {
+        return;
+    }
+    let g = FakeGpu::new("live-nogpu");
+    let scope = TestCgroup::new("nogpu");
+    let run = Run::start(
+        &g,
+        &[
+            "--scope",
+            &scope.rel,
+            "--socket",
+            g.dir.join("keeper.sock").to_str().unwrap(),
+            "--state-dir",
+            g.dir.join("state").to_str().unwrap(),
+            "--nvml-lib",
+            "/nonexistent/libnvidia-ml.so.1",
+            "--tick",
+            "100ms",
+        ],
+    );
+    let status = control(&g.dir.join("keeper.sock"), &["status"]);
+    assert_eq!(status["ok"], true);
+    assert!(status["gpu"].is_null());
+    std::thread::sleep(Duration::from_millis(500));
+    let log = run.stop();
+    let said: Vec<&String> = log.iter().filter(|l| l.contains("no GPU")).collect();
+    assert_eq!(said.len(), 1, "{log:#?}");
+    assert!(said[0].contains("GPU rules inactive, everything else keeps working"));
+    assert!(!log.iter().any(|l| l.contains("panicked")));
+}
