@@ -387,6 +387,11 @@ fn refresh_metrics(
         m.memory_pressure_some = obs.memory_pressure.some_avg10;
         m.memory_pressure_full = obs.memory_pressure.full_avg10;
         m.gpu_temperature_celsius = obs.gpu.as_ref().map(|g| g.temperature_c);
+        m.gpu_power_watts = keeper
+            .gpu_readout
+            .as_ref()
+            .and_then(|r| r.power_draw_mw)
+            .map(|mw| mw as f64 / 1000.0);
     });
 }
 

@@ -103,7 +103,11 @@ impl Recorder {
             memory_pressure_some_avg10: Some(obs.memory_pressure.some_avg10),
             memory_pressure_full_avg10: Some(obs.memory_pressure.full_avg10),
             gpu_temperature_c: obs.gpu.as_ref().map(|g| g.temperature_c),
-            gpu_power_w: None,
+            gpu_power_w: keeper
+                .gpu_readout
+                .as_ref()
+                .and_then(|r| r.power_draw_mw)
+                .map(|mw| mw as f64 / 1000.0),
             frozen: applied.frozen.len() as u32,
             throttled: applied.knobs.values().filter(|k| !k.is_empty()).count() as u32,
         });
