@@ -44,7 +44,7 @@ fi
 
 # The workloads' cgroups, with every controller delegated.
 echo "+cpuset +cpu +memory" > $CG/cgroup.subtree_control
-mkdir -p $S/banker $S/eva $S/muse
+mkdir -p $S/banker $S/eva $S/muse $S/lab
 # What the keeper must put back.
 for f in muse/cpu.max muse/memory.high muse/memory.max muse/cpu.weight banker/cpuset.cpus \
          banker/cpuset.cpus.partition muse/cpuset.cpus eva/cpuset.cpus; do
@@ -58,7 +58,8 @@ $P sleep 600000 1000 & BANKER=$!
 echo $BANKER > $S/banker/cgroup.procs
 
 start_keeper() {
-    $K run --policy /vm/policy.yaml --state-dir $STATE --socket $SOCK "$@" > "$LOG" 2>&1 &
+    $K run --policy /vm/policy.yaml --state-dir $STATE --socket $SOCK \
+        --memory-psi $S/lab/memory.pressure "$@" > "$LOG" 2>&1 &
     KEEPER=$!
     wait_for 60 has "$LOG" "keeper running" || fail start "keeper run did not start"
 }
@@ -114,6 +115,23 @@ if wait_for 20 has "$LOG" "OOM kill pid=" \
 else
     fail oom-and-reclaim "no OOM kill / reclaim stalls seen: $(grep -c 'OOM kill' "$LOG") log lines; $(grep -A3 oom_kills /tmp/live.json | head -5 | tr '\n' ' ')"
 fi
+
+# 4c. The memory ladder under real pressure: a 420 MiB hog in lab (class micro: memory.high
+#     400 MB) stalls; the keeper lowers lab's memory.high to 48M, then freezes lab, before any
+#     OOM kill; when the hog is gone, lab is thawed and its memory.high restored.
+sh -c "echo \$\$ > $S/lab/cgroup.procs; exec $P mem 420 120" & LHOG=$!
+if wait_for 40 is $S/lab/memory.high 50331648; then
+    pass "memory-high-held ($(head -1 $S/lab/memory.pressure))"
+else
+    fail memory-high-held "lab memory.high=$(cat $S/lab/memory.high); $(head -1 $S/lab/memory.pressure)"
+fi
+if wait_for 60 frozen lab && kill -0 $LHOG 2>/dev/null && ! has "$LOG" "OOM kill pid=.*cgroup=/lab"; then
+    pass "frozen-before-oom ($(tail -1 $S/lab/memory.pressure))"
+else
+    fail frozen-before-oom "lab $(cat $S/lab/cgroup.events | tr '\n' ' '); $(tail -1 $S/lab/memory.pressure)"
+fi
+kill -9 $LHOG 2>/dev/null; wait $LHOG 2>/dev/null
+if wait_for 60 thawed lab; then pass "ladder-undone"; else fail ladder-undone "lab still frozen after the hog died"; fi
 
 # 5. kill -9 while Muse is frozen and limited; a new keeper puts everything back.
 $K interaction start --socket $SOCK > /dev/null 2>&1
