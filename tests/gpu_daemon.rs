@@ -7,116 +7,10 @@
 mod fake;
 mod support;
 
-use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
 use fake::{FakeGpu, Process, STATE_ENV, fake_lib};
-use support::*;
-
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-fn frozen(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l == "frozen 1")
-}
-
-/// `keeper run` with its stderr collected.
-struct Run {
-    child: Option<Child>,
-    log: mpsc::Receiver<String>,
-    lines: Vec<String>,
-}
-
-impl Run {
-    fn start(g: &FakeGpu, args: &[&str]) -> Run {
-        let mut child = Command::new(KEEPER)
-            .arg("run")
-            .args(args)
-            .env(STATE_ENV, &g.state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut r = Run {
-            child: Some(child),
-            log: rx,
-            lines: vec![],
-        };
-        r.wait_for("keeper running");
-        r
-    }
-
-    fn wait_for(&mut self, text: &str) {
-        let start = Instant::now();
-        while !self.lines.iter().any(|l| l.contains(text)) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no `{text}`: {:#?}",
-                self.lines
-            );
-            match self.log.recv_timeout(Duration::from_millis(50)) {
-                Ok(l) => self.lines.push(l),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("keeper run exited: {:#?}", self.lines)
-                }
-            }
-        }
-    }
-
-    /// SIGTERM, wait; returns the log.
-    fn stop(mut self) -> Vec<String> {
-        let mut c = self.child.take().unwrap();
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let status = c.wait().unwrap();
-        self.lines.extend(self.log.try_iter());
-        assert!(status.success(), "{status}: {:#?}", self.lines);
-        std::mem::take(&mut self.lines)
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn control(socket: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(KEEPER)
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
-}
+use support::{rig::*, *};
 
 #[test]
 fn live_handoff_and_eco_mode_against_the_fake_gpu() {
@@ -166,8 +60,7 @@ fn live_handoff_and_eco_mode_against_the_fake_gpu() {
     let (socket, report) = (g.dir.join("keeper.sock"), g.dir.join("report.json"));
     let lib = fake_lib();
     let p = |p: &PathBuf| p.to_str().unwrap().to_string();
-    let run = Run::start(
-        &g,
+    let run = Daemon::start(
         &[
             "--policy",
             &p(&policy),
@@ -186,6 +79,7 @@ fn live_handoff_and_eco_mode_against_the_fake_gpu() {
             "--tick",
             "200ms",
         ],
+        &[(STATE_ENV, g.state.to_str().unwrap())],
     );
     assert!(
         run.lines
@@ -196,7 +90,7 @@ fn live_handoff_and_eco_mode_against_the_fake_gpu() {
     );
 
     // EVA needs the GPU while Muse holds it.
-    let answer = control(&socket, &["interaction", "start"]);
+    let answer = control_at(&socket, &["interaction", "start"]);
     assert_eq!(answer["ok"], true, "{answer:#}");
     let steps: Vec<&str> = answer["actions"]
         .as_array()
@@ -205,7 +99,7 @@ fn live_handoff_and_eco_mode_against_the_fake_gpu() {
         .map(|a| a["action"].as_str().unwrap())
         .collect();
     assert_eq!(steps, ["gpu_checkpoint", "freeze"], "{answer:#}");
-    assert!(frozen(&muse.dir) && !frozen(&eva.dir));
+    assert!(cgroup_frozen(&muse.dir) && !cgroup_frozen(&eva.dir));
     let toggle = format!("--toggle --pid {}", worker.id());
     assert_eq!(g.tool_calls(), [toggle]);
     // Checkpointed, Muse left the GPU; EVA works on it.
@@ -219,7 +113,7 @@ fn live_handoff_and_eco_mode_against_the_fake_gpu() {
     let mut status = serde_json::Value::Null;
     assert!(
         eventually(Duration::from_secs(3), || {
-            status = control(&socket, &["status"]);
+            status = control_at(&socket, &["status"]);
             status["gpu"]["processes"][0]["workload"] == "eva"
         }),
         "{status:#}"
@@ -231,9 +125,9 @@ fn live_handoff_and_eco_mode_against_the_fake_gpu() {
     );
 
     // EVA is done: after the 1 s hysteresis Muse is thawed, then gets its GPU state back.
-    control(&socket, &["interaction", "stop"]);
+    control_at(&socket, &["interaction", "stop"]);
     assert!(
-        eventually(Duration::from_secs(5), || !frozen(&muse.dir)
+        eventually(Duration::from_secs(5), || !cgroup_frozen(&muse.dir)
             && g.tool_calls().len() == 2),
         "muse not handed back: {:?}",
         g.tool_calls()
@@ -313,8 +207,7 @@ fn a_live_run_without_a_gpu_library_says_so_once_and_keeps_working() {
     }
     let g = FakeGpu::new("live-nogpu");
     let scope = TestCgroup::new("nogpu");
-    let run = Run::start(
-        &g,
+    let run = Daemon::start(
         &[
             "--scope",
             &scope.rel,
@@ -327,8 +220,9 @@ fn a_live_run_without_a_gpu_library_says_so_once_and_keeps_working() {
             "--tick",
             "100ms",
         ],
+        &[(STATE_ENV, g.state.to_str().unwrap())],
     );
-    let status = control(&g.dir.join("keeper.sock"), &["status"]);
+    let status = control_at(&g.dir.join("keeper.sock"), &["status"]);
     assert_eq!(status["ok"], true);
     assert!(status["gpu"].is_null());
     std::thread::sleep(Duration::from_millis(500));

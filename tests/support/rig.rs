@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -69,10 +69,7 @@ impl Rig {
         self.dir.join("keeper.sock")
     }
     pub fn frozen(&self, w: &str) -> bool {
-        std::fs::read_to_string(self.cg(w).join("cgroup.events"))
-            .unwrap()
-            .lines()
-            .any(|l| l == "frozen 1")
+        cgroup_frozen(&self.cg(w))
     }
 
     /// Starts `keeper run` with this rig's policy, scope, socket and state dir.
@@ -82,17 +79,48 @@ impl Rig {
 
     /// Same, with extra environment variables.
     pub fn keeper_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let policy = self.dir.join("policy.yaml");
+        let socket = self.socket();
+        let state = self.dir.join("state");
+        let mut args = vec![
+            "--policy",
+            policy.to_str().unwrap(),
+            "--scope",
+            &self.scope.rel,
+            "--socket",
+            socket.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(&args, env)
+    }
+
+    pub fn control(&self, args: &[&str]) -> serde_json::Value {
+        control_at(&self.socket(), args)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    log: mpsc::Receiver<String>,
+    pub lines: Vec<String>,
+}
+
+impl Daemon {
+    /// `keeper run ARGS` with extra environment variables, its log collected; returns once it
+    /// says "keeper running".
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(KEEPER)
             .envs(env.iter().copied())
             .arg("run")
-            .arg("--policy")
-            .arg(self.dir.join("policy.yaml"))
-            .args(["--scope", &self.scope.rel])
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -113,31 +141,6 @@ impl Rig {
         d
     }
 
-    pub fn control(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(KEEPER)
-            .args(args)
-            .arg("--socket")
-            .arg(self.socket())
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-pub struct Daemon {
-    child: Option<Child>,
-    log: mpsc::Receiver<String>,
-    pub lines: Vec<String>,
-}
-
-impl Daemon {
     pub fn wait_for(&mut self, text: &str, limit: Duration) {
         let start = Instant::now();
         while !self.lines.iter().any(|l| l.contains(text)) {
@@ -168,6 +171,16 @@ impl Daemon {
         std::mem::take(&mut self.lines)
     }
 
+    /// SIGTERM, then waits; returns its log.
+    pub fn stop(mut self) -> Vec<String> {
+        let mut c = self.child.take().unwrap();
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().unwrap();
+        self.lines.extend(self.log.try_iter());
+        assert!(status.success(), "{status}: {:#?}", self.lines);
+        std::mem::take(&mut self.lines)
+    }
+
     pub fn kill9(mut self) {
         let mut c = self.child.take().unwrap();
         c.kill().unwrap(); // SIGKILL
@@ -184,6 +197,26 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// `keeper ARGS --socket SOCKET`, its JSON answer.
+pub fn control_at(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(KEEPER)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Whether a cgroup's `cgroup.events` says `frozen 1`.
+pub fn cgroup_frozen(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .unwrap()
+        .lines()
+        .any(|l| l == "frozen 1")
 }
 
 pub fn affinity(pid: u32) -> String {

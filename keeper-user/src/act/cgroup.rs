@@ -77,20 +77,9 @@ impl Actuators {
     pub fn restrict_cpus(&mut self, rel: &str, cpus: &str) -> Result<Outcome, ActError> {
         self.check_scope_cgroup(rel)?;
         let rel = normalize(rel);
-        let controllers =
-            fs::read_to_string(self.cg.mount().join("cgroup.controllers")).unwrap_or_default();
-        if !controllers.split_whitespace().any(|c| c == "cpuset") {
-            return Err(ActError::Missing {
-                cgroup: "/".into(),
-                file: "cpuset.cpus".into(),
-                controller: "cpuset".into(),
-            });
-        }
-        let parts: Vec<&str> = rel.split('/').collect();
+        self.require_cpuset("cpuset.cpus")?;
         if !self.dry_run {
-            for depth in 0..parts.len() {
-                self.enable_controller(&parts[..depth].join("/"), "cpuset")?;
-            }
+            self.enable_cpuset_above(&rel)?;
         }
         self.write_file(&rel, "cpuset.cpus", cpus)
     }
@@ -162,23 +151,11 @@ impl Actuators {
     pub fn partition(&mut self, rel: &str, cpus: &CpuList) -> Result<Outcome, ActError> {
         self.check_scope_cgroup(rel)?;
         let rel = normalize(rel);
-        let controllers =
-            fs::read_to_string(self.cg.mount().join("cgroup.controllers")).unwrap_or_default();
-        if !controllers.split_whitespace().any(|c| c == "cpuset") {
-            return Err(ActError::Missing {
-                cgroup: "/".into(),
-                file: "cpuset.cpus.partition".into(),
-                controller: "cpuset".into(),
-            });
-        }
+        self.require_cpuset("cpuset.cpus.partition")?;
         if self.dry_run {
             return Ok(Outcome::WouldDo(format!("partition /{rel} on CPUs {cpus}")));
         }
-        // Enable cpuset in the root and every ancestor, down to the cgroup's parent.
-        let parts: Vec<&str> = rel.split('/').collect();
-        for depth in 0..parts.len() {
-            self.enable_controller(&parts[..depth].join("/"), "cpuset")?;
-        }
+        self.enable_cpuset_above(&rel)?;
         self.write_file(&rel, "cpuset.cpus", &cpus.to_string())?;
         for mode in ["isolated", "root"] {
             self.write_file(&rel, "cpuset.cpus.partition", mode)?;
@@ -195,6 +172,30 @@ impl Actuators {
             cgroup: format!("/{rel}"),
             state,
         })
+    }
+
+    /// The cpuset controller is in the v2 hierarchy (not so on hybrid hosts), else `file` of it
+    /// is missing.
+    fn require_cpuset(&self, file: &str) -> Result<(), ActError> {
+        let controllers =
+            fs::read_to_string(self.cg.mount().join("cgroup.controllers")).unwrap_or_default();
+        if controllers.split_whitespace().any(|c| c == "cpuset") {
+            return Ok(());
+        }
+        Err(ActError::Missing {
+            cgroup: "/".into(),
+            file: file.into(),
+            controller: "cpuset".into(),
+        })
+    }
+
+    /// Enables cpuset in the root and every ancestor of `rel`, down to its parent.
+    fn enable_cpuset_above(&mut self, rel: &str) -> Result<(), ActError> {
+        let parts: Vec<&str> = rel.split('/').collect();
+        for depth in 0..parts.len() {
+            self.enable_controller(&parts[..depth].join("/"), "cpuset")?;
+        }
+        Ok(())
     }
 
     /// `+controller` in a cgroup's subtree_control, journaled as an enable to undo.

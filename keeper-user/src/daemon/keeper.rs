@@ -237,6 +237,14 @@ impl Keeper {
         }
     }
 
+    /// The GPU's power draw at the last readout, in W.
+    pub fn gpu_power_w(&self) -> Option<f64> {
+        self.gpu_readout
+            .as_ref()
+            .and_then(|r| r.power_draw_mw)
+            .map(|mw| mw as f64 / 1000.0)
+    }
+
     /// The policy's balloon floor, for the actuators.
     pub fn set_balloon_floor(&mut self) {
         if let Some(m) = &self.policy.rules.memory {

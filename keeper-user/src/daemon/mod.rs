@@ -264,11 +264,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         if cfg.metrics.is_some() {
             metrics.update(|m| {
                 for d in &done {
-                    let kind = serde_json::to_value(&d.action.kind).ok();
-                    let kind = kind
-                        .as_ref()
-                        .and_then(|k| k["action"].as_str())
-                        .unwrap_or("?");
+                    let detail = serde_json::to_value(&d.action.kind).unwrap_or_default();
+                    let kind = record::kind_name(&detail).unwrap_or("?");
                     *m.actions.entry((kind.to_string(), d.ok)).or_default() += 1;
                 }
             });
@@ -387,11 +384,7 @@ fn refresh_metrics(
         m.memory_pressure_some = obs.memory_pressure.some_avg10;
         m.memory_pressure_full = obs.memory_pressure.full_avg10;
         m.gpu_temperature_celsius = obs.gpu.as_ref().map(|g| g.temperature_c);
-        m.gpu_power_watts = keeper
-            .gpu_readout
-            .as_ref()
-            .and_then(|r| r.power_draw_mw)
-            .map(|mw| mw as f64 / 1000.0);
+        m.gpu_power_watts = keeper.gpu_power_w();
     });
 }
 

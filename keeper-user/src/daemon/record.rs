@@ -64,7 +64,7 @@ impl Recorder {
                 self.actions_dropped += 1;
             }
             let detail = serde_json::to_value(&d.action.kind).unwrap_or_default();
-            let kind = detail["action"].as_str().unwrap_or_default().to_string();
+            let kind = kind_name(&detail).unwrap_or_default().to_string();
             self.actions.push_back(ActionRecord {
                 at: d.at.clone(),
                 t_s,
@@ -103,11 +103,7 @@ impl Recorder {
             memory_pressure_some_avg10: Some(obs.memory_pressure.some_avg10),
             memory_pressure_full_avg10: Some(obs.memory_pressure.full_avg10),
             gpu_temperature_c: obs.gpu.as_ref().map(|g| g.temperature_c),
-            gpu_power_w: keeper
-                .gpu_readout
-                .as_ref()
-                .and_then(|r| r.power_draw_mw)
-                .map(|mw| mw as f64 / 1000.0),
+            gpu_power_w: keeper.gpu_power_w(),
             frozen: applied.frozen.len() as u32,
             throttled: applied.knobs.values().filter(|k| !k.is_empty()).count() as u32,
         });
@@ -249,6 +245,12 @@ pub fn verdicts(
         });
     }
     out
+}
+
+/// An action's kind as the engine names it (`freeze`, `evict_intruder`): the `action` tag of
+/// its serialized form.
+pub fn kind_name(detail: &serde_json::Value) -> Option<&str> {
+    detail["action"].as_str()
 }
 
 /// The pid of the intruder this action evicted, if it did.

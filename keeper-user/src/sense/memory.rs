@@ -11,7 +11,7 @@ use keeper_common::{COMM_LEN, OomEvent, ReclaimStats, globals, maps, programs};
 use super::{
     ebpf,
     latency::Histogram,
-    sched::{SenseError, comm_str},
+    sched::{SenseError, comm_str, program_mut},
     tracefs::Tracefs,
 };
 
@@ -65,14 +65,7 @@ impl MemorySensor {
             (programs::OOM_VICTIM, "oom", &["mark_victim"][..]),
         ] {
             let err = |source| SenseError::Program { name, source };
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(SenseError::Program {
-                    name,
-                    source: aya::programs::ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(err)?;
+            let prog: &mut TracePoint = program_mut(&mut ebpf, name)?;
             prog.load().map_err(err)?;
             for event in events {
                 prog.attach(category, event).map_err(err)?;

@@ -123,6 +123,23 @@ pub struct Intruder {
 /// switches out is reported within this period.
 pub const SAMPLE_PERIOD_NS: u64 = 2_000_000;
 
+/// A program of the loaded object, as its kind (`TracePoint`, `PerfEvent`).
+pub(super) fn program_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, SenseError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(SenseError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| SenseError::Program { name, source })
+}
+
 /// The loaded and attached scheduler sensor.
 pub struct SchedSensor {
     ebpf: Ebpf,
@@ -163,15 +180,7 @@ impl SchedSensor {
         };
         sensor.set_protected(&config.protected_cgroups)?;
         let name = programs::SAMPLE;
-        let sampler: &mut PerfEvent = sensor
-            .ebpf
-            .program_mut(name)
-            .ok_or(SenseError::Program {
-                name,
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| SenseError::Program { name, source })?;
+        let sampler: &mut PerfEvent = program_mut(&mut sensor.ebpf, name)?;
         sampler
             .load()
             .map_err(|source| SenseError::Program { name, source })?;
@@ -182,15 +191,7 @@ impl SchedSensor {
             (programs::SWITCH, "sched_switch"),
         ] {
             let err = |source| SenseError::Program { name, source };
-            let prog: &mut TracePoint = sensor
-                .ebpf
-                .program_mut(name)
-                .ok_or(SenseError::Program {
-                    name,
-                    source: ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(err)?;
+            let prog: &mut TracePoint = program_mut(&mut sensor.ebpf, name)?;
             prog.load().map_err(err)?;
             prog.attach("sched", event).map_err(err)?;
         }
@@ -225,15 +226,7 @@ impl SchedSensor {
     fn attach_samplers(&mut self) -> Result<(), SenseError> {
         let name = programs::SAMPLE;
         let err = |source| SenseError::Program { name, source };
-        let sampler: &mut PerfEvent = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(SenseError::Program {
-                name,
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(err)?;
+        let sampler: &mut PerfEvent = program_mut(&mut self.ebpf, name)?;
         let stale: Vec<u32> = self
             .sampler_links
             .keys()
