@@ -5,6 +5,7 @@
 //! - [`policy`]: the YAML policy, its checks and its schema;
 //! - [`decide`]: the pure engine, (policy, observations, clock) → actions;
 //! - [`act`]: actuators that change the host, journaled so every change can be undone;
+//! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernating a VM);
 //! - [`daemon`]: `keeper run`, the loop that joins them, and its control socket;
 //! - [`cli`]: the `keeper` subcommands.
 //!
@@ -18,5 +19,6 @@ pub mod cpulist;
 pub mod daemon;
 pub mod decide;
 pub mod policy;
+pub mod proxmox;
 pub mod report;
 pub mod sense;

@@ -2,6 +2,7 @@
 //! creates and always removes, pinned child processes, and `keeper watch` runs.
 #![allow(dead_code)]
 
+pub mod pve_stub;
 pub mod rig;
 
 use std::{
