@@ -309,9 +309,9 @@ fn header(head: &str, name: &str) -> Option<String> {
 fn parse_form(body: &str) -> BTreeMap<String, String> {
     body.split('&')
         .filter(|p| !p.is_empty())
-        .filter_map(|p| {
+        .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Some((unescape(k), unescape(v)))
+            (unescape(k), unescape(v))
         })
         .collect()
 }
