@@ -1,7 +1,7 @@
 //! The crash-safety journal: every change is written here *before* it is applied, so that a
 //! keeper started after a crash or `kill -9` (and a keeper exiting) can put everything back:
 //! original file values, frozen cgroups, stopped processes, moved affinities, the GPU's power
-//! limit and clock offset, and GPU state checkpointed by a handoff.
+//! limit and clock offset, GPU state checkpointed by a handoff, and VMs it stopped.
 //!
 //! One JSON object per line in `<state dir>/journal.jsonl`. Writes are not fsynced: the journal
 //! must outlive the keeper's process, not the machine (a reboot resets cgroups and processes).
@@ -51,6 +51,10 @@ pub enum Entry {
     GpuCheckpoint { pid: u32, start: u64, tool: PathBuf },
     /// That process got its GPU state back: the checkpoint above needs no undoing.
     GpuRestored { pid: u32, start: u64 },
+    /// A VM the keeper hibernated through the Proxmox API described by the file `api`.
+    VmStopped { vmid: u32, api: PathBuf },
+    /// That VM was started again (or its hibernation refused): nothing to undo.
+    VmStarted { vmid: u32 },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 //!   confirmed through cgroup.events, the trading-core cpuset partition;
 //! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees, CPU affinity (intruder eviction);
 //! - [`gpu`]: the GPU power limit and clock offset (NVML), cuda-checkpoint for the handoff;
+//! - [`balloon`] (QMP) and [`vm_stop`] (Proxmox API): the VMs' memory;
 //! - [`journal`]: the crash-safety journal.
 
 pub mod balloon;
@@ -14,6 +15,7 @@ pub mod gpu;
 pub mod journal;
 pub mod process;
 pub mod qmp;
+pub mod vm_stop;
 
 use std::{
     collections::HashSet,
@@ -64,6 +66,10 @@ pub enum ActError {
     Qmp(#[from] qmp::QmpError),
     #[error(transparent)]
     Gpu(#[from] crate::sense::gpu::GpuError),
+    #[error(transparent)]
+    Proxmox(#[from] crate::proxmox::ProxmoxError),
+    #[error("stopping VM {vmid} needs the Proxmox API (`keeper run --proxmox FILE`): nothing done")]
+    NoApi { vmid: u32 },
     #[error("cuda-checkpoint, pid {pid}: {message}")]
     Checkpoint { pid: u32, message: String },
 }
@@ -107,6 +113,10 @@ pub struct Actuators {
     pub(crate) balloons_journaled: HashSet<PathBuf>,
     /// The GPU (NVML) and cuda-checkpoint, when present.
     pub(crate) gpu: gpu::GpuHands,
+    /// The Proxmox API (`--proxmox`), for stopping VMs.
+    pub proxmox: Option<vm_stop::ProxmoxHands>,
+    /// VMs this keeper hibernated and has not started again.
+    pub(crate) vms_stopped: std::collections::BTreeSet<u32>,
 }
 
 impl Actuators {
@@ -123,6 +133,8 @@ impl Actuators {
             balloon_floor: crate::policy::Amount::Bytes(1 << 30),
             balloons_journaled: HashSet::new(),
             gpu: gpu::GpuHands::default(),
+            proxmox: None,
+            vms_stopped: Default::default(),
         }
     }
 
@@ -272,8 +284,10 @@ impl Actuators {
             .rev()
             .filter(is_partition)
             .chain(entries.iter().rev().filter(|e| !is_partition(e)));
-        // Checkpoints already given back (newer `GpuRestored` entries) need no undoing.
+        // Checkpoints already given back (newer `GpuRestored` entries) and VMs already
+        // started (`VmStarted`) need no undoing.
         let mut restored = HashSet::new();
+        let mut started = HashSet::new();
         for entry in order {
             match entry {
                 Entry::GpuRestored { pid, start } => {
@@ -283,6 +297,11 @@ impl Actuators {
                 Entry::GpuCheckpoint { pid, start, .. } if restored.remove(&(*pid, *start)) => {
                     continue;
                 }
+                Entry::VmStarted { vmid } => {
+                    started.insert(*vmid);
+                    continue;
+                }
+                Entry::VmStopped { vmid, .. } if started.remove(vmid) => continue,
                 _ => {}
             }
             match restore(entry) {
@@ -294,6 +313,7 @@ impl Actuators {
         self.journal.clear()?;
         self.journaled.clear();
         self.gpu.journal_cleared();
+        self.vms_stopped.clear();
         Ok(done)
     }
 }
@@ -390,7 +410,8 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             original_mhz,
         } => gpu::restore_clock_offset(lib, uuid, *original_mhz).map(Some),
         Entry::GpuCheckpoint { pid, start, tool } => gpu::restore_checkpoint(*pid, *start, tool),
-        Entry::GpuRestored { .. } => Ok(None),
+        Entry::GpuRestored { .. } | Entry::VmStarted { .. } => Ok(None),
+        Entry::VmStopped { vmid, api } => vm_stop::restore(*vmid, api),
     }
 }
 

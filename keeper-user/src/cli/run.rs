@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// cuda-checkpoint for the GPU handoff (default: found on PATH; absent: VRAM stays held).
     #[arg(long)]
     pub cuda_checkpoint: Option<PathBuf>,
+    /// The Proxmox API (YAML: url, node, token_file, ca_file or fingerprint; docs/vms.md), for
+    /// the memory ladder's last step: stopping (hibernating) the lowest-ranked VM.
+    #[arg(long, value_name = "FILE")]
+    pub proxmox: Option<PathBuf>,
 }
 
 fn parse_cpus(s: &str) -> Result<CpuList, String> {
@@ -94,6 +98,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         memory_psi: args.memory_psi.clone(),
         nvml_lib: args.nvml_lib.clone(),
         cuda_checkpoint: args.cuda_checkpoint.clone(),
+        proxmox: args.proxmox.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -109,6 +109,8 @@ pub fn execute(
             target,
             workload,
         } => vec![act.balloon(*vmid, *target, &place(workload).cgroups)],
+        ActionKind::StopVm { workload, vmid } => vec![act.stop_vm(*vmid, &place(workload).cgroups)],
+        ActionKind::StartVm { vmid, .. } => vec![act.start_vm(*vmid)],
         ActionKind::SetGpuPowerLimit { percent } => vec![act.set_gpu_power_limit(*percent)],
         ActionKind::SetGpuClockOffset { mhz } => vec![act.set_gpu_clock_offset(*mhz)],
         ActionKind::GpuCheckpoint { workload } => {
@@ -248,7 +250,7 @@ pub fn retryable(e: &ActError) -> bool {
             | ActError::Process { .. }
             | ActError::Journal(_)
             | ActError::Qmp(_)
-    )
+    ) || matches!(e, ActError::Proxmox(p) if !p.is_auth())
 }
 
 /// After a failed action, forget that the engine applied it, so the next tick retries.
@@ -269,6 +271,14 @@ pub fn forget(state: &mut EngineState, action: &Action) {
         ActionKind::ProtectTradingCores { .. } => a.trading = None,
         ActionKind::EvictIntruder { pid, .. } => {
             state.evicted.remove(pid);
+        }
+        // A stop is asked again while it is wanted; a refused start (PVE still saving the
+        // VM) is asked again until it goes through.
+        ActionKind::StopVm { workload, .. } => {
+            a.stopped_vms.remove(workload);
+        }
+        ActionKind::StartVm { workload, .. } => {
+            a.stopped_vms.insert(workload.clone(), action.rule.clone());
         }
         // A failed inflate is retried; a failed deflate is left to the journal's restore.
         ActionKind::Balloon {

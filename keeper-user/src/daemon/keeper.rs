@@ -56,6 +56,35 @@ pub fn attach_gpu(act: &mut Actuators, lib: Option<&Path>, tool: Option<&Path>) 
     act.set_gpu(Some(gpu), found);
 }
 
+/// Opens the Proxmox API (`--proxmox`) for the memory ladder's last step: a bad file is an
+/// error; a policy that may stop VMs without one is said once at start.
+pub fn attach_proxmox(
+    act: &mut Actuators,
+    file: Option<&Path>,
+    policy: &Policy,
+) -> Result<(), crate::proxmox::ProxmoxError> {
+    let stops = policy
+        .rules
+        .memory
+        .as_ref()
+        .is_some_and(|m| m.stop_vm_above.is_some());
+    match file {
+        Some(file) => {
+            let client = crate::proxmox::Client::from_file(file)?;
+            tracing::info!(url = %client.url(), node = client.node(), "Proxmox API set up: VMs can be stopped (hibernated) by `rules.memory.stop_vm_above`");
+            act.proxmox = Some(crate::act::vm_stop::ProxmoxHands {
+                file: file.to_path_buf(),
+                client,
+            });
+        }
+        None if stops => tracing::warn!(
+            "`rules.memory.stop_vm_above` is set but there is no --proxmox: the ladder's last step (stopping a VM) will fail and be reported; the other steps work"
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
 /// Where the policy comes from, and the command-line overrides applied on top.
 #[derive(Clone, Debug)]
 pub struct PolicySource {

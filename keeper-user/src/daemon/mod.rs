@@ -21,7 +21,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-pub use keeper::{Done, Keeper, PolicySource, attach_gpu};
+pub use keeper::{Done, Keeper, PolicySource, attach_gpu, attach_proxmox};
 use record::{Recorder, Sensed};
 
 use crate::report::{RunRecord, view};
@@ -54,6 +54,8 @@ pub enum DaemonError {
     Cgroup(#[from] crate::cgroupfs::CgroupError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error("--proxmox: {0}")]
+    Proxmox(#[from] crate::proxmox::ProxmoxError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -79,6 +81,8 @@ pub struct DaemonConfig {
     pub nvml_lib: Option<PathBuf>,
     /// cuda-checkpoint (`None`: looked up on PATH).
     pub cuda_checkpoint: Option<PathBuf>,
+    /// The Proxmox API file (`--proxmox`), for stopping VMs.
+    pub proxmox: Option<PathBuf>,
 }
 
 /// Notes, for each intruder evicted in this tick, how long after its first run it was done.
@@ -114,6 +118,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         cfg.nvml_lib.as_deref(),
         cfg.cuda_checkpoint.as_deref(),
     );
+    attach_proxmox(&mut act, cfg.proxmox.as_deref(), &policy)?;
     pin_self(&policy.host.housekeeping_cores);
     let mut keeper = Keeper::new(cfg.source.clone(), policy, act);
     keeper.memory_psi = cfg.memory_psi.clone();

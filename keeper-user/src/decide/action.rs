@@ -66,6 +66,11 @@ pub enum ActionKind {
         vmid: u32,
         target: Amount,
     },
+    /// The memory ladder's last step: stop the VM by hibernating it (Proxmox API), so that its
+    /// memory goes back to the host and its state to disk.
+    StopVm { workload: String, vmid: u32 },
+    /// Start a VM the keeper stopped (it resumes from its saved state).
+    StartVm { workload: String, vmid: u32 },
     /// Set the GPU power limit, as a share of its default limit.
     SetGpuPowerLimit { percent: Percent },
     /// Set the GPU clock offset (eco mode's undervolt), in MHz.
@@ -133,6 +138,8 @@ impl fmt::Display for ActionKind {
                 vmid,
                 target,
             } => write!(f, "balloon {workload} (vm {vmid}) to {target}"),
+            StopVm { workload, vmid } => write!(f, "stop {workload} (vm {vmid}): hibernate it"),
+            StartVm { workload, vmid } => write!(f, "start {workload} (vm {vmid}) again"),
             SetGpuPowerLimit { percent } => write!(f, "set GPU power limit {percent}"),
             SetGpuClockOffset { mhz } => write!(f, "set GPU clock offset {mhz} MHz"),
             GpuCheckpoint { workload } => {

@@ -1,8 +1,12 @@
-//! Memory rules on host pressure: `memory.high`, then freeze, and balloons for VMs.
+//! Memory rules on host pressure, a ladder: `memory.high`, then freeze, then balloons for
+//! VMs, and last (if the policy allows it) stopping the lowest-ranked VM. Undone in reverse:
+//! a stopped VM is started before the balloons deflate.
 
 use super::action::RuleId;
 use super::state::{EngineState, Sticky, elapsed};
-use super::tick::{Tick, Want};
+use super::tick::{Claim, Tick, Want};
+use std::time::Duration;
+
 use crate::policy::amount::format_duration;
 use crate::policy::{Amount, Percent};
 
@@ -11,6 +15,7 @@ enum Level {
     High,
     Freeze,
     Balloon,
+    StopVm,
 }
 
 impl Level {
@@ -19,6 +24,7 @@ impl Level {
             Level::High => "high",
             Level::Freeze => "freeze",
             Level::Balloon => "balloon",
+            Level::StopVm => "stop_vm",
         }
     }
 }
@@ -35,35 +41,49 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         (Level::High, m.high_above, psi.some_avg10, "some"),
         (Level::Freeze, m.freeze_above, psi.full_avg10, "full"),
         (Level::Balloon, m.balloon_above, psi.some_avg10, "some"),
+        (Level::StopVm, m.stop_vm_above, psi.full_avg10, "full"),
     ];
-    for (level, threshold, value, kind) in levels {
+    let order: Vec<&'static str> = levels.iter().map(|l| l.0.key()).collect();
+    for (i, (level, threshold, value, kind)) in levels.into_iter().enumerate() {
         let Some(threshold) = threshold else { continue };
         let key = level.key();
         let obs = t.obs;
-        if state
-            .memory
-            .get(key)
-            .is_some_and(|s| !obs.present(&s.workload))
+        // A stopped VM is absent by design: its level holds it until it is started again.
+        if level != Level::StopVm
+            && state
+                .memory
+                .get(key)
+                .is_some_and(|s| !obs.present(&s.workload))
         {
             state.memory.remove(key);
         }
-        if value > threshold {
+        // Undo in reverse: a step is not undone while a later one holds (no balloon given
+        // back while a VM is stopped, no thaw while balloons are out, ...).
+        let hold_on = order[i + 1..].iter().any(|k| state.memory.contains_key(*k));
+        if value > threshold || hold_on {
             match state.memory.get_mut(key) {
                 Some(s) => s.released_at = None,
+                None if value <= threshold => {}
                 None => {
-                    let victim = t
-                        .victims(|w| match level {
-                            Level::Balloon => w.matcher.vmid.is_some(),
-                            _ => obs.running(&w.name),
-                        })
-                        .first()
-                        .map(|w| w.name.clone());
+                    let victim = match level {
+                        Level::StopVm => stop_candidate(t, state, m.stop_vm_after),
+                        // Never the workload that owns the trading cores.
+                        Level::Balloon => t
+                            .victims(|w| w.matcher.vmid.is_some() && !w.owns_trading_cores)
+                            .first()
+                            .map(|w| w.name.clone()),
+                        _ => t
+                            .victims(|w| obs.running(&w.name) && !w.owns_trading_cores)
+                            .first()
+                            .map(|w| w.name.clone()),
+                    };
                     if let Some(workload) = victim {
                         state.memory.insert(
                             key.into(),
                             Sticky {
                                 workload,
                                 released_at: None,
+                                since: Some(t.now),
                             },
                         );
                     }
@@ -114,6 +134,22 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
                 });
             }
             Level::Freeze => t.claim(&name, &rule, reason),
+            Level::StopVm => {
+                // A VM being hibernated must run: no rule freezes it meanwhile.
+                t.claims.retain(|c| c.workload != name);
+                let reason = format!(
+                    "{reason}; ballooning for {} was not enough",
+                    format_duration(m.stop_vm_after)
+                );
+                t.stop_vms.insert(
+                    name.clone(),
+                    Claim {
+                        workload: name,
+                        rule: rule.clone(),
+                        reason,
+                    },
+                );
+            }
             Level::Balloon => {
                 t.balloons.insert(
                     name,
@@ -126,4 +162,25 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
             }
         }
     }
+}
+
+/// The lowest-ranked VM to stop, once VMs have been ballooned for `after` (never rank 1, the
+/// keeper, or the owner of the trading cores; a frozen VM counts: it is thawed first).
+fn stop_candidate(t: &Tick<'_>, state: &EngineState, after: Duration) -> Option<String> {
+    let ballooned = state.memory.get(Level::Balloon.key())?;
+    let since = ballooned.since?;
+    if ballooned.released_at.is_some() || elapsed(since, t.now) < after {
+        return None;
+    }
+    t.policy
+        .workloads
+        .iter()
+        .rev()
+        .find(|w| {
+            w.matcher.vmid.is_some()
+                && !w.owns_trading_cores
+                && t.freezable(w)
+                && t.obs.present(&w.name)
+        })
+        .map(|w| w.name.clone())
 }

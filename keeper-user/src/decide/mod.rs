@@ -5,7 +5,8 @@
 //! Each tick rebuilds the *wanted* state from the rules (freeze claims, throttles, balloons,
 //! power limit, GPU handoffs, trading cores) and emits the difference with what was already
 //! applied, so the same input twice gives no new actions. Freezes go lowest rank first, thaws
-//! in reverse. Rank 1 and the keeper itself are never frozen. A handoff checkpoints a
+//! in reverse. Rank 1 and the keeper itself are never frozen. The memory ladder stops (hibernates)
+//! a VM only after ballooning has not been enough, and starts it first when the pressure clears. A handoff checkpoints a
 //! workload's GPU state before its freeze and restores it after its thaw.
 
 mod action;
@@ -23,6 +24,8 @@ mod tick;
 
 #[cfg(test)]
 mod gpu_tests;
+#[cfg(test)]
+mod memory_tests;
 #[cfg(test)]
 mod tests;
 

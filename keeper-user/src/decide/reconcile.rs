@@ -14,6 +14,7 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         claims,
         knobs,
         balloons,
+        stop_vms,
         power_limit,
         clock_offset,
         checkpoint,
@@ -228,6 +229,36 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
             applied.knobs.remove(&w.name);
         } else {
             applied.knobs.insert(w.name.clone(), new);
+        }
+    }
+
+    // The memory ladder's last step, and its undo before any balloon is given back.
+    for w in &policy.workloads {
+        let Some(vmid) = w.matcher.vmid else { continue };
+        if !stop_vms.contains_key(&w.name) && applied.stopped_vms.remove(&w.name).is_some() {
+            let (rule, reason) = released.get(&w.name).cloned().unwrap_or_else(|| {
+                let note = "memory pressure is gone".to_string();
+                (RuleId::new("rules.memory"), note)
+            });
+            let reason = format!("{reason}; {} is started again", w.name);
+            let kind = ActionKind::StartVm {
+                workload: w.name.clone(),
+                vmid,
+            };
+            push(kind, &rule, reason);
+        }
+    }
+    for w in policy.workloads.iter().rev() {
+        let Some(vmid) = w.matcher.vmid else { continue };
+        if let Some(c) = stop_vms.get(&w.name)
+            && !applied.stopped_vms.contains_key(&w.name)
+        {
+            applied.stopped_vms.insert(w.name.clone(), c.rule.clone());
+            let kind = ActionKind::StopVm {
+                workload: w.name.clone(),
+                vmid,
+            };
+            push(kind, &c.rule, c.reason.clone());
         }
     }
 

@@ -18,7 +18,7 @@ pub struct EngineState {
     pub holds: Vec<Hold>,
     pub ladder: LadderState,
     pub thermal: ThermalState,
-    /// Memory rule levels (`high`, `freeze`, `balloon`) → the workload each one acts on.
+    /// Memory rule levels (`high`, `freeze`, `balloon`, `stop_vm`) → the workload each acts on.
     pub memory: BTreeMap<String, Sticky>,
     /// Since when the GPU has been idle (eco mode).
     pub gpu_idle_since: Option<Timestamp>,
@@ -48,6 +48,9 @@ pub struct Hold {
 pub struct Sticky {
     pub workload: String,
     pub released_at: Option<Timestamp>,
+    /// When the level took the workload.
+    #[serde(default)]
+    pub since: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -108,6 +111,10 @@ pub struct Applied {
     /// Workloads whose GPU state is checkpointed (handoff), and the rule that did it.
     #[serde(default)]
     pub gpu_checkpointed: BTreeMap<String, RuleId>,
+    /// VMs the memory ladder stopped (hibernated), and the rule that did it. Kept while the VM
+    /// is absent: that is what stopped means.
+    #[serde(default)]
+    pub stopped_vms: BTreeMap<String, RuleId>,
     pub slo_breached: bool,
 }
 

@@ -42,6 +42,8 @@ pub struct Tick<'a> {
     pub claims: Vec<Claim>,
     pub knobs: BTreeMap<String, WantedKnobs>,
     pub balloons: BTreeMap<String, Want<Amount>>,
+    /// VMs the memory ladder wants stopped (hibernated).
+    pub stop_vms: BTreeMap<String, Claim>,
     pub power_limit: Option<Want<Percent>>,
     pub clock_offset: Option<Want<i32>>,
     /// Workloads whose GPU state a handoff wants checkpointed (VRAM released).
@@ -65,6 +67,7 @@ impl<'a> Tick<'a> {
             claims: Vec::new(),
             knobs: BTreeMap::new(),
             balloons: BTreeMap::new(),
+            stop_vms: BTreeMap::new(),
             power_limit: None,
             clock_offset: None,
             checkpoint: BTreeMap::new(),

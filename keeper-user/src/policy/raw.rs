@@ -252,6 +252,12 @@ pub struct RawMemory {
     pub balloon_floor: Option<At<String>>,
     /// `memory.high` to set (default: the class's, else `50%`).
     pub memory_high: Option<At<String>>,
+    /// `full` above this while VMs have been ballooned for `stop_vm_after`: stop the
+    /// lowest-ranked VM (hibernated through the Proxmox API, started again when the pressure
+    /// clears; never the workload that owns the trading cores). Left out: no VM is stopped.
+    pub stop_vm_above: Option<At<f64>>,
+    /// How long ballooning is tried before a VM is stopped (default `30s`).
+    pub stop_vm_after: Option<At<String>>,
     /// Calm time before limits are restored (default `rules.thaw_hysteresis`).
     pub release_after: Option<At<String>>,
 }

@@ -283,6 +283,9 @@ pub struct MemoryRule {
     pub balloon_target: Amount,
     pub balloon_floor: Amount,
     pub memory_high: Option<Amount>,
+    /// The ladder's last step: stop (hibernate) the lowest-ranked VM; `None`: never.
+    pub stop_vm_above: Option<f64>,
+    pub stop_vm_after: Duration,
     pub release_after: Duration,
 }
 

@@ -10,6 +10,8 @@ use super::validate::{Checker, DEFAULT_THAW_HYSTERESIS};
 
 /// Default `rules.thermal_guard.dwell`.
 pub const DEFAULT_THERMAL_DWELL: Duration = Duration::from_secs(30);
+/// How long ballooning is tried before the memory ladder stops a VM.
+pub const DEFAULT_STOP_VM_AFTER: Duration = Duration::from_secs(30);
 
 impl Checker<'_> {
     pub(super) fn rules(&mut self, raw: Option<&At<RawRules>>) -> Option<Rules> {
@@ -218,6 +220,14 @@ impl Checker<'_> {
         let high_above = num(&m.high_above, "high_above");
         let freeze_above = num(&m.freeze_above, "freeze_above");
         let balloon_above = num(&m.balloon_above, "balloon_above");
+        let stop_vm_above = num(&m.stop_vm_above, "stop_vm_above");
+        if let (Some(at), None) = (&m.stop_vm_above, balloon_above) {
+            self.err(
+                at.pos,
+                &format!("{key}.stop_vm_above"),
+                "needs `balloon_above`: a VM is stopped only once ballooning has not been enough",
+            );
+        }
         let amount = |c: &mut Self, v: &Option<At<String>>, k: &str| {
             v.as_ref()
                 .and_then(|v| c.parsed(v, &format!("{key}.{k}"), |s| s.parse::<Amount>()))
@@ -232,6 +242,12 @@ impl Checker<'_> {
             balloon_target: balloon_target.unwrap_or(Amount::Percent(Percent::new(50.0))),
             balloon_floor: balloon_floor.unwrap_or(Amount::Bytes(1 << 30)),
             memory_high,
+            stop_vm_above,
+            stop_vm_after: self.opt_duration(
+                &m.stop_vm_after,
+                &format!("{key}.stop_vm_after"),
+                DEFAULT_STOP_VM_AFTER,
+            ),
             release_after: self.opt_duration(
                 &m.release_after,
                 &format!("{key}.release_after"),

@@ -1,0 +1,125 @@
+//! The memory ladder's last step: stopping a VM by hibernating it through the Proxmox API (its
+//! RAM is saved to disk and its memory goes back to the host), and starting it again, which
+//! resumes it where it was. Journaled before the call, so that a keeper that exits or crashes
+//! starts it again; a refused call closes its journal entry, so nothing is left half-applied.
+//! Only a VM the keeper stopped is ever started by it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::{ActError, Actuators, Outcome, journal::Entry};
+use crate::proxmox::Client;
+
+/// The Proxmox API as the actuators use it: the client and the `--proxmox` file it came from
+/// (journaled, so that a later keeper can start a VM this one stopped).
+pub struct ProxmoxHands {
+    pub file: PathBuf,
+    pub client: Client,
+}
+
+impl Actuators {
+    /// Hibernates VM `vmid`. `cgroups`: the workload's, for the scope check.
+    pub fn stop_vm(&mut self, vmid: u32, cgroups: &[String]) -> Result<Outcome, ActError> {
+        self.check_scope_vm(vmid, cgroups)?;
+        let Some(api) = &self.proxmox else {
+            return Err(ActError::NoApi { vmid });
+        };
+        let status = api.client.status(vmid)?;
+        if status.status != "running" {
+            return Ok(Outcome::Unchanged(format!(
+                "VM {vmid} is {} already: left as it is",
+                status.status
+            )));
+        }
+        let what = format!(
+            "VM {vmid} hibernated through {} (node {}){}",
+            api.client.url(),
+            api.client.node(),
+            status
+                .maxmem
+                .map(|m| format!(": {} MiB back to the host once saved", m >> 20))
+                .unwrap_or_default()
+        );
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(what));
+        }
+        let file = api.file.clone();
+        self.journal.record(&Entry::VmStopped { vmid, api: file })?;
+        let Some(api) = &self.proxmox else {
+            return Err(ActError::NoApi { vmid });
+        };
+        match api.client.hibernate(vmid) {
+            Ok(upid) => {
+                self.vms_stopped.insert(vmid);
+                Ok(Outcome::Done(format!("{what} (task {upid})")))
+            }
+            Err(e) => {
+                self.journal.record(&Entry::VmStarted { vmid })?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Starts a VM this keeper stopped. A refusal (PVE still saving it) fails the action, and
+    /// the engine asks again on the next tick.
+    pub fn start_vm(&mut self, vmid: u32) -> Result<Outcome, ActError> {
+        if !self.vms_stopped.contains(&vmid) {
+            return Ok(Outcome::Unchanged(format!(
+                "VM {vmid} was not stopped by the keeper: left as it is"
+            )));
+        }
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(format!("start VM {vmid}")));
+        }
+        let Some(api) = &self.proxmox else {
+            return Err(ActError::NoApi { vmid });
+        };
+        match api.client.start(vmid) {
+            Ok(upid) => {
+                self.vms_stopped.remove(&vmid);
+                self.journal.record(&Entry::VmStarted { vmid })?;
+                Ok(Outcome::Done(format!(
+                    "VM {vmid} started again, from its saved state (task {upid})"
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check_scope_vm(&self, vmid: u32, cgroups: &[String]) -> Result<(), ActError> {
+        if self.scope.is_some() && !cgroups.iter().any(|c| self.check_scope_cgroup(c).is_ok()) {
+            return Err(ActError::OutOfScope {
+                what: format!("VM {vmid}"),
+                scope: format!("/{}", self.scope.as_deref().unwrap_or("")),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How long a restore waits for a hibernation still being written (lock `suspending`).
+const SUSPENDING_WAIT: Duration = Duration::from_secs(60);
+
+/// Starts a VM an earlier keeper stopped and did not start again (after a crash, at exit),
+/// waiting for a hibernation still being written.
+pub(super) fn restore(vmid: u32, file: &Path) -> Result<Option<String>, ActError> {
+    let api = Client::from_file(file)?;
+    let since = Instant::now();
+    let status = loop {
+        let status = api.status(vmid)?;
+        if status.lock.as_deref() != Some("suspending") || since.elapsed() > SUSPENDING_WAIT {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if status.status == "running" && status.lock.as_deref() != Some("suspending") {
+        return Ok(None);
+    }
+    let upid = api.start(vmid)?;
+    Ok(Some(format!(
+        "VM {vmid} started again through {} (task {upid})",
+        api.url()
+    )))
+}
