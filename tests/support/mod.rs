@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pve_stub;
+pub mod qemu;
 pub mod rig;
 
 use std::{

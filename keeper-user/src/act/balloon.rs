@@ -30,6 +30,12 @@ impl Actuators {
             }
         }
         let socket = vms::socket_of(&self.qmp_dir, vmid);
+        if target == Amount::Percent(crate::policy::Percent::new(100.0)) && !socket.exists() {
+            // Stopped (hibernated by the ladder's last step, or by hand): nothing to give back.
+            return Ok(Outcome::Unchanged(format!(
+                "VM {vmid} has no QMP socket (not running): nothing to give back"
+            )));
+        }
         let mut q = Qmp::connect(&socket)?;
         let max = q.max_memory()?;
         let floor = self.balloon_floor.resolve(max).min(max);
