@@ -119,6 +119,7 @@ fi
 # 4c. The memory ladder under real pressure: a 420 MiB hog in lab (class micro: memory.high
 #     400 MB) stalls; the keeper lowers lab's memory.high to 48M, then freezes lab, before any
 #     OOM kill; when the hog is gone, lab is thawed and its memory.high restored.
+sh -c "echo \$\$ > $S/banker/cgroup.procs; exec $P mem 32 120" & BMEM=$!
 sh -c "echo \$\$ > $S/lab/cgroup.procs; exec $P mem 420 120" & LHOG=$!
 if wait_for 40 is $S/lab/memory.high 50331648; then
     pass "memory-high-held ($(head -1 $S/lab/memory.pressure))"
@@ -132,6 +133,14 @@ else
 fi
 kill -9 $LHOG 2>/dev/null; wait $LHOG 2>/dev/null
 if wait_for 60 thawed lab; then pass "ladder-undone"; else fail ladder-undone "lab still frozen after the hog died"; fi
+# The protected workload (rank 1, the trading-core owner) went through it untouched and alive.
+if kill -0 $BMEM 2>/dev/null && thawed banker && is $S/banker/memory.high max \
+   && ! has "$LOG" "OOM kill pid=.*cgroup=/banker"; then
+    pass "protected-untouched (banker alive, memory.high max, never frozen, no OOM kill)"
+else
+    fail protected-untouched "banker: alive=$(kill -0 $BMEM 2>/dev/null && echo yes || echo no) memory.high=$(cat $S/banker/memory.high) $(cat $S/banker/cgroup.events | tr '\n' ' ')"
+fi
+kill -9 $BMEM 2>/dev/null; wait $BMEM 2>/dev/null
 
 # 5. kill -9 while Muse is frozen and limited; a new keeper puts everything back.
 $K interaction start --socket $SOCK > /dev/null 2>&1

@@ -29,6 +29,7 @@ const CHECKS: &[&str] = &[
     "memory-high-held",
     "frozen-before-oom",
     "ladder-undone",
+    "protected-untouched",
     "still-applied-after-kill9",
     "restore-after-kill9",
     "psi-trigger",
