@@ -7,7 +7,7 @@ mod support;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use support::{
@@ -93,97 +93,18 @@ fn bad_vm_requests_are_clear_errors() {
     assert!(err.contains("102.qmp: cannot connect"), "{err}");
 }
 
-/// The 6.1 cloud kernel `cargo xtask vm-test` keeps in its cache (xtask test fetches it before
-/// the cargo tests), as (vmlinuz, modules dir).
-fn guest_kernel() -> Option<(PathBuf, PathBuf)> {
+/// The 6.1 cloud kernel `cargo xtask vm-test` keeps in its cache and the balloon guest
+/// `cargo xtask test` builds beside it (xtask/src/vm/initramfs.rs), as (vmlinuz, initrd).
+fn guest() -> Option<(PathBuf, PathBuf)> {
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    let unpacked = PathBuf::from(home).join(".cache/the-keeper/vm-kernel/unpacked");
-    let boot = std::fs::read_dir(unpacked.join("boot")).ok()?;
-    let release = boot.flatten().find_map(|e| {
-        e.file_name()
-            .to_str()?
-            .strip_prefix("vmlinuz-")
-            .map(str::to_string)
+    let cache = PathBuf::from(home).join(".cache/the-keeper/vm-kernel");
+    let boot = std::fs::read_dir(cache.join("unpacked/boot")).ok()?;
+    let vmlinuz = boot.flatten().find_map(|e| {
+        let name = e.file_name();
+        name.to_str()?.starts_with("vmlinuz-").then(|| e.path())
     })?;
-    Some((
-        unpacked.join("boot").join(format!("vmlinuz-{release}")),
-        unpacked
-            .join("lib/modules")
-            .join(&release)
-            .join("kernel/drivers/virtio"),
-    ))
-}
-
-/// virtio_balloon and what it needs, in load order (from `modinfo -F depends`).
-fn balloon_modules(dir: &Path) -> Vec<PathBuf> {
-    let depends = |m: &str| -> Vec<String> {
-        let out = Command::new("modinfo")
-            .args(["-F", "depends"])
-            .arg(dir.join(format!("{m}.ko")))
-            .output()
-            .expect("modinfo (apt package kmod)");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split(',')
-            .filter(|d| !d.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    let mut order: Vec<String> = Vec::new();
-    fn visit(m: &str, order: &mut Vec<String>, depends: &dyn Fn(&str) -> Vec<String>) {
-        if order.iter().any(|o| o == m) {
-            return;
-        }
-        for d in depends(m) {
-            visit(&d, order, depends);
-        }
-        order.push(m.to_string());
-    }
-    for m in ["virtio_pci", "virtio_balloon"] {
-        visit(m, &mut order, &depends);
-    }
-    order.iter().map(|m| dir.join(format!("{m}.ko"))).collect()
-}
-
-/// A guest that loads virtio_balloon and prints `MEMTOTAL <kB>` every 200 ms.
-fn guest_initramfs(modules: &[PathBuf], out: &Path) {
-    let stage = out.with_extension("d");
-    let _ = std::fs::remove_dir_all(&stage);
-    for d in ["bin", "proc", "sys", "dev", "mod"] {
-        std::fs::create_dir_all(stage.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", stage.join("bin/busybox")).expect("busybox-static");
-    for a in [
-        "sh", "mount", "insmod", "head", "sleep", "echo", "poweroff", "cut", "grep",
-    ] {
-        std::os::unix::fs::symlink("busybox", stage.join("bin").join(a)).unwrap();
-    }
-    let mut init = String::from("#!/bin/sh\nmount -t proc none /proc\nmount -t sysfs none /sys\n");
-    for m in modules {
-        let name = m.file_name().unwrap().to_str().unwrap();
-        std::fs::copy(m, stage.join("mod").join(name)).unwrap();
-        init.push_str(&format!("insmod /mod/{name}\n"));
-    }
-    init.push_str(
-        "while true; do echo \"MEMTOTAL $(grep MemTotal /proc/meminfo | cut -c10- | cut -dk -f1)\"; sleep 0.2; done\n",
-    );
-    std::fs::write(stage.join("init"), init).unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(stage.join("init"))
-        .status()
-        .unwrap();
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-            stage.display(),
-            out.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success(), "cpio");
-    let _ = std::fs::remove_dir_all(&stage);
+    let initrd = cache.join("balloon-guest.gz");
+    initrd.exists().then_some((vmlinuz, initrd))
 }
 
 /// The guest's last MemTotal in MiB, from its console log.
@@ -208,40 +129,19 @@ fn balloon_actual_mib(dir: &Path) -> u64 {
     v[0]["balloon_actual_bytes"].as_u64().unwrap() >> 20
 }
 
-fn psi(file: &Path, some: f64) {
-    std::fs::write(
-        file,
-        format!(
-            "some avg10={some:.2} avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-        ),
-    )
-    .unwrap();
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 #[test]
 fn memory_pressure_balloons_a_real_guest_and_its_end_deflates_it() {
-    use support::rig::Rig;
+    use support::rig::{Rig, within, write_psi};
     if !support::privileged("memory_pressure_balloons_a_real_guest_and_its_end_deflates_it") {
         return;
     }
-    let Some((vmlinuz, moddir)) = guest_kernel() else {
+    let Some((vmlinuz, initrd)) = guest() else {
         assert!(
             !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-            "CI=true: the guest kernel must be in the cache (cargo xtask test fetches it)"
+            "CI=true: the guest kernel and balloon guest must be in the cache (cargo xtask test makes them)"
         );
         eprintln!(
-            "\n!!! SKIPPED the guest balloon test: no guest kernel (run cargo xtask vm-test once) !!!\n"
+            "\n!!! SKIPPED the guest balloon test: no guest kernel or balloon guest (run cargo xtask test once) !!!\n"
         );
         return;
     };
@@ -254,8 +154,6 @@ fn memory_pressure_balloons_a_real_guest_and_its_end_deflates_it() {
     std::fs::create_dir_all(&vmcg).unwrap();
     let qmp_dir = rig.dir.join("qemu-server");
     std::fs::create_dir_all(&qmp_dir).unwrap();
-    let initrd = rig.dir.join("guest.gz");
-    guest_initramfs(&balloon_modules(&moddir), &initrd);
     let console = rig.dir.join("console.log");
     let procs = vmcg.join("cgroup.procs");
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -295,13 +193,13 @@ fn memory_pressure_balloons_a_real_guest_and_its_end_deflates_it() {
         child: cmd.spawn().unwrap(),
         dir: None,
     };
-    let booted = wait_until(Duration::from_secs(60), || memtotal_mib(&console).is_some());
+    let booted = within(Duration::from_secs(60), || memtotal_mib(&console).is_some());
     assert!(booted.is_some(), "the guest never printed MEMTOTAL");
     let full = memtotal_mib(&console).unwrap();
     assert_eq!(balloon_actual_mib(&qmp_dir), 1024);
 
     let pressure = rig.dir.join("memory.pressure");
-    psi(&pressure, 0.0);
+    write_psi(&pressure, 0.0, 0.0);
     let daemon = rig.keeper(&[
         "--for",
         "40s",
@@ -313,12 +211,12 @@ fn memory_pressure_balloons_a_real_guest_and_its_end_deflates_it() {
         pressure.to_str().unwrap(),
     ]);
     // Pressure: the lowest-ranked VM is ballooned to 50 % (512 MiB), above its 256 MiB floor.
-    psi(&pressure, 30.0);
-    let inflated = wait_until(Duration::from_secs(10), || {
+    write_psi(&pressure, 30.0, 0.0);
+    let inflated = within(Duration::from_secs(10), || {
         balloon_actual_mib(&qmp_dir) == 512
     })
     .expect("query-balloon never reached 512 MiB under pressure");
-    let shrunk = wait_until(Duration::from_secs(10), || {
+    let shrunk = within(Duration::from_secs(10), || {
         memtotal_mib(&console).is_some_and(|m| m + 400 < full)
     })
     .expect("the guest's MemTotal did not follow the balloon");
@@ -329,12 +227,12 @@ fn memory_pressure_balloons_a_real_guest_and_its_end_deflates_it() {
         shrunk.as_secs_f64()
     );
     // Pressure gone: after release_after, the VM gets all of its memory back.
-    psi(&pressure, 0.0);
-    wait_until(Duration::from_secs(15), || {
+    write_psi(&pressure, 0.0, 0.0);
+    within(Duration::from_secs(15), || {
         balloon_actual_mib(&qmp_dir) == 1024
     })
     .expect("the balloon was not deflated when the pressure cleared");
-    wait_until(Duration::from_secs(10), || {
+    within(Duration::from_secs(10), || {
         memtotal_mib(&console).is_some_and(|m| m + 50 >= full)
     })
     .expect("the guest's MemTotal did not come back");

@@ -7,37 +7,13 @@
 
 mod support;
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use support::{
     pve_stub::{MIB, PveStub, StubVm},
     qemu::{Qemu, qemu_in},
-    rig::{Daemon, Rig},
+    rig::{Daemon, Rig, within, write_psi},
 };
-
-fn psi(file: &Path, some: f64, full: f64) {
-    std::fs::write(
-        file,
-        format!(
-            "some avg10={some:.2} avg60=0.00 avg300=0.00 total=0\nfull avg10={full:.2} avg60=0.00 avg300=0.00 total=0\n"
-        ),
-    )
-    .unwrap();
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 /// The rig: the Banker is VM 100 (rank 1, trading cores), vm101 and vm102 are ranks 4 and 5,
 /// each a real QEMU in its cgroup with its QMP socket; the ladder is balloon → stop.
@@ -69,7 +45,7 @@ fn setup(tag: &str) -> Option<Setup> {
         vms.push(Some(vm));
     }
     let pressure = rig.dir.join("memory.pressure");
-    psi(&pressure, 0.0, 0.0);
+    write_psi(&pressure, 0.0, 0.0);
     Some(Setup {
         rig,
         qmp_dir,
@@ -125,7 +101,7 @@ fn sustained_pressure_stops_the_lowest_ranked_vm_and_its_end_starts_it_first() {
     let api = stub.write_config(&s.rig.dir.join("pve"), None);
     let mut daemon = run(&s, &["--for", "60s", "--proxmox", api.to_str().unwrap()]);
     daemon.wait_for("Proxmox API set up", Duration::from_secs(5));
-    psi(&s.pressure, 30.0, 30.0);
+    write_psi(&s.pressure, 30.0, 30.0);
     let t = Instant::now();
     // 10 % of 256 MiB is below the 64M floor: the floor is what the VM keeps.
     daemon.wait_for(
@@ -133,7 +109,7 @@ fn sustained_pressure_stops_the_lowest_ranked_vm_and_its_end_starts_it_first() {
         Duration::from_secs(10),
     );
     let ballooned = t.elapsed();
-    let stopped = wait_until(Duration::from_secs(15), || stub.vm(102).status == "stopped")
+    let stopped = within(Duration::from_secs(15), || stub.vm(102).status == "stopped")
         .expect("VM 102 was never hibernated under sustained pressure");
     eprintln!(
         "pressure → balloon {:.2} s, → stop (hibernate) {:.2} s (stop_vm_after 2 s)",
@@ -152,8 +128,8 @@ fn sustained_pressure_stops_the_lowest_ranked_vm_and_its_end_starts_it_first() {
     assert_eq!(writes(&stub), [SUSPEND]);
     assert_eq!(stub.vm(100).status, "running");
 
-    psi(&s.pressure, 0.0, 0.0);
-    wait_until(Duration::from_secs(10), || stub.vm(102).status == "running")
+    write_psi(&s.pressure, 0.0, 0.0);
+    within(Duration::from_secs(10), || stub.vm(102).status == "running")
         .expect("VM 102 was not started again when the pressure cleared");
     daemon.wait_for("start vm102 (vm 102) again", Duration::from_secs(5));
     daemon.wait_for("balloon vm102 (vm 102) to 100%", Duration::from_secs(10));
@@ -186,13 +162,13 @@ fn a_vm_stopped_by_a_killed_keeper_is_started_by_the_next() {
     let stub = stub();
     let api = stub.write_config(&s.rig.dir.join("pve"), None);
     let daemon = run(&s, &["--proxmox", api.to_str().unwrap()]);
-    psi(&s.pressure, 30.0, 30.0);
-    wait_until(Duration::from_secs(15), || stub.vm(102).status == "stopped")
+    write_psi(&s.pressure, 30.0, 30.0);
+    within(Duration::from_secs(15), || stub.vm(102).status == "stopped")
         .expect("VM 102 was never hibernated");
     daemon.kill9();
     assert_eq!(stub.vm(102).status, "stopped");
     // The next keeper (no pressure now, and no --proxmox: the journal names the API file).
-    psi(&s.pressure, 0.0, 0.0);
+    write_psi(&s.pressure, 0.0, 0.0);
     let next = run(&s, &["--for", "1s"]);
     let log = next.finish();
     assert_eq!(stub.vm(102).status, "running", "{log:#?}");
@@ -217,13 +193,13 @@ fn without_the_api_the_stop_fails_clearly_and_the_rest_goes_on() {
         "`rules.memory.stop_vm_above` is set but there is no --proxmox",
         Duration::from_secs(5),
     );
-    psi(&s.pressure, 30.0, 30.0);
+    write_psi(&s.pressure, 30.0, 30.0);
     daemon.wait_for(
         "stopping VM 102 needs the Proxmox API (`keeper run --proxmox FILE`): nothing done",
         Duration::from_secs(15),
     );
     // The balloon step stays: the guest keeps 50 %, and is given everything back at the end.
-    psi(&s.pressure, 0.0, 0.0);
+    write_psi(&s.pressure, 0.0, 0.0);
     daemon.wait_for("balloon vm102 (vm 102) to 100%", Duration::from_secs(10));
     daemon.stop();
 }

@@ -228,13 +228,29 @@ pub fn affinity(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub fn eventually(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    within(limit, f).is_some()
+}
+
+/// How long `f` took to become true, polled every 10 ms; `None` if not within `limit`.
+pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if f() {
-            return true;
+            return Some(start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    false
+    None
+}
+
+/// Writes a PSI file (`--memory-psi`) with these `some` and `full` avg10 shares.
+pub fn write_psi(file: &Path, some: f64, full: f64) {
+    std::fs::write(
+        file,
+        format!(
+            "some avg10={some:.2} avg60=0.00 avg300=0.00 total=0\nfull avg10={full:.2} avg60=0.00 avg300=0.00 total=0\n"
+        ),
+    )
+    .unwrap();
 }

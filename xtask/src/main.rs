@@ -188,8 +188,10 @@ fn test() -> anyhow::Result<()> {
             "--cfg=bpf_target_arch=\"x86_64\"",
         ))?;
     if setup::is_root() {
-        // The guest kernel, for the balloon test and vm-test (fetched once, then cached).
-        vm::kernel::ensure()?;
+        // The guest kernel, for the balloon test and vm-test (fetched once, then cached), and
+        // the balloon test's guest.
+        let k = vm::kernel::ensure()?;
+        vm::initramfs::balloon_guest(&k.modules, &vm::initramfs::cached_balloon_guest())?;
     }
     eprintln!("xtask: tests");
     // Privileged tests share CPU 1 and the kernel's tracepoints: one at a time.

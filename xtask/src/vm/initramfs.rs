@@ -96,8 +96,14 @@ fn shared_libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Where `cargo xtask test` leaves the balloon guest for tests/vm_balloon.rs.
+pub fn cached_balloon_guest() -> PathBuf {
+    super::kernel::cache_dir().join("balloon-guest.gz")
+}
+
 /// A guest that only loads virtio_balloon (and what it needs, in `modinfo` order), says
-/// `BALLOON READY` on its console and idles: for the balloon benchmark.
+/// `BALLOON READY` on its console, then `MEMTOTAL <kB>` every 200 ms: for the balloon
+/// benchmark and tests/vm_balloon.rs (one guest for both).
 pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
     let virtio = modules.join("kernel/drivers/virtio");
     let depends = |m: &str| -> anyhow::Result<Vec<String>> {
@@ -136,7 +142,9 @@ pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(stage.join(d))?;
     }
     std::fs::copy("/bin/busybox", stage.join("bin/busybox")).context("busybox-static")?;
-    for a in ["sh", "mount", "insmod", "sleep", "echo"] {
+    for a in [
+        "sh", "mount", "insmod", "sleep", "echo", "grep", "cut", "head",
+    ] {
         std::os::unix::fs::symlink("busybox", stage.join("bin").join(a))?;
     }
     let mut init = String::from("#!/bin/sh\nmount -t proc none /proc\nmount -t sysfs none /sys\n");
@@ -147,7 +155,10 @@ pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
         )?;
         init.push_str(&format!("insmod /mod/{m}.ko\n"));
     }
-    init.push_str("echo BALLOON READY\nwhile true; do sleep 60; done\n");
+    init.push_str("echo BALLOON READY\n");
+    init.push_str(
+        "while true; do echo \"MEMTOTAL $(grep MemTotal /proc/meminfo | cut -c10- | cut -dk -f1)\"; sleep 0.2; done\n",
+    );
     std::fs::write(stage.join("init"), init)?;
     std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
     let script = format!(
