@@ -71,11 +71,10 @@ pub fn attach_proxmox(
     match file {
         Some(file) => {
             let client = crate::proxmox::Client::from_file(file)?;
+            // Journaled with each stop: absolute, so that a keeper started elsewhere finds it.
+            let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
             tracing::info!(url = %client.url(), node = client.node(), "Proxmox API set up: VMs can be stopped (hibernated) by `rules.memory.stop_vm_above`");
-            act.proxmox = Some(crate::act::vm_stop::ProxmoxHands {
-                file: file.to_path_buf(),
-                client,
-            });
+            act.proxmox = Some(crate::act::vm_stop::ProxmoxHands { file, client });
         }
         None if stops => tracing::warn!(
             "`rules.memory.stop_vm_above` is set but there is no --proxmox: the ladder's last step (stopping a VM) will fail and be reported; the other steps work"

@@ -238,12 +238,17 @@ impl Endpoint {
         Ok(Self { host, port })
     }
 
-    pub fn url(&self) -> String {
+    /// `host:port`, `[v6]:port`: the Host header and the URL's authority.
+    pub fn host_port(&self) -> String {
         if self.host.contains(':') {
-            format!("https://[{}]:{}", self.host, self.port)
+            format!("[{}]:{}", self.host, self.port)
         } else {
-            format!("https://{}:{}", self.host, self.port)
+            format!("{}:{}", self.host, self.port)
         }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.host_port())
     }
 }
 
@@ -296,11 +301,10 @@ pub fn exchange(
     let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(io::Error::other)?;
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     let mut head = format!(
-        "{} /api2/json{} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: {}\r\nAccept: application/json\r\nUser-Agent: the-keeper/{}\r\nConnection: close\r\n",
+        "{} /api2/json{} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nAccept: application/json\r\nUser-Agent: the-keeper/{}\r\nConnection: close\r\n",
         req.method,
         req.path,
-        endpoint.host,
-        endpoint.port,
+        endpoint.host_port(),
         req.authorization,
         env!("CARGO_PKG_VERSION"),
     );
