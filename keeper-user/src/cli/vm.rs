@@ -141,28 +141,40 @@ fn api_balloon(
         mib(Some(max))
     );
     if let Some(limit) = wait {
-        let start = Instant::now();
-        loop {
-            let actual = api.status(vmid)?.balloon.unwrap_or(max);
-            if actual.abs_diff(target) <= 1 << 20 {
-                println!(
-                    "VM {vmid}: balloon at {:.0} MiB after {:.2} s",
-                    actual as f64 / MIB,
-                    start.elapsed().as_secs_f64()
-                );
-                break;
-            }
-            if start.elapsed() > limit {
-                bail!(
-                    "VM {vmid}: balloon at {:.0} MiB, not {:.0} MiB, after {limit:?}",
-                    actual as f64 / MIB,
-                    target as f64 / MIB
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_balloon(vmid, target, limit, || {
+            Ok(api.status(vmid)?.balloon.unwrap_or(max))
+        })?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Polls `actual` until the guest's balloon is within 1 MiB of `target`, up to `limit`.
+fn wait_for_balloon(
+    vmid: u32,
+    target: u64,
+    limit: Duration,
+    mut actual: impl FnMut() -> anyhow::Result<u64>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let now = actual()?;
+        if now.abs_diff(target) <= 1 << 20 {
+            println!(
+                "VM {vmid}: balloon at {:.0} MiB after {:.2} s",
+                now as f64 / MIB,
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "VM {vmid}: balloon at {:.0} MiB, not {:.0} MiB, after {limit:?} (does the guest run a balloon driver?)",
+                now as f64 / MIB,
+                target as f64 / MIB
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn check_target(vmid: u32, size: Amount, max: u64) -> anyhow::Result<u64> {
@@ -235,27 +247,10 @@ fn balloon(
         max as f64 / MIB
     );
     if let Some(limit) = wait {
-        let start = Instant::now();
-        loop {
-            let actual = Qmp::connect(&socket)?.balloon_actual()?;
-            if actual.abs_diff(target) <= 1 << 20 {
-                println!(
-                    "VM {vmid}: balloon at {:.0} MiB after {:.2} s",
-                    actual as f64 / MIB,
-                    start.elapsed().as_secs_f64()
-                );
-                break;
-            }
-            if start.elapsed() > limit {
-                bail!(
-                    "VM {vmid}: balloon at {:.0} MiB, not {:.0} MiB, after {:?} (does the guest run a balloon driver?)",
-                    actual as f64 / MIB,
-                    target as f64 / MIB,
-                    limit
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // A new session each time: one client at a time.
+        wait_for_balloon(vmid, target, limit, || {
+            Ok(Qmp::connect(&socket)?.balloon_actual()?)
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }
