@@ -32,7 +32,7 @@ use crate::{
     sense::{
         latency::Histogram,
         procfs,
-        sched::{SchedConfig, SchedSensor, comm_str},
+        sched::{CpuReadout, SchedConfig, SchedSensor, comm_str},
         tracefs::Tracefs,
     },
 };
@@ -222,7 +222,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 }
             }
             Some(call) = calls.recv() => {
-                let p99 = latency.p99(&sensor);
+                let p99 = latency.p99(sensor.cpu_readouts().ok().as_deref());
                 answer(&mut keeper, &mut recorder, &mut sensor, memory_sensor.as_ref(), &cg, call, p99);
                 continue;
             }
@@ -262,7 +262,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 }
             }
         }
-        let p99 = latency.p99(&sensor);
+        // One read of the per-CPU maps per pass, for the latency window and the metrics.
+        let readouts = sensor.cpu_readouts().ok();
+        let p99 = latency.p99(readouts.as_deref());
         let obs = keeper.observe(intruders, p99);
         let done = keeper.tick(&obs);
         recorder.actions(&done);
@@ -278,7 +280,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         if ticked {
             recorder.sample(&keeper, &obs, p99);
             if cfg.metrics.is_some() {
-                refresh_metrics(&metrics, &keeper, &sensor, &obs, p99);
+                let readouts = readouts.as_deref().unwrap_or_default();
+                refresh_metrics(&metrics, &keeper, readouts, &obs, p99);
             }
         }
         record_evictions(&mut recorder, &done, &mut first_run);
@@ -361,11 +364,10 @@ fn systemd_watchdog() -> Option<Duration> {
 fn refresh_metrics(
     metrics: &metrics::Metrics,
     keeper: &Keeper,
-    sensor: &SchedSensor,
+    readouts: &[CpuReadout],
     obs: &crate::decide::Observations,
     p99: Option<u64>,
 ) {
-    let readouts = sensor.cpu_readouts().unwrap_or_default();
     let applied = &keeper.state.applied;
     metrics.update(|m| {
         m.cpus = readouts.iter().map(view::cpu_view).collect();
@@ -521,12 +523,11 @@ struct LatencyWindow {
 }
 
 impl LatencyWindow {
-    fn p99(&mut self, sensor: &SchedSensor) -> Option<u64> {
-        let now: HashMap<u32, Histogram> = sensor
-            .cpu_readouts()
-            .ok()?
-            .into_iter()
-            .map(|r| (r.cpu, r.protected))
+    /// From this pass's readouts (`None`: the maps could not be read).
+    fn p99(&mut self, readouts: Option<&[CpuReadout]>) -> Option<u64> {
+        let now: HashMap<u32, Histogram> = readouts?
+            .iter()
+            .map(|r| (r.cpu, r.protected.clone()))
             .collect();
         while self.snapshots.len() > 1 && self.snapshots[1].0.elapsed() > Duration::from_secs(5) {
             self.snapshots.pop_front();
