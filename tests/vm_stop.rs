@@ -193,6 +193,24 @@ fn without_the_api_the_stop_fails_clearly_and_the_rest_goes_on() {
         "`rules.memory.stop_vm_above` is set but there is no --proxmox",
         Duration::from_secs(5),
     );
+    // Every workload's own memory.pressure carries a PSI trigger (the real cgroup v2 files).
+    daemon.wait_for(
+        "memory pressure triggers armed on workloads",
+        Duration::from_secs(5),
+    );
+    let armed = daemon
+        .lines
+        .iter()
+        .find(|l| l.contains("memory pressure triggers armed on workloads"))
+        .unwrap()
+        .clone();
+    for w in ["banker", "eva", "muse", "vm101", "vm102"] {
+        assert!(
+            armed.contains(&format!("{w}: some "))
+                && armed.contains(&format!("/{w}/memory.pressure")),
+            "{w}: {armed}"
+        );
+    }
     write_psi(&s.pressure, 30.0, 30.0);
     daemon.wait_for(
         "stopping VM 102 needs the Proxmox API (`keeper run --proxmox FILE`): nothing done",

@@ -184,4 +184,26 @@ else
 fi
 kill -9 $HOG 2>/dev/null
 
+# 7. A protected workload's own memory.pressure drives the ladder. The pressure the memory
+#    rules read (--memory-psi: lab's, idle) stays calm; the Banker (rank 1) stalls under a
+#    memory.high this script set itself (the keeper never limits rank 1). The keeper's trigger
+#    on banker/memory.pressure fires, and the lowest-ranked running workload, lab, gets
+#    memory.high 48M: trigger to first action, on a real stall.
+start_keeper
+wait_for 10 has "$LOG" "memory pressure triggers armed on workloads"
+sh -c "echo \$\$ > $S/lab/cgroup.procs; exec sleep 120" & LSLEEP=$!
+echo 32M > $S/banker/memory.high
+t0=$(cut -d' ' -f1 /proc/uptime | tr -d .)
+sh -c "echo \$\$ > $S/banker/cgroup.procs; exec $P mem 96 60" & BHOG=$!
+if wait_for 30 is $S/lab/memory.high 50331648 \
+   && has "$LOG" "trigger fired on a workload's memory.pressure workload=banker"; then
+    t1=$(cut -d' ' -f1 /proc/uptime | tr -d .)
+    pass "protected-pressure (banker's stall → lab memory.high 48M in $(( (t1 - t0) * 10 )) ms; $(head -1 $S/banker/memory.pressure))"
+else
+    fail protected-pressure "lab memory.high=$(cat $S/lab/memory.high); banker $(head -1 $S/banker/memory.pressure); $(grep -c 'trigger fired' "$LOG") trigger lines"
+fi
+kill -9 $BHOG $LSLEEP 2>/dev/null; wait $BHOG $LSLEEP 2>/dev/null
+echo max > $S/banker/memory.high
+kill -TERM $KEEPER; wait $KEEPER
+
 echo "VMTEST DONE $FAILS"

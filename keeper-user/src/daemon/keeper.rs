@@ -56,6 +56,18 @@ pub fn attach_gpu(act: &mut Actuators, lib: Option<&Path>, tool: Option<&Path>) 
     act.set_gpu(Some(gpu), found);
 }
 
+/// A trigger fires when stalls *exceed* its share: counted as just above it (PSI's own
+/// resolution, 0.01 %), so that a rule whose threshold is that share acts.
+fn above(pct: f64) -> f64 {
+    pct + 0.01
+}
+
+/// A trigger's share stands in for avg10 (which lags a spike by seconds) for 2 s after it
+/// fired; a stall that goes on fires it again each window.
+fn fresh(at: Instant) -> bool {
+    at.elapsed() < std::time::Duration::from_secs(2)
+}
+
 /// Opens the Proxmox API (`--proxmox`) for the memory ladder's last step: a bad file is an
 /// error; a policy that may stop VMs without one is said once at start.
 pub fn attach_proxmox(
@@ -199,6 +211,8 @@ pub struct Keeper {
     pub memory_psi: std::path::PathBuf,
     /// A PSI trigger fired: stalls above this share (%) in its last window, and when.
     pub pressure_hint: Option<(f64, Instant)>,
+    /// The same, from a trigger on a workload's own `memory.pressure`, by workload.
+    pub workload_hints: std::collections::HashMap<String, (f64, Instant)>,
     pub evictions: u64,
     pub errors: u64,
     /// The last GPU readout, processes mapped to workloads (`None`: no GPU or unreadable).
@@ -223,6 +237,7 @@ impl Keeper {
             last: VecDeque::new(),
             memory_psi: "/proc/pressure/memory".into(),
             pressure_hint: None,
+            workload_hints: Default::default(),
             evictions: 0,
             errors: 0,
             gpu_readout: None,
@@ -247,9 +262,9 @@ impl Keeper {
                 // avg10 lags a spike by seconds; a trigger that just fired says the stall share
                 // of its last window was above its threshold.
                 if let Some((pct, at)) = self.pressure_hint
-                    && at.elapsed() < std::time::Duration::from_secs(2)
+                    && fresh(at)
                 {
-                    psi.some_avg10 = psi.some_avg10.max(pct);
+                    psi.some_avg10 = psi.some_avg10.max(above(pct));
                 }
                 psi
             },
@@ -258,7 +273,14 @@ impl Keeper {
             workloads: self
                 .placements
                 .iter()
-                .map(|(n, p)| (n.clone(), host::observe_workload(p, &cg)))
+                .map(|(n, p)| {
+                    let mut o = host::observe_workload(p, &cg);
+                    if let Some((pct, _)) = self.workload_hints.get(n).filter(|h| fresh(h.1)) {
+                        o.memory_pressure.some_avg10 =
+                            o.memory_pressure.some_avg10.max(above(*pct));
+                    }
+                    (n.clone(), o)
+                })
                 .collect(),
             intruders,
             trading_p99_wakeup_ns: trading_p99_ns,

@@ -8,6 +8,7 @@ pub mod host;
 mod keeper;
 mod memory;
 pub mod metrics;
+mod pressure;
 pub mod record;
 
 use std::{
@@ -155,7 +156,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let watchdog = systemd_watchdog();
     let mut kick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-    let mut memory_trigger = memory_trigger(&keeper.policy, &cfg.memory_psi);
+    let share = memory_share(&keeper.policy);
+    let mut memory_trigger = share.and_then(|pct| memory_trigger(pct, &cfg.memory_psi));
+    let mut workload_triggers = share.map(pressure::WorkloadTriggers::new);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
@@ -246,6 +249,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                     }
                 }
             }
+            Some((workload, pct)) = workload_fired(&mut workload_triggers) => {
+                tracing::info!(%workload, share = pct, "memory pressure trigger fired on a workload's memory.pressure");
+                keeper.workload_hints.insert(workload, (pct, Instant::now()));
+            }
             _ = kick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 continue;
@@ -266,6 +273,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         let readouts = sensor.cpu_readouts().ok();
         let p99 = latency.p99(readouts.as_deref());
         let obs = keeper.observe(intruders, p99);
+        if let Some(w) = &mut workload_triggers {
+            let armed = w.sync(&keeper.placements, &cg);
+            if !armed.is_empty() {
+                tracing::info!(?armed, "memory pressure triggers armed on workloads");
+            }
+        }
         let done = keeper.tick(&obs);
         recorder.actions(&done);
         if cfg.metrics.is_some() {
@@ -310,22 +323,24 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     Ok(recorder.build(&keeper, sensed, false))
 }
 
-/// A PSI trigger on the memory pressure the memory rules read, at their lowest `some`
-/// threshold: a spike is acted on when the kernel reports it, not at the next tick. Where no
-/// trigger can be registered (a plain file, an old kernel), the rules read PSI every tick.
-fn memory_trigger(
-    policy: &crate::policy::Policy,
-    path: &std::path::Path,
-) -> Option<(crate::sense::psi::PsiTrigger, f64)> {
-    use crate::sense::psi::{PsiTrigger, Stall};
+/// The memory rules' lowest `some` threshold (%), where PSI triggers are armed.
+fn memory_share(policy: &crate::policy::Policy) -> Option<f64> {
     let m = policy.rules.memory.as_ref()?;
     let pct = [m.high_above, m.balloon_above]
         .into_iter()
         .flatten()
         .fold(f64::INFINITY, f64::min);
-    if !pct.is_finite() {
-        return None;
-    }
+    pct.is_finite().then_some(pct)
+}
+
+/// A PSI trigger on the memory pressure the memory rules read, at `pct` % `some`: a spike is
+/// acted on when the kernel reports it, not at the next tick. Where no trigger can be
+/// registered (a plain file, an old kernel), the rules read PSI every tick.
+fn memory_trigger(
+    pct: f64,
+    path: &std::path::Path,
+) -> Option<(crate::sense::psi::PsiTrigger, f64)> {
+    use crate::sense::psi::{PsiTrigger, Stall};
     match PsiTrigger::register_share(path, Stall::Some, pct) {
         Ok(t) => {
             tracing::info!(trigger = %t.describe(), "memory pressure trigger armed");
@@ -335,6 +350,14 @@ fn memory_trigger(
             tracing::info!(error = %e, "no memory pressure trigger; the memory rules read PSI every tick");
             None
         }
+    }
+}
+
+/// Waits for a workload's trigger (forever without memory rules).
+async fn workload_fired(t: &mut Option<pressure::WorkloadTriggers>) -> Option<(String, f64)> {
+    match t {
+        Some(t) => t.fired().await,
+        None => std::future::pending().await,
     }
 }
 

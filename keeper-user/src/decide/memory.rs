@@ -36,15 +36,16 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         return;
     };
     let rule = RuleId::new("rules.memory");
-    let psi = t.obs.memory_pressure;
+    let (some, some_from) = felt(t, |p| p.some_avg10);
+    let (full, full_from) = felt(t, |p| p.full_avg10);
     let levels = [
-        (Level::High, m.high_above, psi.some_avg10, "some"),
-        (Level::Freeze, m.freeze_above, psi.full_avg10, "full"),
-        (Level::Balloon, m.balloon_above, psi.some_avg10, "some"),
-        (Level::StopVm, m.stop_vm_above, psi.full_avg10, "full"),
+        (Level::High, m.high_above, some, "some", &some_from),
+        (Level::Freeze, m.freeze_above, full, "full", &full_from),
+        (Level::Balloon, m.balloon_above, some, "some", &some_from),
+        (Level::StopVm, m.stop_vm_above, full, "full", &full_from),
     ];
     let order: Vec<&'static str> = levels.iter().map(|l| l.0.key()).collect();
-    for (i, (level, threshold, value, kind)) in levels.into_iter().enumerate() {
+    for (i, (level, threshold, value, kind, from)) in levels.into_iter().enumerate() {
         let Some(threshold) = threshold else { continue };
         let key = level.key();
         let obs = t.obs;
@@ -107,7 +108,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         };
         let name = s.workload.clone();
         let reason = format!(
-            "host memory pressure ({kind} avg10) {value:.1}% > {threshold}%; {name} is the lowest-ranked candidate"
+            "{from} ({kind} avg10) {value:.1}% > {threshold}%; {name} is the lowest-ranked candidate"
         );
         let reason = if s.released_at.is_some() {
             format!(
@@ -183,4 +184,27 @@ fn stop_candidate(t: &Tick<'_>, state: &EngineState, after: Duration) -> Option<
                 && t.obs.present(&w.name)
         })
         .map(|w| w.name.clone())
+}
+
+/// The memory pressure the rules act on, and whose it is: the host's (`--memory-psi`), or
+/// that felt by a protected workload (rank 1, the owner of the trading cores), whichever is
+/// higher. A protected workload stalling on memory is what the ladder exists to prevent; the
+/// others' own stalls (a hog under its class's memory.high) are theirs.
+fn felt(t: &Tick<'_>, pick: impl Fn(&super::observe::Psi) -> f64) -> (f64, String) {
+    let mut best = (
+        pick(&t.obs.memory_pressure),
+        "host memory pressure".to_string(),
+    );
+    for w in &t.policy.workloads {
+        if !(w.rank == 1 || w.owns_trading_cores) {
+            continue;
+        }
+        if let Some(o) = t.obs.workloads.get(&w.name) {
+            let v = pick(&o.memory_pressure);
+            if v > best.0 {
+                best = (v, format!("memory pressure felt by {}", w.name));
+            }
+        }
+    }
+    best
 }

@@ -199,3 +199,33 @@ fn stop_vm_above_without_balloon_above_is_refused() {
         "{msg:?}"
     );
 }
+
+#[test]
+fn a_protected_workloads_stall_drives_the_ladder_and_a_hogs_own_does_not() {
+    let p = policy("");
+    let mut s = EngineState::default();
+    // The host is calm; lab (the lowest rank) stalls on its own limits: not the ladder's
+    // business.
+    let mut o = obs(0.0, 0.0, &ALL);
+    o.workloads.get_mut("lab").unwrap().memory_pressure = Psi {
+        some_avg10: 90.0,
+        full_avg10: 90.0,
+    };
+    assert!(names(&decide(&p, &mut s, &o, t(0))).is_empty());
+    // The Banker (owner of the trading cores) stalls: the ladder acts, and says why.
+    o.workloads.get_mut("banker").unwrap().memory_pressure = Psi {
+        some_avg10: 15.0,
+        full_avg10: 0.0,
+    };
+    let a = decide(&p, &mut s, &o, t(1));
+    assert_eq!(names(&a), ["throttle lab: memory.high 50%"], "{a:#?}");
+    let reason = &a
+        .iter()
+        .find(|a| a.rule.0 == "rules.memory")
+        .unwrap()
+        .reason;
+    assert!(
+        reason.starts_with("memory pressure felt by banker (some avg10) 15.0% > 10%"),
+        "{reason}"
+    );
+}

@@ -33,6 +33,7 @@ const CHECKS: &[&str] = &[
     "still-applied-after-kill9",
     "restore-after-kill9",
     "psi-trigger",
+    "protected-pressure",
 ];
 
 const TIMEOUT: Duration = Duration::from_secs(300);
