@@ -115,6 +115,10 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
                 "memory pressure eased to {value:.1}%, holding for {}",
                 format_duration(m.release_after)
             )
+        } else if value <= threshold {
+            format!(
+                "memory pressure eased to {value:.1}%; held until the ladder's later steps are undone"
+            )
         } else {
             reason
         };
