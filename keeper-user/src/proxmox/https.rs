@@ -337,11 +337,11 @@ pub fn exchange(
                 "answer larger than 16 MiB",
             ));
         }
-        if let Some(resp) = parse_response(&raw)? {
+        if let Some(resp) = parse_response(&raw, false)? {
             return Ok(resp);
         }
     }
-    parse_response(&raw)?.ok_or_else(|| {
+    parse_response(&raw, true)?.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the connection closed before a whole HTTP answer came",
@@ -358,8 +358,9 @@ fn set_timeouts(sock: &TcpStream, deadline: Instant) -> io::Result<()> {
     sock.set_write_timeout(Some(left))
 }
 
-/// A complete response in `raw`, or `None` while more is needed (Content-Length or chunked).
-fn parse_response(raw: &[u8]) -> io::Result<Option<Response>> {
+/// A complete response in `raw`, or `None` while more is needed (Content-Length or chunked;
+/// without either, the body runs until the peer closes: `closed`).
+fn parse_response(raw: &[u8], closed: bool) -> io::Result<Option<Response>> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
@@ -401,8 +402,10 @@ fn parse_response(raw: &[u8]) -> io::Result<Option<Response>> {
             return Ok(None);
         }
         rest[..n].to_vec()
+    } else if closed {
+        rest.to_vec()
     } else {
-        return Ok(None); // body until the peer closes; `exchange` takes it at EOF
+        return Ok(None);
     };
     Ok(Some(Response {
         status,
@@ -491,24 +494,34 @@ mod tests {
 
     #[test]
     fn responses_parse_with_length_or_chunks() {
-        let r =
-            parse_response(b"HTTP/1.1 401 No ticket\r\nContent-Length: 13\r\n\r\n{\"data\":null}")
-                .unwrap()
-                .unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 401 No ticket\r\nContent-Length: 13\r\n\r\n{\"data\":null}",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!((r.status, r.reason.as_str()), (401, "No ticket"));
         assert_eq!(r.body, b"{\"data\":null}");
         assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{")
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{", false)
                 .unwrap()
                 .is_none()
         );
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"da\r\n5\r\nta\":1\r\n1\r\n}\r\n0\r\n\r\n",
+            false,
         )
         .unwrap()
         .unwrap();
         assert_eq!(r.body, b"{\"data\":1}");
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
+        // No length: the body is what came before the peer closed.
+        let open = b"HTTP/1.0 200 OK\r\n\r\n{\"data\":2}";
+        assert!(parse_response(open, false).unwrap().is_none());
+        assert_eq!(
+            parse_response(open, true).unwrap().unwrap().body,
+            b"{\"data\":2}"
+        );
     }
 
     #[test]
