@@ -18,17 +18,7 @@ impl Actuators {
         target: Amount,
         cgroups: &[String],
     ) -> Result<Outcome, ActError> {
-        if self.scope.is_some() {
-            match cgroups.iter().find(|c| self.check_scope_cgroup(c).is_ok()) {
-                Some(_) => {}
-                None => {
-                    return Err(ActError::OutOfScope {
-                        what: format!("VM {vmid}"),
-                        scope: format!("/{}", self.scope.as_deref().unwrap_or("")),
-                    });
-                }
-            }
-        }
+        self.check_scope_vm(vmid, cgroups)?;
         let socket = vms::socket_of(&self.qmp_dir, vmid);
         if target == Amount::Percent(crate::policy::Percent::new(100.0)) && !socket.exists() {
             // Stopped (hibernated by the ladder's last step, or by hand): nothing to give back.

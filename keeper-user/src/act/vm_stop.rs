@@ -88,7 +88,8 @@ impl Actuators {
         }
     }
 
-    fn check_scope_vm(&self, vmid: u32, cgroups: &[String]) -> Result<(), ActError> {
+    /// Refuses a VM none of whose cgroups (`cgroups`: its workload's) is inside the scope.
+    pub(super) fn check_scope_vm(&self, vmid: u32, cgroups: &[String]) -> Result<(), ActError> {
         if self.scope.is_some() && !cgroups.iter().any(|c| self.check_scope_cgroup(c).is_ok()) {
             return Err(ActError::OutOfScope {
                 what: format!("VM {vmid}"),
