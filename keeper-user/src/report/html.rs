@@ -37,7 +37,19 @@ const LANES: &[(&str, &[&str], &str)] = &[
         &["protect_trading_cores", "release_trading_cores"],
         "#16703a",
     ),
-    ("GPU/VM", &["set_gpu_power_limit", "balloon"], "#00838f"),
+    (
+        "GPU/VM",
+        &[
+            "set_gpu_power_limit",
+            "set_gpu_clock_offset",
+            "gpu_checkpoint",
+            "gpu_restore",
+            "balloon",
+            "stop_vm",
+            "start_vm",
+        ],
+        "#00838f",
+    ),
     ("SLO", &["slo_breach", "slo_met"], "#555555"),
 ];
 
