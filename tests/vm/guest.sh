@@ -58,8 +58,11 @@ $P sleep 600000 1000 & BANKER=$!
 echo $BANKER > $S/banker/cgroup.procs
 
 start_keeper() {
+    # Emptied here, not by the background job's redirection: the wait below must not find the
+    # previous keeper's "keeper running".
+    : > "$LOG"
     $K run --policy /vm/policy.yaml --state-dir $STATE --socket $SOCK \
-        --memory-psi $S/lab/memory.pressure "$@" > "$LOG" 2>&1 &
+        --memory-psi $S/lab/memory.pressure "$@" >> "$LOG" 2>&1 &
     KEEPER=$!
     wait_for 60 has "$LOG" "keeper running" || fail start "keeper run did not start"
 }

@@ -98,6 +98,10 @@ fn record_evictions(recorder: &mut Recorder, done: &[Done], first_run: &mut Hash
 
 pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let started = jiff::Timestamp::now();
+    // First: a SIGTERM during start-up waits for the loop, which then undoes what was done,
+    // instead of killing the keeper half-way (the default action).
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let cg = CgroupFs::discover()?;
     let journal = if cfg.dry_run {
         Journal::disabled()
@@ -159,8 +163,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let share = memory_share(&keeper.policy);
     let mut memory_trigger = share.and_then(|pct| memory_trigger(pct, &cfg.memory_psi));
     let mut workload_triggers = share.map(pressure::WorkloadTriggers::new);
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
     let mut ticker = tokio::time::interval(cfg.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
