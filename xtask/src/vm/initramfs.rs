@@ -29,19 +29,11 @@ const APPLETS: &[&str] = &[
 
 /// Builds `out` (gzip'd newc cpio) from the given binaries and the files of tests/vm/.
 pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()> {
-    let stage = out.with_extension("d");
-    let _ = std::fs::remove_dir_all(&stage);
-    for d in ["bin", "proc", "sys", "dev", "tmp", "vm", "usr/bin"] {
-        std::fs::create_dir_all(stage.join(d))?;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("no busybox (apt package busybox-static)")?;
-    std::fs::copy(busybox, stage.join("bin/busybox"))?;
-    for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", stage.join("bin").join(a))?;
-    }
+    let stage = stage_with_busybox(
+        out,
+        &["bin", "proc", "sys", "dev", "tmp", "vm", "usr/bin"],
+        APPLETS,
+    )?;
     for bin in binaries {
         let name = bin.file_name().context("binary name")?;
         std::fs::copy(bin, stage.join("usr/bin").join(name))
@@ -55,7 +47,32 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
     for f in ["guest.sh", "policy.yaml"] {
         std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
     }
-    std::fs::write(stage.join("init"), INIT)?;
+    pack(&stage, INIT, out)
+}
+
+/// A fresh staging directory beside `out`, with `dirs` and busybox (and `applets` linked to
+/// it) in bin/.
+fn stage_with_busybox(out: &Path, dirs: &[&str], applets: &[&str]) -> anyhow::Result<PathBuf> {
+    let stage = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&stage);
+    for d in dirs {
+        std::fs::create_dir_all(stage.join(d))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("no busybox (apt package busybox-static)")?;
+    std::fs::copy(busybox, stage.join("bin/busybox"))?;
+    for a in applets {
+        std::os::unix::fs::symlink("busybox", stage.join("bin").join(a))?;
+    }
+    Ok(stage)
+}
+
+/// Writes `init` (mode 755) into the stage, packs it into `out` (gzip'd newc cpio) and
+/// removes the stage.
+fn pack(stage: &Path, init: &str, out: &Path) -> anyhow::Result<()> {
+    std::fs::write(stage.join("init"), init)?;
     std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
     // find . | cpio -o -H newc | gzip -1 > out
     let script = format!(
@@ -70,7 +87,7 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
     if !status.success() {
         bail!("building the initramfs failed ({status}); are cpio and gzip installed?");
     }
-    let _ = std::fs::remove_dir_all(&stage);
+    let _ = std::fs::remove_dir_all(stage);
     Ok(())
 }
 
@@ -136,17 +153,13 @@ pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
             todo.extend(deps);
         }
     }
-    let stage = out.with_extension("d");
-    let _ = std::fs::remove_dir_all(&stage);
-    for d in ["bin", "proc", "sys", "mod"] {
-        std::fs::create_dir_all(stage.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", stage.join("bin/busybox")).context("busybox-static")?;
-    for a in [
-        "sh", "mount", "insmod", "sleep", "echo", "grep", "cut", "head",
-    ] {
-        std::os::unix::fs::symlink("busybox", stage.join("bin").join(a))?;
-    }
+    let stage = stage_with_busybox(
+        out,
+        &["bin", "proc", "sys", "mod"],
+        &[
+            "sh", "mount", "insmod", "sleep", "echo", "grep", "cut", "head",
+        ],
+    )?;
     let mut init = String::from("#!/bin/sh\nmount -t proc none /proc\nmount -t sysfs none /sys\n");
     for m in &order {
         std::fs::copy(
@@ -159,16 +172,5 @@ pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
     init.push_str(
         "while true; do echo \"MEMTOTAL $(grep MemTotal /proc/meminfo | cut -c10- | cut -dk -f1)\"; sleep 0.2; done\n",
     );
-    std::fs::write(stage.join("init"), init)?;
-    std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
-    let script = format!(
-        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-        stage.display(),
-        out.display()
-    );
-    if !Command::new("sh").args(["-c", &script]).status()?.success() {
-        bail!("building the balloon guest's initramfs failed");
-    }
-    let _ = std::fs::remove_dir_all(&stage);
-    Ok(())
+    pack(&stage, &init, out)
 }
