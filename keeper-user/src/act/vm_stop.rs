@@ -47,9 +47,6 @@ impl Actuators {
         }
         let file = api.file.clone();
         self.journal.record(&Entry::VmStopped { vmid, api: file })?;
-        let Some(api) = &self.proxmox else {
-            return Err(ActError::NoApi { vmid });
-        };
         match api.client.hibernate(vmid) {
             Ok(upid) => {
                 self.vms_stopped.insert(vmid);
