@@ -275,7 +275,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         let readouts = sensor.cpu_readouts().ok();
         let p99 = latency.p99(readouts.as_deref());
         let obs = keeper.observe(intruders, p99);
-        if let Some(w) = &mut workload_triggers {
+        // New cgroups get their trigger within a tick; intruder events do not wait for it.
+        if ticked && let Some(w) = &mut workload_triggers {
             let armed = w.sync(&keeper.placements, &cg);
             if !armed.is_empty() {
                 tracing::info!(?armed, "memory pressure triggers armed on workloads");
