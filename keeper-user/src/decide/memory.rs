@@ -44,8 +44,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         (Level::Balloon, m.balloon_above, some, "some", &some_from),
         (Level::StopVm, m.stop_vm_above, full, "full", &full_from),
     ];
-    let order: Vec<&'static str> = levels.iter().map(|l| l.0.key()).collect();
-    for (i, (level, threshold, value, kind, from)) in levels.into_iter().enumerate() {
+    for (i, &(level, threshold, value, kind, from)) in levels.iter().enumerate() {
         let Some(threshold) = threshold else { continue };
         let key = level.key();
         let obs = t.obs;
@@ -60,7 +59,9 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         }
         // Undo in reverse: a step is not undone while a later one holds (no balloon given
         // back while a VM is stopped, no thaw while balloons are out, ...).
-        let hold_on = order[i + 1..].iter().any(|k| state.memory.contains_key(*k));
+        let hold_on = levels[i + 1..]
+            .iter()
+            .any(|l| state.memory.contains_key(l.0.key()));
         if value > threshold || hold_on {
             match state.memory.get_mut(key) {
                 Some(s) => s.released_at = None,
