@@ -194,3 +194,48 @@ fn the_control_socket_refuses_non_root_peers() {
     assert_eq!(rig.control(&["status"])["ok"], true);
     drop(keeper);
 }
+
+#[test]
+fn a_second_keeper_on_the_same_state_dir_changes_nothing() {
+    if !privileged("a_second_keeper_on_the_same_state_dir_changes_nothing") {
+        return;
+    }
+    let rig = Rig::new("second");
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    let worker = spawn_pinned(PROBE, &["spin", "30", "kt_second"], 0, Some(&muse));
+    std::mem::forget(muse);
+    let first = rig.keeper(&[]);
+    assert_eq!(rig.control(&["interaction", "start"])["ok"], true);
+    assert!(rig.frozen("muse"));
+    // The same state directory, another socket: refused before the journal is read.
+    let state = rig.dir.join("state");
+    let policy = rig.dir.join("policy.yaml");
+    let out = Command::new(KEEPER)
+        .args(["run", "--for", "1s", "--policy"])
+        .arg(&policy)
+        .args(["--scope", &rig.scope.rel, "--socket"])
+        .arg(rig.dir.join("second.sock"))
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another keeper (pid ") && stderr.contains("changed nothing"),
+        "{stderr}"
+    );
+    assert!(
+        rig.frozen("muse"),
+        "the second keeper thawed muse: {stderr}"
+    );
+    let status = rig.control(&["status"]);
+    assert_eq!(status["frozen"], serde_json::json!(["muse"]), "{status:#}");
+    first.stop();
+    assert!(!rig.frozen("muse"));
+    unsafe { libc::kill(worker.id() as i32, libc::SIGKILL) };
+    wait_cpu_time(worker);
+}

@@ -3,12 +3,17 @@
 //! original file values, frozen cgroups, stopped processes, moved affinities, the GPU's power
 //! limit and clock offset, GPU state checkpointed by a handoff, and VMs it stopped.
 //!
-//! One JSON object per line in `<state dir>/journal.jsonl`. Writes are not fsynced: the journal
-//! must outlive the keeper's process, not the machine (a reboot resets cgroups and processes).
+//! One JSON object per line in `<state dir>/journal.jsonl` (mode 0600). Writes are not
+//! fsynced: the journal must outlive the keeper's process, not the machine (a reboot resets
+//! cgroups and processes). The state directory is held with an exclusive `flock` for the
+//! journal's lifetime, so a second keeper neither reads nor undoes what the first one did.
+//! A line that does not parse (a torn write, a stray byte) is moved to
+//! `journal.quarantine` with a warning: it never stops a start.
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, BufRead, BufReader, Write},
+    io::{self, Read, Write},
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -58,35 +63,56 @@ pub enum Entry {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("journal {path}: {source}")]
-pub struct JournalError {
-    pub path: PathBuf,
-    pub source: io::Error,
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "another keeper ({holder}) holds the state directory {dir}: this one read, undid and changed nothing"
+    )]
+    Locked { dir: PathBuf, holder: String },
 }
 
-/// The append-only journal file.
+impl JournalError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+        move |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The append-only journal file, and the lock on its state directory.
 pub struct Journal {
     path: PathBuf,
     file: Option<File>,
+    /// `<state dir>/lock`, flocked exclusively while this journal lives (the kernel drops the
+    /// lock when the keeper dies, however it dies).
+    _lock: Option<File>,
 }
 
+/// The name of the file that lines which do not parse are moved to.
+pub const QUARANTINE: &str = "journal.quarantine";
+
 impl Journal {
-    /// Opens (creating the directory) the journal in `state_dir`.
+    /// Locks `state_dir` (creating it) and opens its journal. Fails, having read nothing,
+    /// when another keeper holds the directory.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        fs::create_dir_all(state_dir).map_err(JournalError::io(state_dir))?;
+        let lock = lock_dir(state_dir)?;
         let path = state_dir.join("journal.jsonl");
-        let err = |source| JournalError {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(state_dir).map_err(err)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
-            .map_err(err)?;
+            .map_err(JournalError::io(&path))?;
+        // A journal made by an older keeper (or by hand) may be readable by others.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(JournalError::io(&path))?;
         Ok(Self {
             path,
             file: Some(file),
+            _lock: Some(lock),
         })
     }
 
@@ -95,6 +121,7 @@ impl Journal {
         Self {
             path: PathBuf::new(),
             file: None,
+            _lock: None,
         }
     }
 
@@ -107,74 +134,148 @@ impl Journal {
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
-        let mut line = serde_json::to_string(entry).map_err(|e| JournalError {
-            path: self.path.clone(),
-            source: io::Error::other(e),
-        })?;
+        let mut line = serde_json::to_string(entry)
+            .map_err(|e| JournalError::io(&self.path)(io::Error::other(e)))?;
         line.push('\n');
         file.write_all(line.as_bytes())
-            .map_err(|source| JournalError {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(JournalError::io(&self.path))
     }
 
-    /// Every entry recorded so far, oldest first. Lines that do not parse (a torn last write)
-    /// are skipped with a warning.
-    pub fn entries(&self) -> Result<Vec<Entry>, JournalError> {
+    /// Every entry recorded so far, oldest first. Lines that do not parse (a torn last write,
+    /// bytes that are not UTF-8, an entry of an unknown kind) are moved to the quarantine file
+    /// beside the journal with a warning, and the journal is rewritten without them.
+    pub fn entries(&mut self) -> Result<Vec<Entry>, JournalError> {
         if self.file.is_none() {
             return Ok(vec![]);
         }
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
+        let mut bytes = Vec::new();
+        match File::open(&self.path) {
+            Ok(mut f) => f
+                .read_to_end(&mut bytes)
+                .map_err(JournalError::io(&self.path))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(source) => {
-                return Err(JournalError {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+            Err(e) => return Err(JournalError::io(&self.path)(e)),
         };
         let mut out = Vec::new();
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|source| JournalError {
-                path: self.path.clone(),
-                source,
-            })?;
-            if line.trim().is_empty() {
+        let mut bad: Vec<&[u8]> = Vec::new();
+        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str(&line) {
+            match parse_line(line) {
                 Ok(e) => out.push(e),
-                Err(e) => {
-                    tracing::warn!(journal = %self.path.display(), line = n + 1, error = %e, "skipping unreadable journal line")
+                Err(error) => {
+                    tracing::warn!(journal = %self.path.display(), line = n + 1, %error, quarantine = QUARANTINE, "unreadable journal line moved to the quarantine file");
+                    bad.push(line);
                 }
             }
+        }
+        if !bad.is_empty() {
+            self.quarantine(&bad)?;
+            self.rewrite(&out)?;
         }
         Ok(out)
     }
 
-    /// Empties the journal once everything in it has been undone.
-    pub fn clear(&mut self) -> Result<(), JournalError> {
+    /// Appends unreadable lines to the quarantine file (mode 0600), for a person to read.
+    fn quarantine(&self, lines: &[&[u8]]) -> Result<(), JournalError> {
+        let path = self.path.with_file_name(QUARANTINE);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(JournalError::io(&path))?;
+        for line in lines {
+            f.write_all(line)
+                .and_then(|()| f.write_all(b"\n"))
+                .map_err(JournalError::io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the journal's content with `entries` (those still to undo).
+    pub fn rewrite(&mut self, entries: &[Entry]) -> Result<(), JournalError> {
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
-        file.set_len(0).map_err(|source| JournalError {
-            path: self.path.clone(),
-            source,
-        })
+        file.set_len(0).map_err(JournalError::io(&self.path))?;
+        for e in entries {
+            self.record(e)?;
+        }
+        Ok(())
     }
+
+    /// Empties the journal once everything in it has been undone.
+    pub fn clear(&mut self) -> Result<(), JournalError> {
+        self.rewrite(&[])
+    }
+}
+
+fn parse_line(line: &[u8]) -> Result<Entry, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Takes `<dir>/lock` exclusively and writes our pid in it; when another process holds it,
+/// says which (the pid it wrote).
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("lock");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(JournalError::io(&path))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(JournalError::io(&path)(err));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "pid unknown".to_string(),
+            pid => format!("pid {pid}"),
+        };
+        return Err(JournalError::Locked {
+            dir: dir.to_path_buf(),
+            holder,
+        });
+    }
+    file.set_len(0)
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .map_err(JournalError::io(&path))?;
+    Ok(file)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("keeper-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
     #[test]
     fn records_and_replays_entries_in_order() {
-        let dir = std::env::temp_dir().join(format!("keeper-journal-{}", std::process::id()));
+        let dir = temp_dir("order");
         let mut j = Journal::open(&dir).unwrap();
-        j.clear().unwrap();
         let a = Entry::File {
             path: "/sys/fs/cgroup/x/cpu.max".into(),
             original: "max 100000".into(),
@@ -184,16 +285,60 @@ mod tests {
         };
         j.record(&a).unwrap();
         j.record(&b).unwrap();
-        // A torn last line is skipped, not fatal.
-        fs::OpenOptions::new()
-            .append(true)
-            .open(j.path())
-            .unwrap()
-            .write_all(b"{\"kind\":\"fre")
-            .unwrap();
+        // A torn last line is set aside, not fatal.
+        append(j.path(), b"{\"kind\":\"fre");
         assert_eq!(j.entries().unwrap(), vec![a, b]);
         j.clear().unwrap();
         assert!(j.entries().unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_byte_is_quarantined_and_the_rest_replayed() {
+        let dir = temp_dir("bad-byte");
+        let mut j = Journal::open(&dir).unwrap();
+        let a = Entry::Stop { pid: 10, start: 1 };
+        let b = Entry::Stop { pid: 11, start: 2 };
+        j.record(&a).unwrap();
+        // `printf '\xff\n' >> journal.jsonl`, then an unknown kind, then a good entry.
+        append(j.path(), b"\xff\n{\"kind\":\"teleport\"}\n");
+        j.record(&b).unwrap();
+        assert_eq!(j.entries().unwrap(), vec![a.clone(), b.clone()]);
+        let q = fs::read(dir.join(QUARANTINE)).unwrap();
+        assert_eq!(q, b"\xff\n{\"kind\":\"teleport\"}\n");
+        // The journal no longer holds them: read again, nothing more is quarantined.
+        assert_eq!(j.entries().unwrap(), vec![a, b]);
+        assert_eq!(fs::read(dir.join(QUARANTINE)).unwrap().len(), q.len());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_journal_is_root_only() {
+        let dir = temp_dir("mode");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("journal.jsonl");
+        fs::write(&path, "").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let _j = Journal::open(&dir).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_journal_on_the_same_directory_is_refused() {
+        let dir = temp_dir("lock");
+        let first = Journal::open(&dir).unwrap();
+        // flock locks belong to the open file description: a second open in this process
+        // conflicts as another keeper's would.
+        let err = Journal::open(&dir).err().expect("second open must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())) && msg.contains("changed nothing"),
+            "{msg}"
+        );
+        drop(first);
+        Journal::open(&dir).expect("free again once the first is gone");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -117,6 +117,9 @@ pub struct Actuators {
     pub proxmox: Option<vm_stop::ProxmoxHands>,
     /// VMs this keeper hibernated and has not started again.
     pub(crate) vms_stopped: std::collections::BTreeSet<u32>,
+    /// Journal entries whose undo failed, oldest first, and when they are tried again.
+    pending: Vec<Entry>,
+    retry: Backoff,
 }
 
 impl Actuators {
@@ -135,6 +138,8 @@ impl Actuators {
             gpu: gpu::GpuHands::default(),
             proxmox: None,
             vms_stopped: Default::default(),
+            pending: Vec::new(),
+            retry: Backoff::default(),
         }
     }
 
@@ -271,51 +276,116 @@ impl Actuators {
         Ok(Outcome::Done(format!("{verb} {n} processes under {pid}")))
     }
 
-    /// Undoes everything in the journal, newest first, then empties it. Used at start (after a
-    /// crash) and at exit. Failures are logged and do not stop the rest.
+    /// Undoes everything in the journal, newest first. Used at start (after a crash) and at
+    /// exit. An undo that fails is logged, does not stop the rest, and stays in the journal:
+    /// [`Actuators::undo_pending`] lists it, [`Actuators::retry_undo`] tries it again with a
+    /// backoff, and the next exit or start tries it once more.
     pub fn restore_all(&mut self) -> Result<Vec<String>, ActError> {
         let entries = self.journal.entries()?;
-        let mut done = Vec::new();
-        // Newest first, except that partitions are dissolved before any cpuset.cpus is put
-        // back: a partition holds its CPUs out of its siblings' reach until then.
-        let is_partition = |e: &&Entry| matches!(e, Entry::File { path, .. } if path.ends_with("cpuset.cpus.partition"));
-        let order = entries
-            .iter()
-            .rev()
-            .filter(is_partition)
-            .chain(entries.iter().rev().filter(|e| !is_partition(e)));
-        // Checkpoints already given back (newer `GpuRestored` entries) and VMs already
-        // started (`VmStarted`) need no undoing.
-        let mut restored = HashSet::new();
-        let mut started = HashSet::new();
-        for entry in order {
-            match entry {
-                Entry::GpuRestored { pid, start } => {
-                    restored.insert((*pid, *start));
-                    continue;
-                }
-                Entry::GpuCheckpoint { pid, start, .. } if restored.remove(&(*pid, *start)) => {
-                    continue;
-                }
-                Entry::VmStarted { vmid } => {
-                    started.insert(*vmid);
-                    continue;
-                }
-                Entry::VmStopped { vmid, .. } if started.remove(vmid) => continue,
-                _ => {}
-            }
-            match restore(entry) {
-                Ok(Some(what)) => done.push(what),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, ?entry, "could not restore"),
-            }
-        }
-        self.journal.clear()?;
+        let (done, kept) = undo(&entries);
+        self.journal.rewrite(&kept)?;
+        self.pending = kept;
+        self.retry = Backoff::default();
         self.journaled.clear();
         self.gpu.journal_cleared();
         self.vms_stopped.clear();
         Ok(done)
     }
+
+    /// Undos that failed and are still to do (oldest first).
+    pub fn undo_pending(&self) -> &[Entry] {
+        &self.pending
+    }
+
+    /// Tries the pending undos again once their backoff has passed (1 s, doubling up to 5
+    /// min). What succeeds leaves the journal. Returns what was undone.
+    pub fn retry_undo(&mut self) -> Result<Vec<String>, ActError> {
+        if self.pending.is_empty() || !self.retry.due() {
+            return Ok(vec![]);
+        }
+        let (done, kept) = undo(&self.pending);
+        if kept.len() < self.pending.len() {
+            let mut journal = self.journal.entries()?;
+            for gone in self.pending.iter().filter(|e| !kept.contains(e)) {
+                if let Some(i) = journal.iter().position(|e| e == gone) {
+                    journal.remove(i);
+                }
+            }
+            self.journal.rewrite(&journal)?;
+        }
+        self.pending = kept;
+        self.retry.failed();
+        Ok(done)
+    }
+}
+
+/// When the pending undos are tried next.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    next: Option<std::time::Instant>,
+    tries: u32,
+}
+
+impl Backoff {
+    fn due(&self) -> bool {
+        self.next.is_none_or(|t| std::time::Instant::now() >= t)
+    }
+
+    fn failed(&mut self) {
+        let wait = Duration::from_secs(1 << self.tries.min(8)).min(Duration::from_secs(300));
+        self.tries += 1;
+        self.next = Some(std::time::Instant::now() + wait);
+    }
+}
+
+/// Undoes `entries` (oldest first as journaled): newest first, except that partitions are
+/// dissolved before any cpuset.cpus is put back (a partition holds its CPUs out of its
+/// siblings' reach until then). Returns what was undone and the entries whose undo failed,
+/// oldest first.
+fn undo(entries: &[Entry]) -> (Vec<String>, Vec<Entry>) {
+    let is_partition = |e: &&Entry| matches!(e, Entry::File { path, .. } if path.ends_with("cpuset.cpus.partition"));
+    let order = entries
+        .iter()
+        .rev()
+        .filter(is_partition)
+        .chain(entries.iter().rev().filter(|e| !is_partition(e)));
+    // Checkpoints already given back (newer `GpuRestored` entries) and VMs already started
+    // (`VmStarted`) need no undoing.
+    let mut restored = HashSet::new();
+    let mut started = HashSet::new();
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for entry in order {
+        match entry {
+            Entry::GpuRestored { pid, start } => {
+                restored.insert((*pid, *start));
+                continue;
+            }
+            Entry::GpuCheckpoint { pid, start, .. } if restored.remove(&(*pid, *start)) => {
+                continue;
+            }
+            Entry::VmStarted { vmid } => {
+                started.insert(*vmid);
+                continue;
+            }
+            Entry::VmStopped { vmid, .. } if started.remove(vmid) => continue,
+            _ => {}
+        }
+        match restore(entry) {
+            Ok(Some(what)) => done.push(what),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, ?entry, "could not undo: kept in the journal, tried again later");
+                failed.push(entry.clone());
+            }
+        }
+    }
+    let failed = entries
+        .iter()
+        .filter(|e| failed.contains(e))
+        .cloned()
+        .collect();
+    (done, failed)
 }
 
 fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
@@ -444,6 +514,47 @@ mod tests {
         assert!(!under("kt2/x", "kt"));
         assert!(under("anything", ""));
         assert_eq!(normalize("/a/b/"), "a/b");
+    }
+
+    #[test]
+    fn a_failed_undo_stays_in_the_journal_until_it_succeeds() {
+        let dir = std::env::temp_dir().join(format!("keeper-undo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let target = dir.join("cpu.max");
+        // A directory where the file should be: the write fails (EISDIR), as a busy QMP
+        // socket or an unreachable API would.
+        std::fs::create_dir_all(&target).unwrap();
+        let mut journal = Journal::open(&dir.join("state")).unwrap();
+        let fine = dir.join("memory.high");
+        std::fs::write(&fine, "1M").unwrap();
+        let bad = Entry::File {
+            path: target.clone(),
+            original: "max 100000".into(),
+        };
+        journal.record(&bad).unwrap();
+        journal
+            .record(&Entry::File {
+                path: fine.clone(),
+                original: "max".into(),
+            })
+            .unwrap();
+        let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+        let done = act.restore_all().unwrap();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(std::fs::read_to_string(&fine).unwrap(), "max");
+        assert_eq!(act.undo_pending(), std::slice::from_ref(&bad));
+        assert_eq!(act.journal.entries().unwrap(), std::slice::from_ref(&bad));
+        // Still failing: kept. Then the path becomes writable: undone and out of the journal.
+        assert!(act.retry_undo().unwrap().is_empty());
+        assert_eq!(act.journal.entries().unwrap(), [bad]);
+        std::fs::remove_dir(&target).unwrap();
+        std::fs::write(&target, "50000 100000").unwrap();
+        act.retry = Backoff::default();
+        assert_eq!(act.retry_undo().unwrap().len(), 1);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "max 100000");
+        assert!(act.undo_pending().is_empty());
+        assert!(act.journal.entries().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

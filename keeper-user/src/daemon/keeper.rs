@@ -505,6 +505,7 @@ impl Keeper {
             "handoff": self.state.handoff,
             "evictions": self.evictions,
             "errors": self.errors,
+            "undo_pending": self.act.undo_pending(),
             "last_actions": self.last.iter().rev().take(20).collect::<Vec<_>>(),
         })
     }

@@ -117,6 +117,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     for r in &restored_at_start {
         tracing::warn!(restored = %r, "undid a change left by an earlier keeper run");
     }
+    if !act.undo_pending().is_empty() {
+        tracing::warn!(
+            pending = act.undo_pending().len(),
+            "some changes left by an earlier keeper run could not be undone yet: kept in the journal, tried again with a backoff (`keeper status` lists them)"
+        );
+    }
     let policy = cfg.source.load().map_err(DaemonError::Policy)?;
     attach_gpu(
         &mut act,
@@ -261,6 +267,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
             _ = ticker.tick() => {
                 ticked = true;
+                match keeper.act.retry_undo() {
+                    Ok(done) => done.iter().for_each(|r| tracing::info!(restored = %r, "undid a change that was pending")),
+                    Err(e) => tracing::warn!(error = %e, "retrying pending undos failed"),
+                }
                 if last_prune.elapsed() > Duration::from_secs(5) {
                     let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
                     first_run.retain(|pid, _| alive(pid));
