@@ -239,3 +239,120 @@ fn a_second_keeper_on_the_same_state_dir_changes_nothing() {
     unsafe { libc::kill(worker.id() as i32, libc::SIGKILL) };
     wait_cpu_time(worker);
 }
+
+/// Share of `span` in which /proc/PID/stat said the task was runnable (`R`) on `cpu` (its
+/// `processor` field), sampled every 500 µs from CPU 0: the keeper's own counters play no
+/// part.
+fn share_on_cpu(pid: u32, cpu: u32, span: Duration) -> f64 {
+    set_thread_affinity(&[0]);
+    let end = std::time::Instant::now() + span;
+    let (mut on, mut all) = (0u64, 0u64);
+    while std::time::Instant::now() < end {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            break;
+        };
+        let rest = &text[text.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] is field 3 (state); `processor` is field 39.
+        all += 1;
+        on += u64::from(fields[0] == "R" && fields[36].parse::<u32>() == Ok(cpu));
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    on as f64 / all.max(1) as f64
+}
+
+#[test]
+fn a_task_named_like_a_kernel_thread_is_evicted() {
+    if !privileged("a_task_named_like_a_kernel_thread_is_evicted") {
+        return;
+    }
+    let rig = Rig::new("kworker");
+    let keeper = rig.keeper(&["--for", "4s"]);
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    // The name a per-CPU kernel thread of CPU 1 would have (the kernel's flags say
+    // otherwise), taken on CPU 0; then it moves to the trading core under that name.
+    let spoof = spawn_pinned(PROBE, &["spin", "6", "kworker/1:9"], 0, Some(&muse));
+    std::mem::forget(muse);
+    let pid = spoof.id();
+    assert!(eventually(Duration::from_secs(2), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "kworker/1:9")
+    }));
+    let moved = Command::new("taskset")
+        .args(["-p", "-c", "1", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(moved.status.success(), "{moved:?}");
+    assert!(
+        eventually(Duration::from_secs(2), || affinity(pid) == "0"),
+        "a task named kworker/1:9 kept the trading core: {}",
+        affinity(pid)
+    );
+    let log = keeper.finish();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("kworker/1:9") && l.contains("evict")),
+        "{log:#?}"
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_cpu_time(spoof);
+}
+
+/// The state letter of /proc/PID/stat (`R`, `S`, `T`, ...).
+fn task_state(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    text.rfind(')')
+        .and_then(|i| text.get(i + 2..i + 3))
+        .unwrap_or("?")
+        .to_string()
+}
+
+#[test]
+fn a_self_re_pinning_task_is_evicted_at_each_return_then_stopped() {
+    if !privileged("a_self_re_pinning_task_is_evicted_at_each_return_then_stopped") {
+        return;
+    }
+    let rig = Rig::with_rules(
+        "repin",
+        "  intruders: { repeat: 3, within: 10s, then: stop }\n",
+    );
+    let keeper = rig.keeper(&[]);
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    // It pins itself back onto CPU 1 every millisecond, for 12 s.
+    let hog = spawn_pinned(PROBE, &["repin", "12", "1", "kt_repin"], 1, Some(&muse));
+    std::mem::forget(muse);
+    let pid = hog.id();
+    let share = share_on_cpu(pid, 1, Duration::from_secs(10));
+    let status = rig.control(&["status"]);
+    let evictions = status["evictions"].as_u64().unwrap();
+    eprintln!(
+        "re-pinning spinner: {:.2} % of CPU 1 over 10 s, {evictions} evictions, state {}",
+        share * 100.0,
+        task_state(pid)
+    );
+    assert!(evictions >= 3, "evicted at each return: {status:#}");
+    assert_eq!(task_state(pid), "T", "not stopped: {status:#}");
+    assert!(
+        share <= 0.05,
+        "the re-pinning spinner held {:.1} % of the trading core",
+        share * 100.0
+    );
+    let log = keeper.stop();
+    assert!(
+        log.iter().any(|l| l.contains("stop intruder kt_repin")),
+        "{log:#?}"
+    );
+    // Undone at exit: it runs again.
+    assert!(
+        eventually(Duration::from_secs(2), || task_state(pid) != "T"),
+        "still stopped after the keeper exited"
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_cpu_time(hog);
+}

@@ -30,6 +30,11 @@ pub mod globals {
     pub const SWITCH_PREV_PID_OFF: &str = "SWITCH_PREV_PID_OFF";
     pub const SWITCH_PREV_STATE_OFF: &str = "SWITCH_PREV_STATE_OFF";
     pub const SWITCH_NEXT_PID_OFF: &str = "SWITCH_NEXT_PID_OFF";
+    /// `sched_switch`: offset of `next_comm`.
+    pub const SWITCH_NEXT_COMM_OFF: &str = "SWITCH_NEXT_COMM_OFF";
+    /// Offset of `flags` in `struct task_struct`, from the kernel's BTF (0: unknown, and then
+    /// no task is taken for a kernel thread in the kernel; userspace checks /proc).
+    pub const TASK_FLAGS_OFF: &str = "TASK_FLAGS_OFF";
     /// Minimum time between two intruder events for the same pid, in nanoseconds.
     pub const INTRUDER_EVENT_INTERVAL_NS: &str = "INTRUDER_EVENT_INTERVAL_NS";
     /// Offset of `pid` in oom:mark_victim.
@@ -54,6 +59,9 @@ pub mod maps {
     pub const RUNNABLE_SINCE: &str = "RUNNABLE_SINCE";
     /// `RingBuf` of `IntruderEvent`.
     pub const INTRUDER_EVENTS: &str = "INTRUDER_EVENTS";
+    /// `LruHashMap<u32, u8>`: pids already switched in on a trading core (their arrival was
+    /// reported). Userspace removes an evicted pid, so that its return is news at once.
+    pub const SEEN_PIDS: &str = "SEEN_PIDS";
     /// `HashMap<u32, u64>`: when a task entered direct reclaim, by pid.
     pub const RECLAIM_START: &str = "RECLAIM_START";
     /// `LruHashMap<u64, ReclaimStats>`: direct-reclaim stalls per cgroup v2 id.
@@ -110,7 +118,7 @@ pub struct CpuStats {
     pub max_ns: [u64; CLASSES],
     /// Time the idle task ran.
     pub idle_ns: u64,
-    /// Time per-CPU kernel threads ran (kworker/N, ksoftirqd/N, migration/N, ...).
+    /// Time kernel threads ran (`PF_KTHREAD`: kworker/N, ksoftirqd/N, migration/N, ...).
     pub kernel_ns: u64,
     /// Time tasks in protected cgroups ran.
     pub protected_ns: u64,
@@ -153,22 +161,39 @@ pub struct IntruderTotal {
     pub comm: [u8; COMM_LEN],
 }
 
-/// One slice of an intruder's run on a trading core, sent on the ring buffer
-/// (rate-limited per pid).
+/// What an [`IntruderEvent`] reports.
+pub mod event {
+    /// A slice of an intruder's run (its switch-out, or the sampler), rate-limited per pid.
+    pub const SLICE: u32 = 0;
+    /// A task's first switch-in on a trading core (its cgroup is not known in the kernel
+    /// then: `cgroup_id` is 0 and userspace reads /proc). Once per pid until userspace
+    /// forgets it (after an eviction).
+    pub const ARRIVAL: u32 = 1;
+    /// A fork whose child was placed on a trading core (`sched_wakeup_new`): `pid` is the
+    /// child, `cgroup_id` its parent's, which the child inherits.
+    pub const FORK: u32 = 2;
+}
+
+/// A task seen on a trading core, sent on the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct IntruderEvent {
-    /// `bpf_ktime_get_ns()` at switch-out (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_ns()` when the programs saw it (CLOCK_MONOTONIC).
     pub timestamp_ns: u64,
+    /// cgroup v2 id; 0 for an [`event::ARRIVAL`].
     pub cgroup_id: u64,
     /// How long this slice has run: to its switch-out, or so far when the sampler saw it.
     pub ran_ns: u64,
     pub pid: u32,
     pub tgid: u32,
     pub cpu: u32,
-    pub _pad: u32,
+    /// One of [`event`].
+    pub kind: u32,
     pub comm: [u8; COMM_LEN],
 }
+
+/// `PF_KTHREAD` in `task_struct.flags` (include/linux/sched.h; the same since 2.6).
+pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -193,22 +218,4 @@ pub fn latency_bucket(ns: u64) -> usize {
     } else {
         b
     }
-}
-
-/// True when `comm` names a per-CPU kernel thread: a `/` followed by a digit
-/// (`kworker/1:0H`, `ksoftirqd/1`, `migration/1`, `cpuhp/1`, `rcuc/1`, ...).
-#[inline(always)]
-pub fn is_percpu_kthread_comm(comm: &[u8; COMM_LEN]) -> bool {
-    let mut i = 0;
-    while i < COMM_LEN - 1 {
-        if comm[i] == 0 {
-            return false;
-        }
-        if comm[i] == b'/' {
-            let c = comm[i + 1];
-            return c.is_ascii_digit();
-        }
-        i += 1;
-    }
-    false
 }

@@ -10,8 +10,12 @@
 //!   `bpf_get_current_cgroup_id` names the outgoing task). A task preempted on a trading core is
 //!   runnable again at once, so its wait restarts at the switch-out (as runqlat does).
 //! - intruders: at every switch-out on a trading core the outgoing task's run time goes to its
-//!   cgroup id; a task outside the protected set (not idle, not a per-CPU kernel thread) is an
+//!   cgroup id; a task outside the protected set (not idle, not a kernel thread by its
+//!   `PF_KTHREAD` flag, read at an offset from the kernel's BTF: a name proves nothing) is an
 //!   intruder: its pid total is kept and an event goes on the ring buffer, rate-limited per pid.
+//! - arrivals: a task's first switch-in on a trading core, and a fork whose child is placed on
+//!   one (`sched_wakeup_new`), are reported at once, before the newcomer has run, once per pid
+//!   (`SEEN_PIDS`; userspace forgets an evicted pid, so its return is news again).
 //! - the sampler: a CPU-clock perf event on each trading core looks at the running task every
 //!   few milliseconds, so an intruder that never switches out (a lone busy loop) is reported
 //!   while it runs, not after its slice.
@@ -21,7 +25,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
@@ -29,7 +33,7 @@ use aya_ebpf::{
 };
 use keeper_common::{
     CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal, MAX_CPUS,
-    is_percpu_kthread_comm, latency_bucket,
+    PF_KTHREAD, event, latency_bucket,
 };
 
 // ---- configuration written by userspace before load (read-only globals) ----
@@ -49,6 +53,10 @@ static SWITCH_PREV_PID_OFF: u32 = 0;
 static SWITCH_PREV_STATE_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static SWITCH_NEXT_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static SWITCH_NEXT_COMM_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_FLAGS_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static INTRUDER_EVENT_INTERVAL_NS: u64 = 100_000_000;
 
@@ -72,6 +80,8 @@ static CGROUP_RUNTIME: LruPerCpuHashMap<u64, u64> = LruPerCpuHashMap::with_max_e
 static INTRUDER_TOTALS: LruHashMap<u32, IntruderTotal> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static INTRUDER_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+#[map]
+static SEEN_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Wakeup (or preemption) timestamp of tasks waiting for a trading core, by pid; 0 once the task
 /// got the core. Entries are rewritten in place through their pointer (no bucket lock on the hot
@@ -107,7 +117,7 @@ fn is_trading_cpu(cpu: u32) -> bool {
 
 #[tracepoint]
 pub fn keeper_wakeup(ctx: TracePointContext) -> u32 {
-    on_wakeup(
+    let _ = on_wakeup(
         &ctx,
         global_u32(&WAKEUP_PID_OFF),
         global_u32(&WAKEUP_CPU_OFF),
@@ -115,31 +125,71 @@ pub fn keeper_wakeup(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A new task (any CPU). Placed on a trading core, it is news before it has run: this runs in
+/// the parent's context (`wake_up_new_task` in the fork), so the parent's cgroup (which the
+/// child inherits), flags and name tell whether the child intrudes. Note: the CPU stats
+/// counted here are those of the CPU the parent forks on.
 #[tracepoint]
 pub fn keeper_wake_new(ctx: TracePointContext) -> u32 {
-    on_wakeup(
+    if let Ok(pid) = unsafe { ctx.read_at::<i32>(global_u32(&WAKEUP_NEW_PID_OFF)) } {
+        // A new task never ran on a trading core, whatever an earlier task of its pid did.
+        let _ = SEEN_PIDS.remove(pid as u32);
+    }
+    let Some((pid, cpu)) = on_wakeup(
         &ctx,
         global_u32(&WAKEUP_NEW_PID_OFF),
         global_u32(&WAKEUP_NEW_CPU_OFF),
-    );
+    ) else {
+        return 0;
+    };
+    let _ = SEEN_PIDS.insert(pid, 1, 0);
+    if current_is_kthread() {
+        return 0;
+    }
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some() {
+        return 0;
+    }
+    if let (Ok(comm), Some(stats)) = (bpf_get_current_comm(), CPU_STATS.get_ptr_mut(0)) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let header = Header {
+            cpu,
+            pid,
+            tgid: 0,
+            cgroup_id,
+            now,
+        };
+        send(unsafe { &mut *stats }, &header, event::FORK, 0, &comm);
+    }
     0
 }
 
+/// Notes when a task woken for a trading core became runnable; its pid and CPU.
 #[inline(always)]
-fn on_wakeup(ctx: &TracePointContext, pid_off: usize, cpu_off: usize) {
-    let Ok(cpu) = (unsafe { ctx.read_at::<i32>(cpu_off) }) else {
-        return;
-    };
+fn on_wakeup(ctx: &TracePointContext, pid_off: usize, cpu_off: usize) -> Option<(u32, u32)> {
+    let cpu = unsafe { ctx.read_at::<i32>(cpu_off) }.ok()?;
     if cpu < 0 || !is_trading_cpu(cpu as u32) {
-        return;
+        return None;
     }
-    let Ok(pid) = (unsafe { ctx.read_at::<i32>(pid_off) }) else {
-        return;
-    };
+    let pid = unsafe { ctx.read_at::<i32>(pid_off) }.ok()?;
     if pid <= 0 {
-        return;
+        return None;
     }
     mark_runnable(pid as u32, unsafe { bpf_ktime_get_ns() });
+    Some((pid as u32, cpu as u32))
+}
+
+/// Whether the running task is a kernel thread, by its `PF_KTHREAD` flag (never by its name,
+/// which any task can set). Without a BTF offset nothing is taken for one here.
+#[inline(always)]
+fn current_is_kthread() -> bool {
+    let off = global_u32(&TASK_FLAGS_OFF);
+    if off == 0 {
+        return false;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let flags = unsafe { bpf_probe_read_kernel(task.wrapping_add(off) as *const u32) };
+    matches!(flags, Ok(f) if f & PF_KTHREAD != 0)
 }
 
 #[inline(always)]
@@ -193,7 +243,7 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
             };
             file_latency(stats, class, state.pending_ns);
         }
-        if is_percpu_kthread_comm(&comm) {
+        if current_is_kthread() {
             stats.kernel_ns += ran;
         } else {
             if state.batch_cgroup != cgroup_id {
@@ -216,7 +266,19 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
         }
     }
 
-    // --- the incoming task: how long it waited ---
+    // --- the incoming task: news if it never ran here; how long it waited ---
+    if next_pid != 0 && unsafe { SEEN_PIDS.get(next_pid) }.is_none() {
+        let _ = SEEN_PIDS.insert(next_pid, 1, 0);
+        let comm = unsafe { ctx.read_at::<[u8; COMM_LEN]>(global_u32(&SWITCH_NEXT_COMM_OFF))? };
+        let header = Header {
+            cpu,
+            pid: next_pid,
+            tgid: 0,
+            cgroup_id: 0,
+            now,
+        };
+        send(stats, &header, event::ARRIVAL, 0, &comm);
+    }
     state.pending_pid = 0;
     if next_pid != 0
         && let Some(since_ptr) = RUNNABLE_SINCE.get_ptr_mut(next_pid)
@@ -275,10 +337,10 @@ fn sample() -> Result<(), i32> {
     if unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some() {
         return Ok(());
     }
-    let comm = bpf_get_current_comm()?;
-    if is_percpu_kthread_comm(&comm) {
+    if current_is_kthread() {
         return Ok(());
     }
+    let comm = bpf_get_current_comm()?;
     let stats = CPU_STATS.get_ptr_mut(0).ok_or(0)?;
     let state = CPU_STATE.get_ptr_mut(0).ok_or(0)?;
     let (stats, state) = unsafe { (&mut *stats, &*state) };
@@ -335,16 +397,38 @@ fn on_intruder(
             let _ = INTRUDER_TOTALS.insert(pid, total, 0);
         }
     }
+    let header = Header {
+        cpu,
+        pid,
+        tgid,
+        cgroup_id,
+        now,
+    };
+    send(stats, &header, event::SLICE, slice_ns, comm);
+}
+
+/// Who an event is about.
+struct Header {
+    cpu: u32,
+    pid: u32,
+    tgid: u32,
+    cgroup_id: u64,
+    now: u64,
+}
+
+/// Puts one event on the ring buffer (counted as sent or lost).
+#[inline(always)]
+fn send(stats: &mut CpuStats, h: &Header, kind: u32, ran_ns: u64, comm: &[u8; COMM_LEN]) {
     match INTRUDER_EVENTS.reserve::<IntruderEvent>(0) {
         Some(mut entry) => {
             entry.write(IntruderEvent {
-                timestamp_ns: now,
-                cgroup_id,
-                ran_ns: slice_ns,
-                pid,
-                tgid,
-                cpu,
-                _pad: 0,
+                timestamp_ns: h.now,
+                cgroup_id: h.cgroup_id,
+                ran_ns,
+                pid: h.pid,
+                tgid: h.tgid,
+                cpu: h.cpu,
+                kind,
                 comm: *comm,
             });
             entry.submit(0);

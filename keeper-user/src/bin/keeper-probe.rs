@@ -2,7 +2,9 @@
 //!
 //! - `keeper-probe sleep COUNT INTERVAL_US`: wakes COUNT times, sleeping INTERVAL_US each time;
 //! - `keeper-probe spin SECONDS [NAME]`: a busy loop for SECONDS (fractions allowed), renamed
-//!   NAME (its comm);
+//!   NAME (its comm; `kworker/1:9` passes for a kernel thread by name);
+//! - `keeper-probe repin SECONDS CPU [NAME]`: the same busy loop, pinning itself back onto CPU
+//!   every millisecond (`sched_setaffinity(0, {CPU})`): a task that will not stay evicted;
 //!
 //! - `keeper-probe mem MIB SECONDS`: allocates MIB MiB and keeps touching every page for
 //!   SECONDS (memory pressure under a low `memory.high`);
@@ -37,26 +39,21 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Some("spin") => {
-            let Some(secs) = args
+        Some(mode @ ("spin" | "repin")) => {
+            let repin = mode == "repin";
+            let secs = args
                 .get(1)
                 .and_then(|v| v.parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-            else {
-                eprintln!("usage: keeper-probe spin SECONDS [NAME]");
+                .filter(|s| s.is_finite() && *s >= 0.0);
+            let cpu = if repin { num(2) } else { Some(0) };
+            let (Some(secs), Some(cpu)) = (secs, cpu) else {
+                eprintln!("usage: keeper-probe spin SECONDS [NAME] | repin SECONDS CPU [NAME]");
                 return ExitCode::from(2);
             };
-            if let Some(name) = args.get(2) {
+            if let Some(name) = args.get(if repin { 3 } else { 2 }) {
                 set_comm(name);
             }
-            let end = Instant::now() + Duration::from_secs_f64(secs);
-            let mut x = 0u64;
-            while Instant::now() < end {
-                for i in 0..10_000u64 {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-                }
-            }
-            std::hint::black_box(x);
+            spin(secs, repin.then_some(cpu as usize));
             ExitCode::SUCCESS
         }
         Some("mem") => {
@@ -89,11 +86,35 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME] | mem MIB SECONDS | psi-wait FILE PERCENT SECONDS"
+                "usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME] | repin SECONDS CPU [NAME] | mem MIB SECONDS | psi-wait FILE PERCENT SECONDS"
             );
             ExitCode::from(2)
         }
     }
+}
+
+/// A busy loop for `secs`; with `repin`, it pins itself back onto that CPU every millisecond.
+fn spin(secs: f64, repin: Option<usize>) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut pinned = Instant::now() - Duration::from_secs(1);
+    let mut x = 0u64;
+    while Instant::now() < end {
+        if let Some(cpu) = repin
+            && pinned.elapsed() >= Duration::from_millis(1)
+        {
+            // SAFETY: a zeroed cpu_set_t with one CPU set, for the calling thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+            }
+            pinned = Instant::now();
+        }
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    std::hint::black_box(x);
 }
 
 fn psi_wait(file: &str, pct: f64, secs: u64) -> ExitCode {

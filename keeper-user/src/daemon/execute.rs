@@ -104,6 +104,7 @@ pub fn execute(
             out
         }
         ActionKind::EvictIntruder { pid, to, .. } => vec![act.evict(*pid, to)],
+        ActionKind::StopIntruder { pid, .. } => vec![act.signal_tree(*pid, true)],
         ActionKind::Balloon {
             vmid,
             target,
@@ -271,6 +272,9 @@ pub fn forget(state: &mut EngineState, action: &Action) {
         ActionKind::ProtectTradingCores { .. } => a.trading = None,
         ActionKind::EvictIntruder { pid, .. } => {
             state.evicted.remove(pid);
+        }
+        ActionKind::StopIntruder { pid, .. } => {
+            state.stopped.remove(pid);
         }
         // A stop is asked again while it is wanted; a refused start (PVE still saving the
         // VM) is asked again until it goes through.

@@ -219,6 +219,8 @@ pub struct Keeper {
     pub gpu_readout: Option<GpuReadout>,
     gpu_read_at: Option<Instant>,
     gpu_error: Option<String>,
+    /// The last full observation (without its intruders): intruder events are decided on it.
+    last_obs: Option<Observations>,
 }
 
 /// How long a GPU readout is reused.
@@ -243,6 +245,20 @@ impl Keeper {
             gpu_readout: None,
             gpu_read_at: None,
             gpu_error: None,
+            last_obs: None,
+        }
+    }
+
+    /// The eviction path: the last full observation with these intruders. Reading the host
+    /// (placements, PSI, the GPU) takes milliseconds, and an intruder must not wait for it;
+    /// the next tick reads it again.
+    pub fn observe_intruders(&mut self, intruders: Vec<Intruder>) -> Observations {
+        match &self.last_obs {
+            Some(last) => Observations {
+                intruders,
+                ..last.clone()
+            },
+            None => self.observe(intruders, None),
         }
     }
 
@@ -252,6 +268,15 @@ impl Keeper {
         intruders: Vec<Intruder>,
         trading_p99_ns: Option<u64>,
     ) -> Observations {
+        let obs = self.read_host(intruders, trading_p99_ns);
+        self.last_obs = Some(Observations {
+            intruders: vec![],
+            ..obs.clone()
+        });
+        obs
+    }
+
+    fn read_host(&mut self, intruders: Vec<Intruder>, trading_p99_ns: Option<u64>) -> Observations {
         let cg = self.act.cgroups().clone();
         self.placements = host::place_workloads(&self.policy, &cg);
         Observations {

@@ -38,6 +38,7 @@ use crate::{
     },
 };
 use control::{Call, InteractionState, Request};
+use keeper_common::event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -192,6 +193,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     loop {
         let mut intruders = Vec::new();
         let mut ticked = false;
+        // Woken by intruder events only: decided on the last tick's readings (the fast path).
+        let mut fast = false;
         let mut cgroup_of: HashMap<u32, u64> = HashMap::new();
         tokio::select! {
             _ = sigint.recv() => break,
@@ -208,29 +211,38 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                         age_us = crate::sense::sched::monotonic_ns().saturating_sub(ev.timestamp_ns) / 1000,
                         "intruder event"
                     );
-                    if observed_only.get(&ev.pid) == Some(&ev.cgroup_id)
+                    // An arrival comes before the kernel side knew the task's cgroup.
+                    let (cgroup_id, cgroup) = if ev.kind == event::ARRIVAL {
+                        let Some(path) = crate::act::task_cgroup(ev.pid) else { continue };
+                        (cg.id(&path).unwrap_or(0), path)
+                    } else {
+                        if !index.contains_key(&ev.cgroup_id) {
+                            index = cg.id_index();
+                        }
+                        (ev.cgroup_id, index.get(&ev.cgroup_id).cloned().unwrap_or_default())
+                    };
+                    if observed_only.get(&ev.pid) == Some(&cgroup_id)
                         || procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread())
                     {
                         continue; // outside the scope, or a kernel thread: never evicted
                     }
-                    cgroup_of.insert(ev.pid, ev.cgroup_id);
-                    if !index.contains_key(&ev.cgroup_id) {
-                        index = cg.id_index();
-                    }
+                    cgroup_of.insert(ev.pid, cgroup_id);
                     // When the intruder's first slice began on the trading core (CLOCK_MONOTONIC).
                     first_run.entry(ev.pid).or_insert(ev.timestamp_ns.saturating_sub(ev.ran_ns));
                     intruders.push(Intruder {
                         pid: ev.pid,
                         comm: comm_str(&ev.comm),
-                        cgroup: index.get(&ev.cgroup_id).cloned().unwrap_or_default(),
+                        cgroup,
                         cpu: ev.cpu,
                         ran_ns: ev.ran_ns,
+                        arrived: ev.kind != event::SLICE,
                     });
                 }
                 guard.clear_ready();
                 if intruders.is_empty() {
                     continue;
                 }
+                fast = true;
             }
             Some(call) = calls.recv() => {
                 let p99 = latency.p99(sensor.cpu_readouts().ok().as_deref());
@@ -282,9 +294,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
         }
         // One read of the per-CPU maps per pass, for the latency window and the metrics.
-        let readouts = sensor.cpu_readouts().ok();
-        let p99 = latency.p99(readouts.as_deref());
-        let obs = keeper.observe(intruders, p99);
+        let (readouts, p99, obs) = if fast {
+            (None, None, keeper.observe_intruders(intruders))
+        } else {
+            let readouts = sensor.cpu_readouts().ok();
+            let p99 = latency.p99(readouts.as_deref());
+            (readouts, p99, keeper.observe(intruders, p99))
+        };
         // New cgroups get their trigger within a tick; intruder events do not wait for it.
         if ticked && let Some(w) = &mut workload_triggers {
             let armed = w.sync(&keeper.placements, &cg);
@@ -311,6 +327,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
         }
         record_evictions(&mut recorder, &done, &mut first_run);
+        // An evicted task that comes back to a trading core is news at its next switch-in.
+        for pid in done.iter().filter_map(record::is_eviction_done) {
+            if let Err(e) = sensor.forget_seen(pid) {
+                tracing::warn!(pid, error = %e, "could not re-arm the arrival report of an evicted task");
+            }
+        }
         for d in &done {
             if let crate::decide::ActionKind::EvictIntruder { pid, .. } = d.action.kind
                 && d.outcome.iter().any(|o| o.starts_with("observed only"))

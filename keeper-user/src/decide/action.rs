@@ -99,6 +99,14 @@ pub enum ActionKind {
         #[serde(serialize_with = "cpu_list_text")]
         to: CpuList,
     },
+    /// Stop a repeat offender's process (and its children) with SIGSTOP, until the keeper
+    /// exits (`rules.intruders.then: stop`).
+    StopIntruder {
+        pid: u32,
+        comm: String,
+        cgroup: String,
+        returns: u32,
+    },
     /// The trading-core latency SLO is breached (report; the escalation ladder acts).
     SloBreach { p99_us: f64, target_us: f64 },
     /// The SLO is met again.
@@ -160,6 +168,12 @@ impl fmt::Display for ActionKind {
             EvictIntruder {
                 pid, comm, cpu, to, ..
             } => write!(f, "evict intruder {comm}[{pid}] from CPU {cpu} to {to}"),
+            StopIntruder {
+                pid, comm, returns, ..
+            } => write!(
+                f,
+                "stop intruder {comm}[{pid}] (back on the trading cores {returns} times)"
+            ),
             SloBreach { p99_us, target_us } => write!(
                 f,
                 "SLO breach: trading p99 wakeup {p99_us}us > {target_us}us"

@@ -3,7 +3,7 @@
 use super::action::{ActionKind, RuleId};
 use super::state::{EVICT_COOLDOWN, EngineState, elapsed};
 use super::tick::{Tick, Want};
-use crate::policy::{Trigger, WhenInactive, Workload};
+use crate::policy::{RepeatAction, Trigger, WhenInactive, Workload};
 
 /// Why the start conditions do not hold, or `None` when they do.
 fn unmet_condition(t: &Tick<'_>, w: &Workload) -> Option<String> {
@@ -155,15 +155,51 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
         ),
     });
     let now = t.now;
+    let repeat = &policy.rules.intruders;
     state
         .evicted
         .retain(|_, at| elapsed(*at, now) < EVICT_COOLDOWN);
+    state.returns.retain(|_, at| {
+        at.retain(|a| elapsed(*a, now) < repeat.within);
+        !at.is_empty()
+    });
     for i in &t.obs.intruders {
-        if !host.trading_cores.contains(i.cpu) || owner.matcher.owns_cgroup(&i.cgroup) {
+        if !host.trading_cores.contains(i.cpu)
+            || owner.matcher.owns_cgroup(&i.cgroup)
+            || state.stopped.contains(&i.pid)
+        {
             continue;
         }
+        // Slices of an evicted task reported before its eviction took effect are no news;
+        // an arrival is: it came back (it re-pinned itself, or a new task took its pid).
         if state.evicted.contains_key(&i.pid) {
-            continue;
+            if !i.arrived {
+                continue;
+            }
+            let returns = state.returns.entry(i.pid).or_default();
+            returns.push(now);
+            let n = returns.len() as u32;
+            if n >= repeat.repeat && repeat.then == RepeatAction::Stop {
+                state.stopped.insert(i.pid);
+                let rule = RuleId::new("rules.intruders");
+                let reason = format!(
+                    "{}[{}] from `{}` came back to trading core {} {n} times within {} (repeat: {})",
+                    i.comm,
+                    i.pid,
+                    i.cgroup,
+                    i.cpu,
+                    crate::policy::amount::format_duration(repeat.within),
+                    repeat.repeat
+                );
+                let kind = ActionKind::StopIntruder {
+                    pid: i.pid,
+                    comm: i.comm.clone(),
+                    cgroup: i.cgroup.clone(),
+                    returns: n,
+                };
+                t.event(kind, &rule, reason);
+                continue;
+            }
         }
         state.evicted.insert(i.pid, now);
         let reason = format!(

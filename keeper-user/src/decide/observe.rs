@@ -50,6 +50,9 @@ pub struct Intruder {
     pub cgroup: String,
     pub cpu: u32,
     pub ran_ns: u64,
+    /// Reported at its arrival on a trading core (its first switch-in there, or a fork placed
+    /// there), before it ran: always news, also for a task evicted moments ago (it came back).
+    pub arrived: bool,
 }
 
 /// Everything the engine reads about the host at one tick.

@@ -29,6 +29,13 @@ pub struct EngineState {
     pub applied: Applied,
     /// Intruders evicted recently, pid → when (not evicted again within [`EVICT_COOLDOWN`]).
     pub evicted: BTreeMap<u32, Timestamp>,
+    /// Evicted tasks that came back to a trading core: pid → when, within
+    /// `rules.intruders.within`.
+    #[serde(default)]
+    pub returns: BTreeMap<u32, Vec<Timestamp>>,
+    /// Repeat offenders stopped (`rules.intruders.then: stop`), by pid.
+    #[serde(default)]
+    pub stopped: BTreeSet<u32>,
 }
 
 /// How long an evicted pid is not evicted again (identical events are not new facts).

@@ -98,6 +98,71 @@ fn seed_matrix_table() {
 }
 
 #[test]
+fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
+    let mut p = hive().unwrap();
+    p.rules.intruders = crate::policy::IntruderRule {
+        repeat: 3,
+        within: std::time::Duration::from_secs(10),
+        then: crate::policy::RepeatAction::Stop,
+    };
+    let mut state = EngineState::default();
+    let kinds = |state: &mut EngineState, arrived: bool, secs: i64| {
+        let mut obs = all_present(&ALL);
+        obs.intruders.push(Intruder {
+            pid: 7,
+            comm: "pinner".into(),
+            cgroup: "system.slice/pinner.service".into(),
+            cpu: 1,
+            ran_ns: 0,
+            arrived,
+        });
+        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+        decide(&p, state, &obs, now)
+            .into_iter()
+            .filter_map(|a| match a.kind {
+                ActionKind::EvictIntruder { .. } => Some("evict"),
+                ActionKind::StopIntruder { .. } => Some("stop"),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&mut state, true, 0), ["evict"]);
+    // A late slice of the evicted task is no news; its return is, at once.
+    assert_eq!(kinds(&mut state, false, 1), Vec::<&str>::new());
+    assert_eq!(kinds(&mut state, true, 1), ["evict"]);
+    assert_eq!(kinds(&mut state, true, 2), ["evict"]);
+    assert_eq!(kinds(&mut state, true, 3), ["stop"]);
+    // Stopped: nothing more for it.
+    assert_eq!(kinds(&mut state, true, 4), Vec::<&str>::new());
+    // With the default rule (`then: evict`) every return is evicted, none stopped.
+    let mut p2 = hive().unwrap();
+    p2.rules.intruders = Default::default();
+    let mut state = EngineState::default();
+    for s in 0..5 {
+        let mut obs = all_present(&ALL);
+        obs.intruders.push(Intruder {
+            pid: 8,
+            comm: "pinner".into(),
+            cgroup: "system.slice/pinner.service".into(),
+            cpu: 1,
+            ran_ns: 0,
+            arrived: true,
+        });
+        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(s);
+        let acts = decide(&p2, &mut state, &obs, now);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a.kind, ActionKind::EvictIntruder { .. }))
+        );
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a.kind, ActionKind::StopIntruder { .. }))
+        );
+    }
+}
+
+#[test]
 fn banker_owns_the_trading_cores_and_evicts_intruders() {
     let p = hive().unwrap();
     let mut obs = all_present(&ALL);
@@ -107,6 +172,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cgroup: "system.slice/cron.service".into(),
         cpu: 1,
         ran_ns: 5,
+        arrived: false,
     });
     obs.intruders.push(Intruder {
         pid: 8,
@@ -114,6 +180,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cgroup: "qemu.slice/100.scope/vcpu0".into(),
         cpu: 1,
         ran_ns: 5,
+        arrived: false,
     });
     obs.intruders.push(Intruder {
         pid: 9,
@@ -121,6 +188,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cgroup: "system.slice/ssh.service".into(),
         cpu: 0,
         ran_ns: 5,
+        arrived: false,
     });
     let mut state = EngineState::default();
     let actions = decide(&p, &mut state, &obs, at("2026-03-09T10:00"));
@@ -230,6 +298,7 @@ fn arb_obs() -> impl Strategy<Value = Observations> {
                         cgroup: "x.slice".into(),
                         cpu: 1,
                         ran_ns: 1,
+                        arrived: false,
                     }],
                     trading_p99_wakeup_ns: p99,
                 }

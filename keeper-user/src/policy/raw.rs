@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::at::At;
-use super::types::{Class, Trigger, WhenInactive};
+use super::types::{Class, RepeatAction, Trigger, WhenInactive};
 
 /// A keeper policy: the host, the workloads on it (ranked, 1 = highest) and the rules.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -178,6 +178,21 @@ pub struct RawRules {
     pub eco_mode: Option<At<RawEcoMode>>,
     pub memory: Option<At<RawMemory>>,
     pub slo: Option<At<RawSlo>>,
+    pub intruders: Option<At<RawIntruders>>,
+}
+
+/// Tasks that come back to a trading core after their eviction (they pin themselves there
+/// again): each return is evicted at once; a repeat offender gets `then`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntruders {
+    /// Returns of one task within `within` that make it a repeat offender (default 3).
+    pub repeat: Option<At<u32>>,
+    /// The window the returns are counted in (default `10s`).
+    pub within: Option<At<String>>,
+    /// `evict` (evicted again at each return: the default) or `stop` (its process is stopped
+    /// with SIGSTOP and continued when the keeper exits).
+    pub then: Option<At<RepeatAction>>,
 }
 
 /// Escalation ladder: under CPU pressure (or an SLO breach), throttle the lowest-ranked

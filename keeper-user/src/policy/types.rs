@@ -239,6 +239,38 @@ pub struct Rules {
     pub eco_mode: Option<EcoMode>,
     pub memory: Option<MemoryRule>,
     pub slo: Option<Slo>,
+    pub intruders: IntruderRule,
+}
+
+/// `rules.intruders`: what a task that keeps coming back to a trading core gets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntruderRule {
+    pub repeat: u32,
+    pub within: Duration,
+    pub then: RepeatAction,
+}
+
+impl Default for IntruderRule {
+    fn default() -> Self {
+        Self {
+            repeat: 3,
+            within: Duration::from_secs(10),
+            then: RepeatAction::Evict,
+        }
+    }
+}
+
+/// What a repeat offender gets.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RepeatAction {
+    /// Evicted again at each return.
+    #[default]
+    Evict,
+    /// Its process (and its children) stopped with SIGSTOP until the keeper exits.
+    Stop,
 }
 
 #[derive(Clone, Debug)]

@@ -23,6 +23,7 @@ impl Checker<'_> {
                 eco_mode: None,
                 memory: None,
                 slo: None,
+                intruders: IntruderRule::default(),
             });
         };
         let r = &raw.value;
@@ -67,6 +68,8 @@ impl Checker<'_> {
             }
             None => None,
         };
+        let intruders = r.intruders.as_ref().map(|i| self.intruders(&i.value));
+        ok &= intruders.as_ref().is_none_or(Option::is_some);
         ok.then_some(Rules {
             thaw_hysteresis: hysteresis,
             escalation,
@@ -74,6 +77,28 @@ impl Checker<'_> {
             eco_mode,
             memory,
             slo,
+            intruders: intruders.flatten().unwrap_or_default(),
+        })
+    }
+
+    fn intruders(&mut self, i: &RawIntruders) -> Option<IntruderRule> {
+        let d = IntruderRule::default();
+        let within = self.opt_duration(&i.within, "rules.intruders.within", d.within);
+        let repeat = i.repeat.as_ref().map_or(d.repeat, |r| r.value);
+        let mut ok = true;
+        if let Some(r) = i.repeat.as_ref().filter(|r| r.value == 0) {
+            self.err(r.pos, "rules.intruders.repeat", "at least 1 return");
+            ok = false;
+        }
+        if within.is_zero() {
+            let pos = i.within.as_ref().map(|w| w.pos).unwrap_or_default();
+            self.err(pos, "rules.intruders.within", "a window above 0");
+            ok = false;
+        }
+        ok.then_some(IntruderRule {
+            repeat,
+            within,
+            then: i.then.as_ref().map_or(d.then, |t| t.value),
         })
     }
 

@@ -61,6 +61,7 @@ pub struct SchedOffsets {
     pub prev_pid: u32,
     pub prev_state: u32,
     pub next_pid: u32,
+    pub next_comm: u32,
 }
 
 impl SchedOffsets {
@@ -79,6 +80,7 @@ impl SchedOffsets {
             prev_pid: switch.offset("prev_pid", 4)?,
             prev_state: switch.offset("prev_state", 8)?,
             next_pid: switch.offset("next_pid", 4)?,
+            next_comm: switch.offset("next_comm", COMM_LEN)?,
         })
     }
 }
@@ -161,6 +163,7 @@ impl SchedSensor {
         }
         ebpf::raise_memlock_rlimit();
         let interval_ns = config.intruder_event_interval.as_nanos() as u64;
+        let task_flags = task_flags_offset();
         let ebpf = EbpfLoader::new()
             .override_global(globals::WAKEUP_PID_OFF, &offsets.wakeup_pid, true)
             .override_global(globals::WAKEUP_CPU_OFF, &offsets.wakeup_cpu, true)
@@ -170,6 +173,8 @@ impl SchedSensor {
             .override_global(globals::SWITCH_PREV_PID_OFF, &offsets.prev_pid, true)
             .override_global(globals::SWITCH_PREV_STATE_OFF, &offsets.prev_state, true)
             .override_global(globals::SWITCH_NEXT_PID_OFF, &offsets.next_pid, true)
+            .override_global(globals::SWITCH_NEXT_COMM_OFF, &offsets.next_comm, true)
+            .override_global(globals::TASK_FLAGS_OFF, &task_flags, true)
             .override_global(globals::INTRUDER_EVENT_INTERVAL_NS, &interval_ns, true)
             .load(ebpf::object()?)?;
         // Configure the maps before attaching so the first events already see the right sets.
@@ -343,6 +348,19 @@ impl SchedSensor {
         Ok(stale.len())
     }
 
+    /// Forgets that `pid` was seen on a trading core (after its eviction): if it comes back,
+    /// its next switch-in there is reported at once.
+    pub fn forget_seen(&mut self, pid: u32) -> Result<(), SenseError> {
+        let name = maps::SEEN_PIDS;
+        let err = |source| SenseError::Map { name, source };
+        let mut map: BpfHashMap<&mut MapData, u32, u8> =
+            self.map_mut(name)?.try_into().map_err(err)?;
+        match map.remove(&pid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(err(source)),
+        }
+    }
+
     /// Takes the intruder event ring buffer out of the sensor (for an async reader).
     pub fn take_events(&mut self) -> Result<IntruderEvents, SenseError> {
         let name = maps::INTRUDER_EVENTS;
@@ -352,6 +370,19 @@ impl SchedSensor {
             .ok_or(SenseError::MissingMap(name))?;
         let ring = RingBuf::try_from(map).map_err(|source| SenseError::Map { name, source })?;
         Ok(IntruderEvents { ring })
+    }
+}
+
+/// `task_struct.flags`' offset from the kernel's BTF, for the programs' kernel-thread test.
+/// Without BTF (0) the programs take no task for a kernel thread, and userspace tells them
+/// apart by /proc's flags: kernel threads' time then counts as intruder time.
+fn task_flags_offset() -> u32 {
+    match super::btf::Btf::kernel().and_then(|b| b.member_offset("task_struct", "flags")) {
+        Ok(off) => off,
+        Err(e) => {
+            tracing::warn!(error = %e, "no task_struct.flags offset: kernel threads on the trading cores are told apart in userspace only, and their time counts as intruders'");
+            0
+        }
     }
 }
 
