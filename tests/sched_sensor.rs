@@ -161,6 +161,36 @@ fn a_busy_loop_on_cpu1_is_named_as_an_intruder_unless_protected() {
 }
 
 #[test]
+fn a_task_named_like_a_kernel_thread_is_an_intruder() {
+    if !privileged("a_task_named_like_a_kernel_thread_is_an_intruder") {
+        return;
+    }
+    // The kernel's flags (PF_KTHREAD) decide, not the name: a spoofed kworker/1:9 is reported
+    // with its time, and its time is not counted as kernel time.
+    let watch = Watch::start(&["--cpus", "1", "--for", "4s"]);
+    let spinner = spawn_pinned(PROBE, &["spin", "2", "kworker/1:9"], 1, None);
+    let pid = spinner.id();
+    let cpu_time = wait_cpu_time(spinner);
+    let report = watch.finish();
+    let intruders = report["intruders"].as_array().unwrap();
+    let me = intruders
+        .iter()
+        .find(|i| i["pid"] == pid)
+        .unwrap_or_else(|| panic!("the spoofed kworker {pid} is not an intruder: {report:#}"));
+    assert_eq!(me["comm"], "kworker/1:9");
+    let stolen = me["stolen_ns"].as_u64().unwrap() as f64;
+    assert!(
+        stolen >= 0.8 * cpu_time.as_nanos() as f64,
+        "stolen {stolen} ns of its {cpu_time:?}"
+    );
+    let kernel_ns = cpu1(&report)["kernel_ns"].as_u64().unwrap() as f64;
+    assert!(
+        kernel_ns < 0.2 * cpu_time.as_nanos() as f64,
+        "kernel time {kernel_ns} ns: the spoof was counted as a kernel thread"
+    );
+}
+
+#[test]
 fn keeper_watch_leaves_no_program_behind() {
     if !privileged("keeper_watch_leaves_no_program_behind") {
         return;
