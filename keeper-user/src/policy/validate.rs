@@ -340,6 +340,7 @@ impl<'a> Checker<'a> {
                 out.push(wl);
             }
         }
+        self.containment(&raw.value, &out, host);
         out.sort_by_key(|w| w.rank);
         out
     }

@@ -4,12 +4,69 @@
 use jiff::tz::TimeZone;
 
 use super::at::At;
+use super::raw::RawWorkload;
 use super::raw::{RawConditions, RawGpuHandoff, RawMatch, RawWindow};
-use super::types::{Conditions, GpuHandoff, Host, Match};
+use super::types::{Conditions, GpuHandoff, Host, Match, Workload};
 use super::validate::{Checker, DEFAULT_TIME_ZONE, Refs};
 use super::window::{DaySet, Window};
 
+/// True when cgroup `outer` is `inner` or one of its ancestors.
+fn contains(outer: &str, inner: &str) -> bool {
+    let (outer, inner) = (outer.trim_matches('/'), inner.trim_matches('/'));
+    inner == outer
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 impl Checker<'_> {
+    /// A workload's cgroup must not contain the keeper's own cgroup, nor a cgroup of the
+    /// workload that owns the trading cores or has rank 1 (`cgroup: system.slice`,
+    /// `cgroup: qemu.slice`): freezing or throttling it would hit them too.
+    pub(super) fn containment(
+        &mut self,
+        raw: &[At<RawWorkload>],
+        built: &[Workload],
+        host: Option<&Host>,
+    ) {
+        let keeper = host.map(|h| format!("system.slice/{}", h.keeper_unit));
+        let guarded: Vec<(&str, String)> = built
+            .iter()
+            .filter(|w| w.rank == 1 || w.owns_trading_cores)
+            .flat_map(|w| {
+                w.matcher
+                    .cgroups()
+                    .into_iter()
+                    .map(|c| (w.name.as_str(), c))
+            })
+            .collect();
+        for w in built {
+            let Some(r) = raw.iter().find(|r| r.value.name.value == w.name) else {
+                continue;
+            };
+            let key = format!("{}.match", w.name);
+            // A `systemd_unit` that is the keeper's own is reported by `matcher` already.
+            let own_unit =
+                host.is_some_and(|h| w.matcher.systemd_unit.as_ref() == Some(&h.keeper_unit));
+            for c in w.matcher.cgroups() {
+                let said = own_unit && keeper.as_ref() == Some(&c);
+                if let Some(k) = keeper.as_ref().filter(|k| !said && contains(&c, k)) {
+                    let msg = format!("cgroup `{c}` contains the keeper's own cgroup `{k}`");
+                    self.err(r.value.matcher.pos, &key, msg);
+                }
+                for (other, g) in guarded.iter().filter(|(o, _)| *o != w.name) {
+                    if contains(&c, g) {
+                        let msg = format!(
+                            "cgroup `{c}` contains `{other}`'s cgroup `{g}`: acting on {} would act on `{other}`, which is never frozen or throttled",
+                            w.name
+                        );
+                        self.err(r.value.matcher.pos, &key, msg);
+                    }
+                }
+            }
+        }
+    }
+
     pub(super) fn matcher(
         &mut self,
         m: &At<RawMatch>,
@@ -24,6 +81,7 @@ impl Checker<'_> {
             vmid: r.vmid.as_ref().map(|v| v.value),
             process: r.process.as_ref().map(|v| v.value.clone()),
             pid_file: r.pid_file.as_ref().map(|v| v.value.clone()),
+            protect: vec![],
         };
         if out == Match::default() {
             self.err(
