@@ -60,16 +60,30 @@ impl Actuators {
         if self.dry_run {
             return Ok(Outcome::WouldDo(what));
         }
-        if !self.journaled.contains(&path) {
+        if !self.originals.contains_key(&path) {
+            let original = original_for_restore(file, &current);
             self.journal.record(&Entry::File {
                 path: path.clone(),
-                original: original_for_restore(file, &current),
+                original: original.clone(),
             })?;
-            self.journaled.insert(path.clone());
+            self.originals.insert(path.clone(), original);
         }
         fs::write(&path, write_form(value))
             .map_err(|source| self.file_error(rel, file, &path, source))?;
         Ok(Outcome::Done(what))
+    }
+
+    /// Puts a control file back to the value it had before this keeper wrote it; a file the
+    /// keeper never wrote is left alone (an administrator's value stays).
+    pub fn restore_file(&mut self, rel: &str, file: &str) -> Result<Outcome, ActError> {
+        let path = self.cg.dir(rel)?.join(file);
+        match self.originals.get(&path).cloned() {
+            Some(original) => self.write_file(rel, file, &original),
+            None => Ok(Outcome::Unchanged(format!(
+                "/{}/{file}: never changed by the keeper, left alone",
+                normalize(rel)
+            ))),
+        }
     }
 
     /// Sets a cgroup's `cpuset.cpus` (an empty list: its parent's), enabling the cpuset

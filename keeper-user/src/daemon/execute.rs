@@ -60,8 +60,8 @@ pub fn execute(
         ActionKind::Thaw { workload } => freeze(act, &place(workload), false),
         ActionKind::ApplyClassLimits {
             workload, limits, ..
-        }
-        | ActionKind::RestoreLimits { workload, limits } => {
+        } => set_limits(act, &place(workload), limits, totals, false),
+        ActionKind::RestoreLimits { workload, limits } => {
             set_limits(act, &place(workload), limits, totals, true)
         }
         ActionKind::SetCpuWeight { workload, weight } => {
@@ -199,37 +199,34 @@ fn freeze(act: &mut Actuators, p: &Placement, frozen: bool) -> Report {
     out
 }
 
+/// Writes the limits `l` sets. What it leaves unset is left alone, or, with `restore` (after
+/// a throttle), put back to its value before the keeper wrote it: never a kernel default
+/// written over an administrator's value.
 fn set_limits(
     act: &mut Actuators,
     p: &Placement,
     l: &Limits,
     totals: HostTotals,
-    defaults: bool,
+    restore: bool,
 ) -> Report {
-    let weight = l
-        .cpu_weight
-        .map(|w| w.to_string())
-        .or(defaults.then(|| "100".into()));
-    let cpu_max = l
-        .cpu_max
-        .map(|pc| cpu_max_value(pc, totals))
-        .or(defaults.then(|| format!("max {CPU_PERIOD_US}")));
     let bytes = |a: Option<Amount>| a.map(|a| a.resolve(totals.memory_bytes).to_string());
-    let high = bytes(l.memory_high).or(defaults.then(|| "max".into()));
-    let max = bytes(l.memory_max).or(defaults.then(|| "max".into()));
-    let files: Vec<(&str, String)> = [
-        ("cpu.weight", weight),
-        ("cpu.max", cpu_max),
-        ("memory.high", high),
-        ("memory.max", max),
+    let files: Vec<(&str, Option<String>)> = [
+        ("cpu.weight", l.cpu_weight.map(|w| w.to_string())),
+        ("cpu.max", l.cpu_max.map(|pc| cpu_max_value(pc, totals))),
+        ("memory.high", bytes(l.memory_high)),
+        ("memory.max", bytes(l.memory_max)),
     ]
     .into_iter()
-    .filter_map(|(f, v)| Some((f, v?)))
+    .filter(|(_, v)| v.is_some() || restore)
     .collect();
     each_cgroup(act, p, |a, c| {
         let mut last = Ok(Outcome::Unchanged(format!("/{c}: limits already so")));
         for (f, v) in &files {
-            match a.write_file(c, f, v) {
+            let written = match v {
+                Some(v) => a.write_file(c, f, v),
+                None => a.restore_file(c, f),
+            };
+            match written {
                 Ok(Outcome::Unchanged(_)) => {}
                 Err(e @ ActError::Missing { .. }) => {
                     a.say_missing_once(&e);
@@ -306,5 +303,50 @@ mod tests {
         };
         assert_eq!(cpu_max_value(Percent::new(25.0), t), "50000 100000");
         assert_eq!(cpu_max_value(Percent::new(90.0), t), "180000 100000");
+    }
+
+    #[test]
+    fn class_limits_leave_an_administrators_values_alone() {
+        use crate::{act::journal::Journal, cgroupfs::CgroupFs};
+        let root = std::env::temp_dir().join(format!("keeper-limits-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("w");
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = [
+            ("cpu.weight", "100"),
+            ("cpu.max", "30000 100000"), // set by an administrator
+            ("memory.high", "max"),
+            ("memory.max", "1073741824"), // set by an administrator
+        ];
+        for (f, v) in files {
+            std::fs::write(dir.join(f), v).unwrap();
+        }
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let journal = Journal::open(&root.join("state")).unwrap();
+        let mut act = Actuators::new(CgroupFs::at(&root), journal, false, None);
+        let place = Placement {
+            cgroups: vec!["w".into()],
+            pids: vec![],
+        };
+        let totals = HostTotals {
+            cpus: 2,
+            memory_bytes: 1 << 32,
+        };
+        let class = Limits {
+            memory_high: Some(Amount::Bytes(400 << 20)),
+            ..Limits::default()
+        };
+        set_limits(&mut act, &place, &class, totals, false);
+        assert_eq!(read("memory.high"), (400u64 << 20).to_string());
+        assert_eq!(read("cpu.max"), "30000 100000");
+        assert_eq!(read("memory.max"), "1073741824");
+        // A throttle, then its release: back to the class, and what the class leaves unset
+        // back to the administrator's value (not `max`).
+        act.write_file("w", "cpu.max", "50000 100000").unwrap();
+        set_limits(&mut act, &place, &class, totals, true);
+        assert_eq!(read("cpu.max"), "30000 100000");
+        assert_eq!(read("memory.max"), "1073741824");
+        assert_eq!(read("cpu.weight"), "100");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
