@@ -1,7 +1,7 @@
 //! `keeper check FILE...`: parse and check policy files; print `FILE:LINE:COL: ...` findings.
-use std::{io::Read, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
-use crate::policy::{Diagnostic, HostFacts, MAX_POLICY_BYTES, Pos};
+use crate::policy::{Diagnostic, HostFacts, Pos, read_capped};
 
 use crate::cpulist::CpuList;
 
@@ -14,15 +14,6 @@ pub struct CheckArgs {
     /// (without it, warnings).
     #[arg(long)]
     pub host: bool,
-}
-
-/// Reads at most `MAX_POLICY_BYTES + 1` bytes, so a huge file is refused without loading it.
-fn read_capped(path: &PathBuf) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_POLICY_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {

@@ -24,7 +24,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     let (name, bytes) = match &args.policy {
         Some(p) => (
             p.display().to_string(),
-            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            policy::read_capped(p).with_context(|| format!("reading {}", p.display()))?,
         ),
         None => (
             "<embedded hive.yaml>".to_string(),

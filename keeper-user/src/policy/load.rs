@@ -8,6 +8,17 @@ use super::raw::RawPolicy;
 
 /// Largest policy file accepted; checked before parsing.
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
+
+/// Reads at most `MAX_POLICY_BYTES + 1` bytes of a policy file, so that a huge file (or
+/// `/dev/zero`) is refused by [`load`] without being read whole.
+pub fn read_capped(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 /// Deepest nesting accepted (the policy itself needs 6).
 pub const MAX_DEPTH: usize = 24;
 

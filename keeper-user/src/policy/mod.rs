@@ -24,7 +24,7 @@ mod window_tests;
 pub use amount::{Amount, Percent};
 pub use at::Pos;
 pub use diag::{Diagnostic, Diagnostics, Severity};
-pub use load::MAX_POLICY_BYTES;
+pub use load::{MAX_POLICY_BYTES, read_capped};
 pub use types::*;
 pub use validate::{DEFAULT_THAW_HYSTERESIS, DEFAULT_TIME_ZONE, HostFacts};
 pub use window::{DaySet, Window};
