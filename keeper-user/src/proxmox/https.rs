@@ -331,7 +331,7 @@ pub fn exchange(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
             Err(e) => return Err(e),
         }
-        if raw.len() > 16 << 20 {
+        if raw.len() > MAX_ANSWER {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "answer larger than 16 MiB",
@@ -357,6 +357,9 @@ fn set_timeouts(sock: &TcpStream, deadline: Instant) -> io::Result<()> {
     sock.set_read_timeout(Some(left))?;
     sock.set_write_timeout(Some(left))
 }
+
+/// The largest answer read from the API (the whole response, and so any chunk of it).
+const MAX_ANSWER: usize = 16 << 20;
 
 /// A complete response in `raw`, or `None` while more is needed (Content-Length or chunked;
 /// without either, the body runs until the peer closes: `closed`).
@@ -424,7 +427,9 @@ fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let size_text = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
         let size_text = size_text.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size `{size_text}`"))?;
+            .ok()
+            .filter(|s| *s <= MAX_ANSWER)
+            .ok_or_else(|| format!("bad chunk size `{size_text}` (at most 16 MiB)"))?;
         data = &data[eol + 2..];
         if size == 0 {
             return Ok(Some(out));
@@ -514,6 +519,10 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(r.body, b"{\"data\":1}");
+        // A chunk size near usize::MAX is an error, not an overflow.
+        let huge = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n{";
+        let err = parse_response(huge, false).unwrap_err().to_string();
+        assert!(err.contains("bad chunk size `ffffffffffffffff`"), "{err}");
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
         // No length: the body is what came before the peer closed.
         let open = b"HTTP/1.0 200 OK\r\n\r\n{\"data\":2}";
