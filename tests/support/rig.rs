@@ -159,6 +159,11 @@ impl Daemon {
         }
     }
 
+    /// The keeper's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Waits for `--for` to end it; returns its log.
     pub fn finish(mut self) -> Vec<String> {
         let status = self.child.take().unwrap().wait().unwrap();

@@ -283,19 +283,36 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Binds now (so a taken port is an error at start) and serves `GET /metrics` until dropped.
+/// Metrics connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics");
+    // Each connection holds a descriptor: past this many at once, a new one is closed at
+    // accept, so idle or slow peers cannot use up the keeper's descriptors.
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut conn, peer)) = listener.accept().await else {
+            let (mut conn, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) fails at once: no busy loop.
+                    tracing::debug!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "metrics: {MAX_CONNECTIONS} connections open, closing a new one");
                 continue;
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let mut buf = vec![0u8; 4096];
                 let mut n = 0;
                 // Read the request head (bounded in size and time).
