@@ -61,12 +61,46 @@ pub fn place_workloads(policy: &Policy, cg: &CgroupFs) -> BTreeMap<String, Place
     } else {
         Vec::new()
     };
-    policy
+    let mut placed: BTreeMap<String, Placement> = policy
         .workloads
         .iter()
         .map(|w| (w.name.clone(), place(w, cg, &comms)))
         .filter(|(_, p)| !p.is_empty())
-        .collect()
+        .collect();
+    // A process of the rank-1 or trading-core workload is never another's (a pid file or a
+    // process name pointing at it).
+    let guarded: Vec<&str> = policy
+        .workloads
+        .iter()
+        .filter(|w| w.rank == 1 || w.owns_trading_cores)
+        .map(|w| w.name.as_str())
+        .collect();
+    let shield: Placement =
+        guarded
+            .iter()
+            .filter_map(|n| placed.get(*n))
+            .fold(Placement::default(), |mut all, p| {
+                all.cgroups.extend(p.cgroups.iter().cloned());
+                all.pids.extend(&p.pids);
+                all
+            });
+    for (name, p) in placed
+        .iter_mut()
+        .filter(|(n, _)| !guarded.contains(&n.as_str()))
+    {
+        p.pids.retain(|pid| {
+            let theirs = shield.pids.contains(pid)
+                || task_cgroup(*pid)
+                    .is_some_and(|tc| shield.cgroups.iter().any(|c| crate::act::under(&tc, c)));
+            if theirs {
+                say_once(format!(
+                    "{name}: pid {pid} belongs to a protected workload; ignored"
+                ));
+            }
+            !theirs
+        });
+    }
+    placed
 }
 
 fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
@@ -80,19 +114,56 @@ fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
     if let Some(name) = &w.matcher.process {
         pids.extend(comms.iter().filter(|(_, c)| c == name).map(|(p, _)| *p));
     }
-    if let Some(file) = &w.matcher.pid_file
-        && let Some(pid) = fs::read_to_string(file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        && Path::new(&format!("/proc/{pid}")).exists()
-    {
-        pids.push(pid);
+    if let Some(file) = &w.matcher.pid_file {
+        match read_pid_file(Path::new(file)) {
+            Ok(Some(pid)) => pids.push(pid),
+            Ok(None) => {}
+            Err(why) => say_once(format!("{}.match.pid_file {file}: {why}; ignored", w.name)),
+        }
     }
     // Processes inside the workload's own cgroups are handled through the cgroup.
     pids.retain(|p| {
         task_cgroup(*p).is_none_or(|tc| !cgroups.iter().any(|c| crate::act::under(&tc, c)))
     });
     Placement { cgroups, pids }
+}
+
+/// The live pid a pid file names (`None`: no file, or the process is gone). The file must be
+/// root's and writable by nobody else (whoever can write it chooses what the keeper acts
+/// on), and it may not name pid 1 or the keeper itself.
+pub fn read_pid_file(file: &Path) -> Result<Option<u32>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "owned by uid {} with mode {:o}: a pid file must be root's and writable by root only",
+            meta.uid(),
+            meta.mode() & 0o777
+        ));
+    }
+    let text = fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{}` is not a pid", text.trim()))?;
+    if pid <= 1 || pid == std::process::id() {
+        return Err(format!("pid {pid} is init or the keeper itself"));
+    }
+    Ok(Path::new(&format!("/proc/{pid}")).exists().then_some(pid))
+}
+
+/// Logs a warning the first time it is given (placements are made every tick).
+fn say_once(msg: String) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.contains(&msg) {
+        tracing::warn!("{msg}");
+        said.push(msg);
+    }
 }
 
 /// The workload a process belongs to: the deepest workload cgroup holding it, else the
@@ -163,6 +234,39 @@ pub fn observe_workload(p: &Placement, cg: &CgroupFs) -> WorkloadObs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_file_must_be_roots_and_name_a_plain_process() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("keeper-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("w.pid");
+        let me_child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        std::fs::write(&f, format!("{}\n", me_child.id())).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(read_pid_file(&f), Ok(Some(me_child.id())));
+        }
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = read_pid_file(&f).unwrap_err();
+        assert!(err.contains("writable by root only"), "{err}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            for pid in ["1".to_string(), std::process::id().to_string()] {
+                std::fs::write(&f, &pid).unwrap();
+                let err = read_pid_file(&f).unwrap_err();
+                assert!(err.contains("init or the keeper"), "{err}");
+            }
+        }
+        assert_eq!(read_pid_file(&dir.join("none.pid")), Ok(None));
+        let mut c = me_child;
+        let _ = c.kill();
+        let _ = c.wait();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_process_belongs_to_the_workload_of_its_cgroup_or_ancestor() {
