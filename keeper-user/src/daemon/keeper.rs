@@ -120,7 +120,7 @@ impl PolicySource {
         let (name, bytes) = match &self.file {
             Some(f) => (
                 f.display().to_string(),
-                std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?,
+                policy::read_capped(f).map_err(|e| format!("{}: {e}", f.display()))?,
             ),
             None => (
                 "policies/hive.yaml".into(),
@@ -161,6 +161,7 @@ impl PolicySource {
             };
             owner.matcher = Match {
                 cgroup: Some(first.trim_matches('/').to_string()),
+                protect: self.protect[1..].to_vec(),
                 ..Match::default()
             };
             owner.windows.clear();
@@ -533,5 +534,34 @@ impl Keeper {
             "undo_pending": self.act.undo_pending(),
             "last_actions": self.last.iter().rev().take(20).collect::<Vec<_>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_protect_flag_is_protected() {
+        let source = PolicySource {
+            file: None,
+            trading_cores: None,
+            protect: vec!["kt/banker".into(), "/kt/banker2/".into()],
+        };
+        let p = source.load().unwrap();
+        let owner = p.workloads.iter().find(|w| w.owns_trading_cores).unwrap();
+        assert_eq!(owner.matcher.cgroups(), ["kt/banker", "kt/banker2"]);
+        assert!(owner.matcher.owns_cgroup("kt/banker2/vcpu0"));
+    }
+
+    #[test]
+    fn an_endless_policy_file_is_refused_without_reading_it_whole() {
+        let source = PolicySource {
+            file: Some("/dev/zero".into()),
+            trading_cores: None,
+            protect: vec![],
+        };
+        let err = source.load().unwrap_err();
+        assert!(err.contains("at most"), "{err}");
     }
 }

@@ -171,6 +171,8 @@ pub struct Match {
     pub vmid: Option<u32>,
     pub process: Option<String>,
     pub pid_file: Option<String>,
+    /// Further cgroups given by `keeper run --protect` (not a policy key).
+    pub protect: Vec<String>,
 }
 
 impl Match {
@@ -186,6 +188,7 @@ impl Match {
         if let Some(v) = self.vmid {
             out.push(format!("qemu.slice/{v}.scope"));
         }
+        out.extend(self.protect.iter().map(|c| c.trim_matches('/').to_string()));
         out
     }
     /// Whether a cgroup path (as the sensors report it) lies inside this match's cgroups.
