@@ -356,3 +356,44 @@ fn a_self_re_pinning_task_is_evicted_at_each_return_then_stopped() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     wait_cpu_time(hog);
 }
+
+#[test]
+fn idle_metrics_connections_cannot_use_up_the_keepers_descriptors() {
+    if !privileged("idle_metrics_connections_cannot_use_up_the_keepers_descriptors") {
+        return;
+    }
+    let rig = Rig::new("metrics-fds");
+    let addr = format!("127.0.0.1:{}", 20000 + std::process::id() % 20000);
+    let keeper = rig.keeper(&["--for", "8s", "--metrics", &addr]);
+    let pid = keeper.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    // 200 peers that connect and never send a request.
+    let idle: Vec<_> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = fds();
+    assert!(
+        during <= before + 16 + 2,
+        "{during} descriptors with 200 idle peers (was {before})"
+    );
+    drop(idle);
+    // Served again once the idle ones are gone.
+    let scraped = eventually(Duration::from_secs(6), || {
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            return false;
+        };
+        use std::io::{Read, Write};
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("keeper_")
+    });
+    assert!(scraped, "no /metrics after the idle peers left");
+    keeper.finish();
+}

@@ -101,8 +101,8 @@ pub struct Actuators {
     pub(crate) dry_run: bool,
     /// Cgroup path (relative to the v2 mount) outside of which nothing is touched.
     pub(crate) scope: Option<String>,
-    /// Files whose original value is already in the journal.
-    pub(crate) journaled: HashSet<PathBuf>,
+    /// Files whose original value is already in the journal, and that value.
+    pub(crate) originals: std::collections::HashMap<PathBuf, String>,
     /// Controllers already reported missing (said once).
     pub(crate) missing_said: HashSet<String>,
     /// Where the VMs' QMP sockets are (`<vmid>.qmp`).
@@ -130,7 +130,7 @@ impl Actuators {
             journal,
             dry_run,
             scope,
-            journaled: HashSet::new(),
+            originals: Default::default(),
             missing_said: HashSet::new(),
             qmp_dir: PathBuf::from(crate::sense::vms::DEFAULT_QMP_DIR),
             balloon_floor: crate::policy::Amount::Bytes(1 << 30),
@@ -286,7 +286,7 @@ impl Actuators {
         self.journal.rewrite(&kept)?;
         self.pending = kept;
         self.retry = Backoff::default();
-        self.journaled.clear();
+        self.originals.clear();
         self.gpu.journal_cleared();
         self.vms_stopped.clear();
         Ok(done)

@@ -300,3 +300,68 @@ fn example_policies_are_valid() {
     }
     assert!(n >= 3, "hive.yaml and the examples");
 }
+
+#[test]
+fn a_workload_may_not_contain_the_keeper_or_the_trading_workload() {
+    let e = errors(&hive_with(
+        "match: { cgroup: research.slice }",
+        "match: { cgroup: qemu.slice }",
+    ));
+    assert!(
+        e.iter().any(|m| m.contains("`research.match`")
+            && m.contains("cgroup `qemu.slice` contains `banker`'s cgroup `qemu.slice/100.scope`")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter().all(|m| m.starts_with("63:")),
+        "located at the match: {e:#?}"
+    );
+    let e = errors(&hive_with(
+        "match: { cgroup: research.slice }",
+        "match: { cgroup: system.slice }",
+    ));
+    assert!(
+        e.iter().any(|m| m.contains(
+            "cgroup `system.slice` contains the keeper's own cgroup `system.slice/keeper.service`"
+        )),
+        "{e:#?}"
+    );
+    // A sibling is fine.
+    assert!(
+        errors(&hive_with(
+            "match: { cgroup: research.slice }",
+            "match: { cgroup: qemu.slice/101.scope }"
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn rules_intruders_has_defaults_and_checks_its_values() {
+    let p = hive().unwrap();
+    assert_eq!(p.rules.intruders, IntruderRule::default());
+    let text = format!("{HIVE_YAML}\n  intruders: {{ repeat: 2, within: 5s, then: stop }}\n");
+    let p = load(text.as_bytes(), &HostFacts::default()).unwrap().policy;
+    assert_eq!(p.rules.intruders.repeat, 2);
+    assert_eq!(p.rules.intruders.within, Duration::from_secs(5));
+    assert_eq!(p.rules.intruders.then, RepeatAction::Stop);
+    let e = errors(&format!("{HIVE_YAML}\n  intruders: {{ then: kill }}\n"));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("unknown value `kill`; expected one of: evict, stop")),
+        "{e:#?}"
+    );
+    let e = errors(&format!(
+        "{HIVE_YAML}\n  intruders: {{ repeat: 0, within: 0s }}\n"
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("`rules.intruders.repeat`: at least 1 return")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("`rules.intruders.within`: a window above 0")),
+        "{e:#?}"
+    );
+}
