@@ -6,6 +6,13 @@
 //! - `keeper-probe repin SECONDS CPU [NAME]`: the same busy loop, pinning itself back onto CPU
 //!   every millisecond (`sched_setaffinity(0, {CPU})`): a task that will not stay evicted;
 //!
+//! - `keeper-probe ticks SECONDS PERIOD_US WORK_US OUT`: a trading loop: every PERIOD_US (on
+//!   an absolute clock) it wakes and does WORK_US of CPU work; each tick's response time (from
+//!   its due time to its work done, in µs) goes to OUT, one per line. Unlike a wakeup-latency
+//!   probe it needs the CPU: a task sharing the core stretches every tick;
+//! - `keeper-probe newcomers SECONDS EVERY_MS CPU...`: every EVERY_MS, starts a fresh
+//!   `keeper-probe spin 0.03` allowed on CPU... (its own affinity stays as it was): newcomers
+//!   born in this process's cgroup, the way a service's workers are;
 //! - `keeper-probe mem MIB SECONDS`: allocates MIB MiB and keeps touching every page for
 //!   SECONDS (memory pressure under a low `memory.high`);
 //! - `keeper-probe psi-wait FILE PERCENT SECONDS`: registers a PSI trigger (`some`, PERCENT of
@@ -56,6 +63,32 @@ fn main() -> ExitCode {
             spin(secs, repin.then_some(cpu as usize));
             ExitCode::SUCCESS
         }
+        Some("ticks") => {
+            let (Some(secs), Some(period), Some(work), Some(out)) =
+                (num(1), num(2), num(3), args.get(4))
+            else {
+                eprintln!("usage: keeper-probe ticks SECONDS PERIOD_US WORK_US OUT");
+                return ExitCode::from(2);
+            };
+            let samples = ticks(secs, period, work);
+            let text: String = samples.iter().map(|us| format!("{us}\n")).collect();
+            match std::fs::write(out, text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keeper-probe: {out}: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("newcomers") => {
+            let (Some(secs), Some(every)) = (num(1), num(2)) else {
+                eprintln!("usage: keeper-probe newcomers SECONDS EVERY_MS CPU...");
+                return ExitCode::from(2);
+            };
+            let cpus: Vec<usize> = args[3..].iter().filter_map(|c| c.parse().ok()).collect();
+            println!("{}", newcomers(secs, every, &cpus));
+            ExitCode::SUCCESS
+        }
         Some("mem") => {
             let (Some(mib), Some(secs)) = (num(1), num(2)) else {
                 eprintln!("usage: keeper-probe mem MIB SECONDS");
@@ -86,11 +119,94 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME] | repin SECONDS CPU [NAME] | mem MIB SECONDS | psi-wait FILE PERCENT SECONDS"
+                "usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME] | repin SECONDS CPU [NAME] | ticks SECONDS PERIOD_US WORK_US OUT | newcomers SECONDS EVERY_MS CPU... | mem MIB SECONDS | psi-wait FILE PERCENT SECONDS"
             );
             ExitCode::from(2)
         }
     }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The trading loop: response times (µs) of each tick, due time → work done.
+fn ticks(secs: u64, period_us: u64, work_us: u64) -> Vec<u64> {
+    let period = period_us.max(1) * 1000;
+    let start = clock_ns(libc::CLOCK_MONOTONIC) + period;
+    let end = start + secs * 1_000_000_000;
+    let mut out = Vec::with_capacity((secs * 1_000_000 / period_us.max(1)) as usize);
+    let mut due = start;
+    let mut x = 0u64;
+    while due < end {
+        let ts = libc::timespec {
+            tv_sec: (due / 1_000_000_000) as libc::time_t,
+            tv_nsec: (due % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: an absolute sleep on CLOCK_MONOTONIC with a valid timespec.
+        unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+        let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+        while clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu0 < work_us * 1000 {
+            for i in 0..100u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        out.push(clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(due) / 1000);
+        // A tick that overran its period: the next ones are due on the original grid.
+        due += period;
+    }
+    std::hint::black_box(x);
+    out
+}
+
+/// Starts a 30 ms spinner allowed on `cpus` every `every_ms` for `secs`; how many.
+fn newcomers(secs: u64, every_ms: u64, cpus: &[usize]) -> usize {
+    use std::os::unix::process::CommandExt;
+    let Ok(me) = std::env::current_exe() else {
+        return 0;
+    };
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut running = Vec::new();
+    let mut started = 0;
+    while Instant::now() < end {
+        let cpus = cpus.to_vec();
+        let mut cmd = std::process::Command::new(&me);
+        cmd.args(["spin", "0.03", &format!("kb_new{started}")]);
+        // SAFETY: only sched_setaffinity between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                for &c in &cpus {
+                    libc::CPU_SET(c, &mut set);
+                }
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+                Ok(())
+            });
+        }
+        if let Ok(c) = cmd.spawn() {
+            running.push(c);
+            started += 1;
+        }
+        running.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        std::thread::sleep(Duration::from_millis(every_ms));
+    }
+    for mut c in running {
+        let _ = c.wait();
+    }
+    started
 }
 
 /// A busy loop for `secs`; with `repin`, it pins itself back onto that CPU every millisecond.

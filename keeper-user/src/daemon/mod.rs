@@ -152,6 +152,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         unsafe { AsyncFd::register_with_interest(sensor.take_events()?, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
     let (memory_sensor, mut oom_events) = memory::attach(&tracefs);
+    crate::sense::ebpf::release_load_memory();
     let mut calls = control::serve(&cfg.socket, cfg.allowed_uids.clone())?;
     tracing::info!(
         mode = if cfg.dry_run { "dry-run" } else { "enforcing" },

@@ -19,6 +19,13 @@ pub fn object() -> Result<&'static [u8], NoObject> {
     }
 }
 
+/// Gives the heap's free memory back to the system: loading reads the kernel's BTF (megabytes,
+/// freed at once), and without this the freed pages stay in the keeper's RSS for its life.
+pub fn release_load_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Raises RLIMIT_MEMLOCK for kernels before 5.11, which charge BPF maps to it. Harmless after.
 pub fn raise_memlock_rlimit() {
     let rlim = libc::rlimit {

@@ -32,12 +32,12 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
-    /// Trading-core isolation: cyclictest on CPU 1 under 8 hogs and a process churn.
+    /// Trading-core isolation: a trading loop on CPU 1 against hogs, churn and adversaries.
     Isolation {
-        /// Length of each condition's cyclictest run, in seconds.
+        /// Length of each condition's trading-loop run, in seconds.
         #[arg(long, default_value_t = 10)]
         secs: u64,
-        /// Rounds of the three conditions, interleaved (medians are reported).
+        /// Rounds of every condition, interleaved (medians are reported).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// `keeper interaction start` → Muse frozen round trips to time.
