@@ -397,3 +397,61 @@ fn idle_metrics_connections_cannot_use_up_the_keepers_descriptors() {
     assert!(scraped, "no /metrics after the idle peers left");
     keeper.finish();
 }
+
+#[test]
+fn tasks_already_in_the_scope_are_kept_off_the_trading_cores_then_put_back() {
+    if !privileged("tasks_already_in_the_scope_are_kept_off_the_trading_cores_then_put_back") {
+        return;
+    }
+    let rig = Rig::new("inherit");
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    let banker = TestCgroup {
+        rel: rig.rel("banker"),
+        dir: rig.cg("banker"),
+    };
+    // A parent allowed on both CPUs that starts a child later, and the Banker's own process.
+    let parent = spawn_on(
+        "/bin/sh",
+        &["-c", &format!("sleep 2; {PROBE} sleep 3000 1000")],
+        &[0, 1],
+        Some(&muse),
+    );
+    let trader = spawn_on(PROBE, &["sleep", "6000", "1000"], &[0, 1], Some(&banker));
+    std::mem::forget(muse);
+    std::mem::forget(banker);
+    let (pid, trader_pid) = (parent.id(), trader.id());
+    assert_eq!(affinity(pid), "0-1");
+    let keeper = rig.keeper(&[]);
+    // No cpuset partition on this host: the affinity does it. The Banker keeps both CPUs.
+    assert!(
+        eventually(Duration::from_secs(2), || affinity(pid) == "0"),
+        "not kept off the trading core: {}",
+        affinity(pid)
+    );
+    assert_eq!(affinity(trader_pid), "0-1");
+    // The child it starts now is born on the housekeeping core.
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    let mut child = None;
+    assert!(eventually(Duration::from_secs(4), || {
+        child = std::fs::read_to_string(&children)
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+        child.is_some()
+    }));
+    let child = child.unwrap();
+    assert_eq!(
+        affinity(child),
+        "0",
+        "the child was not born off the trading core"
+    );
+    keeper.stop();
+    assert_eq!(affinity(pid), "0-1", "not put back at exit");
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    for c in [parent, trader] {
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        wait_cpu_time(c);
+    }
+}

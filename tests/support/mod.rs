@@ -101,25 +101,38 @@ pub fn spawn_pinned(
     cpu: usize,
     cgroup: Option<&TestCgroup>,
 ) -> Child {
+    spawn_on(program, args, &[cpu], cgroup)
+}
+
+/// Starts `program args` allowed on `cpus`, inside `cgroup` when given.
+pub fn spawn_on(
+    program: &str,
+    args: &[&str],
+    cpus: &[usize],
+    cgroup: Option<&TestCgroup>,
+) -> Child {
     let procs = cgroup.map(|c| c.dir.join("cgroup.procs"));
+    let cpus = cpus.to_vec();
     let mut cmd = Command::new(program);
     cmd.args(args).stdout(Stdio::null());
     // SAFETY: only async-signal-safe calls (sched_setaffinity, open/write/close) after fork.
     unsafe {
         cmd.pre_exec(move || {
-            // Join the cgroup first, so the child never runs on `cpu` outside it.
+            // Join the cgroup first, so the child never runs on `cpus` outside it.
             if let Some(p) = &procs {
                 std::fs::write(p, b"0")?;
             }
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
+            for &cpu in &cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
             if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    // Fork from CPU 0, so the child does not run on `cpu` before it joined its cgroup.
+    // Fork from CPU 0, so the child does not run on `cpus` before it joined its cgroup.
     let saved = thread_affinity();
     set_thread_affinity(&[0]);
     let child = cmd.spawn().expect("spawn pinned child");

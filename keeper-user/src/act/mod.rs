@@ -4,11 +4,14 @@
 //!
 //! - [`cgroup`]: control files (cpu.weight, cpu.max, memory.high, cpuset), freeze/thaw
 //!   confirmed through cgroup.events, the trading-core cpuset partition;
-//! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees, CPU affinity (intruder eviction);
+//! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees;
+//! - [`affinity`]: CPU affinity: intruder eviction, and every task kept off the trading cores
+//!   where no cpuset partition can be made;
 //! - [`gpu`]: the GPU power limit and clock offset (NVML), cuda-checkpoint for the handoff;
 //! - [`balloon`] (QMP) and [`vm_stop`] (Proxmox API): the VMs' memory;
 //! - [`journal`]: the crash-safety journal.
 
+pub mod affinity;
 pub mod balloon;
 pub mod cgroup;
 pub mod gpu;
@@ -192,56 +195,6 @@ impl Actuators {
             return true;
         }
         false
-    }
-
-    /// Moves every thread of `pid` to `to` (intruder eviction), journaling the original affinity.
-    pub fn evict(&mut self, pid: u32, to: &CpuList) -> Result<Outcome, ActError> {
-        match self.check_scope_pid(pid) {
-            // Gone before it could be moved: nothing left on the trading core to evict.
-            Err(ActError::Vanished { .. }) => {
-                return Ok(Outcome::Unchanged(format!(
-                    "pid {pid} exited before its eviction"
-                )));
-            }
-            r => r?,
-        }
-        let what = format!("pid {pid} to CPUs {to}");
-        if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("evict {what}")));
-        }
-        let mut moved = 0;
-        for tid in process::threads(pid) {
-            let task = match Proc::open(tid, None) {
-                Ok(t) => t,
-                Err(ActError::Vanished { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let original = task.affinity()?;
-            if original == *to {
-                continue;
-            }
-            self.journal.record(&Entry::Affinity {
-                pid: tid,
-                start: task.start,
-                original: original.to_string(),
-            })?;
-            match task.set_affinity(to) {
-                Ok(()) => moved += 1,
-                Err(ActError::Vanished { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if moved == 0 && process::threads(pid).is_empty() {
-            // Gone before it could be moved: nothing left on the trading core to evict.
-            return Ok(Outcome::Unchanged(format!(
-                "pid {pid} exited before its eviction"
-            )));
-        }
-        Ok(if moved == 0 {
-            Outcome::Unchanged(what)
-        } else {
-            Outcome::Done(format!("evicted {what} ({moved} threads)"))
-        })
     }
 
     /// SIGSTOP (`stop = true`) or SIGCONT a process and its descendants, through pidfds.

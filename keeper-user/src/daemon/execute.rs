@@ -135,16 +135,21 @@ fn protect_trading_cores(
 ) -> Report {
     let mut out: Report = Vec::new();
     let owner = placements.get(workload).cloned().unwrap_or_default();
+    let mut partitioned = !owner.cgroups.is_empty();
     for c in &owner.cgroups {
         match act.partition(c, cpus) {
             Err(ActError::Partition { cgroup, state }) => {
                 // partition() left the cgroup a member with cpuset.cpus = the trading cores.
+                partitioned = false;
                 out.push(Ok(Outcome::Unchanged(format!(
                     "no cpuset partition for {cgroup} ({state}): the trading cores are kept by \
-                     the other workloads' cpusets instead"
+                     the other workloads' cpusets and the tasks' affinity instead"
                 ))));
             }
-            other => out.push(other),
+            other => {
+                partitioned &= other.is_ok();
+                out.push(other);
+            }
         }
     }
     for (name, p) in placements {
@@ -154,6 +159,11 @@ fn protect_trading_cores(
         for c in &p.cgroups {
             out.push(act.restrict_cpus(c, &housekeeping.to_string()));
         }
+    }
+    // No partition holds the cores: the tasks already there are kept off them, so that what
+    // they start is born on the housekeeping cores; newcomers from elsewhere are evicted.
+    if !partitioned {
+        out.push(act.keep_tasks_off(cpus, housekeeping, (&owner.cgroups, &owner.pids)));
     }
     out
 }

@@ -321,7 +321,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             });
         }
         if ticked {
-            recorder.sample(&keeper, &obs, p99);
+            let intruder_ns = readouts
+                .as_ref()
+                .map(|r| r.iter().map(|c| c.intruder_ns).sum());
+            recorder.sample(&keeper, &obs, p99, intruder_ns);
             if cfg.metrics.is_some() {
                 let readouts = readouts.as_deref().unwrap_or_default();
                 refresh_metrics(&metrics, &keeper, readouts, &obs, p99);

@@ -80,8 +80,15 @@ impl Recorder {
         }
     }
 
-    /// One tick's readings (`trading_p99_ns`: the latency window the engine saw).
-    pub fn sample(&mut self, keeper: &Keeper, obs: &Observations, trading_p99_ns: Option<u64>) {
+    /// One tick's readings (`trading_p99_ns`: the latency window the engine saw;
+    /// `intruder_ns`: intruders' time on the trading cores so far).
+    pub fn sample(
+        &mut self,
+        keeper: &Keeper,
+        obs: &Observations,
+        trading_p99_ns: Option<u64>,
+        intruder_ns: Option<u64>,
+    ) {
         self.ticks += 1;
         if !self.ticks.is_multiple_of(self.stride) {
             return;
@@ -106,6 +113,7 @@ impl Recorder {
             gpu_power_w: keeper.gpu_power_w(),
             frozen: applied.frozen.len() as u32,
             throttled: applied.knobs.values().filter(|k| !k.is_empty()).count() as u32,
+            trading_intruder_ns: intruder_ns,
         });
     }
 
@@ -152,7 +160,12 @@ impl Recorder {
             live,
             restored_at_start: sensed.restored_at_start,
             restored_at_exit: sensed.restored_at_exit,
-            slo: verdicts(&keeper.policy, &sensed.cpus, &self.preemption_ms),
+            slo: verdicts(
+                &keeper.policy,
+                &sensed.cpus,
+                &self.preemption_ms,
+                &self.samples,
+            ),
             cpus: sensed.cpus,
             intruders: sensed.intruders,
             evictions: keeper.evictions,
@@ -189,35 +202,22 @@ fn push_capped<T>(q: &mut VecDeque<T>, v: T) {
     q.push_back(v);
 }
 
-/// Whether the run kept each latency promise of the policy: the trading cores' p99 wakeup
-/// latency (rules.slo, for the workload that owns them) and each `preempt.deadline`.
+/// Whether the run kept each promise of the policy: the trading cores' p99 wakeup latency and
+/// intruder share (rules.slo, for the workload that owns them) and each `preempt.deadline`.
 pub fn verdicts(
     policy: &Policy,
     cpus: &[CpuView],
     preemption_ms: &VecDeque<f64>,
+    samples: &[Sample],
 ) -> Vec<SloVerdict> {
     let mut out = Vec::new();
-    if let Some(slo) = &policy.rules.slo {
-        let mut merged = Histogram::default();
-        for c in cpus {
-            merged.merge(&Histogram {
-                buckets: c.protected.buckets.clone(),
-                max_ns: c.protected.max_us.map_or(0, |m| (m * 1000.0) as u64),
-            });
+    let slo = policy.rules.slo.as_ref();
+    for w in policy.workloads.iter().filter(|w| w.owns_trading_cores) {
+        if let Some(target) = slo.and_then(|s| s.trading_p99_wakeup) {
+            out.push(wakeup_verdict(&w.name, target, cpus));
         }
-        let target_us = slo.trading_p99_wakeup.as_secs_f64() * 1e6;
-        let p99 = merged.quantile_upper_us(0.99);
-        for w in policy.workloads.iter().filter(|w| w.owns_trading_cores) {
-            out.push(SloVerdict {
-                workload: w.name.clone(),
-                objective: "trading_p99_wakeup".into(),
-                target: format!("p99 ≤ {target_us:.0} µs"),
-                measured: p99.map(|p| format!("p99 ≤ {p} µs ({} wakeups)", merged.count())),
-                met: p99.map(|p| (p as f64) <= target_us),
-                detail: "protected tasks' wakeup latency on the trading cores, whole run (log2 \
-                         buckets: the p99 is the upper bound of its bucket)"
-                    .into(),
-            });
+        if let Some(target) = slo.and_then(|s| s.trading_intruder_share) {
+            out.push(share_verdict(&w.name, target.get(), cpus, samples));
         }
     }
     let mut sorted: Vec<f64> = preemption_ms.iter().copied().collect();
@@ -247,6 +247,90 @@ pub fn verdicts(
     out
 }
 
+fn wakeup_verdict(workload: &str, target: std::time::Duration, cpus: &[CpuView]) -> SloVerdict {
+    let mut merged = Histogram::default();
+    for c in cpus {
+        merged.merge(&Histogram {
+            buckets: c.protected.buckets.clone(),
+            max_ns: c.protected.max_us.map_or(0, |m| (m * 1000.0) as u64),
+        });
+    }
+    let target_us = target.as_secs_f64() * 1e6;
+    let p99 = merged.quantile_upper_us(0.99);
+    SloVerdict {
+        workload: workload.into(),
+        objective: "trading_p99_wakeup".into(),
+        target: format!("p99 ≤ {target_us:.0} µs"),
+        measured: p99.map(|p| format!("p99 ≤ {p} µs ({} wakeups)", merged.count())),
+        met: p99.map(|p| (p as f64) <= target_us),
+        detail: "protected tasks' wakeup latency on the trading cores, whole run (log2 buckets: \
+                 the p99 is the upper bound of its bucket)"
+            .into(),
+    }
+}
+
+/// The window over which the intruder share is also judged.
+const SHARE_WINDOW_S: f64 = 5.0;
+
+/// Intruders' share of each trading core over the run (their time against everything the
+/// programs counted there), and of all trading cores over the worst 5 s window of the samples.
+fn share_verdict(
+    workload: &str,
+    target_pct: f64,
+    cpus: &[CpuView],
+    samples: &[Sample],
+) -> SloVerdict {
+    let run = cpus
+        .iter()
+        .map(|c| {
+            let all = c.idle_ns + c.kernel_ns + c.protected_ns + c.intruder_ns;
+            (c.cpu, 100.0 * c.intruder_ns as f64 / all.max(1) as f64, all)
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let worst = worst_window_pct(samples, cpus.len().max(1));
+    let measured = run.filter(|r| r.2 > 0).map(|(cpu, pct, _)| {
+        let window = worst.map_or("no 5 s window yet".into(), |w| {
+            format!("worst 5 s window {w:.3} %")
+        });
+        format!("{pct:.3} % of CPU {cpu} over the run, {window}")
+    });
+    let met = measured
+        .is_some()
+        .then(|| run.is_some_and(|r| r.1 <= target_pct) && worst.is_none_or(|w| w <= target_pct));
+    SloVerdict {
+        workload: workload.into(),
+        objective: "trading_intruder_share".into(),
+        target: format!("≤ {target_pct} % of each trading core"),
+        measured,
+        met,
+        detail: "time intruders (neither protected nor kernel threads) ran on the trading cores, \
+                 from the programs' counters"
+            .into(),
+    }
+}
+
+/// The largest intruder share (%) of `cores` trading cores over any stretch of at least 5 s
+/// between two samples.
+fn worst_window_pct(samples: &[Sample], cores: usize) -> Option<f64> {
+    let points: Vec<(f64, u64)> = samples
+        .iter()
+        .filter_map(|s| Some((s.t_s, s.trading_intruder_ns?)))
+        .collect();
+    let mut worst: Option<f64> = None;
+    let mut j = 0;
+    for (i, &(t, ns)) in points.iter().enumerate() {
+        while j + 1 < i && t - points[j + 1].0 >= SHARE_WINDOW_S {
+            j += 1;
+        }
+        let (t0, ns0) = points[j];
+        if j < i && t - t0 >= SHARE_WINDOW_S {
+            let pct = 100.0 * ns.saturating_sub(ns0) as f64 / ((t - t0) * 1e9 * cores as f64);
+            worst = Some(worst.map_or(pct, |w: f64| w.max(pct)));
+        }
+    }
+    worst
+}
+
 /// An action's kind as the engine names it (`freeze`, `evict_intruder`): the `action` tag of
 /// its serialized form.
 pub fn kind_name(detail: &serde_json::Value) -> Option<&str> {
@@ -262,5 +346,63 @@ pub fn is_eviction_done(d: &Done) -> Option<u32> {
             Some(pid)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::view::LatencyView;
+
+    fn cpu(intruder_ns: u64, rest_ns: u64) -> CpuView {
+        let none = LatencyView {
+            count: 0,
+            p50_us: None,
+            p90_us: None,
+            p99_us: None,
+            p999_us: None,
+            max_us: None,
+            buckets: vec![],
+        };
+        CpuView {
+            cpu: 1,
+            protected: none.clone(),
+            other: none,
+            idle_ns: rest_ns,
+            kernel_ns: 0,
+            protected_ns: 0,
+            intruder_ns,
+            switches: 0,
+        }
+    }
+
+    fn sample(t_s: f64, ns: u64) -> Sample {
+        Sample {
+            t_s,
+            trading_intruder_ns: Some(ns),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn an_intruder_holding_the_core_fails_the_share_objective() {
+        // 20 s run; an intruder held CPU 1 for 0.5 s between t=10 and t=11.
+        let samples: Vec<Sample> = (0..=20)
+            .map(|t| sample(t as f64, if t >= 11 { 500_000_000 } else { 0 }))
+            .collect();
+        let v = share_verdict("banker", 1.0, &[cpu(500_000_000, 19_500_000_000)], &samples);
+        assert_eq!(v.objective, "trading_intruder_share");
+        assert_eq!(v.met, Some(false), "{v:?}");
+        let m = v.measured.unwrap();
+        assert!(m.contains("2.500 % of CPU 1 over the run"), "{m}");
+        assert!(m.contains("worst 5 s window 10.000 %"), "{m}");
+        // The same 0.5 ms instead: met.
+        let samples: Vec<Sample> = (0..=20)
+            .map(|t| sample(t as f64, if t >= 11 { 500_000 } else { 0 }))
+            .collect();
+        let v = share_verdict("banker", 1.0, &[cpu(500_000, 19_999_500_000)], &samples);
+        assert_eq!(v.met, Some(true), "{v:?}");
+        // Nothing counted: not measured.
+        assert_eq!(share_verdict("banker", 1.0, &[], &[]).met, None);
     }
 }

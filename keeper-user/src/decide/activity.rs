@@ -225,19 +225,25 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
 
 /// Whether the trading-core latency SLO is breached now (only while the cores are protected).
 pub fn slo_breached(t: &Tick<'_>) -> Option<(f64, f64)> {
-    let slo = t.policy.rules.slo.as_ref()?;
+    let target = t.policy.rules.slo.as_ref()?.trading_p99_wakeup?;
     let p99 = t.obs.trading_p99_wakeup_ns?;
-    let target = slo.trading_p99_wakeup.as_nanos() as f64;
+    let target = target.as_nanos() as f64;
     (t.trading.is_some() && p99 as f64 > target).then_some((p99 as f64 / 1000.0, target / 1000.0))
 }
 
 fn report_slo(t: &mut Tick<'_>, state: &mut EngineState, protected: bool) {
-    let Some(slo) = &t.policy.rules.slo else {
+    let Some(target) = t
+        .policy
+        .rules
+        .slo
+        .as_ref()
+        .and_then(|s| s.trading_p99_wakeup)
+    else {
         return;
     };
     let breach = if protected { slo_breached(t) } else { None };
     let rule = RuleId::new("rules.slo");
-    let target_us = slo.trading_p99_wakeup.as_nanos() as f64 / 1000.0;
+    let target_us = target.as_nanos() as f64 / 1000.0;
     let p99_us = t.obs.trading_p99_wakeup_ns.unwrap_or(0) as f64 / 1000.0;
     match (breach, state.applied.slo_breached) {
         (Some((p99_us, target_us)), false) => {

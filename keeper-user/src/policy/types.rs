@@ -326,5 +326,7 @@ pub struct MemoryRule {
 
 #[derive(Clone, Debug)]
 pub struct Slo {
-    pub trading_p99_wakeup: Duration,
+    pub trading_p99_wakeup: Option<Duration>,
+    /// Share of the trading cores' time intruders may take.
+    pub trading_intruder_share: Option<Percent>,
 }

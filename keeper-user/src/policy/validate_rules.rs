@@ -53,18 +53,9 @@ impl Checker<'_> {
         let memory = r.memory.as_ref().map(|m| self.memory(&m.value, hysteresis));
         let slo = match &r.slo {
             Some(s) => {
-                let d = self.duration(&s.value.trading_p99_wakeup, "rules.slo.trading_p99_wakeup");
-                if d == Some(Duration::ZERO) {
-                    self.err(
-                        s.value.trading_p99_wakeup.pos,
-                        "rules.slo.trading_p99_wakeup",
-                        "a latency target above 0",
-                    );
-                }
-                ok &= d.is_some();
-                d.map(|d| Slo {
-                    trading_p99_wakeup: d,
-                })
+                let v = self.slo(s);
+                ok &= v.is_some();
+                v
             }
             None => None,
         };
@@ -279,6 +270,44 @@ impl Checker<'_> {
                 hysteresis,
             ),
         }
+    }
+
+    fn slo(&mut self, s: &At<RawSlo>) -> Option<Slo> {
+        let key = "rules.slo";
+        let (wakeup, share) = (&s.value.trading_p99_wakeup, &s.value.trading_intruder_share);
+        if wakeup.is_none() && share.is_none() {
+            self.err(
+                s.pos,
+                key,
+                "give trading_p99_wakeup, trading_intruder_share or both",
+            );
+            return None;
+        }
+        let mut ok = true;
+        let wakeup = match wakeup {
+            Some(w) => {
+                let d = self.duration(w, &format!("{key}.trading_p99_wakeup"));
+                if d == Some(Duration::ZERO) {
+                    let k = format!("{key}.trading_p99_wakeup");
+                    self.err(w.pos, &k, "a latency target above 0");
+                }
+                ok &= d.is_some();
+                d
+            }
+            None => None,
+        };
+        let share = match share {
+            Some(v) => {
+                let p = self.pct_text(v, &format!("{key}.trading_intruder_share"));
+                ok &= p.is_some();
+                p
+            }
+            None => None,
+        };
+        ok.then_some(Slo {
+            trading_p99_wakeup: wakeup,
+            trading_intruder_share: share,
+        })
     }
 
     fn pct_text(&mut self, v: &At<String>, key: &str) -> Option<Percent> {

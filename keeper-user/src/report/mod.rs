@@ -120,6 +120,10 @@ pub struct Sample {
     pub gpu_power_w: Option<f64>,
     pub frozen: u32,
     pub throttled: u32,
+    /// Intruders' time on the trading cores since the sensor attached, summed over the cores
+    /// (ns): the intruder share of any window is the difference of two samples.
+    #[serde(default)]
+    pub trading_intruder_ns: Option<u64>,
 }
 
 /// One action as carried out.

@@ -13,7 +13,17 @@ use std::{
 };
 
 use super::rig::{Scope, spawn_in};
-use crate::bench::ChildGuard;
+
+/// A load process, killed (SIGKILL) and reaped on drop: it holds nothing, and a shell loop
+/// waits out a SIGINT while its child runs.
+pub struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// The trading loop: 1 ms period, 300 µs of CPU work per tick.
 pub const PERIOD_US: u64 = 1000;
@@ -42,19 +52,14 @@ impl Load {
         probe: &str,
         cpus: &[usize],
         secs: u64,
-    ) -> anyhow::Result<Vec<ChildGuard>> {
+    ) -> anyhow::Result<Vec<Killed>> {
         let load = scope.dir.join("load");
         let s = secs.to_string();
-        let shell = |body: String| -> anyhow::Result<ChildGuard> {
+        let shell = |body: String| -> anyhow::Result<Killed> {
             let script = format!(
                 "end=$(($(date +%s)+{secs})); while [ $(date +%s) -lt $end ]; do {body}; done"
             );
-            Ok(ChildGuard(Some(spawn_in(
-                &load,
-                cpus,
-                "/bin/sh",
-                &["-c", &script],
-            )?)))
+            Ok(Killed(spawn_in(&load, cpus, "/bin/sh", &["-c", &script])?))
         };
         let mut out = Vec::new();
         match self {
@@ -97,19 +102,14 @@ impl Load {
     }
 }
 
-fn guard(c: Child) -> ChildGuard {
-    ChildGuard(Some(c))
+fn guard(c: Child) -> Killed {
+    Killed(c)
 }
 
 /// Fresh intruders: every 50 ms, a new 30 ms spinner allowed on `cpus`, born in the `load`
 /// cgroup of a spawner kept on CPU 0 (so the spawner itself is never evicted, and each newcomer
 /// begins with the trading core in its affinity when `cpus` has it).
-pub fn newcomers(
-    scope: &Scope,
-    probe: &str,
-    cpus: &[usize],
-    secs: u64,
-) -> anyhow::Result<ChildGuard> {
+pub fn newcomers(scope: &Scope, probe: &str, cpus: &[usize], secs: u64) -> anyhow::Result<Killed> {
     let mut args = vec!["newcomers".to_string(), secs.to_string(), "50".into()];
     args.extend(cpus.iter().map(usize::to_string));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -1,0 +1,146 @@
+//! CPU affinity, journaled: an intruder moved off the trading cores (eviction), and, where no
+//! cpuset partition can hold the trading cores (hybrid hosts, a VM scope under a non-partition
+//! parent before 6.7), every task of the scope kept off them so that its children are born on
+//! the housekeeping cores (what `tuna --isolate` does).
+
+use super::{
+    ActError, Actuators, Outcome,
+    journal::Entry,
+    process::{self, Proc},
+    task_cgroup, under,
+};
+use crate::{cpulist::CpuList, sense::procfs};
+
+impl Actuators {
+    /// Moves every thread of `pid` to `to` (intruder eviction), journaling the original affinity.
+    pub fn evict(&mut self, pid: u32, to: &CpuList) -> Result<Outcome, ActError> {
+        match self.check_scope_pid(pid) {
+            // Gone before it could be moved: nothing left on the trading core to evict.
+            Err(ActError::Vanished { .. }) => {
+                return Ok(Outcome::Unchanged(format!(
+                    "pid {pid} exited before its eviction"
+                )));
+            }
+            r => r?,
+        }
+        let what = format!("pid {pid} to CPUs {to}");
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(format!("evict {what}")));
+        }
+        let mut moved = 0;
+        for tid in process::threads(pid) {
+            let task = match Proc::open(tid, None) {
+                Ok(t) => t,
+                Err(ActError::Vanished { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let original = task.affinity()?;
+            if original == *to {
+                continue;
+            }
+            self.journal.record(&Entry::Affinity {
+                pid: tid,
+                start: task.start,
+                original: original.to_string(),
+            })?;
+            match task.set_affinity(to) {
+                Ok(()) => moved += 1,
+                Err(ActError::Vanished { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if moved == 0 && process::threads(pid).is_empty() {
+            // Gone before it could be moved: nothing left on the trading core to evict.
+            return Ok(Outcome::Unchanged(format!(
+                "pid {pid} exited before its eviction"
+            )));
+        }
+        Ok(if moved == 0 {
+            Outcome::Unchanged(what)
+        } else {
+            Outcome::Done(format!("evicted {what} ({moved} threads)"))
+        })
+    }
+
+    /// Keeps every task of the scope (the host without one) off `trading`: its affinity
+    /// loses the trading cores (all of them: it gets `housekeeping`). Kernel threads, the
+    /// keeper, and tasks in `protected` cgroups or pids are left alone. Journaled per thread.
+    pub fn keep_tasks_off(
+        &mut self,
+        trading: &CpuList,
+        housekeeping: &CpuList,
+        protected: (&[String], &[u32]),
+    ) -> Result<Outcome, ActError> {
+        let what = format!("every task of the scope off the trading cores {trading}");
+        if self.dry_run {
+            return Ok(Outcome::WouldDo(format!("keep {what}")));
+        }
+        let me = std::process::id();
+        let mut moved = 0;
+        for pid in process::all_pids() {
+            if pid == me || protected.1.contains(&pid) {
+                continue;
+            }
+            let Some(cg) = task_cgroup(pid) else { continue };
+            let outside = self.scope.as_ref().is_some_and(|s| !under(&cg, s));
+            if outside
+                || protected.0.iter().any(|c| under(&cg, c))
+                || procfs::task_stat(pid).is_none_or(|s| s.is_kernel_thread())
+            {
+                continue;
+            }
+            for tid in process::threads(pid) {
+                moved += u32::from(self.keep_thread_off(tid, trading, housekeeping)?);
+            }
+        }
+        Ok(if moved == 0 {
+            Outcome::Unchanged(what)
+        } else {
+            Outcome::Done(format!(
+                "kept {moved} threads off the trading cores {trading}: their children are born on {housekeeping}"
+            ))
+        })
+    }
+
+    /// One thread off `trading`; whether it was moved.
+    fn keep_thread_off(
+        &mut self,
+        tid: u32,
+        trading: &CpuList,
+        housekeeping: &CpuList,
+    ) -> Result<bool, ActError> {
+        let task = match Proc::open(tid, None) {
+            Ok(t) => t,
+            Err(ActError::Vanished { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let original = match task.affinity() {
+            Ok(a) => a,
+            Err(ActError::Vanished { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if original.intersection(trading).is_empty() {
+            return Ok(false);
+        }
+        let mut to = original.difference(trading);
+        if to.is_empty() {
+            to = housekeeping.clone();
+        }
+        self.journal.record(&Entry::Affinity {
+            pid: tid,
+            start: task.start,
+            original: original.to_string(),
+        })?;
+        match task.set_affinity(&to) {
+            Ok(()) => Ok(true),
+            // Gone, or a task whose affinity cannot change (a per-CPU worker): left as it is.
+            Err(ActError::Vanished { .. }) => Ok(false),
+            Err(ActError::Process { source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
