@@ -455,3 +455,43 @@ fn tasks_already_in_the_scope_are_kept_off_the_trading_cores_then_put_back() {
         wait_cpu_time(c);
     }
 }
+
+#[test]
+fn a_fork_storm_onto_the_trading_core_leaves_the_keeper_responsive() {
+    if !privileged("a_fork_storm_onto_the_trading_core_leaves_the_keeper_responsive") {
+        return;
+    }
+    let rig = Rig::new("storm");
+    let keeper = rig.keeper(&["--for", "8s"]);
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    // Four shells on CPU 0, each starting short tasks pinned to CPU 1 as fast as it can.
+    let storm =
+        "end=$(($(date +%s)+5)); while [ $(date +%s) -lt $end ]; do taskset -c 1 /bin/true; done";
+    let shells: Vec<_> = (0..4)
+        .map(|_| spawn_pinned("/bin/sh", &["-c", storm], 0, Some(&muse)))
+        .collect();
+    std::mem::forget(muse);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..8 {
+        let t = std::time::Instant::now();
+        let status = rig.control(&["status"]);
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(status["ok"], true, "{status:#}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    eprintln!("slowest `keeper status` during the storm: {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "status took {slowest:?}");
+    for s in shells {
+        wait_cpu_time(s);
+    }
+    let log = keeper.finish();
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("evict intruder")),
+        "nothing evicted: {log:#?}"
+    );
+}

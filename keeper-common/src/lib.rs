@@ -55,7 +55,7 @@ pub mod maps {
     pub const CGROUP_RUNTIME: &str = "CGROUP_RUNTIME";
     /// `LruHashMap<u32, IntruderTotal>`: run time on trading cores per intruding pid.
     pub const INTRUDER_TOTALS: &str = "INTRUDER_TOTALS";
-    /// `HashMap<u32, u64>`: when a task became runnable for a trading core, by pid.
+    /// `LruHashMap<u32, u64>`: when a task became runnable for a trading core, by pid.
     pub const RUNNABLE_SINCE: &str = "RUNNABLE_SINCE";
     /// `RingBuf` of `IntruderEvent`.
     pub const INTRUDER_EVENTS: &str = "INTRUDER_EVENTS";

@@ -85,9 +85,10 @@ static SEEN_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Wakeup (or preemption) timestamp of tasks waiting for a trading core, by pid; 0 once the task
 /// got the core. Entries are rewritten in place through their pointer (no bucket lock on the hot
-/// path) and stay; userspace prunes those of dead pids and stale ones.
+/// path) and stay; userspace prunes those of dead pids and stale ones, and being an LRU map it
+/// never refuses a new Banker thread because a fork storm filled it with stale pids.
 #[map]
-static RUNNABLE_SINCE: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+static RUNNABLE_SINCE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 /// Per-CPU state between two switches.
 #[map]
 static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
@@ -104,7 +105,15 @@ struct CpuState {
     /// cgroup are summed here and written to the hash map when another cgroup runs.
     batch_cgroup: u64,
     batch_ns: u64,
+    /// The global rate limit: events sent from this CPU in the millisecond that began at
+    /// `window_start`.
+    window_start: u64,
+    window_events: u64,
 }
+
+/// At most this many events leave one CPU per millisecond (a fork storm on a trading core is
+/// handled at a bounded cost); the rest count as lost, and userspace rescans the trading cores.
+const MAX_EVENTS_PER_MS: u64 = 32;
 
 /// `prev_state` value the kernel reports for a preempted task (TASK_REPORT_MAX, 0x100 since
 /// 4.14); 0 is TASK_RUNNING (yield). Either way the task stays runnable.
@@ -416,9 +425,21 @@ struct Header {
     now: u64,
 }
 
-/// Puts one event on the ring buffer (counted as sent or lost).
+/// Puts one event on the ring buffer (counted as sent or lost), within the rate limit.
 #[inline(always)]
 fn send(stats: &mut CpuStats, h: &Header, kind: u32, ran_ns: u64, comm: &[u8; COMM_LEN]) {
+    if let Some(state) = CPU_STATE.get_ptr_mut(0) {
+        let state = unsafe { &mut *state };
+        if h.now.saturating_sub(state.window_start) > 1_000_000 {
+            state.window_start = h.now;
+            state.window_events = 0;
+        }
+        state.window_events += 1;
+        if state.window_events > MAX_EVENTS_PER_MS {
+            stats.events_lost += 1;
+            return;
+        }
+    }
     match INTRUDER_EVENTS.reserve::<IntruderEvent>(0) {
         Some(mut entry) => {
             entry.write(IntruderEvent {

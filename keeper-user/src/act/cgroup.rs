@@ -139,6 +139,11 @@ impl Actuators {
                 )));
             }
             if start.elapsed() > FREEZE_TIMEOUT {
+                // Not confirmed: a freeze is taken back, so the cgroup is never left half
+                // frozen while the engine (which retries) takes it for running.
+                if frozen {
+                    let _ = fs::write(&file, "0");
+                }
                 return Err(ActError::FreezeTimeout {
                     cgroup: format!("/{}", normalize(rel)),
                     want,
@@ -252,6 +257,27 @@ fn original_for_restore(file: &str, current: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_freeze_that_is_not_confirmed_is_taken_back() {
+        use crate::{act::journal::Journal, cgroupfs::CgroupFs};
+        let root = std::env::temp_dir().join(format!("keeper-freeze-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join("w");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.freeze"), "0").unwrap();
+        // A cgroup whose events never say `frozen 1` (a task stuck in the kernel).
+        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let journal = Journal::open(&root.join("state")).unwrap();
+        let mut act = Actuators::new(CgroupFs::at(&root), journal, false, None);
+        let err = act.freeze("w").unwrap_err();
+        assert!(
+            matches!(err, ActError::FreezeTimeout { want: 1, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "0");
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn restore_values_are_writable() {

@@ -51,7 +51,9 @@ pub enum ActError {
     },
     #[error("cgroup {cgroup} is gone")]
     CgroupGone { cgroup: String },
-    #[error("cgroup {cgroup} did not report `frozen {want}` in cgroup.events within {waited:?}")]
+    #[error(
+        "cgroup {cgroup} did not report `frozen {want}` in cgroup.events within {waited:?} (a freeze is taken back: cgroup.freeze 0)"
+    )]
     FreezeTimeout {
         cgroup: String,
         want: u8,

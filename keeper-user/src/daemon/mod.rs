@@ -12,7 +12,7 @@ mod pressure;
 pub mod record;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -31,9 +31,9 @@ use crate::{
     cgroupfs::CgroupFs,
     decide::Intruder,
     sense::{
-        latency::Histogram,
+        latency::LatencyWindow,
         procfs,
-        sched::{CpuReadout, SchedConfig, SchedSensor, comm_str},
+        sched::{CpuReadout, LostEvents, SchedConfig, SchedSensor, comm_str},
         tracefs::Tracefs,
     },
 };
@@ -178,6 +178,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let mut index = cg.id_index();
     let mut last_prune = Instant::now();
     let mut first_run: HashMap<u32, u64> = HashMap::new();
+    let mut lost_events = LostEvents::default();
     // Intruders outside --scope, by pid → the cgroup id they were seen in: observed once and
     // not handed to the engine again until they move to another cgroup.
     let mut observed_only: HashMap<u32, u64> = HashMap::new();
@@ -193,6 +194,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     };
     loop {
         let mut intruders = Vec::new();
+        let mut pending: Vec<keeper_common::IntruderEvent> = Vec::new();
+        let mut check_lost = false;
         let mut ticked = false;
         // Woken by intruder events only: decided on the last tick's readings (the fast path).
         let mut fast = false;
@@ -203,46 +206,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
             guard = events.readable_mut() => {
                 let mut guard = guard?;
-                for ev in guard.get_inner_mut().drain() {
-                    tracing::trace!(
-                        pid = ev.pid,
-                        comm = %comm_str(&ev.comm),
-                        cpu = ev.cpu,
-                        ran_ns = ev.ran_ns,
-                        age_us = crate::sense::sched::monotonic_ns().saturating_sub(ev.timestamp_ns) / 1000,
-                        "intruder event"
-                    );
-                    // An arrival comes before the kernel side knew the task's cgroup.
-                    let (cgroup_id, cgroup) = if ev.kind == event::ARRIVAL {
-                        let Some(path) = crate::act::task_cgroup(ev.pid) else { continue };
-                        (cg.id(&path).unwrap_or(0), path)
-                    } else {
-                        if !index.contains_key(&ev.cgroup_id) {
-                            index = cg.id_index();
-                        }
-                        (ev.cgroup_id, index.get(&ev.cgroup_id).cloned().unwrap_or_default())
-                    };
-                    if observed_only.get(&ev.pid) == Some(&cgroup_id)
-                        || procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread())
-                    {
-                        continue; // outside the scope, or a kernel thread: never evicted
-                    }
-                    cgroup_of.insert(ev.pid, cgroup_id);
-                    // When the intruder's first slice began on the trading core (CLOCK_MONOTONIC).
-                    first_run.entry(ev.pid).or_insert(ev.timestamp_ns.saturating_sub(ev.ran_ns));
-                    intruders.push(Intruder {
-                        pid: ev.pid,
-                        comm: comm_str(&ev.comm),
-                        cgroup,
-                        cpu: ev.cpu,
-                        ran_ns: ev.ran_ns,
-                        arrived: ev.kind != event::SLICE,
-                    });
-                }
+                pending = guard.get_inner_mut().drain();
                 guard.clear_ready();
-                if intruders.is_empty() {
-                    continue;
-                }
+                // A burst may have overflowed the ring (or the programs' rate limit).
+                check_lost = pending.len() >= 64;
                 fast = true;
             }
             Some(call) = calls.recv() => {
@@ -280,6 +247,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
             _ = ticker.tick() => {
                 ticked = true;
+                check_lost = true;
                 match keeper.act.retry_undo() {
                     Ok(done) => done.iter().for_each(|r| tracing::info!(restored = %r, "undid a change that was pending")),
                     Err(e) => tracing::warn!(error = %e, "retrying pending undos failed"),
@@ -293,6 +261,55 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                     last_prune = Instant::now();
                 }
             }
+        }
+        if check_lost {
+            pending.extend(lost_events.rescan(&sensor));
+        }
+        for ev in pending {
+            tracing::trace!(
+                pid = ev.pid,
+                comm = %comm_str(&ev.comm),
+                cpu = ev.cpu,
+                ran_ns = ev.ran_ns,
+                age_us = crate::sense::sched::monotonic_ns().saturating_sub(ev.timestamp_ns) / 1000,
+                "intruder event"
+            );
+            // An arrival comes before the kernel side knew the task's cgroup.
+            let (cgroup_id, cgroup) = if ev.kind == event::ARRIVAL {
+                let Some(path) = crate::act::task_cgroup(ev.pid) else {
+                    continue;
+                };
+                (cg.id(&path).unwrap_or(0), path)
+            } else {
+                if !index.contains_key(&ev.cgroup_id) {
+                    index = cg.id_index();
+                }
+                (
+                    ev.cgroup_id,
+                    index.get(&ev.cgroup_id).cloned().unwrap_or_default(),
+                )
+            };
+            if observed_only.get(&ev.pid) == Some(&cgroup_id)
+                || procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread())
+            {
+                continue; // outside the scope, or a kernel thread: never evicted
+            }
+            cgroup_of.insert(ev.pid, cgroup_id);
+            // When the intruder's first slice began on the trading core (CLOCK_MONOTONIC).
+            first_run
+                .entry(ev.pid)
+                .or_insert(ev.timestamp_ns.saturating_sub(ev.ran_ns));
+            intruders.push(Intruder {
+                pid: ev.pid,
+                comm: comm_str(&ev.comm),
+                cgroup,
+                cpu: ev.cpu,
+                ran_ns: ev.ran_ns,
+                arrived: ev.kind != event::SLICE,
+            });
+        }
+        if fast && intruders.is_empty() {
+            continue;
         }
         // One read of the per-CPU maps per pass, for the latency window and the metrics.
         let (readouts, p99, obs) = if fast {
@@ -575,44 +592,5 @@ fn pin_self(housekeeping: &crate::cpulist::CpuList) {
             unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, -20) };
             tracing::info!("SCHED_FIFO refused; running at nice -20");
         }
-    }
-}
-
-/// p99 wakeup latency of protected tasks on the trading cores over the last ~5 s.
-#[derive(Default)]
-struct LatencyWindow {
-    snapshots: VecDeque<(Instant, HashMap<u32, Histogram>)>,
-}
-
-impl LatencyWindow {
-    /// From this pass's readouts (`None`: the maps could not be read).
-    fn p99(&mut self, readouts: Option<&[CpuReadout]>) -> Option<u64> {
-        let now: HashMap<u32, Histogram> = readouts?
-            .iter()
-            .map(|r| (r.cpu, r.protected.clone()))
-            .collect();
-        while self.snapshots.len() > 1 && self.snapshots[1].0.elapsed() > Duration::from_secs(5) {
-            self.snapshots.pop_front();
-        }
-        let mut window = Histogram::default();
-        for (cpu, h) in &now {
-            let mut d = h.clone();
-            if let Some((_, old)) = self.snapshots.front()
-                && let Some(o) = old.get(cpu)
-            {
-                for (a, b) in d.buckets.iter_mut().zip(&o.buckets) {
-                    *a = a.saturating_sub(*b);
-                }
-            }
-            window.merge(&d);
-        }
-        if self
-            .snapshots
-            .back()
-            .is_none_or(|(t, _)| t.elapsed() > Duration::from_millis(500))
-        {
-            self.snapshots.push_back((Instant::now(), now));
-        }
-        window.quantile_upper_us(0.99).map(|us| us * 1000)
     }
 }

@@ -1,4 +1,10 @@
-//! Log2 latency histograms (bucket i: 2^i ≤ µs < 2^(i+1)) and the percentiles read off them.
+//! Log2 latency histograms (bucket i: 2^i ≤ µs < 2^(i+1)), the percentiles read off them, and
+//! the trading cores' p99 over the last 5 s (`LatencyWindow`).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
 use keeper_common::HIST_BUCKETS;
 use serde::Serialize;
@@ -58,6 +64,45 @@ impl Histogram {
     /// Lower bound in µs of bucket i.
     pub fn bucket_low_us(i: usize) -> u64 {
         if i == 0 { 0 } else { 1u64 << i }
+    }
+}
+
+/// p99 wakeup latency of protected tasks on the trading cores over the last ~5 s.
+#[derive(Default)]
+pub struct LatencyWindow {
+    snapshots: VecDeque<(Instant, HashMap<u32, Histogram>)>,
+}
+
+impl LatencyWindow {
+    /// From this pass's readouts (`None`: the maps could not be read).
+    pub fn p99(&mut self, readouts: Option<&[super::sched::CpuReadout]>) -> Option<u64> {
+        let now: HashMap<u32, Histogram> = readouts?
+            .iter()
+            .map(|r| (r.cpu, r.protected.clone()))
+            .collect();
+        while self.snapshots.len() > 1 && self.snapshots[1].0.elapsed() > Duration::from_secs(5) {
+            self.snapshots.pop_front();
+        }
+        let mut window = Histogram::default();
+        for (cpu, h) in &now {
+            let mut d = h.clone();
+            if let Some((_, old)) = self.snapshots.front()
+                && let Some(o) = old.get(cpu)
+            {
+                for (a, b) in d.buckets.iter_mut().zip(&o.buckets) {
+                    *a = a.saturating_sub(*b);
+                }
+            }
+            window.merge(&d);
+        }
+        if self
+            .snapshots
+            .back()
+            .is_none_or(|(t, _)| t.elapsed() > Duration::from_millis(500))
+        {
+            self.snapshots.push_back((Instant::now(), now));
+        }
+        window.quantile_upper_us(0.99).map(|us| us * 1000)
     }
 }
 

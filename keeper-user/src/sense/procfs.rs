@@ -9,6 +9,8 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskStat {
     pub comm: String,
+    /// `R`, `S`, `D`, `T`, ...
+    pub state: char,
     pub flags: u64,
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
@@ -30,9 +32,49 @@ pub fn parse_stat(text: &str) -> Option<TaskStat> {
     let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
     Some(TaskStat {
         comm,
+        state: rest.first()?.chars().next()?,
         flags: field(9)?,
         cpu_ticks: field(14)? + field(15)?,
     })
+}
+
+/// Tasks runnable on one of `cpus` now (state `R`, /proc's `processor` field), not kernel
+/// threads: what a trading core's run queue holds, read when events were lost.
+pub fn runnable_on(cpus: &crate::cpulist::CpuList) -> Vec<(u32, String, u32)> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+                continue;
+            };
+            if let Some((s, cpu)) = parse_stat(&text).zip(processor(&text))
+                && s.state == 'R'
+                && !s.is_kernel_thread()
+                && cpus.contains(cpu)
+            {
+                out.push((tid, s.comm, cpu));
+            }
+        }
+    }
+    out
+}
+
+/// The `processor` field (39) of a stat line: the CPU the task last ran on.
+fn processor(text: &str) -> Option<u32> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(39 - 3)?.parse().ok()
 }
 
 /// Reads /proc/<pid>/stat; `None` when the task is gone.
@@ -55,8 +97,18 @@ mod tests {
         let text = "42 (a b) c) R 1 42 42 0 -1 2097216 0 0 0 0 7 3 0 0 20 0 1 0 100 0 0";
         let s = parse_stat(text).unwrap();
         assert_eq!(s.comm, "a b) c");
+        assert_eq!(s.state, 'R');
         assert_eq!(s.flags, 2097216);
         assert!(s.is_kernel_thread());
         assert_eq!(s.cpu_ticks, 10);
+    }
+
+    #[test]
+    fn our_running_thread_is_on_a_run_queue() {
+        let me = unsafe { libc::gettid() } as u32;
+        let online = crate::cpulist::CpuList::online().unwrap();
+        // Spin a little so that this thread is running (`R`) when /proc is read.
+        let found = (0..50).any(|_| runnable_on(&online).iter().any(|(tid, _, _)| *tid == me));
+        assert!(found, "thread {me} not found runnable on {online}");
     }
 }

@@ -293,6 +293,20 @@ impl SchedSensor {
             .collect())
     }
 
+    /// Events every CPU could not send (ring buffer full, or the programs' rate limit); a
+    /// fork is counted on the CPU its parent ran on, which may be a housekeeping core.
+    pub fn events_lost_total(&self) -> Result<u64, SenseError> {
+        let name = maps::CPU_STATS;
+        let err = |source| SenseError::Map { name, source };
+        let array: PerCpuArray<&MapData, CpuStats> = self.map(name)?.try_into().map_err(err)?;
+        Ok(array
+            .get(&0, 0)
+            .map_err(err)?
+            .iter()
+            .map(|s| s.events_lost)
+            .sum())
+    }
+
     /// Intruders by pid, with their total run time on the trading cores since attach.
     pub fn intruders(&self) -> Result<Vec<Intruder>, SenseError> {
         let name = maps::INTRUDER_TOTALS;
@@ -416,6 +430,51 @@ pub fn monotonic_ns() -> u64 {
 pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
     String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Intruder events the programs could not send: said once, and each time more were lost the
+/// trading cores' run queues are read from /proc instead, so that nothing is lost silently.
+#[derive(Default)]
+pub struct LostEvents {
+    seen: u64,
+}
+
+impl LostEvents {
+    /// Arrivals for what runs on the trading cores now, if events were lost since last asked.
+    pub fn rescan(&mut self, sensor: &SchedSensor) -> Vec<IntruderEvent> {
+        let lost = sensor.events_lost_total().unwrap_or(self.seen);
+        if lost <= self.seen {
+            return vec![];
+        }
+        if self.seen == 0 {
+            tracing::warn!(
+                lost,
+                "intruder events were lost (a burst filled the ring buffer or passed the rate limit): the trading cores' run queues are read from /proc each time this happens"
+            );
+        } else {
+            tracing::debug!(lost = lost - self.seen, "intruder events lost: rescanning");
+        }
+        self.seen = lost;
+        let now = monotonic_ns();
+        super::procfs::runnable_on(&sensor.trading_cpus)
+            .into_iter()
+            .map(|(pid, comm, cpu)| {
+                let mut bytes = [0u8; COMM_LEN];
+                let n = comm.len().min(COMM_LEN - 1);
+                bytes[..n].copy_from_slice(&comm.as_bytes()[..n]);
+                IntruderEvent {
+                    timestamp_ns: now,
+                    cgroup_id: 0,
+                    ran_ns: 0,
+                    pid,
+                    tgid: 0,
+                    cpu,
+                    kind: keeper_common::event::ARRIVAL,
+                    comm: bytes,
+                }
+            })
+            .collect()
+    }
 }
 
 /// The intruder event ring buffer. Poll its fd (it implements `AsRawFd`) and drain with
