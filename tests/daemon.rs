@@ -495,3 +495,36 @@ fn a_fork_storm_onto_the_trading_core_leaves_the_keeper_responsive() {
         "nothing evicted: {log:#?}"
     );
 }
+
+#[test]
+fn a_task_put_back_on_the_trading_core_is_evicted_again_at_once() {
+    if !privileged("a_task_put_back_on_the_trading_core_is_evicted_again_at_once") {
+        return;
+    }
+    let rig = Rig::new("putback");
+    let keeper = rig.keeper(&["--for", "6s"]);
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    let hog = spawn_pinned(PROBE, &["spin", "8", "kt_putback"], 1, Some(&muse));
+    std::mem::forget(muse);
+    let pid = hog.id();
+    for round in 0..3 {
+        assert!(
+            eventually(Duration::from_millis(500), || affinity(pid) == "0"),
+            "round {round}: not evicted within 500 ms (the 10 s cooldown?): {}",
+            affinity(pid)
+        );
+        // Someone else pins it back onto the trading core.
+        let out = Command::new("taskset")
+            .args(["-p", "-c", "1", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    assert!(eventually(Duration::from_millis(500), || affinity(pid) == "0"));
+    keeper.finish();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_cpu_time(hog);
+}

@@ -295,10 +295,15 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 continue; // outside the scope, or a kernel thread: never evicted
             }
             cgroup_of.insert(ev.pid, cgroup_id);
-            // When the intruder's first slice began on the trading core (CLOCK_MONOTONIC).
-            first_run
-                .entry(ev.pid)
-                .or_insert(ev.timestamp_ns.saturating_sub(ev.ran_ns));
+            // When the intruder's stay on the trading core began (CLOCK_MONOTONIC): an arrival
+            // starts a new stay (a return after an eviction too); a slice dates its own start.
+            if ev.kind == event::SLICE {
+                first_run
+                    .entry(ev.pid)
+                    .or_insert(ev.timestamp_ns.saturating_sub(ev.ran_ns));
+            } else {
+                first_run.insert(ev.pid, ev.timestamp_ns);
+            }
             intruders.push(Intruder {
                 pid: ev.pid,
                 comm: comm_str(&ev.comm),
@@ -348,8 +353,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
         }
         record_evictions(&mut recorder, &done, &mut first_run);
-        // An evicted task that comes back to a trading core is news at its next switch-in.
-        for pid in done.iter().filter_map(record::is_eviction_done) {
+        // An evicted task that comes back to a trading core is news at its next switch-in
+        // (also one whose eviction found it already off the cores: it may be put back).
+        let evicted = done.iter().filter_map(|d| match d.action.kind {
+            crate::decide::ActionKind::EvictIntruder { pid, .. } if d.ok => Some(pid),
+            _ => None,
+        });
+        for pid in evicted {
             if let Err(e) = sensor.forget_seen(pid) {
                 tracing::warn!(pid, error = %e, "could not re-arm the arrival report of an evicted task");
             }
