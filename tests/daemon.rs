@@ -371,6 +371,11 @@ fn idle_metrics_connections_cannot_use_up_the_keepers_descriptors() {
             .unwrap()
             .count()
     };
+    // The metrics listener is bound just after "keeper running".
+    assert!(eventually(Duration::from_secs(3), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    }));
+    std::thread::sleep(Duration::from_millis(200));
     let before = fds();
     // 200 peers that connect and never send a request.
     let idle: Vec<_> = (0..200)

@@ -15,6 +15,24 @@ use keeper::{
 };
 use support::*;
 
+/// `keeper watch --cpus 1` around a `spin 2 NAME` pinned to CPU 1: the report, the spinner's
+/// entry among the intruders, and its CPU time.
+fn watch_a_spinner(name: &str) -> (serde_json::Value, serde_json::Value, Duration) {
+    let watch = Watch::start(&["--cpus", "1", "--for", "4s"]);
+    let spinner = spawn_pinned(PROBE, &["spin", "2", name], 1, None);
+    let pid = spinner.id();
+    let cpu_time = wait_cpu_time(spinner);
+    let report = watch.finish();
+    let me = report["intruders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} ({name}) not among intruders: {report:#}"))
+        .clone();
+    (report, me, cpu_time)
+}
+
 fn cpu1(report: &serde_json::Value) -> &serde_json::Value {
     report["cpus"]
         .as_array()
@@ -120,16 +138,7 @@ fn a_busy_loop_on_cpu1_is_named_as_an_intruder_unless_protected() {
     }
     let name = format!("kt_intr_{}", std::process::id() % 100_000);
     // Unprotected: an intruder with its pid, comm and at least 80 % of its run time.
-    let watch = Watch::start(&["--cpus", "1", "--for", "4s"]);
-    let spinner = spawn_pinned(PROBE, &["spin", "2", &name], 1, None);
-    let pid = spinner.id();
-    let cpu_time = wait_cpu_time(spinner);
-    let report = watch.finish();
-    let intruders = report["intruders"].as_array().unwrap();
-    let me = intruders
-        .iter()
-        .find(|i| i["pid"] == pid)
-        .unwrap_or_else(|| panic!("pid {pid} not among intruders: {intruders:#?}"));
+    let (_, me, cpu_time) = watch_a_spinner(&name);
     assert_eq!(me["comm"], name.as_str());
     let stolen = me["stolen_ns"].as_u64().unwrap() as f64;
     let ratio = stolen / cpu_time.as_nanos() as f64;
@@ -167,16 +176,7 @@ fn a_task_named_like_a_kernel_thread_is_an_intruder() {
     }
     // The kernel's flags (PF_KTHREAD) decide, not the name: a spoofed kworker/1:9 is reported
     // with its time, and its time is not counted as kernel time.
-    let watch = Watch::start(&["--cpus", "1", "--for", "4s"]);
-    let spinner = spawn_pinned(PROBE, &["spin", "2", "kworker/1:9"], 1, None);
-    let pid = spinner.id();
-    let cpu_time = wait_cpu_time(spinner);
-    let report = watch.finish();
-    let intruders = report["intruders"].as_array().unwrap();
-    let me = intruders
-        .iter()
-        .find(|i| i["pid"] == pid)
-        .unwrap_or_else(|| panic!("the spoofed kworker {pid} is not an intruder: {report:#}"));
+    let (report, me, cpu_time) = watch_a_spinner("kworker/1:9");
     assert_eq!(me["comm"], "kworker/1:9");
     let stolen = me["stolen_ns"].as_u64().unwrap() as f64;
     assert!(

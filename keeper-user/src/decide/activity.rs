@@ -164,11 +164,18 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
         !at.is_empty()
     });
     for i in &t.obs.intruders {
-        if !host.trading_cores.contains(i.cpu)
-            || owner.matcher.owns_cgroup(&i.cgroup)
-            || state.stopped.contains(&i.pid)
-        {
+        if !host.trading_cores.contains(i.cpu) || owner.matcher.owns_cgroup(&i.cgroup) {
             continue;
+        }
+        // A stopped task cannot run: only an arrival (a new task that took its pid) is news,
+        // and it starts with a clean slate.
+        if state.stopped.contains(&i.pid) {
+            if !i.arrived {
+                continue;
+            }
+            state.stopped.remove(&i.pid);
+            state.returns.remove(&i.pid);
+            state.evicted.remove(&i.pid);
         }
         // Slices of an evicted task reported before its eviction took effect are no news;
         // an arrival is: it came back (it re-pinned itself, or a new task took its pid).

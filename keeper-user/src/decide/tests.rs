@@ -132,8 +132,11 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
     assert_eq!(kinds(&mut state, true, 1), ["evict"]);
     assert_eq!(kinds(&mut state, true, 2), ["evict"]);
     assert_eq!(kinds(&mut state, true, 3), ["stop"]);
-    // Stopped: nothing more for it.
-    assert_eq!(kinds(&mut state, true, 4), Vec::<&str>::new());
+    // Stopped: its slices are no news; an arrival is a new task that took its pid, evicted
+    // afresh (its returns do not carry over).
+    assert_eq!(kinds(&mut state, false, 4), Vec::<&str>::new());
+    assert_eq!(kinds(&mut state, true, 4), ["evict"]);
+    assert_eq!(kinds(&mut state, true, 5), ["evict"]);
     // With the default rule (`then: evict`) every return is evicted, none stopped.
     let mut p2 = hive().unwrap();
     p2.rules.intruders = Default::default();
