@@ -222,6 +222,13 @@ fn token_and_config_files_are_checked_before_any_call() {
         read_token(&token).unwrap(),
         (TOKEN_ID.to_string(), SECRET.to_string())
     );
+    // Owned by someone else (root can chown): refused, whatever its mode.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&token, Some(65534), None).unwrap();
+        let e = read_token(&token).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        std::os::unix::fs::chown(&token, Some(0), None).unwrap();
+    }
     std::fs::write(&token, "root@pam=secret-without-token-id\n").unwrap();
     let e = read_token(&token).unwrap_err().to_string();
     assert!(e.contains("USER@REALM!TOKENID=SECRET"), "{e}");

@@ -221,3 +221,32 @@ fn without_the_api_the_stop_fails_clearly_and_the_rest_goes_on() {
     daemon.wait_for("balloon vm102 (vm 102) to 100%", Duration::from_secs(10));
     daemon.stop();
 }
+
+#[test]
+fn a_hibernate_whose_answer_is_lost_is_still_started_again() {
+    if !support::privileged("a_hibernate_whose_answer_is_lost_is_still_started_again") {
+        return;
+    }
+    let Some(mut s) = setup("vmlost") else { return };
+    let stub = stub();
+    // PVE begins the hibernation but its answer never comes (the client gives up at 2 s).
+    stub.set_mode(support::pve_stub::Mode::HangAfterWrite);
+    let api = stub.write_config(&s.rig.dir.join("pve"), None);
+    let mut daemon = run(&s, &["--proxmox", api.to_str().unwrap()]);
+    daemon.wait_for("Proxmox API set up", Duration::from_secs(5));
+    write_psi(&s.pressure, 30.0, 30.0);
+    within(Duration::from_secs(15), || stub.vm(102).status == "stopped")
+        .expect("VM 102 was never hibernated");
+    daemon.wait_for("no answer within", Duration::from_secs(10));
+    s.vms[1] = None;
+    stub.set_mode(support::pve_stub::Mode::Normal);
+    // The pressure ends: the VM the keeper may have stopped is started again.
+    write_psi(&s.pressure, 0.0, 0.0);
+    let started = within(Duration::from_secs(10), || stub.vm(102).status == "running");
+    let log = daemon.stop();
+    assert!(
+        started.is_some() || stub.vm(102).status == "running",
+        "VM 102 left hibernated after a lost answer: {log:#?}"
+    );
+    assert_eq!(writes(&stub), [SUSPEND, START], "{log:#?}");
+}

@@ -56,6 +56,9 @@ pub enum Mode {
     Fail500,
     /// Read the request, never answer.
     Hang,
+    /// Answer reads; carry out a write (the VM changes state) and never answer it: a node
+    /// that began the task but whose answer is lost.
+    HangAfterWrite,
 }
 
 /// One request as the stub saw it.
@@ -279,13 +282,19 @@ fn serve(
         s.seen.push(seen.clone());
         s.mode
     };
-    let (status, reason, data) = if mode == Mode::Hang {
+    let hang = |stop: &AtomicBool| {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        return;
-    } else {
-        answer(&seen, state, mode)
+    };
+    let (status, reason, data) = match mode {
+        Mode::Hang => return hang(stop),
+        Mode::HangAfterWrite if seen.method != "GET" => {
+            let _ = answer(&seen, state, Mode::Normal);
+            return hang(stop);
+        }
+        Mode::HangAfterWrite => answer(&seen, state, Mode::Normal),
+        _ => answer(&seen, state, mode),
     };
     let body = data.to_string();
     let resp = format!(

@@ -1,7 +1,8 @@
 //! The memory ladder's last step: stopping a VM by hibernating it through the Proxmox API (its
 //! RAM is saved to disk and its memory goes back to the host), and starting it again, which
 //! resumes it where it was. Journaled before the call, so that a keeper that exits or crashes
-//! starts it again; a refused call closes its journal entry, so nothing is left half-applied.
+//! starts it again; a refused call closes its journal entry, so nothing is left half-applied;
+//! a call that got no answer keeps it (PVE may be hibernating the VM all the same).
 //! Only a VM the keeper stopped is ever started by it.
 
 use std::{
@@ -51,6 +52,12 @@ impl Actuators {
             Ok(upid) => {
                 self.vms_stopped.insert(vmid);
                 Ok(Outcome::Done(format!("{what} (task {upid})")))
+            }
+            // No answer: the node may be saving the VM. It counts as stopped by the keeper
+            // (started again when the ladder comes down, at exit, or by the next keeper).
+            Err(e) if e.may_have_acted() => {
+                self.vms_stopped.insert(vmid);
+                Err(e.into())
             }
             Err(e) => {
                 self.journal.record(&Entry::VmStarted { vmid })?;

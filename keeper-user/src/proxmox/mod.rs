@@ -19,7 +19,7 @@
 pub mod https;
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -85,6 +85,15 @@ pub enum ProxmoxError {
 
 impl ProxmoxError {
     /// 401/403: the token is wrong or lacks a privilege.
+    /// No answer came (a timeout, a connection lost mid-call): the node may have begun the
+    /// task all the same.
+    pub fn may_have_acted(&self) -> bool {
+        matches!(
+            self,
+            ProxmoxError::Timeout { .. } | ProxmoxError::Connection { .. }
+        )
+    }
+
     pub fn is_auth(&self) -> bool {
         matches!(
             self,
@@ -405,6 +414,15 @@ pub fn read_token(path: &Path) -> Result<(String, String), ProxmoxError> {
     if mode & 0o077 != 0 {
         return Err(err(format!(
             "token file has mode {mode:04o}: others can read the secret; `chmod 600` it"
+        )));
+    }
+    // Its owner could put another token (another user's rights) in the keeper's hands.
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(err(format!(
+            "token file is owned by uid {}: it must be root's (or the keeper's own)",
+            meta.uid()
         )));
     }
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("token file: {e}")))?;
