@@ -68,31 +68,23 @@ impl FakeGpu {
         self.read().devices[0].power_limit_mw
     }
 
-    /// A `cuda-checkpoint` stand-in: appends `<ns> <args>` to `cuda-checkpoint.log`; fails
-    /// (exit 1) while the file `fail` exists beside it.
+    /// A `cuda-checkpoint` stand-in (`--get-state` / `--toggle` `--pid N`, each process's state
+    /// kept in `state-N`, `running` at first): appends `<ns> <args>` to `cuda-checkpoint.log`; a
+    /// toggle fails (exit 1) while the file `fail` exists beside it.
     pub fn stand_in_tool(&self) -> PathBuf {
         let tool = self.dir.join("cuda-checkpoint");
-        let log = self.dir.join("cuda-checkpoint.log");
-        let fail = self.dir.join("fail");
-        std::fs::write(
-            &tool,
-            format!(
-                "#!/bin/sh\necho \"$(date +%s%N) $*\" >> '{}'\nif [ -e '{}' ]; then echo 'stand-in: refused' >&2; exit 1; fi\n",
-                log.display(),
-                fail.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&tool, stand_in_script(&self.dir)).unwrap();
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         tool
     }
 
-    /// The stand-in's calls, in order (`--toggle --pid N`).
+    /// The stand-in's state-changing calls, in order (`--toggle --pid N`).
     pub fn tool_calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("cuda-checkpoint.log"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_once(' ').map(|(_, args)| args.to_string()))
+            .filter(|args| !args.starts_with("--get-state"))
             .collect()
     }
 
@@ -110,6 +102,19 @@ impl Drop for FakeGpu {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The stand-in's shell script, keeping its files in `dir`.
+fn stand_in_script(dir: &std::path::Path) -> String {
+    let d = dir.display();
+    format!(
+        "#!/bin/sh\n\
+         echo \"$(date +%s%N) $*\" >> '{d}/cuda-checkpoint.log'\n\
+         st='{d}/state-'\"$3\"\n\
+         if [ \"$1\" = --get-state ]; then cat \"$st\" 2>/dev/null || echo running; exit 0; fi\n\
+         if [ -e '{d}/fail' ]; then echo 'stand-in: refused' >&2; exit 1; fi\n\
+         if [ \"$(cat \"$st\" 2>/dev/null)\" = checkpointed ]; then echo running > \"$st\"; else echo checkpointed > \"$st\"; fi\n"
+    )
 }
 
 /// A process's state letter in /proc/<pid>/stat (`T` when stopped).

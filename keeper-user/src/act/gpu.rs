@@ -133,12 +133,73 @@ fn apply_clock_offset(gpu: &Gpu, mhz: i32) -> Result<(), GpuError> {
     Ok(())
 }
 
+/// What cuda-checkpoint says of a process (`--get-state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaState {
+    Running,
+    Locked,
+    Checkpointed,
+    Failed,
+}
+
+/// Brings `pid` to `want` (`Running` or `Checkpointed`): asks its state first and toggles only
+/// from the other one, never blindly (a replayed toggle of a process whose checkpoint failed
+/// would checkpoint a running process). `Some(took)` when it toggled, `None` when it was so.
+pub fn bring_to(
+    tool: &Path,
+    pid: u32,
+    want: CudaState,
+    timeout: Duration,
+) -> Result<Option<Duration>, ActError> {
+    let now = state(tool, pid, timeout)?;
+    if now == want {
+        return Ok(None);
+    }
+    let from = match want {
+        CudaState::Running => CudaState::Checkpointed,
+        _ => CudaState::Running,
+    };
+    if now != from {
+        return Err(ActError::Checkpoint {
+            pid,
+            message: format!("{} says it is {now:?}: left as it is", tool.display()),
+        });
+    }
+    toggle(tool, pid, timeout).map(Some)
+}
+
+/// `tool --get-state --pid PID`.
+pub fn state(tool: &Path, pid: u32, timeout: Duration) -> Result<CudaState, ActError> {
+    let (_, out) = run_tool(tool, "--get-state", pid, timeout)?;
+    let word = out.trim().to_ascii_lowercase();
+    match word.as_str() {
+        w if w.contains("checkpointed") => Ok(CudaState::Checkpointed),
+        w if w.contains("running") => Ok(CudaState::Running),
+        w if w.contains("locked") => Ok(CudaState::Locked),
+        w if w.contains("failed") => Ok(CudaState::Failed),
+        _ => Err(ActError::Checkpoint {
+            pid,
+            message: format!("{} --get-state said `{word}`", tool.display()),
+        }),
+    }
+}
+
 /// Runs `tool --toggle --pid PID` with a time limit; returns how long it took.
 pub fn toggle(tool: &Path, pid: u32, timeout: Duration) -> Result<Duration, ActError> {
+    run_tool(tool, "--toggle", pid, timeout).map(|(took, _)| took)
+}
+
+/// Runs `tool VERB --pid PID` with a time limit; how long it took and what it printed.
+fn run_tool(
+    tool: &Path,
+    verb: &str,
+    pid: u32,
+    timeout: Duration,
+) -> Result<(Duration, String), ActError> {
     let started = Instant::now();
     let err = |message: String| ActError::Checkpoint { pid, message };
     let child = Command::new(tool)
-        .args(["--toggle", "--pid", &pid.to_string()])
+        .args([verb, "--pid", &pid.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -156,25 +217,27 @@ pub fn toggle(tool: &Path, pid: u32, timeout: Duration) -> Result<Duration, ActE
             // SAFETY: the child is not reaped before its waiting thread returns.
             unsafe { libc::kill(child_pid as i32, libc::SIGKILL) };
             return Err(err(format!(
-                "{} --toggle did not finish within {timeout:?}; killed",
+                "{} {verb} did not finish within {timeout:?}; killed",
                 tool.display()
             )));
         }
     };
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() {
         let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        let text = if text.is_empty() {
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        } else {
-            text
-        };
+        let text = if text.is_empty() { stdout } else { text };
         return Err(err(format!(
-            "{} --toggle exited with {}: {text}",
+            "{} {verb} exited with {}: {text}",
             tool.display(),
             out.status
         )));
     }
-    Ok(started.elapsed())
+    Ok((started.elapsed(), stdout))
+}
+
+/// `ms` of a toggle, "0 ms" when none was needed.
+fn ms_or_zero(d: Option<Duration>) -> String {
+    ms(d.unwrap_or_default())
 }
 
 fn ms(d: Duration) -> String {
@@ -304,7 +367,7 @@ impl Actuators {
                         tool: tool.clone(),
                     })
                     .map_err(ActError::from)
-                    .and_then(|()| toggle(&tool, pid, self.gpu.timeout))
+                    .and_then(|()| bring_to(&tool, pid, CudaState::Checkpointed, self.gpu.timeout))
                     .map(|took| (p.start, took)),
                 Err(ActError::Vanished { .. }) => continue,
                 Err(e) => Err(e),
@@ -312,7 +375,10 @@ impl Actuators {
             match step {
                 Ok((start, took)) => {
                     done.push((pid, start));
-                    notes.push(format!("pid {pid} in {}", ms(took)));
+                    notes.push(match took {
+                        Some(took) => format!("pid {pid} in {}", ms(took)),
+                        None => format!("pid {pid} was checkpointed already"),
+                    });
                 }
                 Err(e) => {
                     let undone = self.toggle_back(&tool, &done);
@@ -342,10 +408,10 @@ impl Actuators {
         }
         let mut out = Vec::new();
         for &(pid, start) in done.iter().rev() {
-            match toggle(tool, pid, self.gpu.timeout) {
+            match bring_to(tool, pid, CudaState::Running, self.gpu.timeout) {
                 Ok(took) => {
                     let _ = self.journal.record(&Entry::GpuRestored { pid, start });
-                    out.push(format!("pid {pid} restored in {}", ms(took)));
+                    out.push(format!("pid {pid} restored in {}", ms_or_zero(took)));
                 }
                 Err(e) => out.push(format!("pid {pid} NOT restored: {e}")),
             }
@@ -386,10 +452,10 @@ impl Actuators {
                     continue;
                 }
             }
-            match toggle(&tool, pid, self.gpu.timeout) {
+            match bring_to(&tool, pid, CudaState::Running, self.gpu.timeout) {
                 Ok(took) => {
                     self.journal.record(&Entry::GpuRestored { pid, start })?;
-                    notes.push(format!("pid {pid} in {}", ms(took)));
+                    notes.push(format!("pid {pid} in {}", ms_or_zero(took)));
                 }
                 Err(e) => {
                     left.push((pid, start));
@@ -435,13 +501,14 @@ pub fn restore_clock_offset(lib: &Path, uuid: &str, original_mhz: i32) -> Result
 /// Journal replay: a process checkpointed by an earlier keeper gets its GPU state back.
 pub fn restore_checkpoint(pid: u32, start: u64, tool: &Path) -> Result<Option<String>, ActError> {
     match Proc::open(pid, Some(start)) {
-        Ok(_) => {
-            let took = toggle(tool, pid, CHECKPOINT_TIMEOUT)?;
-            Ok(Some(format!(
+        Ok(_) => match bring_to(tool, pid, CudaState::Running, CHECKPOINT_TIMEOUT)? {
+            Some(took) => Ok(Some(format!(
                 "restored the GPU state of pid {pid} in {}",
                 ms(took)
-            )))
-        }
+            ))),
+            // Its checkpoint never happened (or was undone): nothing to restore.
+            None => Ok(None),
+        },
         Err(ActError::Vanished { .. }) => Ok(None),
         Err(e) => Err(e),
     }
@@ -500,6 +567,45 @@ mod tests {
         let e = toggle(&slow, 7, Duration::from_millis(200)).unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(3));
         assert!(e.to_string().contains("did not finish"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_replayed_restore_never_checkpoints_a_running_process() {
+        let dir = std::env::temp_dir().join(format!("keeper-cc-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tool = dir.join("cuda-checkpoint");
+        let d = dir.display();
+        std::fs::write(
+            &tool,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{d}/log'\nst='{d}/state'\n\
+                 if [ \"$1\" = --get-state ]; then cat \"$st\" 2>/dev/null || echo running; exit 0; fi\n\
+                 if [ \"$(cat \"$st\" 2>/dev/null)\" = checkpointed ]; then echo running > \"$st\"; else echo checkpointed > \"$st\"; fi\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let me = std::process::id();
+        let start = super::super::process::start_time(me).unwrap();
+        // The journal says "checkpointed" but the checkpoint had failed: the process runs.
+        assert_eq!(restore_checkpoint(me, start, &tool).unwrap(), None);
+        let log = std::fs::read_to_string(dir.join("log")).unwrap();
+        assert!(
+            !log.contains("--toggle"),
+            "toggled a running process: {log}"
+        );
+        // Really checkpointed: restored by one toggle.
+        std::fs::write(dir.join("state"), "checkpointed\n").unwrap();
+        assert!(restore_checkpoint(me, start, &tool).unwrap().is_some());
+        assert_eq!(
+            state(&tool, me, Duration::from_secs(5)).unwrap(),
+            CudaState::Running
+        );
+        // A state it cannot leave: an error, no toggle.
+        std::fs::write(dir.join("state"), "locked\n").unwrap();
+        let e = bring_to(&tool, me, CudaState::Running, Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("Locked: left as it is"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
