@@ -70,6 +70,10 @@ pub enum JournalError {
         "another keeper ({holder}) holds the state directory {dir}: this one read, undid and changed nothing"
     )]
     Locked { dir: PathBuf, holder: String },
+    #[error(
+        "journal {path} holds {size} bytes after compaction (at most {MAX_BYTES}): no further change is made until it is undone"
+    )]
+    Full { path: PathBuf, size: u64 },
 }
 
 impl JournalError {
@@ -88,7 +92,16 @@ pub struct Journal {
     /// `<state dir>/lock`, flocked exclusively while this journal lives (the kernel drops the
     /// lock when the keeper dies, however it dies).
     _lock: Option<File>,
+    /// Lines written since the journal was last compacted, and the count that compacts it.
+    lines: usize,
+    compact_at: usize,
 }
+
+/// Lines after which the journal is compacted (before the next record).
+const COMPACT_AFTER: usize = 4096;
+/// The most the journal may hold once compacted: past it a change is refused (and so not
+/// made) with a clear error, rather than the disk filled.
+pub const MAX_BYTES: u64 = 16 << 20;
 
 /// The name of the file that lines which do not parse are moved to.
 pub const QUARANTINE: &str = "journal.quarantine";
@@ -113,6 +126,8 @@ impl Journal {
             path,
             file: Some(file),
             _lock: Some(lock),
+            lines: 0,
+            compact_at: COMPACT_AFTER,
         })
     }
 
@@ -122,6 +137,8 @@ impl Journal {
             path: PathBuf::new(),
             file: None,
             _lock: None,
+            lines: 0,
+            compact_at: COMPACT_AFTER,
         }
     }
 
@@ -129,11 +146,47 @@ impl Journal {
         &self.path
     }
 
-    /// Appends one entry (before the change it describes is applied).
+    /// Appends one entry (before the change it describes is applied), compacting the journal
+    /// first when it has grown by [`COMPACT_AFTER`] lines.
     pub fn record(&mut self, entry: &Entry) -> Result<(), JournalError> {
+        if self.file.is_some() && self.lines >= self.compact_at {
+            self.compact()?;
+        }
+        self.append(entry)
+    }
+
+    /// Rewrites the journal with only what undoing needs (see [`super::compact`]); refuses
+    /// past [`MAX_BYTES`]. Returns the entries before and after.
+    pub fn compact(&mut self) -> Result<(usize, usize), JournalError> {
+        let entries = self.entries()?;
+        let kept = super::compact::compacted(&entries, |pid, start| {
+            super::process::start_time(pid) == Some(start)
+        });
+        self.rewrite(&kept)?;
+        self.compact_at = COMPACT_AFTER.max(2 * kept.len());
+        let size = fs::metadata(&self.path)
+            .map_err(JournalError::io(&self.path))?
+            .len();
+        tracing::debug!(
+            before = entries.len(),
+            after = kept.len(),
+            size,
+            "journal compacted"
+        );
+        if size > MAX_BYTES {
+            return Err(JournalError::Full {
+                path: self.path.clone(),
+                size,
+            });
+        }
+        Ok((entries.len(), kept.len()))
+    }
+
+    fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
+        self.lines += 1;
         let mut line = serde_json::to_string(entry)
             .map_err(|e| JournalError::io(&self.path)(io::Error::other(e)))?;
         line.push('\n');
@@ -200,8 +253,9 @@ impl Journal {
             return Ok(());
         };
         file.set_len(0).map_err(JournalError::io(&self.path))?;
+        self.lines = 0;
         for e in entries {
-            self.record(e)?;
+            self.append(e)?;
         }
         Ok(())
     }
@@ -339,6 +393,34 @@ mod tests {
         );
         drop(first);
         Journal::open(&dir).expect("free again once the first is gone");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn repeated_records_are_compacted_as_they_come() {
+        let dir = temp_dir("compact");
+        let mut j = Journal::open(&dir).unwrap();
+        let me = std::process::id();
+        let start = crate::act::process::start_time(me).unwrap();
+        let aff = |original: &str| Entry::Affinity {
+            pid: me,
+            start,
+            original: original.into(),
+        };
+        j.record(&aff("0-1")).unwrap();
+        // A task evicted again and again, and one that is gone.
+        for _ in 0..10_000 {
+            j.record(&aff("0")).unwrap();
+        }
+        j.record(&Entry::Stop {
+            pid: u32::MAX - 1,
+            start: 1,
+        })
+        .unwrap();
+        let lines = fs::read_to_string(j.path()).unwrap().lines().count();
+        assert!(lines < COMPACT_AFTER + 2, "{lines} lines: never compacted");
+        assert_eq!(j.compact().unwrap().1, 1);
+        assert_eq!(j.entries().unwrap(), [aff("0-1")]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -14,6 +14,7 @@
 pub mod affinity;
 pub mod balloon;
 pub mod cgroup;
+mod compact;
 pub mod gpu;
 pub mod journal;
 pub mod process;
