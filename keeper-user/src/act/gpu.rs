@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeMap,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -60,17 +59,25 @@ impl GpuHands {
 
 /// `cuda-checkpoint`: the given path (when it is an executable file), else the one on PATH.
 pub fn find_checkpoint_tool(flag: Option<&Path>) -> Option<PathBuf> {
-    let executable = |p: &Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
     if let Some(p) = flag {
-        return executable(p).then(|| p.to_path_buf());
+        return trusted_executable(p);
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|d| d.join(CHECKPOINT_TOOL))
-        .find(|p| executable(p))
+        .filter(|d| d.is_absolute())
+        .find_map(|d| trusted_executable(&d.join(CHECKPOINT_TOOL)))
+}
+
+/// `p`'s absolute path when it is an executable file that only root (or the keeper's own user)
+/// can change: the keeper runs it as root, and journals its path for a later keeper.
+fn trusted_executable(p: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let p = p.canonicalize().ok()?;
+    let m = p.metadata().ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let owner_ok = m.uid() == 0 || m.uid() == me;
+    (m.is_file() && m.mode() & 0o111 != 0 && m.mode() & 0o022 == 0 && owner_ok).then_some(p)
 }
 
 /// The limit for `percent` of the default, clamped to the constraints, with a note if clamped.
@@ -198,7 +205,18 @@ fn run_tool(
 ) -> Result<(Duration, String), ActError> {
     let started = Instant::now();
     let err = |message: String| ActError::Checkpoint { pid, message };
-    let child = Command::new(tool)
+    let mut cmd = Command::new(tool);
+    // SAFETY: only sched_setscheduler between fork and exec. The keeper runs SCHED_FIFO; a
+    // copy of gigabytes of VRAM must not run at real-time priority on the housekeeping cores.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+            Ok(())
+        });
+    }
+    let child = cmd
         .args([verb, "--pid", &pid.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -517,6 +535,7 @@ pub fn restore_checkpoint(pid: u32, start: u64, tool: &Path) -> Result<Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn limits() -> PowerLimits {
         PowerLimits {
@@ -606,6 +625,22 @@ mod tests {
         std::fs::write(dir.join("state"), "locked\n").unwrap();
         let e = bring_to(&tool, me, CudaState::Running, Duration::from_secs(5)).unwrap_err();
         assert!(e.to_string().contains("Locked: left as it is"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_tool_others_can_change_is_not_trusted() {
+        let dir = std::env::temp_dir().join(format!("keeper-cc-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tool = dir.join(CHECKPOINT_TOOL);
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            find_checkpoint_tool(Some(&tool)),
+            Some(tool.canonicalize().unwrap())
+        );
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(find_checkpoint_tool(Some(&tool)), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

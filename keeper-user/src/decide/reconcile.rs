@@ -320,9 +320,14 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         );
     }
 
+    let cores = policy.host.trading_cores.to_string();
     match (trading, applied.trading.clone()) {
-        (Some(want), had) if had.as_deref() != Some(want.value.as_str()) => {
+        (Some(want), had)
+            if had.as_deref() != Some(want.value.as_str())
+                || applied.trading_cores.as_deref() != Some(cores.as_str()) =>
+        {
             applied.trading = Some(want.value.clone());
+            applied.trading_cores = Some(cores);
             let kind = ActionKind::ProtectTradingCores {
                 workload: want.value,
                 cpus: policy.host.trading_cores.clone(),
@@ -332,6 +337,7 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         }
         (None, Some(owner)) => {
             applied.trading = None;
+            applied.trading_cores = None;
             let rule = RuleId::new(format!("{owner}.owns_trading_cores"));
             let reason = format!("{owner} is no longer active");
             push(

@@ -112,6 +112,10 @@ pub struct Applied {
     pub classed: BTreeSet<String>,
     /// The workload the trading cores are protected for.
     pub trading: Option<String>,
+    /// The cores protected for it (kernel list notation): a reload that changes
+    /// `host.trading_cores` protects the new ones.
+    #[serde(default)]
+    pub trading_cores: Option<String>,
     pub gpu_power_limit: Option<Percent>,
     #[serde(default)]
     pub gpu_clock_offset: Option<i32>,

@@ -166,6 +166,28 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
 }
 
 #[test]
+fn a_reload_that_moves_the_trading_cores_protects_the_new_ones() {
+    let mut p = hive().unwrap();
+    let obs = all_present(&ALL);
+    let mut state = EngineState::default();
+    let protected = |actions: Vec<Action>| -> Vec<String> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a.kind {
+                ActionKind::ProtectTradingCores { cpus, .. } => Some(cpus.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let now = at("2026-03-09T10:00");
+    assert_eq!(protected(decide(&p, &mut state, &obs, now)), ["1"]);
+    assert!(protected(decide(&p, &mut state, &obs, now)).is_empty());
+    // `keeper reload` with trading_cores 0 (housekeeping 1).
+    std::mem::swap(&mut p.host.trading_cores, &mut p.host.housekeeping_cores);
+    assert_eq!(protected(decide(&p, &mut state, &obs, now)), ["0"]);
+}
+
+#[test]
 fn banker_owns_the_trading_cores_and_evicts_intruders() {
     let p = hive().unwrap();
     let mut obs = all_present(&ALL);
