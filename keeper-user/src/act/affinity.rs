@@ -29,25 +29,8 @@ impl Actuators {
         }
         let mut moved = 0;
         for tid in process::threads(pid) {
-            let task = match Proc::open(tid, None) {
-                Ok(t) => t,
-                Err(ActError::Vanished { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let original = task.affinity()?;
-            if original == *to {
-                continue;
-            }
-            self.journal.record(&Entry::Affinity {
-                pid: tid,
-                start: task.start,
-                original: original.to_string(),
-            })?;
-            match task.set_affinity(to) {
-                Ok(()) => moved += 1,
-                Err(ActError::Vanished { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            let target = |original: &CpuList| (original != to).then(|| to.clone());
+            moved += u32::from(self.move_thread(tid, target)?);
         }
         if moved == 0 && process::threads(pid).is_empty() {
             // Gone before it could be moved: nothing left on the trading core to evict.
@@ -102,12 +85,41 @@ impl Actuators {
         })
     }
 
-    /// One thread off `trading`; whether it was moved.
+    /// One thread off `trading`; whether it was moved. A thread whose affinity cannot change
+    /// (a per-CPU worker: EINVAL) is left as it is.
     fn keep_thread_off(
         &mut self,
         tid: u32,
         trading: &CpuList,
         housekeeping: &CpuList,
+    ) -> Result<bool, ActError> {
+        let target = |original: &CpuList| {
+            if original.intersection(trading).is_empty() {
+                return None;
+            }
+            let to = original.difference(trading);
+            Some(if to.is_empty() {
+                housekeeping.clone()
+            } else {
+                to
+            })
+        };
+        match self.move_thread(tid, target) {
+            Err(ActError::Process { source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                Ok(false)
+            }
+            other => other,
+        }
+    }
+
+    /// Gives thread `tid` the affinity `target` asks for its current one (`None`: left as it
+    /// is), journaling the original first; whether it moved. A thread gone meanwhile is not.
+    fn move_thread(
+        &mut self,
+        tid: u32,
+        target: impl FnOnce(&CpuList) -> Option<CpuList>,
     ) -> Result<bool, ActError> {
         let task = match Proc::open(tid, None) {
             Ok(t) => t,
@@ -119,13 +131,9 @@ impl Actuators {
             Err(ActError::Vanished { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        if original.intersection(trading).is_empty() {
+        let Some(to) = target(&original) else {
             return Ok(false);
-        }
-        let mut to = original.difference(trading);
-        if to.is_empty() {
-            to = housekeeping.clone();
-        }
+        };
         self.journal.record(&Entry::Affinity {
             pid: tid,
             start: task.start,
@@ -133,13 +141,7 @@ impl Actuators {
         })?;
         match task.set_affinity(&to) {
             Ok(()) => Ok(true),
-            // Gone, or a task whose affinity cannot change (a per-CPU worker): left as it is.
             Err(ActError::Vanished { .. }) => Ok(false),
-            Err(ActError::Process { source, .. })
-                if source.raw_os_error() == Some(libc::EINVAL) =>
-            {
-                Ok(false)
-            }
             Err(e) => Err(e),
         }
     }
