@@ -58,7 +58,7 @@ pub fn compacted(entries: &[Entry], alive: impl Fn(u32, u64) -> bool) -> Vec<Ent
 }
 
 /// What an entry is about: two entries with one key undo the same thing.
-fn key(e: &Entry) -> String {
+pub(super) fn key(e: &Entry) -> String {
     match e {
         Entry::File { path, .. } => format!("file {}", path.display()),
         Entry::Enable { cgroup, controller } => format!("enable {} {controller}", cgroup.display()),

@@ -254,22 +254,33 @@ impl Actuators {
     }
 
     /// Tries the pending undos again once their backoff has passed (1 s, doubling up to 5
-    /// min). What succeeds leaves the journal. Returns what was undone.
+    /// min). What succeeds leaves the journal. One that this run has changed again (a newer
+    /// entry for the same file, task, ...) waits for the exit instead: undoing it now would
+    /// take back what the engine holds. Returns what was undone.
     pub fn retry_undo(&mut self) -> Result<Vec<String>, ActError> {
         if self.pending.is_empty() || !self.retry.due() {
             return Ok(vec![]);
         }
-        let (done, kept) = undo(&self.pending);
-        if kept.len() < self.pending.len() {
-            let mut journal = self.journal.entries()?;
-            for gone in self.pending.iter().filter(|e| !kept.contains(e)) {
+        let mut journal = self.journal.entries()?;
+        let superseded = |e: &Entry| {
+            let at = journal.iter().position(|j| j == e).unwrap_or(journal.len());
+            journal
+                .iter()
+                .skip(at + 1)
+                .any(|j| compact::key(j) == compact::key(e))
+        };
+        let (later, now): (Vec<Entry>, Vec<Entry>) =
+            self.pending.iter().cloned().partition(superseded);
+        let (done, kept) = undo(&now);
+        if kept.len() < now.len() {
+            for gone in now.iter().filter(|e| !kept.contains(e)) {
                 if let Some(i) = journal.iter().position(|e| e == gone) {
                     journal.remove(i);
                 }
             }
             self.journal.rewrite(&journal)?;
         }
-        self.pending = kept;
+        self.pending = later.into_iter().chain(kept).collect();
         self.retry.failed();
         Ok(done)
     }
@@ -510,6 +521,41 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "max 100000");
         assert!(act.undo_pending().is_empty());
         assert!(act.journal.entries().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pending_undo_of_something_changed_again_waits_for_the_exit() {
+        let dir = std::env::temp_dir().join(format!("keeper-undo2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let w = dir.join("w");
+        std::fs::create_dir_all(w.join("cpu.max")).unwrap(); // the undo fails (EISDIR)
+        let mut journal = Journal::open(&dir.join("state")).unwrap();
+        let pending = Entry::File {
+            path: w.join("cpu.max"),
+            original: "max 100000".into(),
+        };
+        journal.record(&pending).unwrap();
+        let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+        act.restore_all().unwrap();
+        assert_eq!(act.undo_pending(), std::slice::from_ref(&pending));
+        // The file is writable again, and this run throttles it.
+        std::fs::remove_dir(w.join("cpu.max")).unwrap();
+        std::fs::write(w.join("cpu.max"), "max 100000").unwrap();
+        act.write_file("w", "cpu.max", "50000 100000").unwrap();
+        act.retry = Backoff::default();
+        assert!(act.retry_undo().unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_to_string(w.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+        assert_eq!(act.undo_pending(), std::slice::from_ref(&pending));
+        // At exit both are undone, the oldest value last.
+        act.restore_all().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(w.join("cpu.max")).unwrap(),
+            "max 100000"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
