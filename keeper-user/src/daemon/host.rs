@@ -156,13 +156,18 @@ pub fn read_pid_file(file: &Path) -> Result<Option<u32>, String> {
     Ok(Path::new(&format!("/proc/{pid}")).exists().then_some(pid))
 }
 
-/// Logs a warning the first time it is given (placements are made every tick).
+/// Logs a warning the first time it is given (placements are made every tick); the last 256
+/// messages are remembered, so a long run does not grow it.
 fn say_once(msg: String) {
-    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    static SAID: std::sync::Mutex<std::collections::VecDeque<String>> =
+        std::sync::Mutex::new(std::collections::VecDeque::new());
     let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
     if !said.contains(&msg) {
         tracing::warn!("{msg}");
-        said.push(msg);
+        if said.len() == 256 {
+            said.pop_front();
+        }
+        said.push_back(msg);
     }
 }
 
