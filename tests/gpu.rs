@@ -14,12 +14,12 @@ use std::{collections::BTreeMap, process::Command};
 use fake::*;
 use jiff::Timestamp;
 use keeper::{
-    act::Actuators,
-    daemon::{
-        execute::{HostTotals, execute},
-        host::{self, Placement},
-    },
+    act::{Actuators, execute::execute},
     decide::{self, EngineState, Observations, WorkloadObs},
+    device::{
+        placement::{self, Placement},
+        procfs::HostTotals,
+    },
     policy::{Percent, Policy},
 };
 use rig::*;
@@ -223,7 +223,7 @@ impl Loop {
             let _env = in_process(&g);
             actuators(&g, false, None)
         };
-        let placements = host::place_workloads(&policy, act.cgroups());
+        let placements = placement::place_workloads(&policy, act.cgroups());
         assert_eq!(placements.len(), 3);
         Loop {
             g,
@@ -258,9 +258,9 @@ impl Loop {
     fn tick(&mut self, secs: i64) -> Vec<String> {
         let _env = in_process(&self.g);
         let mut r = self.act.gpu().unwrap().readout().unwrap();
-        r.assign(|pid| host::owner_of(pid, &self.placements));
+        r.assign(|pid| placement::owner_of(pid, &self.placements));
         let obs = Observations {
-            gpu: Some(r.observation()),
+            gpu: Some(keeper::sense::gpu::observation(&r)),
             workloads: self
                 .placements
                 .keys()

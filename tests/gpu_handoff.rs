@@ -11,7 +11,10 @@ mod rig;
 use std::{path::PathBuf, time::Duration};
 
 use fake::*;
-use keeper::daemon::{Done, Keeper, PolicySource};
+use keeper::{
+    act::execute::Done,
+    daemon::{Keeper, PolicySource},
+};
 use rig::*;
 
 /// A `Keeper` (the daemon's observe → decide → act) on pid-file workloads and the fake GPU;

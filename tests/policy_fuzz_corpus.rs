@@ -33,7 +33,7 @@ fn replay(dir: &Path) -> usize {
                 }
             }
         }
-        let _ = keeper::decide::scenario::parse(&bytes);
+        let _ = keeper::simulate::scenario::parse(&bytes);
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "{} took {:?}",

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keeper::proxmox::{Client, ProxmoxError, read_token};
+use keeper::device::proxmox::{Client, ProxmoxError, read_token};
 use support::{
     KEEPER,
     pve_stub::{MIB, Mode, PveStub, SECRET, StubVm, TOKEN_ID},

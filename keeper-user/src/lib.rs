@@ -1,24 +1,29 @@
 //! The Keeper: a deterministic resource enforcer for one Proxmox host.
 //!
 //! The data's trip, one folder per stage:
+//! - [`device`]: clients of the host's devices that both sensing and acting use: cgroupfs,
+//!   /proc, QMP, the NVML handle, the Proxmox VE API, and where each workload lives;
 //! - [`sense`]: eBPF programs and kernel files turned into observations;
-//! - [`policy`]: the YAML policy, its checks and its schema;
-//! - [`decide`]: the pure engine, (policy, observations, clock) → actions;
+//! - [`policy`]: the YAML policy, its checks, its schema and where it is read from;
+//! - [`decide`]: the pure engine, (policy, state, observations, clock) → actions, and what
+//!   follows an action's outcome;
+//! - [`simulate`]: `keeper simulate`, scenarios replayed through the engine;
 //! - [`act`]: actuators that change the host, journaled so every change can be undone;
-//! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernating a VM);
+//! - [`report`]: the run record, its renderings and the Prometheus metrics;
 //! - [`daemon`]: `keeper run`, the loop that joins them, and its control socket;
 //! - [`cli`]: the `keeper` subcommands.
 //!
-//! Shared vocabulary: [`cpulist`] (CPU lists such as `1,3-5`) and [`cgroupfs`] (cgroup v2 paths
-//! and ids).
-
+//! Shared vocabulary: [`cpulist`] (CPU lists such as `1,3-5`).
+//!
+//! Layers, lowest first (a module imports only from layers below it; `tests::layers` checks):
+//! cpulist → policy → decide → device → sense, act, simulate → report → daemon → cli.
 pub mod act;
-pub mod cgroupfs;
 pub mod cli;
 pub mod cpulist;
 pub mod daemon;
 pub mod decide;
+pub mod device;
 pub mod policy;
-pub mod proxmox;
 pub mod report;
 pub mod sense;
+pub mod simulate;

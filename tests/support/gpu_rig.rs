@@ -10,9 +10,8 @@ use std::{
 
 use keeper::{
     act::{Actuators, journal::Journal},
-    cgroupfs::CgroupFs,
+    device::{cgroupfs::CgroupFs, gpu::Gpu},
     policy::{HostFacts, Policy},
-    sense::gpu::Gpu,
 };
 
 use super::fake::{FakeGpu, STATE_ENV, fake_lib};

@@ -13,5 +13,5 @@ fuzz_target!(|data: &[u8]| {
             let _ = d.render("fuzz.yaml");
         }
     }
-    let _ = keeper::decide::scenario::parse(data);
+    let _ = keeper::simulate::scenario::parse(data);
 });

@@ -9,7 +9,7 @@ use super::{
     process::{self, Proc},
     task_cgroup, under,
 };
-use crate::{cpulist::CpuList, sense::procfs};
+use crate::{cpulist::CpuList, device::procfs};
 
 impl Actuators {
     /// Moves every thread of `pid` to `to` (intruder eviction), journaling the original affinity.

@@ -4,8 +4,11 @@
 
 use std::path::Path;
 
-use super::{ActError, Actuators, Outcome, journal::Entry, qmp::Qmp};
-use crate::{policy::Amount, sense::vms};
+use super::{ActError, Actuators, Outcome, journal::Entry};
+use crate::{
+    device::qmp::{self, Qmp},
+    policy::Amount,
+};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -19,7 +22,7 @@ impl Actuators {
         cgroups: &[String],
     ) -> Result<Outcome, ActError> {
         self.check_scope_vm(vmid, cgroups)?;
-        let socket = vms::socket_of(&self.qmp_dir, vmid);
+        let socket = qmp::socket_of(&self.qmp_dir, vmid);
         if target == Amount::Percent(crate::policy::Percent::new(100.0)) && !socket.exists() {
             // Stopped (hibernated by the ladder's last step, or by hand): nothing to give back.
             return Ok(Outcome::Unchanged(format!(

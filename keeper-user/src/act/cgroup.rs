@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_freeze_that_is_not_confirmed_is_taken_back() {
-        use crate::{act::journal::Journal, cgroupfs::CgroupFs};
+        use crate::{act::journal::Journal, device::cgroupfs::CgroupFs};
         let root = std::env::temp_dir().join(format!("keeper-freeze-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let dir = root.join("w");

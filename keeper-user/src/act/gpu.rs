@@ -14,8 +14,8 @@ use std::{
 
 use super::{ActError, Actuators, Outcome, journal::Entry, process::Proc};
 use crate::{
+    device::gpu::{Gpu, GpuError, PowerLimits},
     policy::Percent,
-    sense::gpu::{Gpu, GpuError, PowerLimits},
 };
 
 /// NVIDIA's checkpoint utility, looked up on PATH unless `--cuda-checkpoint` names it.

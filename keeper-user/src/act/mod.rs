@@ -9,16 +9,17 @@
 //!   where no cpuset partition can be made;
 //! - [`gpu`]: the GPU power limit and clock offset (NVML), cuda-checkpoint for the handoff;
 //! - [`balloon`] (QMP) and [`vm_stop`] (Proxmox API): the VMs' memory;
-//! - [`journal`]: the crash-safety journal.
+//! - [`journal`]: the crash-safety journal;
+//! - [`execute`]: one engine action carried out through the above, workload by workload.
 
 pub mod affinity;
 pub mod balloon;
 pub mod cgroup;
 mod compact;
+pub mod execute;
 pub mod gpu;
 pub mod journal;
 pub mod process;
-pub mod qmp;
 pub mod vm_stop;
 
 use std::{
@@ -28,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{cgroupfs::CgroupFs, cpulist::CpuList};
+use crate::{cpulist::CpuList, device::cgroupfs::CgroupFs};
 use journal::{Entry, Journal, JournalError};
 use process::Proc;
 
@@ -65,15 +66,15 @@ pub enum ActError {
     #[error("cpuset partition of {cgroup} refused: {state}")]
     Partition { cgroup: String, state: String },
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroupfs::CgroupError),
+    Cgroup(#[from] crate::device::cgroupfs::CgroupError),
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
-    Qmp(#[from] qmp::QmpError),
+    Qmp(#[from] crate::device::qmp::QmpError),
     #[error(transparent)]
-    Gpu(#[from] crate::sense::gpu::GpuError),
+    Gpu(#[from] crate::device::gpu::GpuError),
     #[error(transparent)]
-    Proxmox(#[from] crate::proxmox::ProxmoxError),
+    Proxmox(#[from] crate::device::proxmox::ProxmoxError),
     #[error("stopping VM {vmid} needs the Proxmox API (`keeper run --proxmox FILE`): nothing done")]
     NoApi { vmid: u32 },
     #[error("cuda-checkpoint, pid {pid}: {message}")]
@@ -138,7 +139,7 @@ impl Actuators {
             scope,
             originals: Default::default(),
             missing_said: HashSet::new(),
-            qmp_dir: PathBuf::from(crate::sense::vms::DEFAULT_QMP_DIR),
+            qmp_dir: PathBuf::from(crate::device::qmp::DEFAULT_QMP_DIR),
             balloon_floor: crate::policy::Amount::Bytes(1 << 30),
             balloons_journaled: HashSet::new(),
             gpu: gpu::GpuHands::default(),
@@ -452,36 +453,14 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
     }
 }
 
-/// `a/b` without leading or trailing slashes ("" is the root).
-pub fn normalize(rel: &str) -> String {
-    rel.trim_matches('/').to_string()
-}
-
-/// True when `path` is `scope` or below it ("" scope holds everything).
-pub fn under(path: &str, scope: &str) -> bool {
-    scope.is_empty() || path == scope || path.starts_with(&format!("{scope}/"))
-}
-
-/// The cgroup v2 path of a task ("0::/a/b" in /proc/<pid>/cgroup), without the leading slash.
-pub fn task_cgroup(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| normalize(p.trim()))
-}
+pub use crate::device::{
+    cgroupfs::{normalize, under},
+    procfs::task_cgroup,
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scope_holds_its_subtree_only() {
-        assert!(under("kt/banker", "kt"));
-        assert!(under("kt", "kt"));
-        assert!(!under("kt2/x", "kt"));
-        assert!(under("anything", ""));
-        assert_eq!(normalize("/a/b/"), "a/b");
-    }
 
     #[test]
     fn a_failed_undo_stays_in_the_journal_until_it_succeeds() {

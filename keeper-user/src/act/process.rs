@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::ActError;
-use crate::cpulist::CpuList;
+use crate::{cpulist::CpuList, device::procfs};
 
 /// A live process, pinned by a pidfd.
 pub struct Proc {
@@ -119,10 +119,7 @@ impl Proc {
 
 /// Start time of a process in clock ticks since boot; `None` when it is gone.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = text.get(text.rfind(')')? + 1..)?;
-    // Field 22 overall; fields after the comm start at 3.
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    procfs::task_stat(pid).map(|s| s.start)
 }
 
 /// Every process on the host (the numeric entries of /proc).
@@ -155,16 +152,8 @@ pub fn tree(root: u32) -> Vec<u32> {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let ppid = text
-                .rfind(')')
-                .and_then(|i| text.get(i + 1..))
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(ppid) = ppid {
-                children.entry(ppid).or_default().push(pid);
+            if let Some(s) = procfs::task_stat(pid) {
+                children.entry(s.ppid).or_default().push(pid);
             }
         }
     }

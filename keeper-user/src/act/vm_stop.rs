@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{ActError, Actuators, Outcome, journal::Entry};
-use crate::proxmox::Client;
+use crate::device::proxmox::Client;
 
 /// The Proxmox API as the actuators use it: the client and the `--proxmox` file it came from
 /// (journaled, so that a later keeper can start a VM this one stopped).

@@ -7,9 +7,12 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 use super::Format;
 use crate::{
     act::gpu::w,
-    cgroupfs::CgroupFs,
-    daemon::{PolicySource, host},
-    sense::gpu::{Gpu, GpuReadout, library},
+    device::{
+        cgroupfs::CgroupFs,
+        gpu::{Gpu, GpuReadout, library},
+        placement,
+    },
+    policy::PolicySource,
 };
 
 #[derive(Debug, clap::Args)]
@@ -52,8 +55,8 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<ExitCode> {
     };
     match (source.load(), CgroupFs::discover()) {
         (Ok(policy), Ok(cg)) => {
-            let placements = host::place_workloads(&policy, &cg);
-            r.assign(|pid| host::owner_of(pid, &placements));
+            let placements = placement::place_workloads(&policy, &cg);
+            r.assign(|pid| placement::owner_of(pid, &placements));
         }
         (Err(e), _) => tracing::warn!("workloads not named: policy {}: {e}", source.name()),
         (_, Err(e)) => tracing::warn!("workloads not named: {e}"),

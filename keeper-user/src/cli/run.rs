@@ -51,7 +51,7 @@ pub struct RunArgs {
     pub tick: Duration,
     /// Serve Prometheus metrics on GET /metrics at this address (a bare port means
     /// 127.0.0.1:PORT). Off by default.
-    #[arg(long, value_parser = crate::daemon::metrics::parse_addr)]
+    #[arg(long, value_parser = crate::report::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Where the VMs' QMP sockets are (`<vmid>.qmp`), for ballooning.
     #[arg(long, default_value = crate::sense::vms::DEFAULT_QMP_DIR)]

@@ -4,8 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 
 use super::Format;
-use crate::decide::{scenario, simulate};
 use crate::policy::{self, HostFacts};
+use crate::simulate::{self, scenario};
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {

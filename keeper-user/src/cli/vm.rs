@@ -12,9 +12,8 @@ use anyhow::{Context as _, bail};
 
 use super::{Format, parse_duration};
 use crate::{
-    act::qmp::Qmp,
+    device::{proxmox::Client, qmp::Qmp},
     policy::Amount,
-    proxmox::Client,
     sense::vms::{self, DEFAULT_QMP_DIR},
 };
 

@@ -16,8 +16,8 @@ use tokio::{
 
 use super::{Format, parse_duration};
 use crate::{
-    cgroupfs::CgroupFs,
     cpulist::CpuList,
+    device::cgroupfs::CgroupFs,
     report::view::{
         CpuView, EventCounts, IntruderView, cpu_view, intruder_views, write_histogram,
         write_intruders,

@@ -3,28 +3,31 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    path::{Path, PathBuf},
+    path::Path,
     time::Instant,
 };
 
-use serde::Serialize;
-
-use super::{
-    execute::{self, HostTotals},
-    host::{self, Placement},
-};
 use crate::{
-    act::{ActError, Actuators, Outcome, gpu::find_checkpoint_tool},
-    cpulist::CpuList,
+    act::{
+        ActError, Actuators, Outcome,
+        execute::{self, Done},
+        gpu::find_checkpoint_tool,
+    },
     decide::{self, Action, EngineState, GpuObs, Intruder, Observations},
-    policy::{self, HostFacts, Match, Policy, Workload},
-    sense::gpu::{self as gpu_sense, Gpu, GpuReadout},
+    device::{
+        gpu::{self as gpu_dev, Gpu, GpuReadout},
+        placement::{self, Placement},
+        procfs::HostTotals,
+    },
+    policy::{Policy, PolicySource},
+    report::record::RunFacts,
+    sense::{self, host},
 };
 
 /// Opens the GPU for the daemon and finds cuda-checkpoint; says in one line what it found.
 /// No GPU: the GPU rules stay inactive and everything else keeps working.
 pub fn attach_gpu(act: &mut Actuators, lib: Option<&Path>, tool: Option<&Path>) {
-    let lib = gpu_sense::library(lib);
+    let lib = gpu_dev::library(lib);
     let gpu = match Gpu::open(&lib) {
         Ok(g) => g,
         Err(e) if e.is_no_gpu() => {
@@ -74,7 +77,7 @@ pub fn attach_proxmox(
     act: &mut Actuators,
     file: Option<&Path>,
     policy: &Policy,
-) -> Result<(), crate::proxmox::ProxmoxError> {
+) -> Result<(), crate::device::proxmox::ProxmoxError> {
     let stops = policy
         .rules
         .memory
@@ -82,7 +85,7 @@ pub fn attach_proxmox(
         .is_some_and(|m| m.stop_vm_above.is_some());
     match file {
         Some(file) => {
-            let client = crate::proxmox::Client::from_file(file)?;
+            let client = crate::device::proxmox::Client::from_file(file)?;
             // Journaled with each stop: absolute, so that a keeper started elsewhere finds it.
             let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
             tracing::info!(url = %client.url(), node = client.node(), "Proxmox API set up: VMs can be stopped (hibernated) by `rules.memory.stop_vm_above`");
@@ -94,109 +97,6 @@ pub fn attach_proxmox(
         None => {}
     }
     Ok(())
-}
-
-/// Where the policy comes from, and the command-line overrides applied on top.
-#[derive(Clone, Debug)]
-pub struct PolicySource {
-    /// `None`: the embedded policies/hive.yaml.
-    pub file: Option<PathBuf>,
-    pub trading_cores: Option<CpuList>,
-    /// Cgroups that own the trading cores, always (replaces the owner's match and windows).
-    pub protect: Vec<String>,
-}
-
-impl PolicySource {
-    pub fn name(&self) -> String {
-        self.file
-            .as_ref()
-            .map_or("embedded policies/hive.yaml".into(), |f| {
-                f.display().to_string()
-            })
-    }
-
-    /// Reads, checks (for this host) and applies the overrides. Errors read `FILE:LINE:COL`.
-    pub fn load(&self) -> Result<Policy, String> {
-        let (name, bytes) = match &self.file {
-            Some(f) => (
-                f.display().to_string(),
-                policy::read_capped(f).map_err(|e| format!("{}: {e}", f.display()))?,
-            ),
-            None => (
-                "policies/hive.yaml".into(),
-                policy::HIVE_YAML.as_bytes().to_vec(),
-            ),
-        };
-        let facts = HostFacts {
-            online_cpus: CpuList::online().ok(),
-            for_this_host: true,
-        };
-        let loaded = policy::load(&bytes, &facts).map_err(|d| {
-            d.0.iter()
-                .map(|x| x.render(&name))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-        for w in &loaded.warnings {
-            tracing::warn!("{}", w.render(&name));
-        }
-        let mut p = loaded.policy;
-        if let Some(cores) = &self.trading_cores {
-            let online = CpuList::online().unwrap_or_default();
-            p.host.housekeeping_cores = online.difference(cores);
-            p.host.trading_cores = cores.clone();
-            if p.host.housekeeping_cores.is_empty() {
-                return Err(format!(
-                    "--trading-cores {cores} leaves no housekeeping core on this host"
-                ));
-            }
-        }
-        if let Some(first) = self.protect.first() {
-            let owner = match p.workloads.iter_mut().find(|w| w.owns_trading_cores) {
-                Some(w) => w,
-                None => {
-                    p.workloads.insert(0, protected_workload());
-                    &mut p.workloads[0]
-                }
-            };
-            owner.matcher = Match {
-                cgroup: Some(first.trim_matches('/').to_string()),
-                protect: self.protect[1..].to_vec(),
-                ..Match::default()
-            };
-            owner.windows.clear();
-            owner.conditions = Default::default();
-        }
-        Ok(p)
-    }
-}
-
-fn protected_workload() -> Workload {
-    Workload {
-        name: "protected".into(),
-        rank: 1,
-        matcher: Match::default(),
-        class: None,
-        windows: vec![],
-        conditions: Default::default(),
-        when_inactive: Default::default(),
-        pauses: vec![],
-        preempt: None,
-        owns_trading_cores: true,
-        gpu_handoff: None,
-    }
-}
-
-/// One action as carried out.
-#[derive(Clone, Debug, Serialize)]
-pub struct Done {
-    pub at: String,
-    #[serde(flatten)]
-    pub action: Action,
-    pub outcome: Vec<String>,
-    pub ok: bool,
-    /// How long carrying it out took.
-    pub elapsed_ms: f64,
 }
 
 pub struct Keeper {
@@ -279,7 +179,7 @@ impl Keeper {
 
     fn read_host(&mut self, intruders: Vec<Intruder>, trading_p99_ns: Option<u64>) -> Observations {
         let cg = self.act.cgroups().clone();
-        self.placements = host::place_workloads(&self.policy, &cg);
+        self.placements = placement::place_workloads(&self.policy, &cg);
         Observations {
             loadavg: host::loadavg(),
             cpu_pressure: host::read_psi("/proc/pressure/cpu".as_ref()),
@@ -321,6 +221,18 @@ impl Keeper {
             .map(|mw| mw as f64 / 1000.0)
     }
 
+    /// What the run record says of this keeper.
+    pub fn run_facts(&self) -> RunFacts<'_> {
+        RunFacts {
+            policy: &self.policy,
+            policy_name: self.source.name(),
+            dry_run: self.act.dry_run(),
+            scope: self.act.scope().map(str::to_string),
+            evictions: self.evictions,
+            errors: self.errors,
+        }
+    }
+
     /// The policy's balloon floor, for the actuators.
     pub fn set_balloon_floor(&mut self) {
         if let Some(m) = &self.policy.rules.memory {
@@ -339,14 +251,14 @@ impl Keeper {
             .is_some_and(|at| at.elapsed() < GPU_READ_EVERY)
         {
             let r = self.gpu_readout.as_mut()?;
-            r.assign(|pid| host::owner_of(pid, &self.placements));
-            return Some(r.observation());
+            r.assign(|pid| placement::owner_of(pid, &self.placements));
+            return Some(sense::gpu::observation(r));
         }
         self.gpu_read_at = Some(Instant::now());
         match gpu.readout() {
             Ok(mut r) => {
-                r.assign(|pid| host::owner_of(pid, &self.placements));
-                let o = r.observation();
+                r.assign(|pid| placement::owner_of(pid, &self.placements));
+                let o = sense::gpu::observation(&r);
                 if self.gpu_error.take().is_some() {
                     tracing::info!(gpu = %r.name, "GPU readable again: GPU rules active");
                 }
@@ -534,34 +446,5 @@ impl Keeper {
             "undo_pending": self.act.undo_pending(),
             "last_actions": self.last.iter().rev().take(20).collect::<Vec<_>>(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_protect_flag_is_protected() {
-        let source = PolicySource {
-            file: None,
-            trading_cores: None,
-            protect: vec!["kt/banker".into(), "/kt/banker2/".into()],
-        };
-        let p = source.load().unwrap();
-        let owner = p.workloads.iter().find(|w| w.owns_trading_cores).unwrap();
-        assert_eq!(owner.matcher.cgroups(), ["kt/banker", "kt/banker2"]);
-        assert!(owner.matcher.owns_cgroup("kt/banker2/vcpu0"));
-    }
-
-    #[test]
-    fn an_endless_policy_file_is_refused_without_reading_it_whole() {
-        let source = PolicySource {
-            file: Some("/dev/zero".into()),
-            trading_cores: None,
-            protect: vec![],
-        };
-        let err = source.load().unwrap_err();
-        assert!(err.contains("at most"), "{err}");
     }
 }

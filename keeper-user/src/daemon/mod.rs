@@ -3,13 +3,8 @@
 //! request runs observe → decide → act. On SIGINT/SIGTERM or `--for` it undoes its changes.
 
 pub mod control;
-pub mod execute;
-pub mod host;
 mod keeper;
-mod memory;
-pub mod metrics;
-mod pressure;
-pub mod record;
+mod sources;
 
 use std::{
     collections::HashMap,
@@ -22,17 +17,21 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-pub use keeper::{Done, Keeper, PolicySource, attach_gpu, attach_proxmox};
-use record::{Recorder, Sensed};
+pub use keeper::{Keeper, attach_gpu, attach_proxmox};
 
-use crate::report::{RunRecord, view};
+pub use crate::policy::PolicySource;
+use crate::report::{
+    RunRecord, metrics,
+    record::{self, Recorder, Sensed},
+    view,
+};
 use crate::{
-    act::{Actuators, journal::Journal, process::Proc},
-    cgroupfs::CgroupFs,
+    act::{Actuators, execute::Done, journal::Journal, process::Proc},
     decide::Intruder,
+    device::{cgroupfs::CgroupFs, procfs},
     sense::{
         latency::LatencyWindow,
-        procfs,
+        pressure,
         sched::{CpuReadout, LostEvents, SchedConfig, SchedSensor, comm_str},
         tracefs::Tracefs,
     },
@@ -53,11 +52,11 @@ pub enum DaemonError {
     #[error(transparent)]
     Journal(#[from] crate::act::journal::JournalError),
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroupfs::CgroupError),
+    Cgroup(#[from] crate::device::cgroupfs::CgroupError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
     #[error("--proxmox: {0}")]
-    Proxmox(#[from] crate::proxmox::ProxmoxError),
+    Proxmox(#[from] crate::device::proxmox::ProxmoxError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -151,7 +150,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let mut events =
         unsafe { AsyncFd::register_with_interest(sensor.take_events()?, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-    let (memory_sensor, mut oom_events) = memory::attach(&tracefs);
+    let (memory_sensor, mut oom_events) = sources::attach(&tracefs);
     crate::sense::ebpf::release_load_memory();
     let mut calls = control::serve(&cfg.socket, cfg.allowed_uids.clone())?;
     tracing::info!(
@@ -166,10 +165,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     // systemd (Type=notify): ready now; the watchdog is kicked by the loop itself, so a hung
     // loop gets the keeper restarted (and the restart undoes what the journal holds).
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let watchdog = systemd_watchdog();
+    let watchdog = sources::systemd_watchdog();
     let mut kick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-    let share = memory_share(&keeper.policy);
-    let mut memory_trigger = share.and_then(|pct| memory_trigger(pct, &cfg.memory_psi));
+    let share = sources::memory_share(&keeper.policy);
+    let mut memory_trigger = share.and_then(|pct| sources::memory_trigger(pct, &cfg.memory_psi));
     let mut workload_triggers = share.map(pressure::WorkloadTriggers::new);
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
     let mut ticker = tokio::time::interval(cfg.tick);
@@ -217,14 +216,14 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 answer(&mut keeper, &mut recorder, &mut sensor, memory_sensor.as_ref(), &cg, call, p99);
                 continue;
             }
-            guard = memory::ready(&mut oom_events) => {
+            guard = sources::ready(&mut oom_events) => {
                 if let Ok(mut guard) = guard {
-                    memory::handle(guard.get_inner_mut(), &cg, &keeper.placements, &mut recorder);
+                    record::oom_kills(guard.get_inner_mut(), &cg, &keeper.placements, &mut recorder);
                     guard.clear_ready();
                 }
                 continue;
             }
-            fired = trigger_fired(&mut memory_trigger) => {
+            fired = sources::trigger_fired(&mut memory_trigger) => {
                 match fired {
                     Ok(pct) => {
                         tracing::debug!(share = pct, "memory pressure trigger fired");
@@ -237,7 +236,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                     }
                 }
             }
-            Some((workload, pct)) = workload_fired(&mut workload_triggers) => {
+            Some((workload, pct)) = sources::workload_fired(&mut workload_triggers) => {
                 tracing::info!(%workload, share = pct, "memory pressure trigger fired on a workload's memory.pressure");
                 keeper.workload_hints.insert(workload, (pct, Instant::now()));
             }
@@ -346,7 +345,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             let intruder_ns = readouts
                 .as_ref()
                 .map(|r| r.iter().map(|c| c.intruder_ns).sum());
-            recorder.sample(&keeper, &obs, p99, intruder_ns);
+            recorder.sample(
+                &keeper.state.applied,
+                keeper.gpu_power_w(),
+                &obs,
+                p99,
+                intruder_ns,
+            );
             if cfg.metrics.is_some() {
                 let readouts = readouts.as_deref().unwrap_or_default();
                 refresh_metrics(&metrics, &keeper, readouts, &obs, p99);
@@ -380,73 +385,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     tracing::info!("stopping: undoing every change");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let mut sensed = sensed(&sensor, &cg, started);
-    sensed.reclaim = memory::reclaim_records(memory_sensor.as_ref(), &cg, &keeper.placements);
+    sensed.reclaim = record::reclaim_records(memory_sensor.as_ref(), &cg, &keeper.placements);
     drop(events);
     drop(sensor);
     sensed.restored_at_exit = keeper.act.restore_all()?;
     sensed.restored_at_start = restored_at_start;
     let _ = std::fs::remove_file(&cfg.socket);
-    Ok(recorder.build(&keeper, sensed, false))
-}
-
-/// The memory rules' lowest `some` threshold (%), where PSI triggers are armed.
-fn memory_share(policy: &crate::policy::Policy) -> Option<f64> {
-    let m = policy.rules.memory.as_ref()?;
-    let pct = [m.high_above, m.balloon_above]
-        .into_iter()
-        .flatten()
-        .fold(f64::INFINITY, f64::min);
-    pct.is_finite().then_some(pct)
-}
-
-/// A PSI trigger on the memory pressure the memory rules read, at `pct` % `some`: a spike is
-/// acted on when the kernel reports it, not at the next tick. Where no trigger can be
-/// registered (a plain file, an old kernel), the rules read PSI every tick.
-fn memory_trigger(
-    pct: f64,
-    path: &std::path::Path,
-) -> Option<(crate::sense::psi::PsiTrigger, f64)> {
-    use crate::sense::psi::{PsiTrigger, Stall};
-    match PsiTrigger::register_share(path, Stall::Some, pct) {
-        Ok(t) => {
-            tracing::info!(trigger = %t.describe(), "memory pressure trigger armed");
-            Some((t, pct))
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "no memory pressure trigger; the memory rules read PSI every tick");
-            None
-        }
-    }
-}
-
-/// Waits for a workload's trigger (forever without memory rules).
-async fn workload_fired(t: &mut Option<pressure::WorkloadTriggers>) -> Option<(String, f64)> {
-    match t {
-        Some(t) => t.fired().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for the memory trigger (forever when there is none); its share on firing.
-async fn trigger_fired(
-    t: &mut Option<(crate::sense::psi::PsiTrigger, f64)>,
-) -> std::io::Result<f64> {
-    match t {
-        Some((trigger, pct)) => trigger.fired().await.map(|()| *pct),
-        None => std::future::pending().await,
-    }
-}
-
-/// systemd's watchdog period halved (the kick interval), as libsystemd's sd_watchdog_enabled
-/// reads it: WATCHDOG_USEC set, and WATCHDOG_PID unset or ours.
-fn systemd_watchdog() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.parse::<u32>().ok() != Some(std::process::id())
-    {
-        return None;
-    }
-    (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(50)))
+    Ok(recorder.build(&keeper.run_facts(), sensed, false))
 }
 
 /// The scrape's snapshot, as of this tick.
@@ -519,8 +464,8 @@ fn answer(
         Request::Status => keeper.status(),
         Request::Report => {
             let mut s = sensed(sensor, cg, recorder.started_at());
-            s.reclaim = memory::reclaim_records(memory_sensor, cg, &keeper.placements);
-            let record = recorder.build(keeper, s, true);
+            s.reclaim = record::reclaim_records(memory_sensor, cg, &keeper.placements);
+            let record = recorder.build(&keeper.run_facts(), s, true);
             serde_json::json!({"ok": true, "record": record})
         }
         Request::Interaction { state } => {

@@ -17,8 +17,6 @@ mod ladder;
 mod memory;
 mod observe;
 mod reconcile;
-pub mod scenario;
-pub mod simulate;
 mod state;
 mod tick;
 
@@ -28,8 +26,6 @@ mod gpu_tests;
 mod memory_tests;
 #[cfg(test)]
 mod tests;
-
-use std::time::Duration;
 
 use jiff::Timestamp;
 
@@ -43,10 +39,7 @@ pub use state::{
 
 use crate::policy::Policy;
 
-/// The engine's minimum reaction time: one `decide` call on a tick the daemon runs as soon as
-/// a trigger (an interaction event) arrives. A preemption deadline below it cannot be met, so
-/// `keeper check` refuses one.
-pub const MIN_REACTION: Duration = Duration::from_millis(10);
+pub use crate::policy::MIN_REACTION;
 
 /// One tick of the engine. Mutates `state`; returns the actions to carry out, in order.
 pub fn decide(

@@ -10,6 +10,7 @@ pub mod at;
 pub mod diag;
 pub mod load;
 pub mod raw;
+pub mod source;
 pub mod types;
 mod validate;
 mod validate_rules;
@@ -25,9 +26,15 @@ pub use amount::{Amount, Percent};
 pub use at::Pos;
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use load::{MAX_POLICY_BYTES, read_capped};
+pub use source::PolicySource;
 pub use types::*;
 pub use validate::{DEFAULT_THAW_HYSTERESIS, DEFAULT_TIME_ZONE, HostFacts};
 pub use window::{DaySet, Window};
+
+/// The engine's minimum reaction time: one `decide` call on a tick the daemon runs as soon as
+/// a trigger (an interaction event) arrives. A preemption deadline below it cannot be met, so
+/// `keeper check` refuses one.
+pub const MIN_REACTION: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The embedded default policy, `policies/hive.yaml` (the seed matrix).
 pub const HIVE_YAML: &str = include_str!("../../../policies/hive.yaml");

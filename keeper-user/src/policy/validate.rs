@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 
+use super::MIN_REACTION;
 use super::amount::{Amount, Percent, parse_duration};
 use super::at::{At, Pos};
 use super::diag::{Diagnostic, suggestion};
 use super::raw::*;
 use super::types::*;
 use crate::cpulist::CpuList;
-use crate::decide::MIN_REACTION;
 
 /// What `check` knows about the machine it runs on.
 #[derive(Clone, Debug, Default)]

@@ -6,6 +6,8 @@
 //! engine's and the daemon's types, so that an old record stays readable.
 
 pub mod html;
+pub mod metrics;
+pub mod record;
 pub mod sizing;
 mod svg;
 pub mod text;

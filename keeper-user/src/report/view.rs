@@ -5,10 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
-use crate::sense::{
-    latency::Histogram,
-    procfs,
-    sched::{CpuReadout, Intruder},
+use crate::{
+    device::procfs,
+    sense::{
+        latency::Histogram,
+        sched::{CpuReadout, Intruder},
+    },
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

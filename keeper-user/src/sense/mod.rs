@@ -5,15 +5,19 @@
 //! - [`btf`]: kernel struct offsets from BTF (a task's flags, for the programs);
 //! - [`sched`]: the scheduler sensor (run-queue latency and intruders on the trading cores);
 //! - [`latency`]: log2 histograms and their percentiles;
-//! - [`procfs`]: what /proc says about a task (kernel thread or not, run time);
-//! - [`gpu`]: the GPU through NVML (temperature, power, utilization, processes).
+//! - [`host`]: load average, PSI, whether a workload runs;
+//! - [`psi`] and [`pressure`]: PSI triggers, on the host and on each workload;
+//! - [`memory`]: reclaim stalls and OOM kills (eBPF);
+//! - [`gpu`]: a GPU readout turned into the engine's observation;
+//! - [`vms`]: the VMs on this host through their QMP sockets.
 
 pub mod btf;
 pub mod ebpf;
 pub mod gpu;
+pub mod host;
 pub mod latency;
 pub mod memory;
-pub mod procfs;
+pub mod pressure;
 pub mod psi;
 pub mod sched;
 pub mod tracefs;

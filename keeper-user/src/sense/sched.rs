@@ -456,7 +456,7 @@ impl LostEvents {
         }
         self.seen = lost;
         let now = monotonic_ns();
-        super::procfs::runnable_on(&sensor.trading_cpus)
+        crate::device::procfs::runnable_on(&sensor.trading_cpus)
             .into_iter()
             .map(|(pid, comm, cpu)| {
                 let mut bytes = [0u8; COMM_LEN];

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::act::qmp::{Qmp, QmpError};
-
-pub const DEFAULT_QMP_DIR: &str = "/var/run/qemu-server";
+pub use crate::device::qmp::{DEFAULT_QMP_DIR, socket_of};
+use crate::device::qmp::{Qmp, QmpError};
 
 /// One VM as its QMP socket describes it. A VM whose socket does not answer is listed with
 /// the error, not dropped.
@@ -21,11 +20,6 @@ pub struct Vm {
     pub balloon_actual_bytes: Option<u64>,
     pub max_memory_bytes: Option<u64>,
     pub error: Option<String>,
-}
-
-/// The socket of `vmid` under `dir`.
-pub fn socket_of(dir: &Path, vmid: u32) -> PathBuf {
-    dir.join(format!("{vmid}.qmp"))
 }
 
 /// Every `<vmid>.qmp` under `dir`, by vmid. A missing directory means no VMs.

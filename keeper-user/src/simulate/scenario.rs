@@ -6,7 +6,7 @@ use std::time::Duration;
 use jiff::{Timestamp, Zoned, civil::DateTime, tz::TimeZone};
 use serde::Deserialize;
 
-use super::observe::{GpuObs, Intruder, Observations, Psi, WorkloadObs};
+use crate::decide::{GpuObs, Intruder, Observations, Psi, WorkloadObs};
 use crate::policy::Diagnostic;
 use crate::policy::amount::parse_duration;
 

@@ -3,38 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use super::host::Placement;
+use serde::Serialize;
+
 use crate::{
     act::{ActError, Actuators, Outcome},
     cpulist::CpuList,
     decide::{Action, ActionKind, EngineState},
+    device::{placement::Placement, procfs::HostTotals},
     policy::{Amount, Limits, Percent},
 };
-
-/// Host totals that percentages in actions refer to.
-#[derive(Clone, Copy, Debug)]
-pub struct HostTotals {
-    pub cpus: u32,
-    pub memory_bytes: u64,
-}
-
-impl HostTotals {
-    pub fn read() -> Self {
-        let cpus = CpuList::online()
-            .map(|c| c.len() as u32)
-            .unwrap_or(1)
-            .max(1);
-        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb * 1024);
-        Self { cpus, memory_bytes }
-    }
-}
 
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -42,6 +19,18 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub fn cpu_max_value(p: Percent, totals: HostTotals) -> String {
     let quota = p.of(CPU_PERIOD_US * totals.cpus as u64).max(1000);
     format!("{quota} {CPU_PERIOD_US}")
+}
+
+/// One action as carried out.
+#[derive(Clone, Debug, Serialize)]
+pub struct Done {
+    pub at: String,
+    #[serde(flatten)]
+    pub action: Action,
+    pub outcome: Vec<String>,
+    pub ok: bool,
+    /// How long carrying it out took.
+    pub elapsed_ms: f64,
 }
 
 /// Everything an action did, one line per cgroup/process touched.
@@ -178,7 +167,7 @@ fn gpu_pids(
         return Ok(vec![]);
     };
     let mut r = gpu.readout()?;
-    r.assign(|pid| super::host::owner_of(pid, placements));
+    r.assign(|pid| crate::device::placement::owner_of(pid, placements));
     Ok(r.pids_of(workload))
 }
 
@@ -317,7 +306,7 @@ mod tests {
 
     #[test]
     fn class_limits_leave_an_administrators_values_alone() {
-        use crate::{act::journal::Journal, cgroupfs::CgroupFs};
+        use crate::{act::journal::Journal, device::cgroupfs::CgroupFs};
         let root = std::env::temp_dir().join(format!("keeper-limits-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let dir = root.join("w");

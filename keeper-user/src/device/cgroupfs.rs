@@ -186,9 +186,28 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// `a/b` without leading or trailing slashes ("" is the root).
+pub fn normalize(rel: &str) -> String {
+    rel.trim_matches('/').to_string()
+}
+
+/// True when `path` is `scope` or below it ("" scope holds everything).
+pub fn under(path: &str, scope: &str) -> bool {
+    scope.is_empty() || path == scope || path.starts_with(&format!("{scope}/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_holds_its_subtree_only() {
+        assert!(under("kt/banker", "kt"));
+        assert!(under("kt", "kt"));
+        assert!(!under("kt2/x", "kt"));
+        assert!(under("anything", ""));
+        assert_eq!(normalize("/a/b/"), "a/b");
+    }
 
     #[test]
     fn finds_cgroup2_in_mountinfo() {

@@ -1,6 +1,9 @@
-//! What /proc says about a task: its kernel-thread flag and its run time.
+//! What /proc says about a task (the one parser of `/proc/<pid>/stat`: comm, state, parent,
+//! kernel-thread flag, run time, start time, last CPU) and the host's totals.
 
 use std::fs;
+
+use crate::cpulist::CpuList;
 
 /// `PF_KTHREAD` in /proc/<pid>/stat's flags field.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -11,9 +14,14 @@ pub struct TaskStat {
     pub comm: String,
     /// `R`, `S`, `D`, `T`, ...
     pub state: char,
+    pub ppid: u32,
     pub flags: u64,
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
+    /// Start time in clock ticks since boot: tells a reused pid apart.
+    pub start: u64,
+    /// The CPU it last ran on (`processor`, field 39).
+    pub processor: Option<u32>,
 }
 
 impl TaskStat {
@@ -33,14 +41,17 @@ pub fn parse_stat(text: &str) -> Option<TaskStat> {
     Some(TaskStat {
         comm,
         state: rest.first()?.chars().next()?,
+        ppid: u32::try_from(field(4)?).ok()?,
         flags: field(9)?,
         cpu_ticks: field(14)? + field(15)?,
+        start: field(22)?,
+        processor: field(39).and_then(|c| u32::try_from(c).ok()),
     })
 }
 
 /// Tasks runnable on one of `cpus` now (state `R`, /proc's `processor` field), not kernel
 /// threads: what a trading core's run queue holds, read when events were lost.
-pub fn runnable_on(cpus: &crate::cpulist::CpuList) -> Vec<(u32, String, u32)> {
+pub fn runnable_on(cpus: &CpuList) -> Vec<(u32, String, u32)> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return vec![];
     };
@@ -59,7 +70,8 @@ pub fn runnable_on(cpus: &crate::cpulist::CpuList) -> Vec<(u32, String, u32)> {
             let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
                 continue;
             };
-            if let Some((s, cpu)) = parse_stat(&text).zip(processor(&text))
+            if let Some(s) = parse_stat(&text)
+                && let Some(cpu) = s.processor
                 && s.state == 'R'
                 && !s.is_kernel_thread()
                 && cpus.contains(cpu)
@@ -71,12 +83,6 @@ pub fn runnable_on(cpus: &crate::cpulist::CpuList) -> Vec<(u32, String, u32)> {
     out
 }
 
-/// The `processor` field (39) of a stat line: the CPU the task last ran on.
-fn processor(text: &str) -> Option<u32> {
-    let rest = text.get(text.rfind(')')? + 1..)?;
-    rest.split_whitespace().nth(39 - 3)?.parse().ok()
-}
-
 /// Reads /proc/<pid>/stat; `None` when the task is gone.
 pub fn task_stat(pid: u32) -> Option<TaskStat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -86,6 +92,39 @@ pub fn task_stat(pid: u32) -> Option<TaskStat> {
 pub fn run_time_ns(pid: u32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
     text.split_whitespace().next()?.parse().ok()
+}
+
+/// The cgroup v2 path of a task ("0::/a/b" in /proc/<pid>/cgroup), without the leading slash.
+pub fn task_cgroup(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| super::cgroupfs::normalize(p.trim()))
+}
+
+/// Host totals that percentages in actions refer to.
+#[derive(Clone, Copy, Debug)]
+pub struct HostTotals {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+impl HostTotals {
+    pub fn read() -> Self {
+        let cpus = CpuList::online()
+            .map(|c| c.len() as u32)
+            .unwrap_or(1)
+            .max(1);
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024);
+        Self { cpus, memory_bytes }
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +140,7 @@ mod tests {
         assert_eq!(s.flags, 2097216);
         assert!(s.is_kernel_thread());
         assert_eq!(s.cpu_ticks, 10);
+        assert_eq!((s.ppid, s.start, s.processor), (1, 100, None));
     }
 
     #[test]

@@ -12,6 +12,14 @@ use std::{
 
 use serde_json::{Value, json};
 
+/// Where Proxmox puts the VMs' QMP sockets (`<dir>/<vmid>.qmp`).
+pub const DEFAULT_QMP_DIR: &str = "/var/run/qemu-server";
+
+/// The socket of `vmid` under `dir`.
+pub fn socket_of(dir: &Path, vmid: u32) -> PathBuf {
+    dir.join(format!("{vmid}.qmp"))
+}
+
 /// How long a session may wait for QEMU at each step.
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 

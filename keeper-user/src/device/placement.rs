@@ -1,14 +1,10 @@
-//! Host observations read from kernel files: load average, PSI, and where each workload lives
-//! (its cgroups, or its processes when it has no cgroup of its own).
+//! Where each workload of the policy lives on this host: its cgroups, or its processes when it
+//! has no cgroup of its own; and which workload a process or cgroup belongs to.
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use crate::{
-    act::task_cgroup,
-    cgroupfs::CgroupFs,
-    decide::{Psi, WorkloadObs},
-    policy::{Policy, Workload},
-};
+use super::{cgroupfs::CgroupFs, procfs::task_cgroup};
+use crate::policy::{Policy, Workload};
 
 /// Where a workload was found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,35 +19,6 @@ impl Placement {
     pub fn is_empty(&self) -> bool {
         self.cgroups.is_empty() && self.pids.is_empty()
     }
-}
-
-/// 1-minute load average from /proc/loadavg.
-pub fn loadavg() -> f64 {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Parses a PSI file (`some avg10=… …\nfull avg10=…`).
-pub fn parse_psi(text: &str) -> Psi {
-    let avg10 = |prefix: &str| {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    Psi {
-        some_avg10: avg10("some"),
-        full_avg10: avg10("full"),
-    }
-}
-
-pub fn read_psi(path: &Path) -> Psi {
-    fs::read_to_string(path)
-        .map(|t| parse_psi(&t))
-        .unwrap_or_default()
 }
 
 /// Finds every workload of the policy on this host.
@@ -90,8 +57,12 @@ pub fn place_workloads(policy: &Policy, cg: &CgroupFs) -> BTreeMap<String, Place
     {
         p.pids.retain(|pid| {
             let theirs = shield.pids.contains(pid)
-                || task_cgroup(*pid)
-                    .is_some_and(|tc| shield.cgroups.iter().any(|c| crate::act::under(&tc, c)));
+                || task_cgroup(*pid).is_some_and(|tc| {
+                    shield
+                        .cgroups
+                        .iter()
+                        .any(|c| super::cgroupfs::under(&tc, c))
+                });
             if theirs {
                 say_once(format!(
                     "{name}: pid {pid} belongs to a protected workload; ignored"
@@ -123,7 +94,7 @@ fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
     }
     // Processes inside the workload's own cgroups are handled through the cgroup.
     pids.retain(|p| {
-        task_cgroup(*p).is_none_or(|tc| !cgroups.iter().any(|c| crate::act::under(&tc, c)))
+        task_cgroup(*p).is_none_or(|tc| !cgroups.iter().any(|c| super::cgroupfs::under(&tc, c)))
     });
     Placement { cgroups, pids }
 }
@@ -171,18 +142,23 @@ fn say_once(msg: String) {
     }
 }
 
-/// The workload a process belongs to: the deepest workload cgroup holding it, else the
+/// The workload a cgroup (relative to the v2 mount) belongs to: the one with the deepest
+/// cgroup holding it (a workload nested in another's subtree wins over the outer one).
+pub fn owner_of_cgroup(placements: &BTreeMap<String, Placement>, cgroup: &str) -> Option<String> {
+    let c = cgroup.trim_matches('/');
+    placements
+        .iter()
+        .flat_map(|(n, p)| p.cgroups.iter().map(move |w| (n, w.trim_matches('/'))))
+        .filter(|(_, w)| c == *w || c.strip_prefix(*w).is_some_and(|r| r.starts_with('/')))
+        .max_by_key(|(_, w)| w.len())
+        .map(|(name, _)| name.clone())
+}
+
+/// The workload a process belongs to: that of its cgroup ([`owner_of_cgroup`]), else the
 /// workload whose matched process is it or one of its ancestors (a GPU worker's parent).
 pub fn owner_of(pid: u32, placements: &BTreeMap<String, Placement>) -> Option<String> {
-    if let Some(cg) = task_cgroup(pid) {
-        let best = placements
-            .iter()
-            .flat_map(|(n, p)| p.cgroups.iter().map(move |c| (n, c)))
-            .filter(|(_, c)| crate::act::under(&cg, c))
-            .max_by_key(|(_, c)| c.len());
-        if let Some((name, _)) = best {
-            return Some(name.clone());
-        }
+    if let Some(owner) = task_cgroup(pid).and_then(|cg| owner_of_cgroup(placements, &cg)) {
+        return Some(owner);
     }
     let mut cur = pid;
     for _ in 0..64 {
@@ -198,9 +174,7 @@ pub fn owner_of(pid: u32, placements: &BTreeMap<String, Placement>) -> Option<St
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = text.get(text.rfind(')')? + 1..)?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+    super::procfs::task_stat(pid).map(|s| s.ppid)
 }
 
 fn process_names() -> Vec<(u32, String)> {
@@ -214,26 +188,6 @@ fn process_names() -> Vec<(u32, String)> {
             Some((pid, comm.trim().to_string()))
         })
         .collect()
-}
-
-/// What the engine needs to know about a placed workload.
-pub fn observe_workload(p: &Placement, cg: &CgroupFs) -> WorkloadObs {
-    let mut frozen = !p.cgroups.is_empty();
-    let mut procs = !p.pids.is_empty();
-    let mut pressure = Psi::default();
-    for c in &p.cgroups {
-        let Ok(dir) = cg.dir(c) else { continue };
-        let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
-        frozen &= events.lines().any(|l| l == "frozen 1");
-        procs |= events.lines().any(|l| l == "populated 1");
-        let psi = read_psi(&dir.join("memory.pressure"));
-        pressure.some_avg10 = pressure.some_avg10.max(psi.some_avg10);
-        pressure.full_avg10 = pressure.full_avg10.max(psi.full_avg10);
-    }
-    WorkloadObs {
-        running: procs && !frozen,
-        memory_pressure: pressure,
-    }
 }
 
 #[cfg(test)]
@@ -299,12 +253,24 @@ mod tests {
     }
 
     #[test]
-    fn reads_psi_avg10() {
-        let p = parse_psi(
-            "some avg10=12.50 avg60=1.00 avg300=0.00 total=1\nfull avg10=3.25 avg60=0 avg300=0 total=0\n",
+    fn a_cgroup_belongs_to_the_workload_whose_deepest_subtree_holds_it() {
+        let mut p = BTreeMap::new();
+        let at = |c: &str| Placement {
+            cgroups: vec![c.into()],
+            pids: vec![],
+        };
+        p.insert("muse".to_string(), at("system.slice/muse.service"));
+        p.insert("system".to_string(), at("system.slice"));
+        let owner = |c| owner_of_cgroup(&p, c);
+        assert_eq!(
+            owner("/system.slice/muse.service/worker").as_deref(),
+            Some("muse")
         );
-        assert_eq!(p.some_avg10, 12.5);
-        assert_eq!(p.full_avg10, 3.25);
-        assert_eq!(parse_psi("garbage"), Psi::default());
+        assert_eq!(owner("system.slice/muse.service").as_deref(), Some("muse"));
+        assert_eq!(
+            owner("system.slice/muse.serviceX").as_deref(),
+            Some("system")
+        );
+        assert_eq!(owner("user.slice"), None);
     }
 }

@@ -1,4 +1,5 @@
-//! Replays a scenario through the engine: the timeline of actions, as text or JSON.
+//! `keeper simulate`: replays a scenario (a YAML timeline of observations) through the pure
+//! engine, and prints the timeline of actions as text or JSON.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -6,13 +7,12 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use super::action::Action;
-use super::observe::Observations;
-use super::scenario::{Scenario, ScenarioError, resolve_time};
-use super::state::EngineState;
-use super::{decide, elapsed};
+pub mod scenario;
+
+use crate::decide::{Action, EngineState, Observations, decide, elapsed};
 use crate::policy::Policy;
 use crate::policy::amount::parse_duration;
+use scenario::{Scenario, ScenarioError, resolve_time};
 
 /// Most engine ticks one simulation runs (a tiny `tick` over a long scenario is refused).
 pub const MAX_TICKS: usize = 100_000;

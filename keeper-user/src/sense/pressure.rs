@@ -11,11 +11,8 @@ use std::{
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::host::Placement;
-use crate::{
-    cgroupfs::CgroupFs,
-    sense::psi::{PsiTrigger, Stall},
-};
+use super::psi::{PsiTrigger, Stall};
+use crate::device::{cgroupfs::CgroupFs, placement::Placement};
 
 /// The triggers of the workloads' cgroups.
 pub struct WorkloadTriggers {

@@ -1,18 +1,28 @@
 //! The daemon's memory of a run: actions, samples over time, eviction and preemption timings,
 //! and the run record built from them (`--report` at exit, `keeper report --live` meanwhile).
 
-use std::{collections::VecDeque, time::Instant};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Instant,
+};
 
-use super::keeper::{Done, Keeper};
 use crate::{
-    decide::{ActionKind, Observations},
+    act::execute::Done,
+    decide::{ActionKind, Applied, Observations},
+    device::{
+        cgroupfs::CgroupFs,
+        placement::{Placement, owner_of_cgroup},
+    },
     policy::Policy,
     report::{
         ActionRecord, EvictionLatency, MAX_ACTIONS, MAX_SAMPLES, OomKillRecord, RECORD_VERSION,
         ReclaimRecord, RunRecord, Sample, SloVerdict, quantile,
         view::{CpuView, IntruderView},
     },
-    sense::latency::Histogram,
+    sense::{
+        latency::Histogram,
+        memory::{MemorySensor, OomEvents},
+    },
 };
 
 /// At most this many timing samples of each kind are kept (the oldest go first).
@@ -84,7 +94,8 @@ impl Recorder {
     /// `intruder_ns`: intruders' time on the trading cores so far).
     pub fn sample(
         &mut self,
-        keeper: &Keeper,
+        applied: &Applied,
+        gpu_power_w: Option<f64>,
         obs: &Observations,
         trading_p99_ns: Option<u64>,
         intruder_ns: Option<u64>,
@@ -101,7 +112,6 @@ impl Recorder {
             });
             self.stride *= 2;
         }
-        let applied = &keeper.state.applied;
         self.samples.push(Sample {
             t_s: self.since_start(),
             trading_p99_us: trading_p99_ns.map(|ns| ns as f64 / 1000.0),
@@ -110,7 +120,7 @@ impl Recorder {
             memory_pressure_some_avg10: Some(obs.memory_pressure.some_avg10),
             memory_pressure_full_avg10: Some(obs.memory_pressure.full_avg10),
             gpu_temperature_c: obs.gpu.as_ref().map(|g| g.temperature_c),
-            gpu_power_w: keeper.gpu_power_w(),
+            gpu_power_w,
             frozen: applied.frozen.len() as u32,
             throttled: applied.knobs.values().filter(|k| !k.is_empty()).count() as u32,
             trading_intruder_ns: intruder_ns,
@@ -141,41 +151,27 @@ impl Recorder {
     }
 
     /// The record of the run so far.
-    pub fn build(&self, keeper: &Keeper, sensed: Sensed, live: bool) -> RunRecord {
+    pub fn build(&self, run: &RunFacts, sensed: Sensed, live: bool) -> RunRecord {
         let evictions: Vec<f64> = self.eviction_us.iter().copied().collect();
         RunRecord {
             version: RECORD_VERSION,
             started: self.started_at.to_string(),
             ended: jiff::Timestamp::now().to_string(),
             duration_s: self.since_start(),
-            policy: keeper.source.name(),
-            mode: if keeper.act.dry_run() {
-                "dry-run"
-            } else {
-                "enforcing"
-            }
-            .to_string(),
-            trading_cores: keeper.policy.host.trading_cores.to_string(),
-            scope: keeper.act.scope().map(str::to_string),
+            policy: run.policy_name.clone(),
+            mode: if run.dry_run { "dry-run" } else { "enforcing" }.to_string(),
+            trading_cores: run.policy.host.trading_cores.to_string(),
+            scope: run.scope.clone(),
             live,
             restored_at_start: sensed.restored_at_start,
             restored_at_exit: sensed.restored_at_exit,
-            slo: verdicts(
-                &keeper.policy,
-                &sensed.cpus,
-                &self.preemption_ms,
-                &self.samples,
-            ),
+            slo: verdicts(run.policy, &sensed.cpus, &self.preemption_ms, &self.samples),
             cpus: sensed.cpus,
             intruders: sensed.intruders,
-            evictions: keeper.evictions,
+            evictions: run.evictions,
             eviction_latency: EvictionLatency::of(&evictions),
-            errors: keeper.errors,
-            sizing: crate::report::sizing::advise(
-                &keeper.policy,
-                &self.oom_kills,
-                self.since_start(),
-            ),
+            errors: run.errors,
+            sizing: crate::report::sizing::advise(run.policy, &self.oom_kills, self.since_start()),
             oom_kills: self.oom_kills.clone(),
             reclaim: sensed.reclaim,
             samples: self.samples.clone(),
@@ -183,6 +179,16 @@ impl Recorder {
             actions_dropped: self.actions_dropped,
         }
     }
+}
+
+/// What the keeper that ran contributes to a record: its policy and its counters.
+pub struct RunFacts<'a> {
+    pub policy: &'a Policy,
+    pub policy_name: String,
+    pub dry_run: bool,
+    pub scope: Option<String>,
+    pub evictions: u64,
+    pub errors: u64,
 }
 
 /// What the sensor and the actuators contribute to a record.
@@ -347,6 +353,60 @@ pub fn is_eviction_done(d: &Done) -> Option<u32> {
         }
         _ => None,
     }
+}
+
+/// Logs and records the OOM kills waiting in the ring buffer.
+pub fn oom_kills(
+    events: &mut OomEvents,
+    cg: &CgroupFs,
+    placements: &BTreeMap<String, Placement>,
+    recorder: &mut Recorder,
+) {
+    let kills = events.drain();
+    if kills.is_empty() {
+        return;
+    }
+    let index = cg.id_index();
+    for k in kills {
+        let cgroup = index
+            .get(&k.cgroup_id)
+            .cloned()
+            .unwrap_or_else(|| format!("(id {})", k.cgroup_id));
+        let workload = owner_of_cgroup(placements, &cgroup);
+        let comm = k.victim_comm.clone().unwrap_or_else(|| "?".into());
+        tracing::warn!(pid = k.victim_pid, %comm, cgroup = %cgroup, workload = ?workload, killer = %k.killer_comm, "OOM kill");
+        recorder.oom_kill(k.victim_pid, comm, cgroup, workload);
+    }
+}
+
+/// Direct-reclaim stalls per cgroup, most stalled time first.
+pub fn reclaim_records(
+    sensor: Option<&MemorySensor>,
+    cg: &CgroupFs,
+    placements: &BTreeMap<String, Placement>,
+) -> Vec<ReclaimRecord> {
+    let Some(list) = sensor.and_then(|s| s.reclaim().ok()) else {
+        return vec![];
+    };
+    let index = cg.id_index();
+    let mut out: Vec<ReclaimRecord> = list
+        .into_iter()
+        .map(|r| {
+            let cgroup = index
+                .get(&r.cgroup_id)
+                .cloned()
+                .unwrap_or_else(|| format!("(id {})", r.cgroup_id));
+            ReclaimRecord {
+                workload: owner_of_cgroup(placements, &cgroup),
+                cgroup,
+                stalls: r.count,
+                total_ms: r.total_ns as f64 / 1e6,
+                p99_us: r.stalls.quantile_upper_us(0.99),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+    out
 }
 
 #[cfg(test)]

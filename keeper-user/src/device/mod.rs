@@ -1,0 +1,17 @@
+//! Device clients under both [`crate::sense`] and [`crate::act`]: each reads or writes one
+//! kind of host interface and says what it got, with no decisions. Sensing and acting meet
+//! here, never in each other.
+//!
+//! - [`cgroupfs`]: cgroup v2 paths, ids and control files;
+//! - [`procfs`]: what /proc says about a task (one parser of `/proc/<pid>/stat`), host totals;
+//! - [`placement`]: where each workload of the policy lives, and whose a process or cgroup is;
+//! - [`qmp`]: a VM's QMP socket (balloon, status), Proxmox's socket layout;
+//! - [`gpu`]: the GPU through NVML (readouts, power limit, clock offset);
+//! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernate/start).
+
+pub mod cgroupfs;
+pub mod gpu;
+pub mod placement;
+pub mod procfs;
+pub mod proxmox;
+pub mod qmp;
