@@ -80,17 +80,19 @@ fn handoff_without_cuda_checkpoint_freezes_muse_and_says_its_vram_stays_held() {
             "freeze muse"
         ]
     );
-    assert!(done.iter().all(|d| d.ok), "{done:#?}");
+    assert!(done.iter().all(|d| d.ok()), "{done:#?}");
     assert!(
-        done[0].outcome[0].contains("cuda-checkpoint not found: muse's VRAM stays held"),
+        done[0].steps[0]
+            .to_string()
+            .contains("cuda-checkpoint not found: muse's VRAM stays held"),
         "{:?}",
-        done[0].outcome
+        done[0].steps
     );
     assert!(stopped(muse.pid(), true));
     let done = end_handoff(&mut k, &g);
     assert_eq!(names(&done), ["thaw muse", "restore GPU state of muse"]);
     assert!(
-        done[1].outcome[0].contains("nothing to restore"),
+        done[1].steps[0].to_string().contains("nothing to restore"),
         "{done:#?}"
     );
     assert!(stopped(muse.pid(), false));
@@ -112,21 +114,26 @@ fn handoff_with_cuda_checkpoint_checkpoints_freezes_then_thaws_restores_each_ste
             "freeze muse"
         ]
     );
-    assert!(done.iter().all(|d| d.ok && d.elapsed_ms > 0.0), "{done:#?}");
     assert!(
-        done[0].outcome[0].starts_with(&format!(
+        done.iter().all(|d| d.ok() && d.elapsed_ms > 0.0),
+        "{done:#?}"
+    );
+    assert!(
+        done[0].steps[0].to_string().starts_with(&format!(
             "done: checkpointed the GPU state of muse (pid {} in ",
             muse.pid()
         )),
         "{:?}",
-        done[0].outcome
+        done[0].steps
     );
     assert_eq!(g.tool_calls(), std::slice::from_ref(&toggle));
     assert!(stopped(muse.pid(), true));
     let done = end_handoff(&mut k, &g);
     assert_eq!(names(&done), ["thaw muse", "restore GPU state of muse"]);
     assert!(
-        done[1].outcome[0].starts_with("done: restored the GPU state of muse"),
+        done[1].steps[0]
+            .to_string()
+            .starts_with("done: restored the GPU state of muse"),
         "{done:#?}"
     );
     assert_eq!(g.tool_calls(), [toggle.clone(), toggle]);
@@ -152,11 +159,13 @@ fn a_failed_checkpoint_rolls_the_handoff_back_to_muse_running() {
         ]
     );
     assert!(
-        !done[0].ok && done[0].outcome[0].contains("stand-in: refused"),
+        !done[0].ok() && done[0].steps[0].to_string().contains("stand-in: refused"),
         "{done:#?}"
     );
     assert!(
-        done[1].outcome[0].starts_with("skipped: the handoff of muse rolled back"),
+        done[1].steps[0]
+            .to_string()
+            .starts_with("skipped: the handoff of muse rolled back"),
         "{done:#?}"
     );
     assert!(stopped(muse.pid(), false));

@@ -4,7 +4,7 @@
 //! the housekeeping cores (what `tuna --isolate` does).
 
 use super::{
-    ActError, Actuators, Outcome,
+    ActError, Actuators, Effect,
     journal::Entry,
     process::{self, Proc},
     task_cgroup, under,
@@ -13,11 +13,11 @@ use crate::{cpulist::CpuList, device::procfs};
 
 impl Actuators {
     /// Moves every thread of `pid` to `to` (intruder eviction), journaling the original affinity.
-    pub fn evict(&mut self, pid: u32, to: &CpuList) -> Result<Outcome, ActError> {
+    pub fn evict(&mut self, pid: u32, to: &CpuList) -> Result<Effect, ActError> {
         match self.check_scope_pid(pid) {
             // Gone before it could be moved: nothing left on the trading core to evict.
             Err(ActError::Vanished { .. }) => {
-                return Ok(Outcome::Unchanged(format!(
+                return Ok(Effect::Unchanged(format!(
                     "pid {pid} exited before its eviction"
                 )));
             }
@@ -25,7 +25,7 @@ impl Actuators {
         }
         let what = format!("pid {pid} to CPUs {to}");
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("evict {what}")));
+            return Ok(Effect::WouldDo(format!("evict {what}")));
         }
         let mut moved = 0;
         for tid in process::threads(pid) {
@@ -34,14 +34,14 @@ impl Actuators {
         }
         if moved == 0 && process::threads(pid).is_empty() {
             // Gone before it could be moved: nothing left on the trading core to evict.
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "pid {pid} exited before its eviction"
             )));
         }
         Ok(if moved == 0 {
-            Outcome::Unchanged(what)
+            Effect::Unchanged(what)
         } else {
-            Outcome::Done(format!("evicted {what} ({moved} threads)"))
+            Effect::Done(format!("evicted {what} ({moved} threads)"))
         })
     }
 
@@ -53,10 +53,10 @@ impl Actuators {
         trading: &CpuList,
         housekeeping: &CpuList,
         protected: (&[String], &[u32]),
-    ) -> Result<Outcome, ActError> {
+    ) -> Result<Effect, ActError> {
         let what = format!("every task of the scope off the trading cores {trading}");
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("keep {what}")));
+            return Ok(Effect::WouldDo(format!("keep {what}")));
         }
         let me = std::process::id();
         let mut moved = 0;
@@ -77,9 +77,9 @@ impl Actuators {
             }
         }
         Ok(if moved == 0 {
-            Outcome::Unchanged(what)
+            Effect::Unchanged(what)
         } else {
-            Outcome::Done(format!(
+            Effect::Done(format!(
                 "kept {moved} threads off the trading cores {trading}: their children are born on {housekeeping}"
             ))
         })
@@ -134,7 +134,7 @@ impl Actuators {
         let Some(to) = target(&original) else {
             return Ok(false);
         };
-        self.journal.record(&Entry::Affinity {
+        self.journal().record(&Entry::Affinity {
             pid: tid,
             start: task.start,
             original: original.to_string(),

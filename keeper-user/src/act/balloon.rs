@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{ActError, Actuators, Outcome, journal::Entry};
+use super::{ActError, Actuators, Effect, journal::Entry};
 use crate::{
     device::qmp::{self, Qmp},
     policy::Amount,
@@ -20,12 +20,12 @@ impl Actuators {
         vmid: u32,
         target: Amount,
         cgroups: &[String],
-    ) -> Result<Outcome, ActError> {
+    ) -> Result<Effect, ActError> {
         self.check_scope_vm(vmid, cgroups)?;
         let socket = qmp::socket_of(&self.qmp_dir, vmid);
         if target == Amount::Percent(crate::policy::Percent::new(100.0)) && !socket.exists() {
             // Stopped (hibernated by the ladder's last step, or by hand): nothing to give back.
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "VM {vmid} has no QMP socket (not running): nothing to give back"
             )));
         }
@@ -42,19 +42,19 @@ impl Actuators {
             floor as f64 / MIB
         );
         if actual.abs_diff(want) < 1 << 20 {
-            return Ok(Outcome::Unchanged(what));
+            return Ok(Effect::Unchanged(what));
         }
         if self.dry_run {
-            return Ok(Outcome::WouldDo(what));
+            return Ok(Effect::WouldDo(what));
         }
         if self.balloons_journaled.insert(socket.clone()) {
-            self.journal.record(&Entry::Balloon {
+            self.journal().record(&Entry::Balloon {
                 socket: socket.clone(),
                 original: actual,
             })?;
         }
         q.set_balloon(want)?;
-        Ok(Outcome::Done(what))
+        Ok(Effect::Done(what))
     }
 }
 

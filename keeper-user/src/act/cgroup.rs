@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ActError, Actuators, Outcome, journal::Entry, normalize};
+use super::{ActError, Actuators, Effect, journal::Entry, normalize};
 use crate::cpulist::CpuList;
 
 /// How long a freeze or thaw may take before it is reported as failed.
@@ -49,20 +49,20 @@ impl Actuators {
     }
 
     /// Writes a control file, journaling its original value the first time.
-    pub fn write_file(&mut self, rel: &str, file: &str, value: &str) -> Result<Outcome, ActError> {
+    pub fn write_file(&mut self, rel: &str, file: &str, value: &str) -> Result<Effect, ActError> {
         self.check_scope_cgroup(rel)?;
         let path = self.cg.dir(rel)?.join(file);
         let current = self.read_file(rel, file)?;
         let what = format!("/{}/{file} = {value}", normalize(rel));
         if current == value {
-            return Ok(Outcome::Unchanged(what));
+            return Ok(Effect::Unchanged(what));
         }
         if self.dry_run {
-            return Ok(Outcome::WouldDo(what));
+            return Ok(Effect::WouldDo(what));
         }
         if !self.originals.contains_key(&path) {
             let original = original_for_restore(file, &current);
-            self.journal.record(&Entry::File {
+            self.journal().record(&Entry::File {
                 path: path.clone(),
                 original: original.clone(),
             })?;
@@ -70,16 +70,16 @@ impl Actuators {
         }
         fs::write(&path, write_form(value))
             .map_err(|source| self.file_error(rel, file, &path, source))?;
-        Ok(Outcome::Done(what))
+        Ok(Effect::Done(what))
     }
 
     /// Puts a control file back to the value it had before this keeper wrote it; a file the
     /// keeper never wrote is left alone (an administrator's value stays).
-    pub fn restore_file(&mut self, rel: &str, file: &str) -> Result<Outcome, ActError> {
+    pub fn restore_file(&mut self, rel: &str, file: &str) -> Result<Effect, ActError> {
         let path = self.cg.dir(rel)?.join(file);
         match self.originals.get(&path).cloned() {
             Some(original) => self.write_file(rel, file, &original),
-            None => Ok(Outcome::Unchanged(format!(
+            None => Ok(Effect::Unchanged(format!(
                 "/{}/{file}: never changed by the keeper, left alone",
                 normalize(rel)
             ))),
@@ -88,7 +88,7 @@ impl Actuators {
 
     /// Sets a cgroup's `cpuset.cpus` (an empty list: its parent's), enabling the cpuset
     /// controller in its ancestors first.
-    pub fn restrict_cpus(&mut self, rel: &str, cpus: &str) -> Result<Outcome, ActError> {
+    pub fn restrict_cpus(&mut self, rel: &str, cpus: &str) -> Result<Effect, ActError> {
         self.check_scope_cgroup(rel)?;
         let rel = normalize(rel);
         self.require_cpuset("cpuset.cpus")?;
@@ -99,16 +99,16 @@ impl Actuators {
     }
 
     /// Freezes a cgroup and waits until `cgroup.events` says `frozen 1`.
-    pub fn freeze(&mut self, rel: &str) -> Result<Outcome, ActError> {
+    pub fn freeze(&mut self, rel: &str) -> Result<Effect, ActError> {
         self.set_frozen(rel, true)
     }
 
     /// Thaws a cgroup and waits until `cgroup.events` says `frozen 0`.
-    pub fn thaw(&mut self, rel: &str) -> Result<Outcome, ActError> {
+    pub fn thaw(&mut self, rel: &str) -> Result<Effect, ActError> {
         self.set_frozen(rel, false)
     }
 
-    fn set_frozen(&mut self, rel: &str, frozen: bool) -> Result<Outcome, ActError> {
+    fn set_frozen(&mut self, rel: &str, frozen: bool) -> Result<Effect, ActError> {
         self.check_scope_cgroup(rel)?;
         let verb = if frozen { "freeze" } else { "thaw" };
         let want = u8::from(frozen);
@@ -119,10 +119,10 @@ impl Actuators {
             });
         }
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("{verb} /{}", normalize(rel))));
+            return Ok(Effect::WouldDo(format!("{verb} /{}", normalize(rel))));
         }
         if frozen {
-            self.journal.record(&Entry::Freeze {
+            self.journal().record(&Entry::Freeze {
                 cgroup: dir.clone(),
             })?;
         }
@@ -132,7 +132,7 @@ impl Actuators {
             .map_err(|source| self.file_error(rel, "cgroup.freeze", &file, source))?;
         loop {
             if self.events_frozen(rel)? == want {
-                return Ok(Outcome::Done(format!(
+                return Ok(Effect::Done(format!(
                     "{verb} /{} (confirmed in {:.1} ms)",
                     normalize(rel),
                     start.elapsed().as_secs_f64() * 1000.0
@@ -167,12 +167,12 @@ impl Actuators {
     /// Gives `cpus` to cgroup `rel` alone: a cpuset partition (`isolated` where the kernel
     /// allows, else `root`), which takes the CPUs out of every other cgroup's effective cpuset.
     /// Needs the cpuset controller in cgroup v2 and the parent to be a partition root.
-    pub fn partition(&mut self, rel: &str, cpus: &CpuList) -> Result<Outcome, ActError> {
+    pub fn partition(&mut self, rel: &str, cpus: &CpuList) -> Result<Effect, ActError> {
         self.check_scope_cgroup(rel)?;
         let rel = normalize(rel);
         self.require_cpuset("cpuset.cpus.partition")?;
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("partition /{rel} on CPUs {cpus}")));
+            return Ok(Effect::WouldDo(format!("partition /{rel} on CPUs {cpus}")));
         }
         self.enable_cpuset_above(&rel)?;
         self.write_file(&rel, "cpuset.cpus", &cpus.to_string())?;
@@ -180,7 +180,7 @@ impl Actuators {
             self.write_file(&rel, "cpuset.cpus.partition", mode)?;
             let state = self.read_file(&rel, "cpuset.cpus.partition")?;
             if !state.contains("invalid") {
-                return Ok(Outcome::Done(format!(
+                return Ok(Effect::Done(format!(
                     "partition /{rel} = {state} on CPUs {cpus}"
                 )));
             }
@@ -224,7 +224,7 @@ impl Actuators {
             return Ok(());
         }
         let dir = self.cg.dir(rel)?;
-        self.journal.record(&Entry::Enable {
+        self.journal().record(&Entry::Enable {
             cgroup: dir.clone(),
             controller: controller.to_string(),
         })?;

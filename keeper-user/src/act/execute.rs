@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    act::{ActError, Actuators, Outcome},
+    act::{ActError, Actuators, Effect},
     cpulist::CpuList,
-    decide::{Action, ActionKind, EngineState},
+    decide::{Action, ActionKind, Outcome, Step},
     device::{placement::Placement, procfs::HostTotals},
     policy::{Amount, Limits, Percent},
 };
@@ -27,14 +27,74 @@ pub struct Done {
     pub at: String,
     #[serde(flatten)]
     pub action: Action,
-    pub outcome: Vec<String>,
-    pub ok: bool,
+    pub outcome: Outcome,
+    /// What it did, per cgroup or process touched.
+    pub steps: Vec<Step>,
     /// How long carrying it out took.
     pub elapsed_ms: f64,
 }
 
+impl Done {
+    pub fn new(action: Action, steps: Vec<Step>, elapsed_ms: f64) -> Self {
+        Done {
+            at: jiff::Timestamp::now().to_string(),
+            action,
+            outcome: Outcome::of(&steps),
+            steps,
+            elapsed_ms,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.outcome.is_ok()
+    }
+
+    /// The steps as the run record and the logs show them.
+    pub fn lines(&self) -> Vec<String> {
+        self.steps.iter().map(Step::to_string).collect()
+    }
+
+    /// The pid of the intruder this action moved off the trading cores, if it did.
+    pub fn evicted(&self) -> Option<u32> {
+        match self.action.kind {
+            ActionKind::EvictIntruder { pid, .. }
+                if self.ok() && self.steps.iter().any(|s| matches!(s, Step::Done { .. })) =>
+            {
+                Some(pid)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An action's report in the engine's terms. A controller this host lacks is said once
+/// (`say_missing_once`) and is a skipped step, not a failure.
+pub fn steps(act: &mut Actuators, report: Report) -> Vec<Step> {
+    report
+        .into_iter()
+        .map(|r| match r {
+            Ok(Effect::Done(detail)) => Step::Done { detail },
+            Ok(Effect::Unchanged(detail)) => Step::Unchanged { detail },
+            Ok(Effect::WouldDo(detail)) => Step::WouldDo { detail },
+            Err(e @ ActError::OutOfScope { .. }) => Step::ObservedOnly {
+                detail: e.to_string(),
+            },
+            Err(e @ ActError::Missing { .. }) => {
+                act.say_missing_once(&e);
+                Step::Skipped {
+                    detail: e.to_string(),
+                }
+            }
+            Err(e) => Step::Failed {
+                retryable: retryable(&e),
+                error: e.to_string(),
+            },
+        })
+        .collect()
+}
+
 /// Everything an action did, one line per cgroup/process touched.
-pub type Report = Vec<Result<Outcome, ActError>>;
+pub type Report = Vec<Result<Effect, ActError>>;
 
 /// Carries out one action.
 pub fn execute(
@@ -130,7 +190,7 @@ fn protect_trading_cores(
             Err(ActError::Partition { cgroup, state }) => {
                 // partition() left the cgroup a member with cpuset.cpus = the trading cores.
                 partitioned = false;
-                out.push(Ok(Outcome::Unchanged(format!(
+                out.push(Ok(Effect::Unchanged(format!(
                     "no cpuset partition for {cgroup} ({state}): the trading cores are kept by \
                      the other workloads' cpusets and the tasks' affinity instead"
                 ))));
@@ -174,10 +234,10 @@ fn gpu_pids(
 fn each_cgroup(
     act: &mut Actuators,
     p: &Placement,
-    mut f: impl FnMut(&mut Actuators, &str) -> Result<Outcome, ActError>,
+    mut f: impl FnMut(&mut Actuators, &str) -> Result<Effect, ActError>,
 ) -> Report {
     if p.cgroups.is_empty() {
-        return vec![Ok(Outcome::Unchanged("workload has no cgroup here".into()))];
+        return vec![Ok(Effect::Unchanged("workload has no cgroup here".into()))];
     }
     p.cgroups.iter().map(|c| f(act, c)).collect()
 }
@@ -191,7 +251,7 @@ fn freeze(act: &mut Actuators, p: &Placement, frozen: bool) -> Report {
     // Processes without a cgroup of their own: SIGSTOP/SIGCONT their trees.
     out.extend(p.pids.iter().map(|pid| act.signal_tree(*pid, frozen)));
     if out.is_empty() {
-        out.push(Ok(Outcome::Unchanged(
+        out.push(Ok(Effect::Unchanged(
             "workload not found on this host".into(),
         )));
     }
@@ -219,14 +279,14 @@ fn set_limits(
     .filter(|(_, v)| v.is_some() || restore)
     .collect();
     each_cgroup(act, p, |a, c| {
-        let mut last = Ok(Outcome::Unchanged(format!("/{c}: limits already so")));
+        let mut last = Ok(Effect::Unchanged(format!("/{c}: limits already so")));
         for (f, v) in &files {
             let written = match v {
                 Some(v) => a.write_file(c, f, v),
                 None => a.restore_file(c, f),
             };
             match written {
-                Ok(Outcome::Unchanged(_)) => {}
+                Ok(Effect::Unchanged(_)) => {}
                 Err(e @ ActError::Missing { .. }) => {
                     a.say_missing_once(&e);
                 }
@@ -248,46 +308,6 @@ pub fn retryable(e: &ActError) -> bool {
             | ActError::Journal(_)
             | ActError::Qmp(_)
     ) || matches!(e, ActError::Proxmox(p) if !p.is_auth())
-}
-
-/// After a failed action, forget that the engine applied it, so the next tick retries.
-pub fn forget(state: &mut EngineState, action: &Action) {
-    let a = &mut state.applied;
-    match &action.kind {
-        ActionKind::Freeze { workload } => {
-            a.frozen.remove(workload);
-        }
-        ActionKind::ApplyClassLimits { workload, .. } => {
-            a.classed.remove(workload);
-        }
-        ActionKind::SetCpuWeight { workload, .. }
-        | ActionKind::SetCpuMax { workload, .. }
-        | ActionKind::SetMemoryHigh { workload, .. } => {
-            a.knobs.remove(workload);
-        }
-        ActionKind::ProtectTradingCores { .. } => a.trading = None,
-        ActionKind::EvictIntruder { pid, .. } => {
-            state.evicted.remove(pid);
-        }
-        ActionKind::StopIntruder { pid, .. } => {
-            state.stopped.remove(pid);
-        }
-        // A stop is asked again while it is wanted; a refused start (PVE still saving the
-        // VM) is asked again until it goes through.
-        ActionKind::StopVm { workload, .. } => {
-            a.stopped_vms.remove(workload);
-        }
-        ActionKind::StartVm { workload, .. } => {
-            a.stopped_vms.insert(workload.clone(), action.rule.clone());
-        }
-        // A failed inflate is retried; a failed deflate is left to the journal's restore.
-        ActionKind::Balloon {
-            workload, target, ..
-        } if *target != Amount::Percent(Percent::new(100.0)) => {
-            a.balloons.remove(workload);
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]

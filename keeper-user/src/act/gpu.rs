@@ -8,11 +8,11 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
-use super::{ActError, Actuators, Outcome, journal::Entry, process::Proc};
+use super::{ActError, Actuators, Effect, journal::Entry, process::Proc};
 use crate::{
     device::gpu::{Gpu, GpuError, PowerLimits},
     policy::Percent,
@@ -25,7 +25,8 @@ pub const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The GPU side of the actuators.
 pub struct GpuHands {
-    pub gpu: Option<Gpu>,
+    /// Shared by the loop's readouts and the slow hands (NVML is thread-safe).
+    pub gpu: Option<Arc<Gpu>>,
     /// `cuda-checkpoint`, when found.
     pub tool: Option<PathBuf>,
     pub timeout: Duration,
@@ -272,18 +273,18 @@ fn pid_list(pids: &[u32]) -> String {
 impl Actuators {
     /// Gives the actuators the GPU (or none) and the checkpoint tool (or none).
     pub fn set_gpu(&mut self, gpu: Option<Gpu>, tool: Option<PathBuf>) {
-        self.gpu.gpu = gpu;
+        self.gpu.gpu = gpu.map(Arc::new);
         self.gpu.tool = tool;
     }
 
     pub fn gpu(&self) -> Option<&Gpu> {
-        self.gpu.gpu.as_ref()
+        self.gpu.gpu.as_deref()
     }
 
     /// Sets the power limit to `percent` of the default, clamped, confirmed by read-back.
-    pub fn set_gpu_power_limit(&mut self, percent: Percent) -> Result<Outcome, ActError> {
+    pub fn set_gpu_power_limit(&mut self, percent: Percent) -> Result<Effect, ActError> {
         let Some(gpu) = &self.gpu.gpu else {
-            return Ok(Outcome::Unchanged("no GPU: power limit not set".into()));
+            return Ok(Effect::Unchanged("no GPU: power limit not set".into()));
         };
         let limits = gpu
             .power_limits()?
@@ -296,13 +297,13 @@ impl Actuators {
             w(limits.default_mw)
         );
         if limits.limit_mw == mw && limits.enforced_mw == mw {
-            return Ok(Outcome::Unchanged(format!("{what}: already so")));
+            return Ok(Effect::Unchanged(format!("{what}: already so")));
         }
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("set {what}")));
+            return Ok(Effect::WouldDo(format!("set {what}")));
         }
         if !self.gpu.journaled_limit {
-            self.journal.record(&Entry::GpuPowerLimit {
+            self.journal().record(&Entry::GpuPowerLimit {
                 lib: gpu.lib.clone(),
                 uuid: gpu.uuid.clone(),
                 original_mw: limits.limit_mw,
@@ -310,32 +311,32 @@ impl Actuators {
             self.gpu.journaled_limit = true;
         }
         apply_power_limit(gpu, mw)?;
-        Ok(Outcome::Done(format!(
+        Ok(Effect::Done(format!(
             "{what}, was {} W; enforced limit read back",
             w(limits.limit_mw)
         )))
     }
 
     /// Sets the GPU clock offset, where the GPU exposes one; otherwise says it is unavailable.
-    pub fn set_gpu_clock_offset(&mut self, mhz: i32) -> Result<Outcome, ActError> {
+    pub fn set_gpu_clock_offset(&mut self, mhz: i32) -> Result<Effect, ActError> {
         let Some(gpu) = &self.gpu.gpu else {
-            return Ok(Outcome::Unchanged("no GPU: clock offset not set".into()));
+            return Ok(Effect::Unchanged("no GPU: clock offset not set".into()));
         };
         let Some(current) = gpu.clock_offset()? else {
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "GPU clock offset unavailable on {}: the {mhz} MHz step is skipped",
                 gpu.name
             )));
         };
         let what = format!("GPU clock offset {mhz} MHz");
         if current == mhz {
-            return Ok(Outcome::Unchanged(format!("{what}: already so")));
+            return Ok(Effect::Unchanged(format!("{what}: already so")));
         }
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("set {what}")));
+            return Ok(Effect::WouldDo(format!("set {what}")));
         }
         if !self.gpu.journaled_offset {
-            self.journal.record(&Entry::GpuClockOffset {
+            self.journal().record(&Entry::GpuClockOffset {
                 lib: gpu.lib.clone(),
                 uuid: gpu.uuid.clone(),
                 original_mhz: current,
@@ -343,7 +344,7 @@ impl Actuators {
             self.gpu.journaled_offset = true;
         }
         apply_clock_offset(gpu, mhz)?;
-        Ok(Outcome::Done(format!(
+        Ok(Effect::Done(format!(
             "{what}, was {current} MHz; read back"
         )))
     }
@@ -351,9 +352,9 @@ impl Actuators {
     /// Handoff step: checkpoints the GPU state of `workload`'s processes on the GPU (`pids`)
     /// with cuda-checkpoint; all or none (a failure toggles the done ones back). Without the
     /// tool, says that the VRAM stays held.
-    pub fn gpu_checkpoint(&mut self, workload: &str, pids: &[u32]) -> Result<Outcome, ActError> {
+    pub fn gpu_checkpoint(&mut self, workload: &str, pids: &[u32]) -> Result<Effect, ActError> {
         if pids.is_empty() {
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "{workload} has no process on the GPU: nothing to checkpoint"
             )));
         }
@@ -361,13 +362,13 @@ impl Actuators {
             self.check_scope_pid(*pid)?;
         }
         let Some(tool) = self.gpu.tool.clone() else {
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "{CHECKPOINT_TOOL} not found: {workload}'s VRAM stays held (pids {}) while it is frozen",
                 pid_list(pids)
             )));
         };
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!(
+            return Ok(Effect::WouldDo(format!(
                 "{} --toggle pids {} of {workload}",
                 tool.display(),
                 pid_list(pids)
@@ -378,7 +379,7 @@ impl Actuators {
         for &pid in pids {
             let step = match Proc::open(pid, None) {
                 Ok(p) => self
-                    .journal
+                    .journal()
                     .record(&Entry::GpuCheckpoint {
                         pid,
                         start: p.start,
@@ -408,12 +409,12 @@ impl Actuators {
             }
         }
         if done.is_empty() {
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "{workload}'s GPU processes are gone: nothing to checkpoint"
             )));
         }
         self.gpu.checkpointed.insert(workload.to_string(), done);
-        Ok(Outcome::Done(format!(
+        Ok(Effect::Done(format!(
             "checkpointed the GPU state of {workload} ({}): its VRAM is in host memory",
             notes.join(", ")
         )))
@@ -428,7 +429,7 @@ impl Actuators {
         for &(pid, start) in done.iter().rev() {
             match bring_to(tool, pid, CudaState::Running, self.gpu.timeout) {
                 Ok(took) => {
-                    let _ = self.journal.record(&Entry::GpuRestored { pid, start });
+                    let _ = self.journal().record(&Entry::GpuRestored { pid, start });
                     out.push(format!("pid {pid} restored in {}", ms_or_zero(took)));
                 }
                 Err(e) => out.push(format!("pid {pid} NOT restored: {e}")),
@@ -438,19 +439,19 @@ impl Actuators {
     }
 
     /// Handoff over: restores the GPU state checkpointed for `workload` (after its thaw).
-    pub fn gpu_restore(&mut self, workload: &str) -> Result<Outcome, ActError> {
+    pub fn gpu_restore(&mut self, workload: &str) -> Result<Effect, ActError> {
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!(
+            return Ok(Effect::WouldDo(format!(
                 "restore the GPU state of {workload} if it was checkpointed"
             )));
         }
         let Some(list) = self.gpu.checkpointed.remove(workload) else {
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "no GPU state of {workload} was checkpointed: nothing to restore"
             )));
         };
         let Some(tool) = self.gpu.tool.clone() else {
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "{CHECKPOINT_TOOL} is gone: {workload}'s GPU state cannot be restored"
             )));
         };
@@ -472,7 +473,7 @@ impl Actuators {
             }
             match bring_to(&tool, pid, CudaState::Running, self.gpu.timeout) {
                 Ok(took) => {
-                    self.journal.record(&Entry::GpuRestored { pid, start })?;
+                    self.journal().record(&Entry::GpuRestored { pid, start })?;
                     notes.push(format!("pid {pid} in {}", ms_or_zero(took)));
                 }
                 Err(e) => {
@@ -485,7 +486,7 @@ impl Actuators {
             self.gpu.checkpointed.insert(workload.to_string(), left);
             return Err(e);
         }
-        Ok(Outcome::Done(format!(
+        Ok(Effect::Done(format!(
             "restored the GPU state of {workload} ({})",
             notes.join(", ")
         )))

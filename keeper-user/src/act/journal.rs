@@ -3,9 +3,11 @@
 //! original file values, frozen cgroups, stopped processes, moved affinities, the GPU's power
 //! limit and clock offset, GPU state checkpointed by a handoff, and VMs it stopped.
 //!
-//! One JSON object per line in `<state dir>/journal.jsonl` (mode 0600). Writes are not
-//! fsynced: the journal must outlive the keeper's process, not the machine (a reboot resets
-//! cgroups and processes). The state directory is held with an exclusive `flock` for the
+//! One JSON object per line in `<state dir>/journal.jsonl` (mode 0600). Records are synced to
+//! disk in batches ([`Journal::sync`], once per tick and after a rewrite), and at once for a
+//! change that outlives a reboot (a VM hibernated through Proxmox stays so after a crash of the
+//! host): a crash may lose the last tick's records of changes a reboot undoes anyway (cgroup
+//! files, frozen cgroups, affinities), never a hibernated VM. The state directory is held with an exclusive `flock` for the
 //! journal's lifetime, so a second keeper neither reads nor undoes what the first one did.
 //! A line that does not parse (a torn write, a stray byte) is moved to
 //! `journal.quarantine` with a warning: it never stops a start.
@@ -62,6 +64,13 @@ pub enum Entry {
     VmStarted { vmid: u32 },
 }
 
+impl Entry {
+    /// A change a reboot of the host does not undo: synced to disk as soon as it is recorded.
+    pub fn outlives_reboot(&self) -> bool {
+        matches!(self, Entry::VmStopped { .. })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
@@ -95,6 +104,8 @@ pub struct Journal {
     /// Lines written since the journal was last compacted, and the count that compacts it.
     lines: usize,
     compact_at: usize,
+    /// Records written since the last sync.
+    dirty: bool,
 }
 
 /// Lines after which the journal is compacted (before the next record).
@@ -128,6 +139,7 @@ impl Journal {
             _lock: Some(lock),
             lines: 0,
             compact_at: COMPACT_AFTER,
+            dirty: false,
         })
     }
 
@@ -139,6 +151,7 @@ impl Journal {
             _lock: None,
             lines: 0,
             compact_at: COMPACT_AFTER,
+            dirty: false,
         }
     }
 
@@ -152,7 +165,22 @@ impl Journal {
         if self.file.is_some() && self.lines >= self.compact_at {
             self.compact()?;
         }
-        self.append(entry)
+        self.append(entry)?;
+        if entry.outlives_reboot() {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Puts the records written since the last sync on disk (`fdatasync`).
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        if let Some(file) = &self.file
+            && self.dirty
+        {
+            file.sync_data().map_err(JournalError::io(&self.path))?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 
     /// Rewrites the journal with only what undoing needs (see [`super::compact`]); refuses
@@ -187,6 +215,7 @@ impl Journal {
             return Ok(());
         };
         self.lines += 1;
+        self.dirty = true;
         let mut line = serde_json::to_string(entry)
             .map_err(|e| JournalError::io(&self.path)(io::Error::other(e)))?;
         line.push('\n');
@@ -257,7 +286,7 @@ impl Journal {
         for e in entries {
             self.append(e)?;
         }
-        Ok(())
+        self.sync()
     }
 
     /// Empties the journal once everything in it has been undone.
@@ -421,6 +450,27 @@ mod tests {
         assert!(lines < COMPACT_AFTER + 2, "{lines} lines: never compacted");
         assert_eq!(j.compact().unwrap().1, 1);
         assert_eq!(j.entries().unwrap(), [aff("0-1")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn records_are_synced_per_batch_and_a_hibernated_vm_at_once() {
+        let dir = temp_dir("sync");
+        let mut j = Journal::open(&dir).unwrap();
+        j.record(&Entry::Stop { pid: 1, start: 1 }).unwrap();
+        assert!(j.dirty, "a batch waits for its sync");
+        j.sync().unwrap();
+        assert!(!j.dirty);
+        j.record(&Entry::VmStopped {
+            vmid: 102,
+            api: "/etc/keeper/pve.yaml".into(),
+        })
+        .unwrap();
+        assert!(
+            !j.dirty,
+            "a hibernated VM is on disk before it is hibernated"
+        );
+        drop(j);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -20,12 +20,15 @@ pub mod execute;
 pub mod gpu;
 pub mod journal;
 pub mod process;
+pub mod queue;
+pub mod slow;
 pub mod vm_stop;
 
 use std::{
     collections::HashSet,
     io,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -83,7 +86,7 @@ pub enum ActError {
 
 /// What an actuator did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Effect {
     Done(String),
     /// Nothing to do (already so).
     Unchanged(String),
@@ -91,12 +94,12 @@ pub enum Outcome {
     WouldDo(String),
 }
 
-impl std::fmt::Display for Outcome {
+impl std::fmt::Display for Effect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Done(s) => write!(f, "done: {s}"),
-            Outcome::Unchanged(s) => write!(f, "unchanged: {s}"),
-            Outcome::WouldDo(s) => write!(f, "dry run, would: {s}"),
+            Effect::Done(s) => write!(f, "done: {s}"),
+            Effect::Unchanged(s) => write!(f, "unchanged: {s}"),
+            Effect::WouldDo(s) => write!(f, "dry run, would: {s}"),
         }
     }
 }
@@ -104,7 +107,8 @@ impl std::fmt::Display for Outcome {
 /// The keeper's hands.
 pub struct Actuators {
     pub(crate) cg: CgroupFs,
-    pub(crate) journal: Journal,
+    /// Shared with the slow hands ([`Actuators::split_slow`]): one journal, one lock.
+    journal: Arc<Mutex<Journal>>,
     pub(crate) dry_run: bool,
     /// Cgroup path (relative to the v2 mount) outside of which nothing is touched.
     pub(crate) scope: Option<String>,
@@ -134,7 +138,7 @@ impl Actuators {
         let scope = scope.map(|s| normalize(&s));
         Self {
             cg,
-            journal,
+            journal: Arc::new(Mutex::new(journal)),
             dry_run,
             scope,
             originals: Default::default(),
@@ -148,6 +152,42 @@ impl Actuators {
             pending: Vec::new(),
             retry: Backoff::default(),
         }
+    }
+
+    /// The journal (a panic elsewhere while it was held leaves it usable: every record is
+    /// one write of a whole line).
+    pub(crate) fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Syncs the journal's records of this batch to disk (once per tick).
+    pub fn sync_journal(&self) -> Result<(), ActError> {
+        Ok(self.journal().sync()?)
+    }
+
+    /// Hands over what is slow to call (QMP, the Proxmox API, NVML, cuda-checkpoint) to a new
+    /// set of actuators for a thread of its own, sharing this journal; these keep the cgroup
+    /// files, freezes, signals and affinities, which never wait on a device.
+    pub fn split_slow(&mut self) -> Actuators {
+        let mut slow = Actuators {
+            journal: Arc::clone(&self.journal),
+            qmp_dir: self.qmp_dir.clone(),
+            balloon_floor: self.balloon_floor,
+            proxmox: self.proxmox.take(),
+            gpu: std::mem::take(&mut self.gpu),
+            ..Actuators::new(self.cg.clone(), Journal::disabled(), self.dry_run, None)
+        };
+        slow.scope = self.scope.clone();
+        self.gpu.gpu = slow.gpu.gpu.clone();
+        slow
+    }
+
+    /// Takes back what [`Actuators::split_slow`] handed over, once its thread has ended.
+    pub fn take_back(&mut self, slow: Actuators) {
+        self.proxmox = slow.proxmox;
+        self.gpu = slow.gpu;
+        self.vms_stopped.extend(slow.vms_stopped);
+        self.balloons_journaled.extend(slow.balloons_journaled);
     }
 
     pub fn cgroups(&self) -> &CgroupFs {
@@ -202,11 +242,11 @@ impl Actuators {
     }
 
     /// SIGSTOP (`stop = true`) or SIGCONT a process and its descendants, through pidfds.
-    pub fn signal_tree(&mut self, pid: u32, stop: bool) -> Result<Outcome, ActError> {
+    pub fn signal_tree(&mut self, pid: u32, stop: bool) -> Result<Effect, ActError> {
         self.check_scope_pid(pid)?;
         let verb = if stop { "stop" } else { "continue" };
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("{verb} process tree of {pid}")));
+            return Ok(Effect::WouldDo(format!("{verb} process tree of {pid}")));
         }
         let mut n = 0;
         for p in process::tree(pid) {
@@ -216,7 +256,7 @@ impl Actuators {
                 Err(e) => return Err(e),
             };
             if stop {
-                self.journal.record(&Entry::Stop {
+                self.journal().record(&Entry::Stop {
                     pid: p,
                     start: proc.start,
                 })?;
@@ -230,7 +270,7 @@ impl Actuators {
         if n == 0 {
             return Err(ActError::Vanished { pid });
         }
-        Ok(Outcome::Done(format!("{verb} {n} processes under {pid}")))
+        Ok(Effect::Done(format!("{verb} {n} processes under {pid}")))
     }
 
     /// Undoes everything in the journal, newest first. Used at start (after a crash) and at
@@ -238,9 +278,9 @@ impl Actuators {
     /// [`Actuators::undo_pending`] lists it, [`Actuators::retry_undo`] tries it again with a
     /// backoff, and the next exit or start tries it once more.
     pub fn restore_all(&mut self) -> Result<Vec<String>, ActError> {
-        let entries = self.journal.entries()?;
+        let entries = self.journal().entries()?;
         let (done, kept) = undo(&entries);
-        self.journal.rewrite(&kept)?;
+        self.journal().rewrite(&kept)?;
         self.pending = kept;
         self.retry = Backoff::default();
         self.originals.clear();
@@ -262,7 +302,7 @@ impl Actuators {
         if self.pending.is_empty() || !self.retry.due() {
             return Ok(vec![]);
         }
-        let mut journal = self.journal.entries()?;
+        let mut journal = self.journal().entries()?;
         let superseded = |e: &Entry| {
             let at = journal.iter().position(|j| j == e).unwrap_or(journal.len());
             journal
@@ -279,7 +319,7 @@ impl Actuators {
                     journal.remove(i);
                 }
             }
-            self.journal.rewrite(&journal)?;
+            self.journal().rewrite(&journal)?;
         }
         self.pending = later.into_iter().chain(kept).collect();
         self.retry.failed();
@@ -489,17 +529,17 @@ mod tests {
         assert_eq!(done.len(), 1, "{done:?}");
         assert_eq!(std::fs::read_to_string(&fine).unwrap(), "max");
         assert_eq!(act.undo_pending(), std::slice::from_ref(&bad));
-        assert_eq!(act.journal.entries().unwrap(), std::slice::from_ref(&bad));
+        assert_eq!(act.journal().entries().unwrap(), std::slice::from_ref(&bad));
         // Still failing: kept. Then the path becomes writable: undone and out of the journal.
         assert!(act.retry_undo().unwrap().is_empty());
-        assert_eq!(act.journal.entries().unwrap(), [bad]);
+        assert_eq!(act.journal().entries().unwrap(), [bad]);
         std::fs::remove_dir(&target).unwrap();
         std::fs::write(&target, "50000 100000").unwrap();
         act.retry = Backoff::default();
         assert_eq!(act.retry_undo().unwrap().len(), 1);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "max 100000");
         assert!(act.undo_pending().is_empty());
-        assert!(act.journal.entries().unwrap().is_empty());
+        assert!(act.journal().entries().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ActError, Actuators, Outcome, journal::Entry};
+use super::{ActError, Actuators, Effect, journal::Entry};
 use crate::device::proxmox::Client;
 
 /// The Proxmox API as the actuators use it: the client and the `--proxmox` file it came from
@@ -22,14 +22,14 @@ pub struct ProxmoxHands {
 
 impl Actuators {
     /// Hibernates VM `vmid`. `cgroups`: the workload's, for the scope check.
-    pub fn stop_vm(&mut self, vmid: u32, cgroups: &[String]) -> Result<Outcome, ActError> {
+    pub fn stop_vm(&mut self, vmid: u32, cgroups: &[String]) -> Result<Effect, ActError> {
         self.check_scope_vm(vmid, cgroups)?;
         let Some(api) = &self.proxmox else {
             return Err(ActError::NoApi { vmid });
         };
         let status = api.client.status(vmid)?;
         if status.status != "running" {
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "VM {vmid} is {} already: left as it is",
                 status.status
             )));
@@ -44,14 +44,15 @@ impl Actuators {
                 .unwrap_or_default()
         );
         if self.dry_run {
-            return Ok(Outcome::WouldDo(what));
+            return Ok(Effect::WouldDo(what));
         }
         let file = api.file.clone();
-        self.journal.record(&Entry::VmStopped { vmid, api: file })?;
+        self.journal()
+            .record(&Entry::VmStopped { vmid, api: file })?;
         match api.client.hibernate(vmid) {
             Ok(upid) => {
                 self.vms_stopped.insert(vmid);
-                Ok(Outcome::Done(format!("{what} (task {upid})")))
+                Ok(Effect::Done(format!("{what} (task {upid})")))
             }
             // No answer: the node may be saving the VM. It counts as stopped by the keeper
             // (started again when the ladder comes down, at exit, or by the next keeper).
@@ -60,7 +61,7 @@ impl Actuators {
                 Err(e.into())
             }
             Err(e) => {
-                self.journal.record(&Entry::VmStarted { vmid })?;
+                self.journal().record(&Entry::VmStarted { vmid })?;
                 Err(e.into())
             }
         }
@@ -68,14 +69,14 @@ impl Actuators {
 
     /// Starts a VM this keeper stopped. A refusal (PVE still saving it) fails the action, and
     /// the engine asks again on the next tick.
-    pub fn start_vm(&mut self, vmid: u32) -> Result<Outcome, ActError> {
+    pub fn start_vm(&mut self, vmid: u32) -> Result<Effect, ActError> {
         if !self.vms_stopped.contains(&vmid) {
-            return Ok(Outcome::Unchanged(format!(
+            return Ok(Effect::Unchanged(format!(
                 "VM {vmid} was not stopped by the keeper: left as it is"
             )));
         }
         if self.dry_run {
-            return Ok(Outcome::WouldDo(format!("start VM {vmid}")));
+            return Ok(Effect::WouldDo(format!("start VM {vmid}")));
         }
         let Some(api) = &self.proxmox else {
             return Err(ActError::NoApi { vmid });
@@ -83,8 +84,8 @@ impl Actuators {
         match api.client.start(vmid) {
             Ok(upid) => {
                 self.vms_stopped.remove(&vmid);
-                self.journal.record(&Entry::VmStarted { vmid })?;
-                Ok(Outcome::Done(format!(
+                self.journal().record(&Entry::VmStarted { vmid })?;
+                Ok(Effect::Done(format!(
                     "VM {vmid} started again, from its saved state (task {upid})"
                 )))
             }

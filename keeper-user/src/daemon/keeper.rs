@@ -2,18 +2,20 @@
 //! what was done. One `tick` = observe → decide → act.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeMap, VecDeque},
     path::Path,
     time::Instant,
 };
 
 use crate::{
     act::{
-        ActError, Actuators, Outcome,
-        execute::{self, Done},
+        Actuators,
+        execute::Done,
         gpu::find_checkpoint_tool,
+        queue::{Carried, Hands, Queue},
+        slow::SlowHands,
     },
-    decide::{self, Action, EngineState, GpuObs, Intruder, Observations},
+    decide::{self, Action, EngineState, GpuObs, Intruder, Observations, Step},
     device::{
         gpu::{self as gpu_dev, Gpu, GpuReadout},
         placement::{self, Placement},
@@ -122,6 +124,12 @@ pub struct Keeper {
     gpu_error: Option<String>,
     /// The last full observation (without its intruders): intruder events are decided on it.
     last_obs: Option<Observations>,
+    /// Actions waiting behind a slow one.
+    queue: Queue,
+    /// When the interaction whose preemption is not done yet started.
+    preempting: Option<Instant>,
+    /// The thread that carries slow actions out (`None`: everything runs on the caller's).
+    slow: Option<SlowHands>,
 }
 
 /// How long a GPU readout is reused.
@@ -147,6 +155,9 @@ impl Keeper {
             gpu_read_at: None,
             gpu_error: None,
             last_obs: None,
+            queue: Queue::default(),
+            preempting: None,
+            slow: None,
         }
     }
 
@@ -277,134 +288,119 @@ impl Keeper {
         }
     }
 
-    /// Decides on `obs` and carries the actions out. Returns what was done. When a step of a
-    /// GPU handoff fails, the engine is asked again at once and its rollback is carried out.
+    /// Decides on `obs` and carries the actions out. Returns what was done now (a slow action
+    /// comes back later, through [`Keeper::slow_done`]). When a step of a GPU handoff fails,
+    /// the engine is asked again at once and its rollback is carried out.
     pub fn tick(&mut self, obs: &Observations) -> Vec<Done> {
         let actions = decide::decide(&self.policy, &mut self.state, obs, jiff::Timestamp::now());
-        let (mut done, rollback) = self.carry_out(actions);
-        if rollback {
+        let carried = self.carry(|q, h, s| q.carry(h, s, actions));
+        self.after(carried, obs)
+    }
+
+    /// A slow action came back from the slow hands.
+    pub fn slow_done(&mut self, done: Done) -> Vec<Done> {
+        let carried = self.carry(|q, h, s| q.finished(h, s, done));
+        let obs = self.last_obs.clone().unwrap_or_default();
+        self.after(carried, &obs)
+    }
+
+    /// An interaction starts or ends; a start times the preemption it causes.
+    pub fn interact(&mut self, start: bool) {
+        self.interaction = start;
+        self.preempting = start.then(Instant::now);
+    }
+
+    /// The preemption's time (ms) when `done` holds the freeze an interaction caused.
+    pub fn preempted(&mut self, done: &[Done]) -> Option<f64> {
+        let froze = done
+            .iter()
+            .any(|d| d.ok() && matches!(d.action.kind, decide::ActionKind::Freeze { .. }));
+        if !froze {
+            return None;
+        }
+        let at = self.preempting.take()?;
+        Some(at.elapsed().as_secs_f64() * 1000.0)
+    }
+
+    /// The actions decided and not carried out yet: the slow one out, then those behind it.
+    pub fn pending(&self) -> Vec<&Action> {
+        self.queue.pending()
+    }
+
+    /// Starts the slow hands: from now on actions that wait on a device run on their own
+    /// thread and come back on `done`.
+    pub fn start_slow_hands(
+        &mut self,
+        done: tokio::sync::mpsc::UnboundedSender<Done>,
+    ) -> std::io::Result<()> {
+        let slow = self.act.split_slow();
+        self.slow = Some(SlowHands::start(slow, done)?);
+        Ok(())
+    }
+
+    /// Stops the slow hands (before the exit's undo), letting the action out finish.
+    pub fn stop_slow_hands(&mut self) {
+        if let Some(slow) = self.slow.take()
+            && let Some(act) = slow.stop(std::time::Duration::from_secs(10))
+        {
+            self.act.take_back(act);
+        }
+    }
+
+    fn carry(
+        &mut self,
+        f: impl FnOnce(&mut Queue, &mut Hands, &mut EngineState) -> Carried,
+    ) -> Carried {
+        let mut hands = Hands {
+            act: &mut self.act,
+            slow: self.slow.as_ref(),
+            placements: &self.placements,
+            totals: self.totals,
+        };
+        f(&mut self.queue, &mut hands, &mut self.state)
+    }
+
+    /// Counts and keeps what was done; a rollback is decided and carried out at once.
+    fn after(&mut self, mut carried: Carried, obs: &Observations) -> Vec<Done> {
+        if carried.rollback {
             let again = decide::decide(&self.policy, &mut self.state, obs, jiff::Timestamp::now());
             tracing::warn!(
                 steps = again.len(),
                 "GPU handoff step failed: rolling back to the holder running"
             );
-            done.extend(self.carry_out(again).0);
+            let more = self.carry(|q, h, s| q.carry(h, s, again));
+            carried.done.extend(more.done);
         }
-        for d in &done {
+        for d in &carried.done {
+            self.count(d);
             if self.last.len() == 50 {
                 self.last.pop_front();
             }
             self.last.push_back(d.clone());
         }
-        done
+        carried.done
     }
 
-    /// Executes `actions` in order; returns what was done and whether a handoff rolls back.
-    fn carry_out(&mut self, actions: Vec<Action>) -> (Vec<Done>, bool) {
-        let mut done = Vec::new();
-        let mut rollback = false;
-        // Workloads whose thaw failed: their GPU state cannot come back yet.
-        let mut still_frozen: BTreeSet<String> = BTreeSet::new();
-        // Workloads whose handoff rolled back: its later steps in this batch are skipped.
-        let mut rolled_back: BTreeSet<String> = BTreeSet::new();
-        for action in actions {
-            let started = Instant::now();
-            let skip = match &action.kind {
-                decide::ActionKind::GpuRestore { workload } if still_frozen.contains(workload) => {
-                    decide::step_failed(&mut self.state, &action);
-                    Some(format!(
-                        "skipped: {workload} is still frozen (its thaw failed); retried after its thaw"
-                    ))
-                }
-                decide::ActionKind::Freeze { workload }
-                    if rolled_back.contains(workload)
-                        && action.rule.0.ends_with(".gpu_handoff") =>
-                {
-                    execute::forget(&mut self.state, &action);
-                    Some(format!(
-                        "skipped: the handoff of {workload} rolled back, it keeps running"
-                    ))
-                }
-                _ => None,
-            };
-            if let Some(why) = skip {
-                let outcome = vec![why];
-                tracing::warn!(rule = %action.rule, outcome = ?outcome, "{} skipped", action.kind);
-                done.push(Done {
-                    at: jiff::Timestamp::now().to_string(),
-                    action,
-                    outcome,
-                    ok: false,
-                    elapsed_ms: 0.0,
-                });
-                continue;
-            }
-            let report = execute::execute(&mut self.act, &self.placements, self.totals, &action);
-            let mut ok = true;
-            let mut quiet = true;
-            let mut outcome = Vec::new();
-            let mut first_error = None;
-            for r in report {
-                match r {
-                    Ok(o) => {
-                        if matches!(o, Outcome::Done(_))
-                            && matches!(action.kind, decide::ActionKind::EvictIntruder { .. })
-                        {
-                            self.evictions += 1;
-                        }
-                        quiet = false;
-                        outcome.push(o.to_string());
-                    }
-                    // Outside --scope: observed and reported, never touched.
-                    Err(e @ ActError::OutOfScope { .. }) => {
-                        outcome.push(format!("observed only: {e}"))
-                    }
-                    // A controller this host lacks: said once, then skipped.
-                    Err(e @ ActError::Missing { .. }) => {
-                        quiet &= !self.act.say_missing_once(&e);
-                        outcome.push(format!("skipped: {e}"));
-                    }
-                    Err(e) => {
-                        ok = false;
-                        quiet = false;
-                        outcome.push(format!("error: {e}"));
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some(e) = first_error {
-                if decide::step_failed(&mut self.state, &action) {
-                    rollback = true;
-                    if let decide::ActionKind::GpuCheckpoint { workload }
-                    | decide::ActionKind::Freeze { workload } = &action.kind
-                    {
-                        rolled_back.insert(workload.clone());
-                    }
-                } else if execute::retryable(&e) {
-                    execute::forget(&mut self.state, &action);
-                }
-                if let decide::ActionKind::Thaw { workload } = &action.kind {
-                    still_frozen.insert(workload.clone());
-                }
-            }
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-            if !ok {
-                self.errors += 1;
-                tracing::warn!(rule = %action.rule, reason = %action.reason, outcome = ?outcome, elapsed_ms, "{} failed", action.kind);
-            } else if quiet {
-                tracing::debug!(rule = %action.rule, reason = %action.reason, outcome = ?outcome, "{}", action.kind);
-            } else {
-                tracing::info!(rule = %action.rule, reason = %action.reason, outcome = ?outcome, elapsed_ms, "{}", action.kind);
-            }
-            done.push(Done {
-                at: jiff::Timestamp::now().to_string(),
-                action,
-                outcome,
-                ok,
-                elapsed_ms,
-            });
+    /// Counts and logs one action carried out.
+    fn count(&mut self, d: &Done) {
+        let (action, outcome, ms) = (&d.action, d.lines(), d.elapsed_ms);
+        if d.evicted().is_some() {
+            self.evictions += 1;
         }
-        (done, rollback)
+        let quiet = d.steps.iter().all(|s| {
+            matches!(
+                s,
+                Step::Unchanged { .. } | Step::ObservedOnly { .. } | Step::Skipped { .. }
+            )
+        });
+        if !d.ok() {
+            self.errors += 1;
+            tracing::warn!(rule = %action.rule, reason = %action.reason, ?outcome, elapsed_ms = ms, "{} failed", action.kind);
+        } else if quiet {
+            tracing::debug!(rule = %action.rule, reason = %action.reason, ?outcome, "{}", action.kind);
+        } else {
+            tracing::info!(rule = %action.rule, reason = %action.reason, ?outcome, elapsed_ms = ms, "{}", action.kind);
+        }
     }
 
     /// The answer to `keeper status`.
@@ -444,6 +440,7 @@ impl Keeper {
             "evictions": self.evictions,
             "errors": self.errors,
             "undo_pending": self.act.undo_pending(),
+            "pending": self.pending(),
             "last_actions": self.last.iter().rev().take(20).collect::<Vec<_>>(),
         })
     }

@@ -89,7 +89,7 @@ pub struct DaemonConfig {
 /// Notes, for each intruder evicted in this tick, how long after its first run it was done.
 fn record_evictions(recorder: &mut Recorder, done: &[Done], first_run: &mut HashMap<u32, u64>) {
     let now = crate::sense::sched::monotonic_ns();
-    for pid in done.iter().filter_map(record::is_eviction_done) {
+    for pid in done.iter().filter_map(Done::evicted) {
         if let Some(first) = first_run.remove(&pid) {
             recorder.eviction(now.saturating_sub(first) as f64 / 1000.0);
         }
@@ -135,6 +135,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     keeper.memory_psi = cfg.memory_psi.clone();
     keeper.act.qmp_dir = cfg.qmp_dir.clone();
     keeper.set_balloon_floor();
+    // VM, GPU and Proxmox calls run on a thread of their own: nothing on the loop waits on them.
+    let (slow_tx, mut slow_done) = tokio::sync::mpsc::unbounded_channel();
+    if !cfg.dry_run {
+        keeper.start_slow_hands(slow_tx)?;
+    }
 
     let protected = protected_ids(&keeper, &cg);
     let tracefs = Tracefs::find_or_mount()?;
@@ -178,9 +183,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let mut last_prune = Instant::now();
     let mut first_run: HashMap<u32, u64> = HashMap::new();
     let mut lost_events = LostEvents::default();
-    // Intruders outside --scope, by pid → the cgroup id they were seen in: observed once and
-    // not handed to the engine again until they move to another cgroup.
-    let mut observed_only: HashMap<u32, u64> = HashMap::new();
     let mut recorder = Recorder::new(started);
     let metrics = metrics::Metrics::default();
     let _metrics_server = match cfg.metrics {
@@ -198,7 +200,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         let mut ticked = false;
         // Woken by intruder events only: decided on the last tick's readings (the fast path).
         let mut fast = false;
-        let mut cgroup_of: HashMap<u32, u64> = HashMap::new();
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -210,6 +211,15 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 // A burst may have overflowed the ring (or the programs' rate limit).
                 check_lost = pending.len() >= 64;
                 fast = true;
+            }
+            Some(d) = slow_done.recv() => {
+                let done = keeper.slow_done(d);
+                recorder.actions(&done);
+                if let Some(ms) = keeper.preempted(&done) {
+                    recorder.preemption(ms);
+                }
+                count_actions(&metrics, cfg.metrics.is_some(), &done);
+                continue;
             }
             Some(call) = calls.recv() => {
                 let p99 = latency.p99(sensor.cpu_readouts().ok().as_deref());
@@ -254,7 +264,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 if last_prune.elapsed() > Duration::from_secs(5) {
                     let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
                     first_run.retain(|pid, _| alive(pid));
-                    observed_only.retain(|pid, _| alive(pid));
                     sensor.prune_runnable(Duration::from_secs(60))?;
                     sensor.set_protected(&protected_ids(&keeper, &cg))?;
                     last_prune = Instant::now();
@@ -274,26 +283,20 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 "intruder event"
             );
             // An arrival comes before the kernel side knew the task's cgroup.
-            let (cgroup_id, cgroup) = if ev.kind == event::ARRIVAL {
-                let Some(path) = crate::act::task_cgroup(ev.pid) else {
+            let cgroup = if ev.kind == event::ARRIVAL {
+                let Some(path) = procfs::task_cgroup(ev.pid) else {
                     continue;
                 };
-                (cg.id(&path).unwrap_or(0), path)
+                path
             } else {
                 if !index.contains_key(&ev.cgroup_id) {
                     index = cg.id_index();
                 }
-                (
-                    ev.cgroup_id,
-                    index.get(&ev.cgroup_id).cloned().unwrap_or_default(),
-                )
+                index.get(&ev.cgroup_id).cloned().unwrap_or_default()
             };
-            if observed_only.get(&ev.pid) == Some(&cgroup_id)
-                || procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread())
-            {
-                continue; // outside the scope, or a kernel thread: never evicted
+            if procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread()) {
+                continue; // a kernel thread: never evicted
             }
-            cgroup_of.insert(ev.pid, cgroup_id);
             // When the intruder's stay on the trading core began (CLOCK_MONOTONIC): an arrival
             // starts a new stay (a return after an eviction too); a slice dates its own start.
             if ev.kind == event::SLICE {
@@ -332,16 +335,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         }
         let done = keeper.tick(&obs);
         recorder.actions(&done);
-        if cfg.metrics.is_some() {
-            metrics.update(|m| {
-                for d in &done {
-                    let detail = serde_json::to_value(&d.action.kind).unwrap_or_default();
-                    let kind = record::kind_name(&detail).unwrap_or("?");
-                    *m.actions.entry((kind.to_string(), d.ok)).or_default() += 1;
-                }
-            });
-        }
+        count_actions(&metrics, cfg.metrics.is_some(), &done);
         if ticked {
+            if let Err(e) = keeper.act.sync_journal() {
+                tracing::warn!(error = %e, "could not sync the journal to disk");
+            }
             let intruder_ns = readouts
                 .as_ref()
                 .map(|r| r.iter().map(|c| c.intruder_ns).sum());
@@ -361,7 +359,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         // An evicted task that comes back to a trading core is news at its next switch-in
         // (also one whose eviction found it already off the cores: it may be put back).
         let evicted = done.iter().filter_map(|d| match d.action.kind {
-            crate::decide::ActionKind::EvictIntruder { pid, .. } if d.ok => Some(pid),
+            crate::decide::ActionKind::EvictIntruder { pid, .. }
+                if d.outcome == crate::decide::Outcome::Done =>
+            {
+                Some(pid)
+            }
             _ => None,
         });
         for pid in evicted {
@@ -369,14 +371,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 tracing::warn!(pid, error = %e, "could not re-arm the arrival report of an evicted task");
             }
         }
+        // An intruder outside the scope: its time there does not count towards an eviction's
+        // latency (the engine no longer hands it over while it stays in that cgroup).
         for d in &done {
             if let crate::decide::ActionKind::EvictIntruder { pid, .. } = d.action.kind
-                && d.outcome.iter().any(|o| o.starts_with("observed only"))
-                && let Some(id) = cgroup_of.get(&pid)
+                && d.outcome == crate::decide::Outcome::ObservedOnly
             {
-                observed_only.insert(pid, *id);
-                keeper.state.evicted.remove(&pid);
-                // Its time outside the scope does not count towards an eviction's latency.
                 first_run.remove(&pid);
             }
         }
@@ -388,10 +388,23 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     sensed.reclaim = record::reclaim_records(memory_sensor.as_ref(), &cg, &keeper.placements);
     drop(events);
     drop(sensor);
+    keeper.stop_slow_hands();
     sensed.restored_at_exit = keeper.act.restore_all()?;
     sensed.restored_at_start = restored_at_start;
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(recorder.build(&keeper.run_facts(), sensed, false))
+}
+
+/// Counts the actions done, by kind and success, for the metrics.
+fn count_actions(metrics: &metrics::Metrics, serving: bool, done: &[Done]) {
+    if serving {
+        metrics.update(|m| {
+            for d in done {
+                let kind = d.action.kind.name().to_string();
+                *m.actions.entry((kind, d.ok())).or_default() += 1;
+            }
+        });
+    }
 }
 
 /// The scrape's snapshot, as of this tick.
@@ -470,21 +483,20 @@ fn answer(
         }
         Request::Interaction { state } => {
             let started = Instant::now();
-            keeper.interaction = state == InteractionState::Start;
+            keeper.interact(state == InteractionState::Start);
             let obs = keeper.observe(vec![], p99);
             let done = keeper.tick(&obs);
             recorder.actions(&done);
-            let froze = done
-                .iter()
-                .any(|d| d.ok && matches!(d.action.kind, crate::decide::ActionKind::Freeze { .. }));
-            if keeper.interaction && froze {
-                recorder.preemption(started.elapsed().as_secs_f64() * 1000.0);
+            if let Some(ms) = keeper.preempted(&done) {
+                recorder.preemption(ms);
             }
             serde_json::json!({
-                "ok": done.iter().all(|d| d.ok),
+                "ok": done.iter().all(|d| d.ok()),
                 "interaction": keeper.interaction,
                 "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
                 "actions": done,
+                // Behind a slow step (a GPU checkpoint): carried out when it comes back.
+                "pending": keeper.pending(),
             })
         }
         Request::Reload => match keeper.source.load() {

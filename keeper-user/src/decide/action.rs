@@ -113,6 +113,34 @@ pub enum ActionKind {
     SloMet { p99_us: f64, target_us: f64 },
 }
 
+impl ActionKind {
+    /// The action's name, as serialised (`action` in JSON, a label in the metrics).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ActionKind::Freeze { .. } => "freeze",
+            ActionKind::Thaw { .. } => "thaw",
+            ActionKind::ApplyClassLimits { .. } => "apply_class_limits",
+            ActionKind::SetCpuWeight { .. } => "set_cpu_weight",
+            ActionKind::SetCpuMax { .. } => "set_cpu_max",
+            ActionKind::SetMemoryHigh { .. } => "set_memory_high",
+            ActionKind::RestoreLimits { .. } => "restore_limits",
+            ActionKind::Balloon { .. } => "balloon",
+            ActionKind::StopVm { .. } => "stop_vm",
+            ActionKind::StartVm { .. } => "start_vm",
+            ActionKind::SetGpuPowerLimit { .. } => "set_gpu_power_limit",
+            ActionKind::SetGpuClockOffset { .. } => "set_gpu_clock_offset",
+            ActionKind::GpuCheckpoint { .. } => "gpu_checkpoint",
+            ActionKind::GpuRestore { .. } => "gpu_restore",
+            ActionKind::ProtectTradingCores { .. } => "protect_trading_cores",
+            ActionKind::ReleaseTradingCores { .. } => "release_trading_cores",
+            ActionKind::EvictIntruder { .. } => "evict_intruder",
+            ActionKind::StopIntruder { .. } => "stop_intruder",
+            ActionKind::SloBreach { .. } => "slo_breach",
+            ActionKind::SloMet { .. } => "slo_met",
+        }
+    }
+}
+
 impl fmt::Display for ActionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ActionKind::*;

@@ -1,7 +1,7 @@
 //! Workload activity (windows, start conditions), pauses, preemption, trading cores, intruders.
 
 use super::action::{ActionKind, RuleId};
-use super::state::{EVICT_COOLDOWN, EngineState, elapsed};
+use super::state::{EVICT_COOLDOWN, EngineState, MAX_OBSERVED_ONLY, elapsed};
 use super::tick::{Tick, Want};
 use crate::policy::{RepeatAction, Trigger, WhenInactive, Workload};
 
@@ -163,9 +163,20 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
         at.retain(|a| elapsed(*a, now) < repeat.within);
         !at.is_empty()
     });
+    if state.observed_only.len() > MAX_OBSERVED_ONLY {
+        state.observed_only.clear();
+    }
     for i in &t.obs.intruders {
         if !host.trading_cores.contains(i.cpu) || owner.matcher.owns_cgroup(&i.cgroup) {
             continue;
+        }
+        // Outside --scope and still in the cgroup it was observed in: no news.
+        match state.observed_only.get(&i.pid) {
+            Some(c) if c == i.cgroup.trim_matches('/') => continue,
+            Some(_) => {
+                state.observed_only.remove(&i.pid);
+            }
+            None => {}
         }
         // A stopped task cannot run: only an arrival (a new task that took its pid) is news,
         // and it starts with a clean slate.

@@ -12,6 +12,9 @@ use super::tick::{Claim, Tick};
 use crate::policy::Trigger;
 use crate::policy::amount::format_duration;
 
+/// The end of a handoff step's rule id (`<workload>.gpu_handoff`).
+pub const RULE_SUFFIX: &str = ".gpu_handoff";
+
 /// Starts, holds and ends handoffs; claims the freeze and the checkpoint of each holder.
 pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
     let policy = t.policy;
@@ -27,7 +30,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
     });
     for w in &policy.workloads {
         let Some(h) = &w.gpu_handoff else { continue };
-        let rule = RuleId::new(format!("{}.gpu_handoff", w.name));
+        let rule = RuleId::new(format!("{}{RULE_SUFFIX}", w.name));
         let fired = t.is_active(&w.name)
             && match h.on {
                 Trigger::Interaction => obs.interaction,

@@ -16,6 +16,7 @@ mod handoff;
 mod ladder;
 mod memory;
 mod observe;
+mod outcome;
 mod reconcile;
 mod state;
 mod tick;
@@ -25,16 +26,19 @@ mod gpu_tests;
 #[cfg(test)]
 mod memory_tests;
 #[cfg(test)]
+mod outcome_tests;
+#[cfg(test)]
 mod tests;
 
 use jiff::Timestamp;
 
 pub use action::{Action, ActionKind, RuleId, limits_text};
-pub use handoff::step_failed;
+use handoff::step_failed;
 pub use observe::{GpuObs, Intruder, Observations, Psi, WorkloadObs};
+pub use outcome::{Outcome, Step, acknowledge, still_wanted};
 pub use state::{
-    Applied, EVICT_COOLDOWN, EngineState, Handoff, Hold, Knobs, LadderState, Sticky, ThermalState,
-    elapsed,
+    Applied, Batch, EVICT_COOLDOWN, EngineState, Handoff, Hold, Knobs, LadderState,
+    MAX_OBSERVED_ONLY, Sticky, ThermalState, elapsed,
 };
 
 use crate::policy::Policy;

@@ -36,6 +36,23 @@ pub struct EngineState {
     /// Repeat offenders stopped (`rules.intruders.then: stop`), by pid.
     #[serde(default)]
     pub stopped: BTreeSet<u32>,
+    /// Intruders outside `--scope`, pid → the cgroup they were seen in: observed once, not
+    /// again until they move (at most [`MAX_OBSERVED_ONLY`], then forgotten all at once).
+    #[serde(default)]
+    pub observed_only: BTreeMap<u32, String>,
+}
+
+/// Most intruders outside `--scope` remembered (a pid may be reused by a task in scope).
+pub const MAX_OBSERVED_ONLY: usize = 4096;
+
+/// Outcomes of the actions of one `decide` call so far, for the ones after them (kept by
+/// whoever carries the batch out).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// Workloads whose thaw failed: their GPU state cannot come back yet.
+    pub still_frozen: BTreeSet<String>,
+    /// Workloads whose handoff rolled back: its later steps are skipped.
+    pub rolled_back: BTreeSet<String>,
 }
 
 /// How long an evicted pid is not evicted again (identical events are not new facts).

@@ -38,6 +38,8 @@ pub enum QmpError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("QMP {path}: no answer within {}s while {what} (QEMU busy or hung)", QMP_TIMEOUT.as_secs())]
+    Timeout { path: PathBuf, what: &'static str },
     #[error("QMP {path}: {what}")]
     Protocol { path: PathBuf, what: String },
     #[error("QMP {path}: `{command}` refused: {class}: {desc}")]
@@ -47,6 +49,19 @@ pub enum QmpError {
         class: String,
         desc: String,
     },
+}
+
+impl QmpError {
+    /// An I/O error; one that ran out of time ([`QMP_TIMEOUT`]) says so.
+    fn io(path: &Path, what: &'static str, source: std::io::Error) -> QmpError {
+        let path = path.to_path_buf();
+        match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                QmpError::Timeout { path, what }
+            }
+            _ => QmpError::Io { path, what, source },
+        }
+    }
 }
 
 /// One QMP session on a VM's socket.
@@ -103,11 +118,7 @@ impl Qmp {
         let n = self
             .reader
             .read_line(&mut line)
-            .map_err(|source| QmpError::Io {
-                path: self.path.clone(),
-                what: "reading",
-                source,
-            })?;
+            .map_err(|source| QmpError::io(&self.path, "reading", source))?;
         if n == 0 {
             return Err(self.protocol("QEMU closed the connection".into()));
         }
@@ -125,11 +136,7 @@ impl Qmp {
         line.push('\n');
         self.writer
             .write_all(line.as_bytes())
-            .map_err(|source| QmpError::Io {
-                path: self.path.clone(),
-                what: "writing",
-                source,
-            })?;
+            .map_err(|source| QmpError::io(&self.path, "writing", source))?;
         loop {
             let reply = self.read_message()?;
             if let Some(ret) = reply.get("return") {

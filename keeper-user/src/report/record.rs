@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     act::execute::Done,
-    decide::{ActionKind, Applied, Observations},
+    decide::{Applied, Observations},
     device::{
         cgroupfs::CgroupFs,
         placement::{Placement, owner_of_cgroup},
@@ -74,7 +74,7 @@ impl Recorder {
                 self.actions_dropped += 1;
             }
             let detail = serde_json::to_value(&d.action.kind).unwrap_or_default();
-            let kind = kind_name(&detail).unwrap_or_default().to_string();
+            let kind = d.action.kind.name().to_string();
             self.actions.push_back(ActionRecord {
                 at: d.at.clone(),
                 t_s,
@@ -82,8 +82,8 @@ impl Recorder {
                 action: d.action.kind.to_string(),
                 rule: d.action.rule.to_string(),
                 reason: d.action.reason.clone(),
-                outcome: d.outcome.clone(),
-                ok: d.ok,
+                outcome: d.lines(),
+                ok: d.ok(),
                 elapsed_ms: d.elapsed_ms,
                 detail,
             });
@@ -335,24 +335,6 @@ fn worst_window_pct(samples: &[Sample], cores: usize) -> Option<f64> {
         }
     }
     worst
-}
-
-/// An action's kind as the engine names it (`freeze`, `evict_intruder`): the `action` tag of
-/// its serialized form.
-pub fn kind_name(detail: &serde_json::Value) -> Option<&str> {
-    detail["action"].as_str()
-}
-
-/// The pid of the intruder this action evicted, if it did.
-pub fn is_eviction_done(d: &Done) -> Option<u32> {
-    match d.action.kind {
-        ActionKind::EvictIntruder { pid, .. }
-            if d.ok && d.outcome.iter().any(|o| o.starts_with("done")) =>
-        {
-            Some(pid)
-        }
-        _ => None,
-    }
 }
 
 /// Logs and records the OOM kills waiting in the ring buffer.

@@ -269,7 +269,30 @@ pub struct Request<'a> {
     pub form: Option<&'a str>,
 }
 
-/// Sends `req` over a fresh TLS connection and reads the whole answer, all within `timeout`.
+/// The addresses of `endpoint`'s host, within `timeout`: getaddrinfo has no timeout of its
+/// own, so it runs on a thread of its own that is left behind when it takes too long.
+fn resolve(endpoint: &Endpoint, timeout: Duration) -> io::Result<Vec<std::net::SocketAddr>> {
+    if let Ok(ip) = endpoint.host.parse::<std::net::IpAddr>() {
+        return Ok(vec![(ip, endpoint.port).into()]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let target = (endpoint.host.clone(), endpoint.port);
+    std::thread::Builder::new()
+        .name("keeper-dns".into())
+        .spawn(move || {
+            let found = target.to_socket_addrs().map(|a| a.collect::<Vec<_>>());
+            let _ = tx.send(found);
+        })?;
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no address for {} within {timeout:?} (DNS)", endpoint.host),
+        ))
+    })
+}
+
+/// Sends `req` over a fresh TLS connection and reads the whole answer, all within `timeout`
+/// (the name lookup included).
 pub fn exchange(
     endpoint: &Endpoint,
     tls: &Arc<ClientConfig>,
@@ -277,9 +300,7 @@ pub fn exchange(
     timeout: Duration,
 ) -> Result<Response, io::Error> {
     let deadline = Instant::now() + timeout;
-    let addrs: Vec<_> = (endpoint.host.as_str(), endpoint.port)
-        .to_socket_addrs()?
-        .collect();
+    let addrs = resolve(endpoint, timeout)?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name has no address");
     let mut tcp = None;
     for addr in addrs {
