@@ -27,3 +27,6 @@ pub mod policy;
 pub mod report;
 pub mod sense;
 pub mod simulate;
+
+#[cfg(test)]
+mod layers;

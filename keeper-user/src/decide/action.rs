@@ -107,7 +107,7 @@ pub enum ActionKind {
         cgroup: String,
         returns: u32,
     },
-    /// The trading-core latency SLO is breached (report; the escalation ladder acts).
+    /// The trading-core latency SLO is breached (report; the escalation acts).
     SloBreach { p99_us: f64, target_us: f64 },
     /// The SLO is met again.
     SloMet { p99_us: f64, target_us: f64 },

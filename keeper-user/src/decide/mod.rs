@@ -11,9 +11,9 @@
 
 mod action;
 mod activity;
+mod escalation;
 mod gpu;
 mod handoff;
-mod ladder;
 mod memory;
 mod observe;
 mod outcome;
@@ -37,7 +37,7 @@ use handoff::step_failed;
 pub use observe::{GpuObs, Intruder, Observations, Psi, WorkloadObs};
 pub use outcome::{Outcome, Step, acknowledge, still_wanted};
 pub use state::{
-    Applied, Batch, EVICT_COOLDOWN, EngineState, Handoff, Hold, Knobs, LadderState,
+    Applied, Batch, EVICT_COOLDOWN, EngineState, EscalationState, Handoff, Hold, Knobs,
     MAX_OBSERVED_ONLY, Sticky, ThermalState, elapsed,
 };
 
@@ -57,7 +57,7 @@ pub fn decide(
     handoff::run(&mut tick, state);
     activity::trading(&mut tick, state);
     gpu::thermal_guard(&mut tick, state);
-    ladder::run(&mut tick, state);
+    escalation::run(&mut tick, state);
     memory::run(&mut tick, state);
     gpu::eco_mode(&mut tick, state);
     reconcile::run(tick, state)

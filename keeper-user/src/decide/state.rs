@@ -16,7 +16,8 @@ pub struct EngineState {
     pub gates: BTreeSet<String>,
     /// Freeze claims that outlive their cause by a hysteresis.
     pub holds: Vec<Hold>,
-    pub ladder: LadderState,
+    #[serde(alias = "ladder")]
+    pub escalation: EscalationState,
     pub thermal: ThermalState,
     /// Memory rule levels (`high`, `freeze`, `balloon`, `stop_vm`) → the workload each acts on.
     pub memory: BTreeMap<String, Sticky>,
@@ -78,7 +79,7 @@ pub struct Sticky {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LadderState {
+pub struct EscalationState {
     /// Escalated workloads in escalation order, with the index of their current step.
     pub entries: Vec<(String, usize)>,
     pub last_change: Option<Timestamp>,

@@ -195,7 +195,7 @@ pub struct RawIntruders {
     pub then: Option<At<RepeatAction>>,
 }
 
-/// Escalation ladder: under CPU pressure (or an SLO breach), throttle the lowest-ranked
+/// Escalation: under CPU pressure (or an SLO breach), throttle the lowest-ranked
 /// running workload step by step, then the next one; roll back once calm.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -210,7 +210,7 @@ pub struct RawEscalation {
     pub rollback_after: At<String>,
 }
 
-/// One step of the escalation ladder.
+/// One step of the escalation.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawStep {

@@ -1,4 +1,4 @@
-//! The `rules:` section: escalation ladder, thermal guard, eco mode, memory rules, SLOs.
+//! The `rules:` section: escalation, thermal guard, eco mode, memory rules, SLOs.
 
 use std::time::Duration;
 

@@ -5,12 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
-use crate::{
-    device::procfs,
-    sense::{
-        latency::Histogram,
-        sched::{CpuReadout, Intruder},
-    },
+use crate::sense::{
+    latency::Histogram,
+    sched::{CpuReadout, IntruderTime},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -90,14 +87,14 @@ pub fn cpu_view(r: &CpuReadout) -> CpuView {
 /// Intruder totals as views, most time stolen first, split into (user tasks, kernel threads).
 /// `span_ns`: the time watched × the number of CPUs watched (for the share).
 pub fn intruder_views(
-    intruders: Vec<Intruder>,
+    intruders: Vec<IntruderTime>,
     index: &HashMap<u64, String>,
     span_ns: f64,
 ) -> (Vec<IntruderView>, Vec<IntruderView>) {
     let (mut kernel, mut users): (Vec<_>, Vec<_>) = intruders
         .into_iter()
         .map(|i| {
-            let is_kthread = procfs::task_stat(i.pid).is_some_and(|s| s.is_kernel_thread());
+            let is_kthread = i.kernel_thread;
             let view = IntruderView {
                 pid: i.pid,
                 tgid: i.tgid,

@@ -110,15 +110,18 @@ pub struct CpuReadout {
     pub events_lost: u64,
 }
 
-/// An intruder as the kernel side saw it.
+/// One intruder's time on the trading cores, as the kernel side counted it (the engine's
+/// [`crate::decide::Intruder`] is one report of it).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Intruder {
+pub struct IntruderTime {
     pub pid: u32,
     pub tgid: u32,
     pub comm: String,
     pub cgroup_id: u64,
     pub ran_ns: u64,
     pub last_cpu: u32,
+    /// A kernel thread by its flags (`PF_KTHREAD` in /proc), when it still runs.
+    pub kernel_thread: bool,
 }
 
 /// How often the sampler looks at what runs on each trading core: an intruder that never
@@ -308,7 +311,7 @@ impl SchedSensor {
     }
 
     /// Intruders by pid, with their total run time on the trading cores since attach.
-    pub fn intruders(&self) -> Result<Vec<Intruder>, SenseError> {
+    pub fn intruders(&self) -> Result<Vec<IntruderTime>, SenseError> {
         let name = maps::INTRUDER_TOTALS;
         let err = |source| SenseError::Map { name, source };
         let map: BpfHashMap<&MapData, u32, IntruderTotal> =
@@ -316,13 +319,15 @@ impl SchedSensor {
         Ok(map
             .iter()
             .filter_map(Result::ok)
-            .map(|(pid, t)| Intruder {
+            .map(|(pid, t)| IntruderTime {
                 pid,
                 tgid: t.tgid,
                 comm: comm_str(&t.comm),
                 cgroup_id: t.cgroup_id,
                 ran_ns: t.ran_ns,
                 last_cpu: t.last_cpu,
+                kernel_thread: crate::device::procfs::task_stat(pid)
+                    .is_some_and(|s| s.is_kernel_thread()),
             })
             .collect())
     }

@@ -1,4 +1,4 @@
-//! The escalation ladder: cpu.weight → cpu.max → freeze, with dwell and rollback.
+//! Escalation: cpu.weight → cpu.max → freeze, with dwell and rollback.
 
 use super::action::RuleId;
 use super::activity::slo_breached;
@@ -17,7 +17,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
     let rule = RuleId::new("rules.escalation");
     let obs = t.obs;
     let now = t.now;
-    let ladder = &mut state.ladder;
+    let ladder = &mut state.escalation;
     ladder.entries.retain(|(w, _)| obs.present(w));
     let pressure = obs.cpu_pressure.some_avg10;
     let slo = slo_breached(t);
@@ -76,7 +76,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         ladder.calm_since = None;
     }
     let why = cause.unwrap_or_else(|| "pressure easing; rolling back one step per dwell".into());
-    for (name, step) in state.ladder.entries.clone() {
+    for (name, step) in state.escalation.entries.clone() {
         let reason = |what: &str| {
             format!(
                 "{why}: step {}/{} ({what}) on {name}, the lowest-ranked running workload",
