@@ -1,11 +1,7 @@
 //! The daemon's state between events: the policy, the engine's memory, the actuators, and
 //! what was done. One `tick` = observe → decide → act.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    path::Path,
-    time::Instant,
-};
+use std::{collections::VecDeque, path::Path, time::Instant};
 
 use crate::{
     act::{
@@ -15,15 +11,14 @@ use crate::{
         queue::{Carried, Hands, Queue},
         slow::SlowHands,
     },
-    decide::{self, Action, EngineState, GpuObs, Intruder, Observations, Step},
+    decide::{self, Action, EngineState, Intruder, Observations, Step},
     device::{
-        gpu::{self as gpu_dev, Gpu, GpuReadout},
-        placement::{self, Placement},
+        gpu::{self as gpu_dev, Gpu},
         procfs::HostTotals,
     },
     policy::{Policy, PolicySource},
     report::record::RunFacts,
-    sense::{self, host},
+    sense::observer::{Observer, Reading},
 };
 
 /// Opens the GPU for the daemon and finds cuda-checkpoint; says in one line what it found.
@@ -61,18 +56,6 @@ pub fn attach_gpu(act: &mut Actuators, lib: Option<&Path>, tool: Option<&Path>) 
     act.set_gpu(Some(gpu), found);
 }
 
-/// A trigger fires when stalls *exceed* its share: counted as just above it (PSI's own
-/// resolution, 0.01 %), so that a rule whose threshold is that share acts.
-fn above(pct: f64) -> f64 {
-    pct + 0.01
-}
-
-/// A trigger's share stands in for avg10 (which lags a spike by seconds) for 2 s after it
-/// fired; a stall that goes on fires it again each window.
-fn fresh(at: Instant) -> bool {
-    at.elapsed() < std::time::Duration::from_secs(2)
-}
-
 /// Opens the Proxmox API (`--proxmox`) for the memory ladder's last step: a bad file is an
 /// error; a policy that may stop VMs without one is said once at start.
 pub fn attach_proxmox(
@@ -107,23 +90,12 @@ pub struct Keeper {
     pub state: EngineState,
     pub act: Actuators,
     pub totals: HostTotals,
-    pub placements: BTreeMap<String, Placement>,
+    /// Placements, PSI hints, the GPU readout, the last observation.
+    pub observer: Observer,
     pub interaction: bool,
     pub last: VecDeque<Done>,
-    /// The PSI file the memory rules read (`--memory-psi`; default the host's).
-    pub memory_psi: std::path::PathBuf,
-    /// A PSI trigger fired: stalls above this share (%) in its last window, and when.
-    pub pressure_hint: Option<(f64, Instant)>,
-    /// The same, from a trigger on a workload's own `memory.pressure`, by workload.
-    pub workload_hints: std::collections::HashMap<String, (f64, Instant)>,
     pub evictions: u64,
     pub errors: u64,
-    /// The last GPU readout, processes mapped to workloads (`None`: no GPU or unreadable).
-    pub gpu_readout: Option<GpuReadout>,
-    gpu_read_at: Option<Instant>,
-    gpu_error: Option<String>,
-    /// The last full observation (without its intruders): intruder events are decided on it.
-    last_obs: Option<Observations>,
     /// Actions waiting behind a slow one.
     queue: Queue,
     /// When the interaction whose preemption is not done yet started.
@@ -131,9 +103,6 @@ pub struct Keeper {
     /// The thread that carries slow actions out (`None`: everything runs on the caller's).
     slow: Option<SlowHands>,
 }
-
-/// How long a GPU readout is reused.
-pub const GPU_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Keeper {
     pub fn new(source: PolicySource, policy: Policy, act: Actuators) -> Self {
@@ -143,93 +112,15 @@ impl Keeper {
             state: EngineState::default(),
             act,
             totals: HostTotals::read(),
-            placements: BTreeMap::new(),
+            observer: Observer::default(),
             interaction: false,
             last: VecDeque::new(),
-            memory_psi: "/proc/pressure/memory".into(),
-            pressure_hint: None,
-            workload_hints: Default::default(),
             evictions: 0,
             errors: 0,
-            gpu_readout: None,
-            gpu_read_at: None,
-            gpu_error: None,
-            last_obs: None,
             queue: Queue::default(),
             preempting: None,
             slow: None,
         }
-    }
-
-    /// The eviction path: the last full observation with these intruders. Reading the host
-    /// (placements, PSI, the GPU) takes milliseconds, and an intruder must not wait for it;
-    /// the next tick reads it again.
-    pub fn observe_intruders(&mut self, intruders: Vec<Intruder>) -> Observations {
-        match &self.last_obs {
-            Some(last) => Observations {
-                intruders,
-                ..last.clone()
-            },
-            None => self.observe(intruders, None),
-        }
-    }
-
-    /// Gathers the observations of this instant (intruders and latency come from the sensor).
-    pub fn observe(
-        &mut self,
-        intruders: Vec<Intruder>,
-        trading_p99_ns: Option<u64>,
-    ) -> Observations {
-        let obs = self.read_host(intruders, trading_p99_ns);
-        self.last_obs = Some(Observations {
-            intruders: vec![],
-            ..obs.clone()
-        });
-        obs
-    }
-
-    fn read_host(&mut self, intruders: Vec<Intruder>, trading_p99_ns: Option<u64>) -> Observations {
-        let cg = self.act.cgroups().clone();
-        self.placements = placement::place_workloads(&self.policy, &cg);
-        Observations {
-            loadavg: host::loadavg(),
-            cpu_pressure: host::read_psi("/proc/pressure/cpu".as_ref()),
-            memory_pressure: {
-                let mut psi = host::read_psi(&self.memory_psi);
-                // avg10 lags a spike by seconds; a trigger that just fired says the stall share
-                // of its last window was above its threshold.
-                if let Some((pct, at)) = self.pressure_hint
-                    && fresh(at)
-                {
-                    psi.some_avg10 = psi.some_avg10.max(above(pct));
-                }
-                psi
-            },
-            gpu: self.observe_gpu(),
-            interaction: self.interaction,
-            workloads: self
-                .placements
-                .iter()
-                .map(|(n, p)| {
-                    let mut o = host::observe_workload(p, &cg);
-                    if let Some((pct, _)) = self.workload_hints.get(n).filter(|h| fresh(h.1)) {
-                        o.memory_pressure.some_avg10 =
-                            o.memory_pressure.some_avg10.max(above(*pct));
-                    }
-                    (n.clone(), o)
-                })
-                .collect(),
-            intruders,
-            trading_p99_wakeup_ns: trading_p99_ns,
-        }
-    }
-
-    /// The GPU's power draw at the last readout, in W.
-    pub fn gpu_power_w(&self) -> Option<f64> {
-        self.gpu_readout
-            .as_ref()
-            .and_then(|r| r.power_draw_mw)
-            .map(|mw| mw as f64 / 1000.0)
     }
 
     /// What the run record says of this keeper.
@@ -251,41 +142,29 @@ impl Keeper {
         }
     }
 
-    /// Reads the GPU (if any) and maps its processes to workloads. A failing readout is said
-    /// once (until it changes) and leaves the GPU rules still. NVML calls take milliseconds on
-    /// real GPUs: a readout younger than [`GPU_READ_EVERY`] is reused (intruder events must not
-    /// wait for the GPU).
-    fn observe_gpu(&mut self) -> Option<GpuObs> {
-        let gpu = self.act.gpu()?;
-        if self
-            .gpu_read_at
-            .is_some_and(|at| at.elapsed() < GPU_READ_EVERY)
-        {
-            let r = self.gpu_readout.as_mut()?;
-            r.assign(|pid| placement::owner_of(pid, &self.placements));
-            return Some(sense::gpu::observation(r));
-        }
-        self.gpu_read_at = Some(Instant::now());
-        match gpu.readout() {
-            Ok(mut r) => {
-                r.assign(|pid| placement::owner_of(pid, &self.placements));
-                let o = sense::gpu::observation(&r);
-                if self.gpu_error.take().is_some() {
-                    tracing::info!(gpu = %r.name, "GPU readable again: GPU rules active");
-                }
-                self.gpu_readout = Some(r);
-                Some(o)
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if self.gpu_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!("{msg}; GPU rules inactive until it reads again");
-                }
-                self.gpu_error = Some(msg);
-                self.gpu_readout = None;
-                None
-            }
-        }
+    /// The eviction path: the last full observation with these intruders (nothing is read
+    /// from the host before an eviction; the next tick reads it again).
+    pub fn observe_intruders(&mut self, intruders: Vec<Intruder>) -> Observations {
+        let cg = self.act.cgroups().clone();
+        let r = Reading {
+            policy: &self.policy,
+            cg: &cg,
+            gpu: self.act.gpu(),
+            interaction: self.interaction,
+        };
+        self.observer.with_intruders(&r, intruders)
+    }
+
+    /// Gathers the observations of this instant (intruders and latency come from the sensor).
+    pub fn observe(&mut self, intruders: Vec<Intruder>, p99_ns: Option<u64>) -> Observations {
+        let cg = self.act.cgroups().clone();
+        let r = Reading {
+            policy: &self.policy,
+            cg: &cg,
+            gpu: self.act.gpu(),
+            interaction: self.interaction,
+        };
+        self.observer.observe(&r, intruders, p99_ns)
     }
 
     /// Decides on `obs` and carries the actions out. Returns what was done now (a slow action
@@ -300,7 +179,7 @@ impl Keeper {
     /// A slow action came back from the slow hands.
     pub fn slow_done(&mut self, done: Done) -> Vec<Done> {
         let carried = self.carry(|q, h, s| q.finished(h, s, done));
-        let obs = self.last_obs.clone().unwrap_or_default();
+        let obs = self.observer.last().cloned().unwrap_or_default();
         self.after(carried, &obs)
     }
 
@@ -354,7 +233,7 @@ impl Keeper {
         let mut hands = Hands {
             act: &mut self.act,
             slow: self.slow.as_ref(),
-            placements: &self.placements,
+            placements: &self.observer.placements,
             totals: self.totals,
         };
         f(&mut self.queue, &mut hands, &mut self.state)
@@ -411,7 +290,7 @@ impl Keeper {
             .workloads
             .iter()
             .map(|w| {
-                let p = self.placements.get(&w.name);
+                let p = self.observer.placements.get(&w.name);
                 serde_json::json!({
                     "name": w.name,
                     "rank": w.rank,
@@ -434,7 +313,7 @@ impl Keeper {
             "workloads": workloads,
             "frozen": a.frozen.keys().collect::<Vec<_>>(),
             "throttled": a.knobs.iter().filter(|(_, k)| !k.is_empty()).map(|(w, _)| w).collect::<Vec<_>>(),
-            "gpu": self.gpu_readout,
+            "gpu": self.observer.gpu_readout,
             "gpu_checkpointed": a.gpu_checkpointed.keys().collect::<Vec<_>>(),
             "handoff": self.state.handoff,
             "evictions": self.evictions,

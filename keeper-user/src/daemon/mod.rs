@@ -132,7 +132,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     attach_proxmox(&mut act, cfg.proxmox.as_deref(), &policy)?;
     pin_self(&policy.host.housekeeping_cores);
     let mut keeper = Keeper::new(cfg.source.clone(), policy, act);
-    keeper.memory_psi = cfg.memory_psi.clone();
+    keeper.observer.memory_psi = cfg.memory_psi.clone();
     keeper.act.qmp_dir = cfg.qmp_dir.clone();
     keeper.set_balloon_floor();
     // VM, GPU and Proxmox calls run on a thread of their own: nothing on the loop waits on them.
@@ -228,7 +228,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
             guard = sources::ready(&mut oom_events) => {
                 if let Ok(mut guard) = guard {
-                    record::oom_kills(guard.get_inner_mut(), &cg, &keeper.placements, &mut recorder);
+                    record::oom_kills(guard.get_inner_mut(), &cg, &keeper.observer.placements, &mut recorder);
                     guard.clear_ready();
                 }
                 continue;
@@ -237,7 +237,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 match fired {
                     Ok(pct) => {
                         tracing::debug!(share = pct, "memory pressure trigger fired");
-                        keeper.pressure_hint = Some((pct, Instant::now()));
+                        keeper.observer.pressure_hint = Some((pct, Instant::now()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "memory pressure trigger failed; reading PSI every tick instead");
@@ -248,7 +248,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             }
             Some((workload, pct)) = sources::workload_fired(&mut workload_triggers) => {
                 tracing::info!(%workload, share = pct, "memory pressure trigger fired on a workload's memory.pressure");
-                keeper.workload_hints.insert(workload, (pct, Instant::now()));
+                keeper.observer.workload_hints.insert(workload, (pct, Instant::now()));
             }
             _ = kick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -328,7 +328,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
         };
         // New cgroups get their trigger within a tick; intruder events do not wait for it.
         if ticked && let Some(w) = &mut workload_triggers {
-            let armed = w.sync(&keeper.placements, &cg);
+            let armed = w.sync(&keeper.observer.placements, &cg);
             if !armed.is_empty() {
                 tracing::info!(?armed, "memory pressure triggers armed on workloads");
             }
@@ -345,7 +345,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
                 .map(|r| r.iter().map(|c| c.intruder_ns).sum());
             recorder.sample(
                 &keeper.state.applied,
-                keeper.gpu_power_w(),
+                keeper.observer.gpu_power_w(),
                 &obs,
                 p99,
                 intruder_ns,
@@ -385,7 +385,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     tracing::info!("stopping: undoing every change");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let mut sensed = sensed(&sensor, &cg, started);
-    sensed.reclaim = record::reclaim_records(memory_sensor.as_ref(), &cg, &keeper.placements);
+    sensed.reclaim =
+        record::reclaim_records(memory_sensor.as_ref(), &cg, &keeper.observer.placements);
     drop(events);
     drop(sensor);
     keeper.stop_slow_hands();
@@ -438,7 +439,7 @@ fn refresh_metrics(
         m.memory_pressure_some = obs.memory_pressure.some_avg10;
         m.memory_pressure_full = obs.memory_pressure.full_avg10;
         m.gpu_temperature_celsius = obs.gpu.as_ref().map(|g| g.temperature_c);
-        m.gpu_power_watts = keeper.gpu_power_w();
+        m.gpu_power_watts = keeper.observer.gpu_power_w();
     });
 }
 
@@ -477,7 +478,7 @@ fn answer(
         Request::Status => keeper.status(),
         Request::Report => {
             let mut s = sensed(sensor, cg, recorder.started_at());
-            s.reclaim = record::reclaim_records(memory_sensor, cg, &keeper.placements);
+            s.reclaim = record::reclaim_records(memory_sensor, cg, &keeper.observer.placements);
             let record = recorder.build(&keeper.run_facts(), s, true);
             serde_json::json!({"ok": true, "record": record})
         }

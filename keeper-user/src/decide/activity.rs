@@ -266,7 +266,9 @@ fn report_slo(t: &mut Tick<'_>, state: &mut EngineState, protected: bool) {
     match (breach, state.applied.slo_breached) {
         (Some((p99_us, target_us)), false) => {
             state.applied.slo_breached = true;
-            let reason = "p99 wakeup latency on the trading cores is above target; the escalation throttles".into();
+            let reason =
+                "p99 wakeup latency on the trading cores is above target; the escalation throttles"
+                    .into();
             t.event(ActionKind::SloBreach { p99_us, target_us }, &rule, reason);
         }
         (None, true) => {

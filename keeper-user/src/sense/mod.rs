@@ -9,7 +9,8 @@
 //! - [`psi`] and [`pressure`]: PSI triggers, on the host and on each workload;
 //! - [`memory`]: reclaim stalls and OOM kills (eBPF);
 //! - [`gpu`]: a GPU readout turned into the engine's observation;
-//! - [`vms`]: the VMs on this host through their QMP sockets.
+//! - [`vms`]: the VMs on this host through their QMP sockets;
+//! - [`observer`]: one tick's observations gathered from all of the above.
 
 pub mod btf;
 pub mod ebpf;
@@ -17,6 +18,7 @@ pub mod gpu;
 pub mod host;
 pub mod latency;
 pub mod memory;
+pub mod observer;
 pub mod pressure;
 pub mod psi;
 pub mod sched;

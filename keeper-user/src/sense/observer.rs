@@ -1,0 +1,189 @@
+//! One tick's observations: where each workload is, the host's and each workload's PSI (a
+//! trigger that just fired counts), the GPU (a readout reused for [`GPU_READ_EVERY`]), the
+//! interaction flag, the intruders and the trading cores' latency. The last full observation is
+//! kept: intruder events are decided on it, nothing is read before an eviction.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use super::host;
+use crate::{
+    decide::{GpuObs, Intruder, Observations},
+    device::{
+        cgroupfs::CgroupFs,
+        gpu::{Gpu, GpuReadout},
+        placement::{self, Placement},
+    },
+    policy::Policy,
+};
+
+/// How long a GPU readout is reused.
+pub const GPU_READ_EVERY: Duration = Duration::from_millis(200);
+
+/// The observer's memory between ticks.
+pub struct Observer {
+    /// The PSI file the memory rules read (`--memory-psi`; default the host's).
+    pub memory_psi: PathBuf,
+    /// A PSI trigger fired: stalls above this share (%) in its last window, and when.
+    pub pressure_hint: Option<(f64, Instant)>,
+    /// The same, from a trigger on a workload's own `memory.pressure`, by workload.
+    pub workload_hints: HashMap<String, (f64, Instant)>,
+    /// Where each workload was found at the last observation.
+    pub placements: BTreeMap<String, Placement>,
+    /// The last GPU readout, processes mapped to workloads (`None`: no GPU or unreadable).
+    pub gpu_readout: Option<GpuReadout>,
+    gpu_read_at: Option<Instant>,
+    gpu_error: Option<String>,
+    /// The last full observation, without its intruders.
+    last: Option<Observations>,
+}
+
+/// What an observation reads besides the host.
+pub struct Reading<'a> {
+    pub policy: &'a Policy,
+    pub cg: &'a CgroupFs,
+    pub gpu: Option<&'a Gpu>,
+    pub interaction: bool,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer {
+            memory_psi: "/proc/pressure/memory".into(),
+            pressure_hint: None,
+            workload_hints: HashMap::new(),
+            placements: BTreeMap::new(),
+            gpu_readout: None,
+            gpu_read_at: None,
+            gpu_error: None,
+            last: None,
+        }
+    }
+}
+
+/// A trigger fires when stalls *exceed* its share: counted as just above it (PSI's own
+/// resolution, 0.01 %), so that a rule whose threshold is that share acts.
+fn above(pct: f64) -> f64 {
+    pct + 0.01
+}
+
+/// A trigger's share stands in for avg10 (which lags a spike by seconds) for 2 s after it
+/// fired; a stall that goes on fires it again each window.
+fn fresh(at: Instant) -> bool {
+    at.elapsed() < Duration::from_secs(2)
+}
+
+impl Observer {
+    /// The last full observation, if any.
+    pub fn last(&self) -> Option<&Observations> {
+        self.last.as_ref()
+    }
+
+    /// The eviction path: the last full observation with these intruders. Reading the host
+    /// (placements, PSI, the GPU) takes milliseconds, and an intruder must not wait for it;
+    /// the next tick reads it again.
+    pub fn with_intruders(&mut self, r: &Reading, intruders: Vec<Intruder>) -> Observations {
+        match &self.last {
+            Some(last) => Observations {
+                intruders,
+                ..last.clone()
+            },
+            None => self.observe(r, intruders, None),
+        }
+    }
+
+    /// Gathers the observations of this instant (intruders and latency come from the sensor).
+    pub fn observe(
+        &mut self,
+        r: &Reading,
+        intruders: Vec<Intruder>,
+        trading_p99_ns: Option<u64>,
+    ) -> Observations {
+        self.placements = placement::place_workloads(r.policy, r.cg);
+        let obs = Observations {
+            loadavg: host::loadavg(),
+            cpu_pressure: host::read_psi("/proc/pressure/cpu".as_ref()),
+            memory_pressure: self.memory_pressure(),
+            gpu: self.observe_gpu(r.gpu),
+            interaction: r.interaction,
+            workloads: self
+                .placements
+                .iter()
+                .map(|(n, p)| {
+                    let mut o = host::observe_workload(p, r.cg);
+                    if let Some((pct, _)) = self.workload_hints.get(n).filter(|h| fresh(h.1)) {
+                        o.memory_pressure.some_avg10 =
+                            o.memory_pressure.some_avg10.max(above(*pct));
+                    }
+                    (n.clone(), o)
+                })
+                .collect(),
+            intruders,
+            trading_p99_wakeup_ns: trading_p99_ns,
+        };
+        self.last = Some(Observations {
+            intruders: vec![],
+            ..obs.clone()
+        });
+        obs
+    }
+
+    /// The host's memory PSI; avg10 lags a spike by seconds, so a trigger that just fired
+    /// says the stall share of its last window was above its threshold.
+    fn memory_pressure(&self) -> crate::decide::Psi {
+        let mut psi = host::read_psi(&self.memory_psi);
+        if let Some((pct, at)) = self.pressure_hint
+            && fresh(at)
+        {
+            psi.some_avg10 = psi.some_avg10.max(above(pct));
+        }
+        psi
+    }
+
+    /// The GPU's power draw at the last readout, in W.
+    pub fn gpu_power_w(&self) -> Option<f64> {
+        self.gpu_readout
+            .as_ref()
+            .and_then(|r| r.power_draw_mw)
+            .map(|mw| mw as f64 / 1000.0)
+    }
+
+    /// Reads the GPU (if any) and maps its processes to workloads. A failing readout is said
+    /// once (until it changes) and leaves the GPU rules still. NVML calls take milliseconds on
+    /// real GPUs: a readout younger than [`GPU_READ_EVERY`] is reused.
+    fn observe_gpu(&mut self, gpu: Option<&Gpu>) -> Option<GpuObs> {
+        let gpu = gpu?;
+        if self
+            .gpu_read_at
+            .is_some_and(|at| at.elapsed() < GPU_READ_EVERY)
+        {
+            let r = self.gpu_readout.as_mut()?;
+            r.assign(|pid| placement::owner_of(pid, &self.placements));
+            return Some(super::gpu::observation(r));
+        }
+        self.gpu_read_at = Some(Instant::now());
+        match gpu.readout() {
+            Ok(mut r) => {
+                r.assign(|pid| placement::owner_of(pid, &self.placements));
+                let o = super::gpu::observation(&r);
+                if self.gpu_error.take().is_some() {
+                    tracing::info!(gpu = %r.name, "GPU readable again: GPU rules active");
+                }
+                self.gpu_readout = Some(r);
+                Some(o)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.gpu_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!("{msg}; GPU rules inactive until it reads again");
+                }
+                self.gpu_error = Some(msg);
+                self.gpu_readout = None;
+                None
+            }
+        }
+    }
+}
