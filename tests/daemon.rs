@@ -533,3 +533,50 @@ fn a_task_put_back_on_the_trading_core_is_evicted_again_at_once() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     wait_cpu_time(hog);
 }
+
+#[test]
+fn every_thread_of_a_multi_threaded_intruder_is_evicted_and_put_back() {
+    if !privileged("every_thread_of_a_multi_threaded_intruder_is_evicted_and_put_back") {
+        return;
+    }
+    let rig = Rig::new("threads");
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    // Four threads on CPU 1 before the keeper starts, each a task of its own; only one
+    // leads its process (pidfd_open refuses the others without PIDFD_THREAD).
+    let hog = spawn_pinned(PROBE, &["threads", "8", "3"], 1, Some(&muse));
+    std::mem::forget(muse);
+    let pid = hog.id();
+    let threads = || -> Vec<(u32, String)> {
+        let dir = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        dir.flatten()
+            .map(|e| {
+                let tid: u32 = e.file_name().to_str().unwrap().parse().unwrap();
+                (tid, affinity(tid))
+            })
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(1), || threads().len() == 4));
+    let report = rig.dir.join("report.json");
+    let keeper = rig.keeper(&["--for", "3s", "--report", report.to_str().unwrap()]);
+    assert!(
+        eventually(Duration::from_secs(2), || threads()
+            .iter()
+            .all(|(_, a)| a == "0")),
+        "threads left on the trading core: {:?}",
+        threads()
+    );
+    keeper.finish();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(
+        threads().iter().all(|(_, a)| a == "1"),
+        "not put back at exit: {:?}\n{:#}",
+        threads(),
+        record["restored_at_exit"]
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_cpu_time(hog);
+}

@@ -121,7 +121,7 @@ impl Actuators {
         tid: u32,
         target: impl FnOnce(&CpuList) -> Option<CpuList>,
     ) -> Result<bool, ActError> {
-        let task = match Proc::open(tid, None) {
+        let task = match Proc::open_thread(tid, None) {
             Ok(t) => t,
             Err(ActError::Vanished { .. }) => return Ok(false),
             Err(e) => return Err(e),
@@ -140,7 +140,8 @@ impl Actuators {
             original: original.to_string(),
         })?;
         match task.set_affinity(&to) {
-            Ok(()) => Ok(true),
+            // Known by number only (no pidfd): the number still named it once moved.
+            Ok(()) => Ok(task.still_same()),
             Err(ActError::Vanished { .. }) => Ok(false),
             Err(e) => Err(e),
         }

@@ -461,7 +461,7 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             pid,
             start,
             original,
-        } => match Proc::open(*pid, Some(*start)) {
+        } => match Proc::open_thread(*pid, Some(*start)) {
             Ok(p) => {
                 let cpus: CpuList = original.parse().unwrap_or_default();
                 if cpus.is_empty() {

@@ -9,48 +9,95 @@ use std::{
 use super::ActError;
 use crate::{cpulist::CpuList, device::procfs};
 
-/// A live process, pinned by a pidfd.
+/// A live process or thread, pinned by a pidfd where the kernel gives one.
 pub struct Proc {
     pub pid: u32,
     /// Start time in clock ticks since boot (/proc/<pid>/stat field 22).
     pub start: u64,
-    fd: OwnedFd,
+    /// `None`: a thread (not its process's leader) on a kernel before 6.9, which has no
+    /// pidfds for threads; it is known by its number and start time only.
+    fd: Option<OwnedFd>,
+}
+
+/// `pidfd_open` flag for a thread's own pidfd (Linux 6.9+; `O_EXCL`).
+const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
+
+/// `pidfd_open(pid, flags)`: the descriptor, or the errno.
+fn pidfd_open(pid: u32, flags: libc::c_long) -> Result<OwnedFd, io::Error> {
+    // SAFETY: pidfd_open(pid, flags) returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 impl Proc {
-    /// Opens a pidfd on `pid`, then reads its start time. `expected_start` (from a journal)
-    /// refuses a pid that now names another process.
+    /// Opens a pidfd on process `pid`, then reads its start time. `expected_start` (from a
+    /// journal) refuses a pid that now names another process.
     pub fn open(pid: u32, expected_start: Option<u64>) -> Result<Proc, ActError> {
-        // SAFETY: pidfd_open(pid, 0) returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(libc::ESRCH) {
-                ActError::Vanished { pid }
-            } else {
-                ActError::Process {
-                    pid,
+        let fd = pidfd_open(pid, 0).map_err(|e| match e.raw_os_error() {
+            // ENOENT (6.9+): not a process's leader any more, or its leader exited.
+            Some(libc::ESRCH | libc::ENOENT) => ActError::Vanished { pid },
+            _ => ActError::Process {
+                pid,
+                op: "pidfd_open",
+                source: e,
+            },
+        })?;
+        Proc::started(pid, Some(fd), expected_start)
+    }
+
+    /// Opens thread `tid` of any process (for its affinity): its own pidfd on 6.9+; on older
+    /// kernels a thread that is not its process's leader has none and is known by number and
+    /// start time (read before and after each change, see [`Proc::still_same`]).
+    pub fn open_thread(tid: u32, expected_start: Option<u64>) -> Result<Proc, ActError> {
+        let fd = match pidfd_open(tid, PIDFD_THREAD) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(ActError::Vanished { pid: tid });
+            }
+            // EINVAL: a kernel without PIDFD_THREAD.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => pidfd_open(tid, 0).ok(),
+            Err(e) => {
+                return Err(ActError::Process {
+                    pid: tid,
                     op: "pidfd_open",
                     source: e,
-                }
-            });
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+                });
+            }
+        };
+        Proc::started(tid, fd, expected_start)
+    }
+
+    fn started(pid: u32, fd: Option<OwnedFd>, expected: Option<u64>) -> Result<Proc, ActError> {
         let start = start_time(pid).ok_or(ActError::Vanished { pid })?;
-        if expected_start.is_some_and(|s| s != start) {
+        if expected.is_some_and(|s| s != start) {
             return Err(ActError::Vanished { pid });
         }
         Ok(Proc { pid, start, fd })
     }
 
+    /// Whether the number still names the task opened (same start time).
+    pub fn still_same(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+
     /// Sends a signal through the pidfd.
     pub fn signal(&self, sig: i32) -> Result<(), ActError> {
+        let Some(fd) = &self.fd else {
+            return Err(ActError::Process {
+                pid: self.pid,
+                op: "pidfd_send_signal",
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            });
+        };
         // SAFETY: pidfd_send_signal on our own pidfd with a null siginfo.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
+                fd.as_raw_fd(),
                 sig,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
@@ -183,6 +230,28 @@ mod tests {
         ));
         assert!(!p.affinity().unwrap().is_empty());
         assert!(tree(me).contains(&me));
+    }
+
+    #[test]
+    fn a_thread_that_does_not_lead_its_process_is_opened_for_its_affinity() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = end_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let t = Proc::open_thread(tid, None).unwrap();
+        assert!(t.still_same());
+        let cpus = t.affinity().unwrap();
+        t.set_affinity(&cpus).unwrap();
+        assert!(matches!(
+            Proc::open_thread(tid, Some(t.start + 1)),
+            Err(ActError::Vanished { .. })
+        ));
+        drop(end_tx);
+        thread.join().unwrap();
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   NAME (its comm; `kworker/1:9` passes for a kernel thread by name);
 //! - `keeper-probe repin SECONDS CPU [NAME]`: the same busy loop, pinning itself back onto CPU
 //!   every millisecond (`sched_setaffinity(0, {CPU})`): a task that will not stay evicted;
+//! - `keeper-probe threads SECONDS COUNT`: the busy loop on COUNT threads besides the main one
+//!   (a multi-threaded intruder);
 //!
 //! - `keeper-probe ticks SECONDS PERIOD_US WORK_US OUT`: a trading loop: every PERIOD_US (on
 //!   an absolute clock) it wakes and does WORK_US of CPU work; each tick's response time (from
@@ -61,6 +63,19 @@ fn main() -> ExitCode {
                 set_comm(name);
             }
             spin(secs, repin.then_some(cpu as usize));
+            ExitCode::SUCCESS
+        }
+        Some("threads") => {
+            let (Some(secs), Some(n)) = (num(1), num(2)) else {
+                eprintln!("usage: keeper-probe threads SECONDS COUNT");
+                return ExitCode::from(2);
+            };
+            // COUNT spinning threads besides the main one (a multi-threaded intruder).
+            let spinners: Vec<_> = (0..n)
+                .map(|_| std::thread::spawn(move || spin(secs as f64, None)))
+                .collect();
+            spin(secs as f64, None);
+            spinners.into_iter().for_each(|t| drop(t.join()));
             ExitCode::SUCCESS
         }
         Some("ticks") => {

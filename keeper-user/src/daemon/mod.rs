@@ -549,7 +549,7 @@ fn protected_ids(keeper: &Keeper, cg: &CgroupFs) -> Vec<u64> {
 fn pin_self(housekeeping: &crate::cpulist::CpuList) {
     for tid in crate::act::process::threads(std::process::id()) {
         if !housekeeping.is_empty()
-            && let Ok(t) = Proc::open(tid, None)
+            && let Ok(t) = Proc::open_thread(tid, None)
         {
             let _ = t.set_affinity(housekeeping);
         }
