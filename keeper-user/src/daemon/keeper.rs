@@ -266,12 +266,12 @@ impl Keeper {
         if d.evicted().is_some() {
             self.evictions += 1;
         }
-        let quiet = d.steps.iter().all(|s| {
-            matches!(
-                s,
-                Step::Unchanged { .. } | Step::ObservedOnly { .. } | Step::Skipped { .. }
-            )
-        });
+        // Quiet: nothing was touched or looked at (outside the scope, a controller this host
+        // lacks, already said); an action that found things already so is still news.
+        let quiet = d
+            .steps
+            .iter()
+            .all(|s| matches!(s, Step::ObservedOnly { .. } | Step::Skipped { .. }));
         if !d.ok() {
             self.errors += 1;
             tracing::warn!(rule = %action.rule, reason = %action.reason, ?outcome, elapsed_ms = ms, "{} failed", action.kind);
