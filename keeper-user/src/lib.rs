@@ -23,6 +23,7 @@ pub mod cpulist;
 pub mod daemon;
 pub mod decide;
 pub mod device;
+pub mod interface;
 pub mod policy;
 pub mod report;
 pub mod sense;

@@ -1,8 +1,9 @@
 //! The control socket: a unix socket (mode 0600, peer credentials checked: root only by
 //! default) taking one JSON request per connection and answering one JSON line.
 //!
-//! Requests: `{"command":"status"}`, `{"command":"interaction","state":"start"|"stop"}`,
-//! `{"command":"reload"}`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+//! The requests and answers are the typed [`crate::interface`]: `{"command":"status"}`,
+//! `{"command":"interaction","state":"start"|"stop"}`, `{"command":"reload"}`,
+//! `{"command":"report"}`; answers `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 
 use std::{
     io,
@@ -11,71 +12,21 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
 
+pub use crate::interface::{InteractionState, Reply, Request};
+
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum InteractionState {
-    Start,
-    Stop,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    Interaction {
-        state: InteractionState,
-    },
-    Reload,
-    /// The run record so far (`keeper report --live`).
-    Report,
-}
-
-/// The request as written; unknown keys are refused.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Wire {
-    command: String,
-    state: Option<InteractionState>,
-}
-
-impl Request {
-    /// Parses one request line; the error says where and what was expected.
-    pub fn parse(line: &str) -> Result<Request, String> {
-        let expected = r#"expected {"command":"status"}, {"command":"interaction","state":"start"|"stop"}, {"command":"reload"} or {"command":"report"}"#;
-        let w: Wire = serde_json::from_str(line)
-            .map_err(|e| format!("request line 1, column {}: {e}; {expected}", e.column()))?;
-        match (w.command.as_str(), w.state) {
-            ("status", None) => Ok(Request::Status),
-            ("reload", None) => Ok(Request::Reload),
-            ("report", None) => Ok(Request::Report),
-            ("interaction", Some(state)) => Ok(Request::Interaction { state }),
-            ("interaction", None) => {
-                Err(format!("request: `interaction` needs `state`; {expected}"))
-            }
-            ("status" | "reload" | "report", Some(_)) => Err(format!(
-                "request: `{}` takes no `state`; {expected}",
-                w.command
-            )),
-            (other, _) => Err(format!("request: unknown command `{other}`; {expected}")),
-        }
-    }
-}
 
 /// A request with the channel its answer goes back on.
 pub struct Call {
     pub request: Request,
-    pub reply: oneshot::Sender<serde_json::Value>,
+    pub reply: oneshot::Sender<Reply>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,14 +111,15 @@ async fn handle(stream: UnixStream, allowed: &[u32], tx: mpsc::Sender<Call>) -> 
             },
         }
     };
-    let mut text = answer.to_string();
+    let mut text = serde_json::to_string(&answer)
+        .unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"answer not written: {e}"}}"#));
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     write.shutdown().await
 }
 
-fn refusal(error: String) -> serde_json::Value {
-    serde_json::json!({ "ok": false, "error": error })
+fn refusal(error: String) -> Reply {
+    Reply::refused(error)
 }
 
 /// Client side: sends one request and returns the answer.
@@ -188,28 +140,4 @@ pub async fn call(path: &Path, request: &Request) -> Result<serde_json::Value, C
         .map_err(io_err)?;
     serde_json::from_str(&answer)
         .map_err(|e| io_err(io::Error::other(format!("bad answer {answer:?}: {e}"))))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_read_as_documented() {
-        let r = Request::parse(r#"{"command":"interaction","state":"start"}"#).unwrap();
-        assert_eq!(
-            r,
-            Request::Interaction {
-                state: InteractionState::Start
-            }
-        );
-        let line = serde_json::to_string(&Request::Reload).unwrap();
-        assert_eq!(Request::parse(&line), Ok(Request::Reload));
-        let e = Request::parse(r#"{"command":"status","x":1}"#).unwrap_err();
-        assert!(e.contains("unknown field `x`"), "{e}");
-        let e = Request::parse(r#"{"command":"explode"}"#).unwrap_err();
-        assert!(e.contains("unknown command `explode`"), "{e}");
-        let e = Request::parse("{nope").unwrap_err();
-        assert!(e.starts_with("request line 1, column 2"), "{e}");
-    }
 }

@@ -16,6 +16,7 @@ use crate::{
         gpu::{self as gpu_dev, Gpu},
         procfs::HostTotals,
     },
+    interface::{Mode, Status, WorkloadStatus},
     policy::{Policy, PolicySource},
     report::record::RunFacts,
     sense::observer::{Observer, Reading},
@@ -283,44 +284,49 @@ impl Keeper {
     }
 
     /// The answer to `keeper status`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> Status {
         let a = &self.state.applied;
-        let workloads: Vec<_> = self
+        let throttled = |w: &str| a.knobs.get(w).is_some_and(|k| !k.is_empty());
+        let workloads = self
             .policy
             .workloads
             .iter()
             .map(|w| {
                 let p = self.observer.placements.get(&w.name);
-                serde_json::json!({
-                    "name": w.name,
-                    "rank": w.rank,
-                    "present": p.is_some(),
-                    "cgroups": p.map(|p| p.cgroups.clone()).unwrap_or_default(),
-                    "pids": p.map(|p| p.pids.clone()).unwrap_or_default(),
-                    "frozen": a.frozen.contains_key(&w.name),
-                    "throttled": a.knobs.get(&w.name).is_some_and(|k| !k.is_empty()),
-                })
+                WorkloadStatus {
+                    name: w.name.clone(),
+                    rank: w.rank,
+                    present: p.is_some(),
+                    cgroups: p.map(|p| p.cgroups.clone()).unwrap_or_default(),
+                    pids: p.map(|p| p.pids.clone()).unwrap_or_default(),
+                    frozen: a.frozen.contains_key(&w.name),
+                    throttled: throttled(&w.name),
+                }
             })
             .collect();
-        serde_json::json!({
-            "ok": true,
-            "mode": if self.act.dry_run() { "dry-run" } else { "enforcing" },
-            "policy": self.source.name(),
-            "trading_cores": self.policy.host.trading_cores.to_string(),
-            "housekeeping_cores": self.policy.host.housekeeping_cores.to_string(),
-            "trading_cores_owner": a.trading,
-            "interaction": self.interaction,
-            "workloads": workloads,
-            "frozen": a.frozen.keys().collect::<Vec<_>>(),
-            "throttled": a.knobs.iter().filter(|(_, k)| !k.is_empty()).map(|(w, _)| w).collect::<Vec<_>>(),
-            "gpu": self.observer.gpu_readout,
-            "gpu_checkpointed": a.gpu_checkpointed.keys().collect::<Vec<_>>(),
-            "handoff": self.state.handoff,
-            "evictions": self.evictions,
-            "errors": self.errors,
-            "undo_pending": self.act.undo_pending(),
-            "pending": self.pending(),
-            "last_actions": self.last.iter().rev().take(20).collect::<Vec<_>>(),
-        })
+        Status {
+            ok: true,
+            mode: if self.act.dry_run() {
+                Mode::DryRun
+            } else {
+                Mode::Enforcing
+            },
+            policy: self.source.name(),
+            trading_cores: self.policy.host.trading_cores.to_string(),
+            housekeeping_cores: self.policy.host.housekeeping_cores.to_string(),
+            trading_cores_owner: a.trading.clone(),
+            interaction: self.interaction,
+            workloads,
+            frozen: a.frozen.keys().cloned().collect(),
+            throttled: a.knobs.keys().filter(|w| throttled(w)).cloned().collect(),
+            gpu: self.observer.gpu_readout.clone(),
+            gpu_checkpointed: a.gpu_checkpointed.keys().cloned().collect(),
+            handoff: self.state.handoff.clone(),
+            evictions: self.evictions,
+            errors: self.errors,
+            undo_pending: self.act.undo_pending().to_vec(),
+            pending: self.pending().into_iter().cloned().collect(),
+            last_actions: self.last.iter().rev().take(20).cloned().collect(),
+        }
     }
 }

@@ -19,6 +19,7 @@ use tokio::{
 
 pub use keeper::{Keeper, attach_gpu, attach_proxmox};
 
+use crate::interface::{self, InteractionState, Reply, Request};
 pub use crate::policy::PolicySource;
 use crate::report::{
     RunRecord, metrics,
@@ -36,7 +37,7 @@ use crate::{
         tracefs::Tracefs,
     },
 };
-use control::{Call, InteractionState, Request};
+use control::Call;
 use keeper_common::event;
 
 #[derive(Debug, thiserror::Error)]
@@ -475,12 +476,12 @@ fn answer(
     p99: Option<u64>,
 ) {
     let reply = match call.request {
-        Request::Status => keeper.status(),
+        Request::Status => Reply::Status(Box::new(keeper.status())),
         Request::Report => {
             let mut s = sensed(sensor, cg, recorder.started_at());
             s.reclaim = record::reclaim_records(memory_sensor, cg, &keeper.observer.placements);
             let record = recorder.build(&keeper.run_facts(), s, true);
-            serde_json::json!({"ok": true, "record": record})
+            Reply::Record(Box::new(interface::Record { ok: true, record }))
         }
         Request::Interaction { state } => {
             let started = Instant::now();
@@ -491,42 +492,52 @@ fn answer(
             if let Some(ms) = keeper.preempted(&done) {
                 recorder.preemption(ms);
             }
-            serde_json::json!({
-                "ok": done.iter().all(|d| d.ok()),
-                "interaction": keeper.interaction,
-                "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-                "actions": done,
-                // Behind a slow step (a GPU checkpoint): carried out when it comes back.
-                "pending": keeper.pending(),
+            Reply::Interaction(interface::Interaction {
+                ok: done.iter().all(|d| d.ok()),
+                interaction: keeper.interaction,
+                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                actions: done,
+                pending: keeper.pending().into_iter().cloned().collect(),
             })
         }
-        Request::Reload => match keeper.source.load() {
-            Ok(p) => {
-                if p.host.trading_cores != keeper.policy.host.trading_cores
-                    && let Err(e) = sensor.set_trading_cpus(&p.host.trading_cores)
-                {
-                    let _ = call
-                        .reply
-                        .send(serde_json::json!({"ok": false, "error": e.to_string()}));
-                    return;
-                }
-                keeper.policy = p;
-                keeper.set_balloon_floor();
-                let _ = sensor.set_protected(&protected_ids(keeper, cg));
-                tracing::info!(policy = %keeper.source.name(), "policy reloaded");
-                // Place and act at once (a VM that just started, a policy that changed).
-                let obs = keeper.observe(vec![], p99);
-                let done = keeper.tick(&obs);
-                recorder.actions(&done);
-                serde_json::json!({"ok": true, "policy": keeper.source.name()})
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reload refused: keeping the current policy");
-                serde_json::json!({"ok": false, "error": format!("policy not reloaded, the current one stays:\n{e}")})
-            }
-        },
+        Request::Reload => reload(keeper, recorder, sensor, cg, p99),
     };
     let _ = call.reply.send(reply);
+}
+
+/// `keeper reload`: the policy read again and acted on at once, or refused (the current one
+/// stays).
+fn reload(
+    keeper: &mut Keeper,
+    recorder: &mut Recorder,
+    sensor: &mut SchedSensor,
+    cg: &CgroupFs,
+    p99: Option<u64>,
+) -> Reply {
+    let p = match keeper.source.load() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "reload refused: keeping the current policy");
+            return Reply::refused(format!("policy not reloaded, the current one stays:\n{e}"));
+        }
+    };
+    if p.host.trading_cores != keeper.policy.host.trading_cores
+        && let Err(e) = sensor.set_trading_cpus(&p.host.trading_cores)
+    {
+        return Reply::refused(e.to_string());
+    }
+    keeper.policy = p;
+    keeper.set_balloon_floor();
+    let _ = sensor.set_protected(&protected_ids(keeper, cg));
+    tracing::info!(policy = %keeper.source.name(), "policy reloaded");
+    // Place and act at once (a VM that just started, a policy that changed).
+    let obs = keeper.observe(vec![], p99);
+    let done = keeper.tick(&obs);
+    recorder.actions(&done);
+    Reply::Reloaded(interface::Reloaded {
+        ok: true,
+        policy: keeper.source.name(),
+    })
 }
 
 /// Cgroup ids the sensor treats as protected: the subtrees of the trading-core owner's cgroups.

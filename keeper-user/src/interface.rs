@@ -1,0 +1,190 @@
+//! The control socket's language: what `keeper status|interaction|reload|report` ask and what
+//! `keeper run` answers, as plain serde types apart from the daemon (in the spirit of
+//! resctl-demo's rd-agent-intf). One JSON object per line each way; every answer has `ok`,
+//! and a refusal says why in `error`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    act::{execute::Done, journal::Entry},
+    decide::{Action, Handoff},
+    device::gpu::GpuReadout,
+    report::RunRecord,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum InteractionState {
+    Start,
+    Stop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Interaction {
+        state: InteractionState,
+    },
+    Reload,
+    /// The run record so far (`keeper report --live`).
+    Report,
+}
+
+/// The request as written; unknown keys are refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    command: String,
+    state: Option<InteractionState>,
+}
+
+impl Request {
+    /// Parses one request line; the error says where and what was expected.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let expected = r#"expected {"command":"status"}, {"command":"interaction","state":"start"|"stop"}, {"command":"reload"} or {"command":"report"}"#;
+        let w: Wire = serde_json::from_str(line)
+            .map_err(|e| format!("request line 1, column {}: {e}; {expected}", e.column()))?;
+        match (w.command.as_str(), w.state) {
+            ("status", None) => Ok(Request::Status),
+            ("reload", None) => Ok(Request::Reload),
+            ("report", None) => Ok(Request::Report),
+            ("interaction", Some(state)) => Ok(Request::Interaction { state }),
+            ("interaction", None) => {
+                Err(format!("request: `interaction` needs `state`; {expected}"))
+            }
+            ("status" | "reload" | "report", Some(_)) => Err(format!(
+                "request: `{}` takes no `state`; {expected}",
+                w.command
+            )),
+            (other, _) => Err(format!("request: unknown command `{other}`; {expected}")),
+        }
+    }
+}
+
+/// An answer of `keeper run` on its control socket.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(Box<Status>),
+    Interaction(Interaction),
+    Reloaded(Reloaded),
+    Record(Box<Record>),
+    Refused(Refused),
+}
+
+impl Reply {
+    pub fn refused(error: impl Into<String>) -> Reply {
+        Reply::Refused(Refused {
+            ok: false,
+            error: error.into(),
+        })
+    }
+}
+
+/// `{"ok": false, "error": …}`: the request was not carried out.
+#[derive(Debug, Serialize)]
+pub struct Refused {
+    pub ok: bool,
+    pub error: String,
+}
+
+/// Enforcing, or `--dry-run` (saying what it would do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Enforcing,
+    DryRun,
+}
+
+/// `keeper status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub ok: bool,
+    pub mode: Mode,
+    pub policy: String,
+    pub trading_cores: String,
+    pub housekeeping_cores: String,
+    /// The workload the trading cores are protected for now.
+    pub trading_cores_owner: Option<String>,
+    pub interaction: bool,
+    pub workloads: Vec<WorkloadStatus>,
+    pub frozen: Vec<String>,
+    pub throttled: Vec<String>,
+    /// The last GPU readout (`null`: no GPU, or unreadable).
+    pub gpu: Option<GpuReadout>,
+    pub gpu_checkpointed: Vec<String>,
+    pub handoff: BTreeMap<String, Handoff>,
+    pub evictions: u64,
+    pub errors: u64,
+    /// Changes of an earlier run whose undo failed, retried with a backoff.
+    pub undo_pending: Vec<Entry>,
+    /// Actions decided and not carried out yet (behind a slow one: a VM or GPU call).
+    pub pending: Vec<Action>,
+    /// The last actions, newest first.
+    pub last_actions: Vec<Done>,
+}
+
+/// One workload in `keeper status`.
+#[derive(Debug, Serialize)]
+pub struct WorkloadStatus {
+    pub name: String,
+    pub rank: u32,
+    /// Found on this host.
+    pub present: bool,
+    pub cgroups: Vec<String>,
+    pub pids: Vec<u32>,
+    pub frozen: bool,
+    pub throttled: bool,
+}
+
+/// `keeper interaction start|stop`: what it caused at once, and what waits.
+#[derive(Debug, Serialize)]
+pub struct Interaction {
+    pub ok: bool,
+    pub interaction: bool,
+    pub elapsed_ms: f64,
+    pub actions: Vec<Done>,
+    /// Behind a slow step (a GPU checkpoint): carried out when it comes back.
+    pub pending: Vec<Action>,
+}
+
+/// `keeper reload`: the policy now in force.
+#[derive(Debug, Serialize)]
+pub struct Reloaded {
+    pub ok: bool,
+    pub policy: String,
+}
+
+/// `keeper report --live`: the run record so far.
+#[derive(Debug, Serialize)]
+pub struct Record {
+    pub ok: bool,
+    pub record: RunRecord,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_read_as_documented() {
+        let r = Request::parse(r#"{"command":"interaction","state":"start"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Interaction {
+                state: InteractionState::Start
+            }
+        );
+        let line = serde_json::to_string(&Request::Reload).unwrap();
+        assert_eq!(Request::parse(&line), Ok(Request::Reload));
+        let e = Request::parse(r#"{"command":"status","x":1}"#).unwrap_err();
+        assert!(e.contains("unknown field `x`"), "{e}");
+        let e = Request::parse(r#"{"command":"explode"}"#).unwrap_err();
+        assert!(e.contains("unknown command `explode`"), "{e}");
+        let e = Request::parse("{nope").unwrap_err();
+        assert!(e.starts_with("request line 1, column 2"), "{e}");
+    }
+}
