@@ -1,7 +1,7 @@
 //! The stage folders import only downwards: each top-level module names the modules it may
 //! use, and this test reads the sources (outside their tests) and fails on any other
 //! `crate::` import. Layers, lowest first: cpulist → policy → decide → device → sense, act,
-//! simulate → report → daemon → cli.
+//! simulate → report → interface → daemon → cli.
 
 use std::{collections::BTreeSet, fs, path::Path};
 
@@ -19,15 +19,37 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["cpulist", "policy", "decide", "device", "sense", "act"],
     ),
     (
-        "daemon",
+        "interface",
         &[
             "cpulist", "policy", "decide", "device", "sense", "act", "report",
         ],
     ),
     (
+        "daemon",
+        &[
+            "cpulist",
+            "policy",
+            "decide",
+            "device",
+            "sense",
+            "act",
+            "report",
+            "interface",
+        ],
+    ),
+    (
         "cli",
         &[
-            "cpulist", "policy", "decide", "device", "sense", "act", "simulate", "report", "daemon",
+            "cpulist",
+            "policy",
+            "decide",
+            "device",
+            "sense",
+            "act",
+            "simulate",
+            "report",
+            "interface",
+            "daemon",
         ],
     ),
 ];

@@ -10,13 +10,15 @@
 //! - [`simulate`]: `keeper simulate`, scenarios replayed through the engine;
 //! - [`act`]: actuators that change the host, journaled so every change can be undone;
 //! - [`report`]: the run record, its renderings and the Prometheus metrics;
+//! - [`interface`]: the control socket's requests and answers, typed;
 //! - [`daemon`]: `keeper run`, the loop that joins them, and its control socket;
 //! - [`cli`]: the `keeper` subcommands.
 //!
 //! Shared vocabulary: [`cpulist`] (CPU lists such as `1,3-5`).
 //!
 //! Layers, lowest first (a module imports only from layers below it; `tests::layers` checks):
-//! cpulist → policy → decide → device → sense, act, simulate → report → daemon → cli.
+//! cpulist → policy → decide → device → sense, act, simulate → report → interface → daemon →
+//! cli.
 pub mod act;
 pub mod cli;
 pub mod cpulist;

@@ -6,7 +6,10 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 
 use super::{Format, run::DEFAULT_SOCKET};
-use crate::daemon::control::{self, InteractionState, Request};
+use crate::{
+    daemon::control,
+    interface::{InteractionState, Request},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct SocketArgs {

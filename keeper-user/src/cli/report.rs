@@ -7,7 +7,8 @@ use anyhow::{Context as _, bail};
 
 use super::run::DEFAULT_SOCKET;
 use crate::{
-    daemon::control::{self, Request},
+    daemon::control,
+    interface::Request,
     report::{self, RunRecord},
 };
 
