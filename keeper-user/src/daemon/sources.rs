@@ -93,3 +93,11 @@ pub fn systemd_watchdog() -> Option<Duration> {
     }
     (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(50)))
 }
+
+/// Waits until `deadline` (forever without one: no `--for`).
+pub async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

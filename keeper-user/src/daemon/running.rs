@@ -1,0 +1,344 @@
+//! The loop's state between wake-ups, and what each wake-up does: intruder events turned
+//! into the engine's intruders (the fast path, decided on the last tick's readings), a tick
+//! (read the host, decide, act, sample), a slow action coming back, OOM kills, and the exit.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use keeper_common::{IntruderEvent, event};
+
+use super::{DaemonError, Keeper};
+use crate::{
+    act::execute::Done,
+    decide::{ActionKind, Intruder, Observations, Outcome},
+    device::{cgroupfs::CgroupFs, procfs},
+    report::{
+        RunRecord, metrics,
+        record::{self, Recorder, Sensed},
+        view,
+    },
+    sense::{
+        latency::LatencyWindow,
+        memory::{MemorySensor, OomEvents},
+        pressure::WorkloadTriggers,
+        sched::{CpuReadout, LostEvents, SchedSensor, comm_str, monotonic_ns},
+    },
+};
+
+pub(super) struct Running {
+    pub keeper: Keeper,
+    pub sensor: SchedSensor,
+    pub memory_sensor: Option<MemorySensor>,
+    pub cg: CgroupFs,
+    pub recorder: Recorder,
+    /// The scrape's snapshot (`--metrics`).
+    metrics: Option<metrics::Metrics>,
+    latency: LatencyWindow,
+    /// Cgroup id → path, refreshed when an unknown id shows up.
+    index: HashMap<u64, String>,
+    last_prune: Instant,
+    /// When each intruder's stay on a trading core began (CLOCK_MONOTONIC ns).
+    first_run: HashMap<u32, u64>,
+    lost_events: LostEvents,
+    restored_at_start: Vec<String>,
+}
+
+impl Running {
+    pub fn new(
+        keeper: Keeper,
+        sensor: SchedSensor,
+        memory_sensor: Option<MemorySensor>,
+        cg: CgroupFs,
+        recorder: Recorder,
+        metrics: Option<metrics::Metrics>,
+        restored_at_start: Vec<String>,
+    ) -> Running {
+        Running {
+            index: cg.id_index(),
+            keeper,
+            sensor,
+            memory_sensor,
+            cg,
+            recorder,
+            metrics,
+            latency: LatencyWindow::default(),
+            last_prune: Instant::now(),
+            first_run: HashMap::new(),
+            lost_events: LostEvents::default(),
+            restored_at_start,
+        }
+    }
+
+    /// The trading cores' p99 wakeup latency over the last window.
+    pub fn p99(&mut self) -> Option<u64> {
+        self.latency.p99(self.sensor.cpu_readouts().ok().as_deref())
+    }
+
+    /// The ticker: pending undos retried, the sensor's maps pruned every 5 s, then a full
+    /// pass.
+    pub fn tick(&mut self, triggers: &mut Option<WorkloadTriggers>) -> Result<(), DaemonError> {
+        match self.keeper.act.retry_undo() {
+            Ok(done) => done
+                .iter()
+                .for_each(|r| tracing::info!(restored = %r, "undid a change that was pending")),
+            Err(e) => tracing::warn!(error = %e, "retrying pending undos failed"),
+        }
+        if self.last_prune.elapsed() > Duration::from_secs(5) {
+            let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+            self.first_run.retain(|pid, _| alive(pid));
+            self.sensor.prune_runnable(Duration::from_secs(60))?;
+            self.sensor
+                .set_protected(&protected_ids(&self.keeper, &self.cg))?;
+            self.last_prune = Instant::now();
+        }
+        let lost = self.lost_events.rescan(&self.sensor);
+        let intruders = self.intruders(lost);
+        self.full_pass(intruders, true, triggers);
+        Ok(())
+    }
+
+    /// Intruder events: decided on the last tick's readings (nothing is read from the host
+    /// before an eviction). A burst may have overflowed the ring or the programs' rate limit:
+    /// then the trading cores' run queues are read too.
+    pub fn events(&mut self, mut events: Vec<IntruderEvent>) {
+        if events.len() >= 64 {
+            events.extend(self.lost_events.rescan(&self.sensor));
+        }
+        let intruders = self.intruders(events);
+        if intruders.is_empty() {
+            return;
+        }
+        let obs = self.keeper.observe_intruders(intruders);
+        let done = self.keeper.tick(&obs);
+        self.after(&done);
+    }
+
+    /// A PSI trigger fired: the host read and decided on at once.
+    pub fn trigger(&mut self, triggers: &mut Option<WorkloadTriggers>) {
+        self.full_pass(vec![], false, triggers);
+    }
+
+    /// Reads the host (one read of the per-CPU maps, for the latency window and the
+    /// metrics), decides and acts; a tick also samples the run and syncs the journal.
+    fn full_pass(
+        &mut self,
+        intruders: Vec<Intruder>,
+        ticked: bool,
+        triggers: &mut Option<WorkloadTriggers>,
+    ) {
+        let readouts = self.sensor.cpu_readouts().ok();
+        let p99 = self.latency.p99(readouts.as_deref());
+        let obs = self.keeper.observe(intruders, p99);
+        let done = self.keeper.tick(&obs);
+        self.after(&done);
+        if !ticked {
+            return;
+        }
+        // New cgroups get their trigger within a tick; intruder events do not wait for it.
+        if let Some(w) = triggers {
+            let armed = w.sync(&self.keeper.observer.placements, &self.cg);
+            if !armed.is_empty() {
+                tracing::info!(?armed, "memory pressure triggers armed on workloads");
+            }
+        }
+        if let Err(e) = self.keeper.act.sync_journal() {
+            tracing::warn!(error = %e, "could not sync the journal to disk");
+        }
+        let intruder_ns = readouts
+            .as_ref()
+            .map(|r| r.iter().map(|c| c.intruder_ns).sum());
+        let gpu_w = self.keeper.observer.gpu_power_w();
+        let applied = &self.keeper.state.applied;
+        self.recorder.sample(applied, gpu_w, &obs, p99, intruder_ns);
+        self.refresh_metrics(readouts.as_deref().unwrap_or_default(), &obs, p99);
+    }
+
+    /// A slow action came back from the slow hands.
+    pub fn slow_done(&mut self, d: Done) {
+        let done = self.keeper.slow_done(d);
+        self.after(&done);
+    }
+
+    /// OOM kills waiting in the memory sensor's ring buffer, logged and recorded.
+    pub fn oom_kills(&mut self, events: &mut OomEvents) {
+        let placements = &self.keeper.observer.placements;
+        record::oom_kills(events, &self.cg, placements, &mut self.recorder);
+    }
+
+    /// The engine's intruders from kernel events: kernel threads left out, the cgroup of an
+    /// arrival read from /proc (the kernel side did not know it yet), each stay's start noted.
+    fn intruders(&mut self, events: Vec<IntruderEvent>) -> Vec<Intruder> {
+        let mut out = Vec::new();
+        for ev in events {
+            tracing::trace!(
+                pid = ev.pid,
+                comm = %comm_str(&ev.comm),
+                cpu = ev.cpu,
+                ran_ns = ev.ran_ns,
+                age_us = monotonic_ns().saturating_sub(ev.timestamp_ns) / 1000,
+                "intruder event"
+            );
+            let Some(cgroup) = self.cgroup_of(&ev) else {
+                continue;
+            };
+            if procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread()) {
+                continue; // a kernel thread: never evicted
+            }
+            // An arrival starts a new stay (a return after an eviction too); a slice dates
+            // its own start.
+            if ev.kind == event::SLICE {
+                let began = ev.timestamp_ns.saturating_sub(ev.ran_ns);
+                self.first_run.entry(ev.pid).or_insert(began);
+            } else {
+                self.first_run.insert(ev.pid, ev.timestamp_ns);
+            }
+            out.push(Intruder {
+                pid: ev.pid,
+                comm: comm_str(&ev.comm),
+                cgroup,
+                cpu: ev.cpu,
+                ran_ns: ev.ran_ns,
+                arrived: ev.kind != event::SLICE,
+            });
+        }
+        out
+    }
+
+    /// The event's cgroup path; `None` for an arrival already gone.
+    fn cgroup_of(&mut self, ev: &IntruderEvent) -> Option<String> {
+        if ev.kind == event::ARRIVAL {
+            return procfs::task_cgroup(ev.pid);
+        }
+        if !self.index.contains_key(&ev.cgroup_id) {
+            self.index = self.cg.id_index();
+        }
+        Some(self.index.get(&ev.cgroup_id).cloned().unwrap_or_default())
+    }
+
+    /// What follows actions done: recorded and counted, evictions timed, evicted tasks'
+    /// arrival reports re-armed.
+    pub fn after(&mut self, done: &[Done]) {
+        self.recorder.actions(done);
+        if let Some(ms) = self.keeper.preempted(done) {
+            self.recorder.preemption(ms);
+        }
+        if let Some(m) = &self.metrics {
+            m.update(|m| {
+                for d in done {
+                    let kind = d.action.kind.name().to_string();
+                    *m.actions.entry((kind, d.ok())).or_default() += 1;
+                }
+            });
+        }
+        let now = monotonic_ns();
+        for d in done {
+            let ActionKind::EvictIntruder { pid, .. } = d.action.kind else {
+                continue;
+            };
+            if let Some(first) = d.evicted().and_then(|pid| self.first_run.remove(&pid)) {
+                self.recorder
+                    .eviction(now.saturating_sub(first) as f64 / 1000.0);
+            }
+            match d.outcome {
+                // It may come back to a trading core: news at its next switch-in (also one
+                // whose eviction found it already off the cores: it may be put back).
+                Outcome::Done => {
+                    if let Err(e) = self.sensor.forget_seen(pid) {
+                        tracing::warn!(pid, error = %e, "could not re-arm the arrival report of an evicted task");
+                    }
+                }
+                // Outside the scope: its time there is no eviction's latency.
+                Outcome::ObservedOnly => {
+                    self.first_run.remove(&pid);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The scrape's snapshot, as of this tick.
+    fn refresh_metrics(&self, readouts: &[CpuReadout], obs: &Observations, p99: Option<u64>) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let keeper = &self.keeper;
+        let applied = &keeper.state.applied;
+        metrics.update(|m| {
+            m.cpus = readouts.iter().map(view::cpu_view).collect();
+            m.events_sent = readouts.iter().map(|r| r.events_sent).sum();
+            m.events_lost = readouts.iter().map(|r| r.events_lost).sum();
+            m.evictions = keeper.evictions;
+            m.errors = keeper.errors;
+            m.workloads = keeper
+                .policy
+                .workloads
+                .iter()
+                .map(|w| {
+                    let frozen = applied.frozen.contains_key(&w.name);
+                    let throttled = applied.knobs.get(&w.name).is_some_and(|k| !k.is_empty());
+                    (w.name.clone(), (frozen, throttled))
+                })
+                .collect();
+            m.trading_p99_seconds = p99.map(|ns| ns as f64 / 1e9);
+            m.loadavg = obs.loadavg;
+            m.cpu_pressure_some = obs.cpu_pressure.some_avg10;
+            m.memory_pressure_some = obs.memory_pressure.some_avg10;
+            m.memory_pressure_full = obs.memory_pressure.full_avg10;
+            m.gpu_temperature_celsius = obs.gpu.as_ref().map(|g| g.temperature_c);
+            m.gpu_power_watts = keeper.observer.gpu_power_w();
+        });
+    }
+
+    /// Per-CPU views, the intruders table and the reclaim stalls, as the sensors have them.
+    pub fn sensed(&self) -> Sensed {
+        let sensor = &self.sensor;
+        let cpus: Vec<_> = sensor
+            .cpu_readouts()
+            .map(|r| r.iter().map(view::cpu_view).collect())
+            .unwrap_or_default();
+        let span_s = jiff::Timestamp::now()
+            .duration_since(self.recorder.started_at())
+            .as_secs_f64()
+            .max(0.0);
+        let span_ns = span_s * 1e9 * sensor.trading_cpus().len() as f64;
+        let intruders = sensor
+            .intruders()
+            .map(|list| view::intruder_views(list, &self.cg.id_index(), span_ns).0)
+            .unwrap_or_default();
+        let placements = &self.keeper.observer.placements;
+        Sensed {
+            cpus,
+            intruders,
+            reclaim: record::reclaim_records(self.memory_sensor.as_ref(), &self.cg, placements),
+            ..Sensed::default()
+        }
+    }
+
+    /// The exit: the sensors detached, the slow hands stopped, every change undone; the run
+    /// record.
+    pub fn finish(mut self) -> Result<RunRecord, DaemonError> {
+        tracing::info!("stopping: undoing every change");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let mut sensed = self.sensed();
+        drop(self.sensor);
+        self.keeper.stop_slow_hands();
+        sensed.restored_at_exit = self.keeper.act.restore_all()?;
+        sensed.restored_at_start = self.restored_at_start;
+        Ok(self.recorder.build(&self.keeper.run_facts(), sensed, false))
+    }
+}
+
+/// Cgroup ids the sensor treats as protected: the subtrees of the trading-core owner's cgroups.
+pub(super) fn protected_ids(keeper: &Keeper, cg: &CgroupFs) -> Vec<u64> {
+    keeper
+        .policy
+        .workloads
+        .iter()
+        .filter(|w| w.owns_trading_cores)
+        .flat_map(|w| w.matcher.cgroups())
+        .filter_map(|c| cg.subtree_ids(&c).ok())
+        .flatten()
+        .collect()
+}

@@ -1,0 +1,209 @@
+//! Start-up of `keeper run`: the journal locked and replayed, the policy read, the devices
+//! opened, the keeper pinned, the sensors attached, the control socket and metrics served.
+//! Returns the loop's state ([`Running`]) and what it waits on ([`Sources`]).
+
+use std::time::Duration;
+
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc,
+};
+
+use super::{
+    DaemonConfig, DaemonError, Keeper, attach_gpu, attach_proxmox, control,
+    running::{Running, protected_ids},
+    sources,
+};
+use crate::{
+    act::{Actuators, execute::Done, journal::Journal, process::Proc},
+    cpulist::CpuList,
+    device::cgroupfs::CgroupFs,
+    report::{metrics, record::Recorder},
+    sense::{
+        memory::OomEvents,
+        pressure::WorkloadTriggers,
+        psi::PsiTrigger,
+        sched::{IntruderEvents, SchedConfig, SchedSensor},
+        tracefs::Tracefs,
+    },
+};
+
+/// What the loop waits on.
+pub(super) struct Sources {
+    pub sigterm: Signal,
+    pub sigint: Signal,
+    pub events: AsyncFd<IntruderEvents>,
+    pub slow_done: mpsc::UnboundedReceiver<Done>,
+    pub calls: mpsc::Receiver<control::Call>,
+    pub oom_events: Option<AsyncFd<OomEvents>>,
+    pub timers: Timers,
+    /// Serves /metrics while it lives.
+    pub _metrics_server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The clocks and PSI triggers the loop waits on.
+pub(super) struct Timers {
+    pub deadline: Option<tokio::time::Instant>,
+    pub memory_trigger: Option<(PsiTrigger, f64)>,
+    pub workload_triggers: Option<WorkloadTriggers>,
+    pub watchdog: Option<Duration>,
+    pub kick: tokio::time::Interval,
+    pub ticker: tokio::time::Interval,
+}
+
+/// Signals first: a SIGTERM during start-up waits for the loop, which then undoes what was
+/// done, instead of killing the keeper half-way (the default action).
+pub(super) fn signals() -> std::io::Result<(Signal, Signal)> {
+    Ok((
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    ))
+}
+
+pub(super) async fn start(
+    cfg: &DaemonConfig,
+    (sigterm, sigint): (Signal, Signal),
+) -> Result<(Running, Sources), DaemonError> {
+    let started = jiff::Timestamp::now();
+    let cg = CgroupFs::discover()?;
+    let (keeper, restored_at_start, slow_done) = keeper(cfg, &cg)?;
+    let tracefs = Tracefs::find_or_mount()?;
+    let mut sensor = SchedSensor::attach(
+        &tracefs,
+        &SchedConfig {
+            trading_cpus: keeper.policy.host.trading_cores.clone(),
+            protected_cgroups: protected_ids(&keeper, &cg),
+            intruder_event_interval: Duration::from_millis(20),
+        },
+    )?;
+    // SAFETY: IntruderEvents owns the ring buffer's fd and keeps it open while the AsyncFd lives.
+    let events =
+        unsafe { AsyncFd::register_with_interest(sensor.take_events()?, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+    let (memory_sensor, oom_events) = sources::attach(&tracefs);
+    crate::sense::ebpf::release_load_memory();
+    let calls = control::serve(&cfg.socket, cfg.allowed_uids.clone())?;
+    tracing::info!(
+        mode = if cfg.dry_run { "dry-run" } else { "enforcing" },
+        policy = %keeper.source.name(),
+        trading_cores = %keeper.policy.host.trading_cores,
+        scope = ?cfg.scope,
+        socket = %cfg.socket.display(),
+        "keeper running"
+    );
+    let metrics = metrics::Metrics::default();
+    let metrics_server = match cfg.metrics {
+        Some(addr) => Some(
+            metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("--metrics {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let sources = Sources {
+        sigterm,
+        sigint,
+        events,
+        slow_done,
+        calls,
+        oom_events,
+        timers: timers(cfg, &keeper),
+        _metrics_server: metrics_server,
+    };
+    let running = Running::new(
+        keeper,
+        sensor,
+        memory_sensor,
+        cg,
+        Recorder::new(started),
+        cfg.metrics.map(|_| metrics),
+        restored_at_start,
+    );
+    Ok((running, sources))
+}
+
+/// The journal replayed, the policy read, the devices opened, the slow hands started.
+fn keeper(
+    cfg: &DaemonConfig,
+    cg: &CgroupFs,
+) -> Result<(Keeper, Vec<String>, mpsc::UnboundedReceiver<Done>), DaemonError> {
+    let journal = if cfg.dry_run {
+        Journal::disabled()
+    } else {
+        Journal::open(&cfg.state_dir)?
+    };
+    let mut act = Actuators::new(cg.clone(), journal, cfg.dry_run, cfg.scope.clone());
+    if let Some(scope) = &cfg.scope {
+        cg.id(scope)
+            .map_err(|e| DaemonError::Policy(format!("--scope {scope}: {e}")))?;
+    }
+    let restored_at_start = act.restore_all()?;
+    for r in &restored_at_start {
+        tracing::warn!(restored = %r, "undid a change left by an earlier keeper run");
+    }
+    if !act.undo_pending().is_empty() {
+        tracing::warn!(
+            pending = act.undo_pending().len(),
+            "some changes left by an earlier keeper run could not be undone yet: kept in the journal, tried again with a backoff (`keeper status` lists them)"
+        );
+    }
+    let policy = cfg.source.load().map_err(DaemonError::Policy)?;
+    attach_gpu(
+        &mut act,
+        cfg.nvml_lib.as_deref(),
+        cfg.cuda_checkpoint.as_deref(),
+    );
+    attach_proxmox(&mut act, cfg.proxmox.as_deref(), &policy)?;
+    pin_self(&policy.host.housekeeping_cores);
+    let mut keeper = Keeper::new(cfg.source.clone(), policy, act);
+    keeper.observer.memory_psi = cfg.memory_psi.clone();
+    keeper.act.qmp_dir = cfg.qmp_dir.clone();
+    keeper.set_balloon_floor();
+    // VM, GPU and Proxmox calls run on a thread of their own: nothing on the loop waits on them.
+    let (slow_tx, slow_done) = mpsc::unbounded_channel();
+    if !cfg.dry_run {
+        keeper.start_slow_hands(slow_tx)?;
+    }
+    Ok((keeper, restored_at_start, slow_done))
+}
+
+/// The clocks and triggers the loop waits on besides the sensor and the socket.
+fn timers(cfg: &DaemonConfig, keeper: &Keeper) -> Timers {
+    // systemd (Type=notify): ready now; the watchdog is kicked by the loop itself, so a hung
+    // loop gets the keeper restarted (and the restart undoes what the journal holds).
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let watchdog = sources::systemd_watchdog();
+    let share = sources::memory_share(&keeper.policy);
+    let mut ticker = tokio::time::interval(cfg.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Timers {
+        deadline: cfg.duration.map(|d| tokio::time::Instant::now() + d),
+        memory_trigger: share.and_then(|pct| sources::memory_trigger(pct, &cfg.memory_psi)),
+        workload_triggers: share.map(WorkloadTriggers::new),
+        watchdog,
+        kick: tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600))),
+        ticker,
+    }
+}
+
+/// Keeps the keeper itself off the trading cores, and lets it run first on the housekeeping
+/// cores: those are where the intruders it evicts pile up, and an enforcer that waits behind
+/// eight CPU hogs evicts late. SCHED_FIFO priority 1 (the lowest real-time priority; the
+/// kernel's RT throttling still bounds it), else nice -20.
+fn pin_self(housekeeping: &CpuList) {
+    for tid in crate::act::process::threads(std::process::id()) {
+        if !housekeeping.is_empty()
+            && let Ok(t) = Proc::open_thread(tid, None)
+        {
+            let _ = t.set_affinity(housekeeping);
+        }
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sched_setscheduler/setpriority on our own thread ids with a valid param.
+        let rt = unsafe { libc::sched_setscheduler(tid as i32, libc::SCHED_FIFO, &param) } == 0;
+        if !rt {
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, -20) };
+            tracing::info!("SCHED_FIFO refused; running at nice -20");
+        }
+    }
+}
