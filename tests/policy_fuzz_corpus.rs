@@ -51,3 +51,27 @@ fn fuzz_corpus_replays_through_the_parser() {
     assert!(replay(&root.join("fuzz/corpus/policy_parse")) >= 10);
     assert!(replay(&root.join("../tests/policies/bad")) >= 10);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(10_000))]
+
+    /// The seed policy with a stretch of it replaced by other bytes: a policy or located
+    /// findings, never a panic (10 000 cases in every `cargo xtask test`).
+    #[test]
+    fn a_damaged_policy_loads_or_says_where(
+        at in 0usize..keeper::policy::HIVE_YAML.len(),
+        cut in 0usize..40,
+        with in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+    ) {
+        let hive = keeper::policy::HIVE_YAML.as_bytes();
+        let end = (at + cut).min(hive.len());
+        let bytes = [&hive[..at], &with[..], &hive[end..]].concat();
+        let facts = HostFacts { online_cpus: "0-1".parse().ok(), for_this_host: true };
+        if let Err(d) = load(&bytes, &facts) {
+            proptest::prop_assert!(!d.0.is_empty());
+            for diag in &d.0 {
+                proptest::prop_assert!(diag.pos.line >= 1 && diag.pos.col >= 1, "{}", diag);
+            }
+        }
+    }
+}

@@ -167,7 +167,35 @@ pub struct Record {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        /// Any line on the socket: a request or an error saying where, never a panic.
+        #[test]
+        fn any_request_line_parses_or_says_why(
+            line in prop_oneof![
+                "\\PC{0,80}",
+                ("[a-z_]{0,12}", proptest::option::of("[a-z]{0,6}"), "[ -~]{0,12}").prop_map(
+                    |(c, s, x)| match s {
+                        Some(s) => format!(r#"{{"command":"{c}","state":"{s}"{x}}}"#),
+                        None => format!(r#"{{"command":"{c}"{x}}}"#),
+                    }
+                ),
+            ]
+        ) {
+            match Request::parse(&line) {
+                Ok(r) => prop_assert_eq!(
+                    Request::parse(&serde_json::to_string(&r).unwrap()),
+                    Ok(r)
+                ),
+                Err(e) => prop_assert!(e.starts_with("request"), "{}", e),
+            }
+        }
+    }
 
     #[test]
     fn requests_read_as_documented() {

@@ -172,6 +172,21 @@ impl Journal {
         Ok(())
     }
 
+    /// A second handle on the journal file when records were written since the last sync, to
+    /// sync them outside the journal's lock (see [`super::Actuators::sync_journal`]).
+    pub fn to_sync(&mut self) -> Result<Option<File>, JournalError> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        if !self.dirty {
+            return Ok(None);
+        }
+        self.dirty = false;
+        file.try_clone()
+            .map(Some)
+            .map_err(JournalError::io(&self.path))
+    }
+
     /// Puts the records written since the last sync on disk (`fdatasync`).
     pub fn sync(&mut self) -> Result<(), JournalError> {
         if let Some(file) = &self.file

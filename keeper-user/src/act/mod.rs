@@ -131,6 +131,8 @@ pub struct Actuators {
     /// Journal entries whose undo failed, oldest first, and when they are tried again.
     pending: Vec<Entry>,
     retry: Backoff,
+    /// The thread that syncs the journal to disk, off the loop (started at the first sync).
+    syncer: Option<std::sync::mpsc::Sender<std::fs::File>>,
 }
 
 impl Actuators {
@@ -151,6 +153,7 @@ impl Actuators {
             vms_stopped: Default::default(),
             pending: Vec::new(),
             retry: Backoff::default(),
+            syncer: None,
         }
     }
 
@@ -160,9 +163,35 @@ impl Actuators {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Syncs the journal's records of this batch to disk (once per tick).
-    pub fn sync_journal(&self) -> Result<(), ActError> {
-        Ok(self.journal().sync()?)
+    /// Syncs the journal's records since the last sync to disk (once per tick), on a thread
+    /// of its own: an `fdatasync` takes milliseconds, and neither the loop nor the journal's
+    /// lock waits for it.
+    pub fn sync_journal(&mut self) -> Result<(), ActError> {
+        let Some(file) = self.journal().to_sync()? else {
+            return Ok(());
+        };
+        if self.syncer.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
+            std::thread::Builder::new()
+                .name("keeper-sync".into())
+                .spawn(move || {
+                    slow::run_at_normal_priority();
+                    for f in rx {
+                        if let Err(e) = f.sync_data() {
+                            tracing::warn!(error = %e, "could not sync the journal to disk");
+                        }
+                    }
+                })
+                .map_err(|source| ActError::Io {
+                    path: "journal sync thread".into(),
+                    source,
+                })?;
+            self.syncer = Some(tx);
+        }
+        if let Some(tx) = &self.syncer {
+            let _ = tx.send(file);
+        }
+        Ok(())
     }
 
     /// Hands over what is slow to call (QMP, the Proxmox API, NVML, cuda-checkpoint) to a new

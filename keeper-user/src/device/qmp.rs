@@ -82,6 +82,13 @@ impl Qmp {
             path: path.clone(),
             source,
         })?;
+        Qmp::over(stream, &path)
+    }
+
+    /// The session on a connected `stream` (the socket at `path`): greeting, then
+    /// capabilities negotiation.
+    pub(crate) fn over(stream: UnixStream, path: &Path) -> Result<Qmp, QmpError> {
+        let path = path.to_path_buf();
         let io = |what| {
             let path = path.clone();
             move |source| QmpError::Io { path, what, source }
@@ -184,3 +191,5 @@ impl Qmp {
         })
     }
 }
+#[cfg(test)]
+mod fuzz_tests;

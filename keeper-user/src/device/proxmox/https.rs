@@ -487,6 +487,9 @@ fn encode(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
