@@ -2,7 +2,7 @@
 //! actions of one `decide`) runs at once until a slow action ([`super::slow::is_slow`]) is
 //! reached; that one goes to the slow hands, and the rest of its batch, and batches decided
 //! meanwhile, wait for its outcome, in order (a freeze after a GPU checkpoint, a start after a
-//! hibernate). Evictions never wait: a batch of intruder actions runs at once, whatever is
+//! hibernate). Evictions never wait: a batch's intruder actions run at once, whatever is
 //! out. Without slow hands (tests, one-shot commands) everything runs at once.
 
 use std::{
@@ -64,23 +64,24 @@ impl Queue {
         state: &mut EngineState,
         actions: Vec<Action>,
     ) -> Carried {
-        if actions.is_empty() {
-            return Carried::default();
+        // Intruders are evicted (or stopped) at once, whatever waits: nothing else in a batch
+        // depends on them, nor they on it.
+        let (intruders, rest): (VecDeque<Action>, VecDeque<Action>) =
+            actions.into_iter().partition(|a| {
+                matches!(
+                    a.kind,
+                    ActionKind::EvictIntruder { .. } | ActionKind::StopIntruder { .. }
+                )
+            });
+        let mut out = Carried::default();
+        run_inline(h, state, &mut (intruders, Batch::default()), &mut out);
+        if !rest.is_empty() {
+            self.batches.push_back((rest, Batch::default()));
+            let more = self.pump(h, state);
+            out.done.extend(more.done);
+            out.rollback |= more.rollback;
         }
-        let intruders_only = actions.iter().all(|a| {
-            matches!(
-                a.kind,
-                ActionKind::EvictIntruder { .. } | ActionKind::StopIntruder { .. }
-            )
-        });
-        if intruders_only {
-            let mut batch = (actions.into(), Batch::default());
-            let mut out = Carried::default();
-            run_inline(h, state, &mut batch, &mut out);
-            return out;
-        }
-        self.batches.push_back((actions.into(), Batch::default()));
-        self.pump(h, state)
+        out
     }
 
     /// The slow action out came back: the engine hears its outcome, and what waited goes on.
@@ -188,4 +189,81 @@ fn run_one(
     out.rollback |= decide::acknowledge(state, batch, &d.action, d.outcome);
     out.done.push(d);
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        act::journal::Journal,
+        decide::{Action, RuleId},
+        device::cgroupfs::CgroupFs,
+        policy::{Amount, Percent},
+    };
+
+    fn action(kind: ActionKind) -> Action {
+        Action {
+            kind,
+            rule: RuleId::new("test"),
+            reason: String::new(),
+        }
+    }
+
+    fn kinds(done: &[Done]) -> Vec<&'static str> {
+        done.iter().map(|d| d.action.kind.name()).collect()
+    }
+
+    #[test]
+    fn a_slow_action_holds_its_batch_behind_it_and_never_an_eviction() {
+        let root = std::env::temp_dir().join(format!("keeper-queue-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let mut act = Actuators::new(CgroupFs::at(&root), Journal::disabled(), true, None);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let slow = SlowHands::start(act.split_slow(), tx).unwrap();
+        let placements = BTreeMap::new();
+        let totals = HostTotals {
+            cpus: 2,
+            memory_bytes: 1 << 30,
+        };
+        let mut h = Hands {
+            act: &mut act,
+            slow: Some(&slow),
+            placements: &placements,
+            totals,
+        };
+        let (mut q, mut state) = (Queue::default(), EngineState::default());
+        let balloon = ActionKind::Balloon {
+            workload: "lab".into(),
+            vmid: 102,
+            target: Amount::Percent(Percent::new(50.0)),
+        };
+        let freeze = ActionKind::Freeze {
+            workload: "lab".into(),
+        };
+        let carried = q.carry(&mut h, &mut state, vec![action(balloon), action(freeze)]);
+        assert!(carried.done.is_empty(), "{:?}", kinds(&carried.done));
+        let pending: Vec<_> = q.pending().iter().map(|a| a.kind.name()).collect();
+        assert_eq!(pending, ["balloon", "freeze"]);
+        // An eviction decided meanwhile does not wait; a thaw does.
+        let evict = ActionKind::EvictIntruder {
+            pid: u32::MAX - 1,
+            comm: "hog".into(),
+            cgroup: "x".into(),
+            cpu: 1,
+            to: "0".parse().unwrap(),
+        };
+        let thaw = ActionKind::Thaw {
+            workload: "lab".into(),
+        };
+        let carried = q.carry(&mut h, &mut state, vec![action(thaw), action(evict)]);
+        assert_eq!(kinds(&carried.done), ["evict_intruder"]);
+        // The balloon comes back: the freeze, then the thaw, in the engine's order.
+        let back = rx.blocking_recv().unwrap();
+        let carried = q.finished(&mut h, &mut state, back);
+        assert_eq!(kinds(&carried.done), ["balloon", "freeze", "thaw"]);
+        assert!(q.pending().is_empty() && q.out().is_none());
+        drop(h);
+        slow.stop(std::time::Duration::from_secs(5)).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
