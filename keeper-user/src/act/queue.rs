@@ -262,7 +262,6 @@ mod tests {
         let carried = q.finished(&mut h, &mut state, back);
         assert_eq!(kinds(&carried.done), ["balloon", "freeze", "thaw"]);
         assert!(q.pending().is_empty() && q.out().is_none());
-        drop(h);
         slow.stop(std::time::Duration::from_secs(5)).unwrap();
         std::fs::remove_dir_all(&root).unwrap();
     }
