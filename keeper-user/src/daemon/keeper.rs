@@ -85,6 +85,16 @@ pub fn attach_proxmox(
     Ok(())
 }
 
+/// What the observer reads besides the host: the policy, the cgroup tree, the GPU handle.
+fn reading<'a>(policy: &'a Policy, act: &'a Actuators, interaction: bool) -> Reading<'a> {
+    Reading {
+        policy,
+        cg: act.cgroups(),
+        gpu: act.gpu(),
+        interaction,
+    }
+}
+
 pub struct Keeper {
     pub source: PolicySource,
     pub policy: Policy,
@@ -146,25 +156,13 @@ impl Keeper {
     /// The eviction path: the last full observation with these intruders (nothing is read
     /// from the host before an eviction; the next tick reads it again).
     pub fn observe_intruders(&mut self, intruders: Vec<Intruder>) -> Observations {
-        let cg = self.act.cgroups().clone();
-        let r = Reading {
-            policy: &self.policy,
-            cg: &cg,
-            gpu: self.act.gpu(),
-            interaction: self.interaction,
-        };
+        let r = reading(&self.policy, &self.act, self.interaction);
         self.observer.with_intruders(&r, intruders)
     }
 
     /// Gathers the observations of this instant (intruders and latency come from the sensor).
     pub fn observe(&mut self, intruders: Vec<Intruder>, p99_ns: Option<u64>) -> Observations {
-        let cg = self.act.cgroups().clone();
-        let r = Reading {
-            policy: &self.policy,
-            cg: &cg,
-            gpu: self.act.gpu(),
-            interaction: self.interaction,
-        };
+        let r = reading(&self.policy, &self.act, self.interaction);
         self.observer.observe(&r, intruders, p99_ns)
     }
 
