@@ -109,8 +109,12 @@ fn sustained_pressure_stops_the_lowest_ranked_vm_and_its_end_starts_it_first() {
         Duration::from_secs(10),
     );
     let ballooned = t.elapsed();
-    let stopped = within(Duration::from_secs(15), || stub.vm(102).status == "stopped")
+    within(Duration::from_secs(15), || stub.vm(102).status == "stopped")
         .expect("VM 102 was never hibernated under sustained pressure");
+    // From the pressure's start, not from reading the balloon's log line: the keeper counts
+    // stop_vm_after from its balloon decision, which comes before the balloon's "done" line
+    // reaches this test (CI once saw 1.99 s counted from the line).
+    let stopped = t.elapsed();
     eprintln!(
         "pressure → balloon {:.2} s, → stop (hibernate) {:.2} s (stop_vm_after 2 s)",
         ballooned.as_secs_f64(),
