@@ -2,8 +2,10 @@
 //! creates and always removes, pinned child processes, and `keeper watch` runs.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod pve_stub;
 pub mod qemu;
+pub mod qmp_proxy;
 pub mod rig;
 
 use std::{

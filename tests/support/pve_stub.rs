@@ -177,6 +177,10 @@ impl PveStub {
         self.state.lock().unwrap().mode = mode;
     }
 
+    pub fn mode(&self) -> Mode {
+        self.state.lock().unwrap().mode
+    }
+
     pub fn vm(&self, vmid: u32) -> StubVm {
         self.state.lock().unwrap().vms[&vmid].clone()
     }

@@ -186,10 +186,27 @@ impl Daemon {
         std::mem::take(&mut self.lines)
     }
 
-    pub fn kill9(mut self) {
+    /// SIGKILL, then waits; returns its log.
+    pub fn kill9(mut self) -> Vec<String> {
         let mut c = self.child.take().unwrap();
         c.kill().unwrap(); // SIGKILL
         c.wait().unwrap();
+        self.drain();
+        std::mem::take(&mut self.lines)
+    }
+
+    /// Takes in what the keeper logged so far (all of it once it has exited).
+    pub fn drain(&mut self) {
+        let exited = self.child.is_none();
+        loop {
+            match self
+                .log
+                .recv_timeout(Duration::from_millis(if exited { 500 } else { 0 }))
+            {
+                Ok(l) => self.lines.push(l),
+                Err(_) => return,
+            }
+        }
     }
 }
 

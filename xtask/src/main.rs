@@ -54,6 +54,16 @@ enum Cmd {
     VmTest,
     /// Build a Debian package (binary, systemd unit, default policy, docs) in target/deb/.
     Package,
+    /// The chaos suite for MINUTES (a keeper killed at random under churn, then checked for
+    /// anything left behind); its figures go in docs/BENCHMARKS.md. `cargo xtask test` runs a
+    /// 40-second form.
+    Chaos {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Replays the run of this seed (printed by every run).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Benchmarks; results go in docs/BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -83,6 +93,18 @@ fn main() -> anyhow::Result<()> {
             setup::ensure_ebpf_toolchain()?;
             setup::ensure_apt(TEST_PACKAGES)?;
             vm::run(&root)
+        }
+        Cmd::Chaos { minutes, seed } => {
+            setup::ensure_ebpf_toolchain()?;
+            setup::ensure_apt(TEST_PACKAGES)?;
+            let mut c = cargo();
+            c.args(["test", "-p", "keeper-user", "--test", "chaos", "--"])
+                .args(["--nocapture", "--test-threads=1"])
+                .env("KEEPER_CHAOS_SECONDS", (minutes * 60.0).to_string());
+            if let Some(seed) = seed {
+                c.env("KEEPER_CHAOS_SEED", seed.to_string());
+            }
+            run(&mut c)
         }
         Cmd::Bench { which } => {
             setup::ensure_ebpf_toolchain()?;

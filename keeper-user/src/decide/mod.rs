@@ -18,6 +18,7 @@ mod memory;
 mod observe;
 mod outcome;
 mod reconcile;
+mod retry;
 mod state;
 mod tick;
 
@@ -36,6 +37,7 @@ pub use action::{Action, ActionKind, RuleId, limits_text};
 use handoff::step_failed;
 pub use observe::{GpuObs, Intruder, Observations, Psi, WorkloadObs};
 pub use outcome::{Outcome, Step, acknowledge, still_wanted};
+pub use retry::{FIRST_RETRY, LAST_RETRY, Retries};
 pub use state::{
     Applied, Batch, EVICT_COOLDOWN, EngineState, EscalationState, Handoff, Hold, Knobs,
     MAX_OBSERVED_ONLY, Sticky, ThermalState, elapsed,
@@ -60,5 +62,6 @@ pub fn decide(
     escalation::run(&mut tick, state);
     memory::run(&mut tick, state);
     gpu::eco_mode(&mut tick, state);
-    reconcile::run(tick, state)
+    let actions = reconcile::run(tick, state);
+    retry::hold_back(state, actions, now)
 }

@@ -1,7 +1,8 @@
 //! What follows an action's outcome: the engine's side of carrying actions out. The daemon
 //! asks [`still_wanted`] before each action of a batch and tells [`acknowledge`] what each came
 //! to; the engine alone decides what that changes (retry next tick, roll a handoff back, skip
-//! the rest of a handoff, leave an intruder outside `--scope` alone).
+//! the rest of a handoff, leave an intruder outside `--scope` alone, wait before asking again
+//! after a failure: [`super::retry`]).
 
 use std::fmt;
 
@@ -140,6 +141,7 @@ pub fn acknowledge(
                 }
             } else if retryable {
                 forget(state, action);
+                state.retries.failed(&action.kind);
             }
             if let ActionKind::Thaw { workload } = &action.kind {
                 batch.still_frozen.insert(workload.clone());
@@ -155,7 +157,12 @@ pub fn acknowledge(
             }
             false
         }
-        Outcome::Done | Outcome::Skipped => false,
+        Outcome::Done | Outcome::Skipped => {
+            if !state.retries.is_empty() {
+                state.retries.succeeded(&action.kind);
+            }
+            false
+        }
     }
 }
 
@@ -165,7 +172,7 @@ fn is_handoff(rule: &RuleId) -> bool {
 }
 
 /// After a failed action, forget that the engine applied it, so the next tick retries.
-fn forget(state: &mut EngineState, action: &Action) {
+pub(super) fn forget(state: &mut EngineState, action: &Action) {
     let a = &mut state.applied;
     match &action.kind {
         ActionKind::Freeze { workload } => {

@@ -272,3 +272,49 @@ fn action_names_are_their_serialised_tags() {
         assert_eq!(json["action"], k.name());
     }
 }
+
+#[test]
+fn a_failed_vm_start_waits_its_backoff_however_often_the_engine_is_asked() {
+    let p = policy();
+    let mut s = EngineState::default();
+    let hot = obs(35.0, 45.0);
+    decide(&p, &mut s, &hot, t(0));
+    let stop_at = (1..120)
+        .find(|i| {
+            let a = decide(&p, &mut s, &hot, t(*i));
+            find(&a, |k| matches!(k, ActionKind::StopVm { .. })).is_some()
+        })
+        .expect("the ladder reaches its stop");
+    // The pressure is gone: the VM is to be started, and the API answers 500 (retryable).
+    let calm = obs(0.0, 0.0);
+    let start_of = |a: &[Action]| find(a, |k| matches!(k, ActionKind::StartVm { .. })).cloned();
+    let (mut from, start) = (stop_at + 1..stop_at + 60)
+        .find_map(|i| start_of(&decide(&p, &mut s, &calm, t(i))).map(|a| (t(i), a)))
+        .expect("the start is asked for");
+    let mut waits = vec![];
+    for _ in 0..3 {
+        assert!(!acknowledge(
+            &mut s,
+            &mut Batch::default(),
+            &start,
+            failed(true)
+        ));
+        // Asked every 5 ms (events, not ticks): when does the start come again?
+        let again = (1..=2000)
+            .map(|i| from + jiff::SignedDuration::from_millis(i * 5))
+            .find(|at| start_of(&decide(&p, &mut s, &calm, *at)).is_some())
+            .expect("asked again");
+        waits.push(again.duration_since(from).as_millis());
+        from = again;
+    }
+    // 1 s, then 2 s, then 4 s: never at the rate of events.
+    assert_eq!(waits, [1000, 2000, 4000]);
+    // It goes through: no further wait is remembered.
+    assert!(!acknowledge(
+        &mut s,
+        &mut Batch::default(),
+        &start,
+        Outcome::Done
+    ));
+    assert!(s.retries.is_empty());
+}

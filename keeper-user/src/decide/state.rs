@@ -41,6 +41,9 @@ pub struct EngineState {
     /// again until they move (at most [`MAX_OBSERVED_ONLY`], then forgotten all at once).
     #[serde(default)]
     pub observed_only: BTreeMap<u32, String>,
+    /// Actions that failed and wait before they are asked again (not kept across restarts).
+    #[serde(skip)]
+    pub retries: super::Retries,
 }
 
 /// Most intruders outside `--scope` remembered (a pid may be reused by a task in scope).
