@@ -201,6 +201,85 @@ fn the_power_limit_is_clamped_read_back_journaled_and_restored() {
     assert_eq!(g.limit_mw(), 400_000);
 }
 
+#[test]
+fn a_library_named_by_the_journal_is_loaded_only_if_root_alone_can_change_it() {
+    use keeper::act::journal::{Entry, Journal};
+    use std::os::unix::fs::PermissionsExt;
+    let g = FakeGpu::new("untrusted");
+    let _env = in_process(&g);
+    g.device(|d| d.power_limit_mw = 200_000);
+    // A working library, in a folder anyone may write (not sticky): anyone could swap it.
+    let open = g.dir.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let lib = open.join("libnvidia-ml.so.1");
+    std::fs::copy(fake_lib(), &lib).unwrap();
+    let uuid = g.read().devices[0].uuid.clone();
+    let mut journal = Journal::open(&g.dir.join("state")).unwrap();
+    let entry = Entry::GpuPowerLimit {
+        lib: lib.clone(),
+        uuid,
+        original_mw: 350_000,
+    };
+    journal.record(&entry).unwrap();
+    drop(journal);
+    let mut act = actuators(&g, false, None);
+    let restored = act.restore_all().unwrap();
+    // Not loaded, nothing set: the undo stays in the journal for a person to look at.
+    assert!(restored.is_empty(), "{restored:?}");
+    assert_eq!(g.limit_mw(), 200_000);
+    assert_eq!(act.undo_pending(), [entry]);
+    let e = keeper::device::gpu::Gpu::open(&lib)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("writable by group or others (mode 777)"), "{e}");
+    // The same library where only root can change it is loaded.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let restored = act.restore_all().unwrap();
+    assert_eq!(restored, ["GPU power limit back to 350 W"]);
+    assert_eq!(g.limit_mw(), 350_000);
+}
+
+#[test]
+fn a_checkpoint_tool_named_by_the_journal_is_run_only_if_root_alone_can_change_it() {
+    use keeper::act::journal::{Entry, Journal};
+    use std::os::unix::fs::PermissionsExt;
+    let g = FakeGpu::new("untrusted-tool");
+    let _env = in_process(&g);
+    let kid = Kid::new(&g.dir, "muse");
+    let pid = kid.pid();
+    // The stand-in tool (it logs each call in g.dir), in a folder anyone may write.
+    let open = g.dir.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let tool = open.join("cuda-checkpoint");
+    std::fs::copy(g.stand_in_tool(), &tool).unwrap();
+    let entry = Entry::GpuCheckpoint {
+        pid,
+        start: keeper::act::process::start_time(pid).unwrap(),
+        tool: tool.clone(),
+    };
+    let mut journal = Journal::open(&g.dir.join("state")).unwrap();
+    journal.record(&entry).unwrap();
+    drop(journal);
+    let mut act = actuators(&g, false, None);
+    act.restore_all().unwrap();
+    // Never run (not even `--get-state`); the undo waits in the journal.
+    let log = g.dir.join("cuda-checkpoint.log");
+    assert!(!log.exists(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(act.undo_pending(), [entry]);
+    // Only root can change it now: run, and the undo is done.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    act.restore_all().unwrap();
+    assert!(act.undo_pending().is_empty());
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("--get-state")
+    );
+}
+
 /// observe (fake GPU, pid-file workloads) → decide at a given time → execute.
 struct Loop {
     g: FakeGpu,

@@ -60,7 +60,7 @@ fn live_handoff_and_eco_mode_against_the_fake_gpu() {
     let (socket, report) = (g.dir.join("keeper.sock"), g.dir.join("report.json"));
     let lib = fake_lib();
     let p = |p: &PathBuf| p.to_str().unwrap().to_string();
-    let run = Daemon::start(
+    let mut run = Daemon::start(
         &[
             "--policy",
             &p(&policy),
@@ -88,6 +88,10 @@ fn live_handoff_and_eco_mode_against_the_fake_gpu() {
         "{:#?}",
         run.lines
     );
+
+    // The first decision sets eco mode's limit for a busy GPU ("GPU limit at start"): waited
+    // for, so that it is not in the interaction's answer when the request beats the first tick.
+    run.wait_for("set GPU power limit", Duration::from_secs(5));
 
     // EVA needs the GPU while Muse holds it. The checkpoint (cuda-checkpoint, seconds on a
     // real GPU) runs on the slow hands: the answer comes at once, the freeze waits behind it.

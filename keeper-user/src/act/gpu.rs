@@ -72,13 +72,7 @@ pub fn find_checkpoint_tool(flag: Option<&Path>) -> Option<PathBuf> {
 /// `p`'s absolute path when it is an executable file that only root (or the keeper's own user)
 /// can change: the keeper runs it as root, and journals its path for a later keeper.
 fn trusted_executable(p: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let p = p.canonicalize().ok()?;
-    let m = p.metadata().ok()?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    let owner_ok = m.uid() == 0 || m.uid() == me;
-    (m.is_file() && m.mode() & 0o111 != 0 && m.mode() & 0o022 == 0 && owner_ok).then_some(p)
+    crate::device::trust::trusted_file(p, true).ok()
 }
 
 /// The limit for `percent` of the default, clamped to the constraints, with a note if clamped.
@@ -519,6 +513,13 @@ pub fn restore_clock_offset(lib: &Path, uuid: &str, original_mhz: i32) -> Result
 
 /// Journal replay: a process checkpointed by an earlier keeper gets its GPU state back.
 pub fn restore_checkpoint(pid: u32, start: u64, tool: &Path) -> Result<Option<String>, ActError> {
+    // The journal names the tool: run it only if it is still root's alone.
+    let tool =
+        crate::device::trust::trusted_file(tool, true).map_err(|why| ActError::Checkpoint {
+            pid,
+            message: format!("the journal's tool is not run: {why}"),
+        })?;
+    let tool = tool.as_path();
     match Proc::open(pid, Some(start)) {
         Ok(_) => match bring_to(tool, pid, CudaState::Running, CHECKPOINT_TIMEOUT)? {
             Some(took) => Ok(Some(format!(

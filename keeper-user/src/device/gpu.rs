@@ -51,6 +51,8 @@ pub enum GpuError {
         call: &'static str,
         source: NvmlError,
     },
+    #[error("no GPU: the NVML library is not loaded: {why}")]
+    Untrusted { why: String },
     #[error("GPU {index}: no power management here (NVML: not supported); power limit left as is")]
     NoPowerManagement { index: u32 },
     #[error("GPU power limit {want_mw} mW not confirmed: the GPU enforces {enforced_mw} mW")]
@@ -66,6 +68,7 @@ impl GpuError {
                 | GpuError::NoDriver { .. }
                 | GpuError::NoDevice { .. }
                 | GpuError::OldDriver { .. }
+                | GpuError::Untrusted { .. }
         )
     }
 }
@@ -173,7 +176,13 @@ impl GpuReadout {
 impl Gpu {
     /// Loads NVML from `lib`, takes device 0 and reads it once: every NVML function the keeper
     /// uses must answer (a driver lacking one is "too old", i.e. no GPU).
+    /// A path with a `/` must be a file only root can change ([`super::trust`]): the keeper
+    /// loads it as root, and a journal hands it to the next keeper. A bare name
+    /// (`libnvidia-ml.so.1`) is the dynamic loader's search of the system's directories.
     pub fn open(lib: &Path) -> Result<Gpu, GpuError> {
+        if lib.components().count() > 1 {
+            super::trust::trusted_file(lib, false).map_err(|why| GpuError::Untrusted { why })?;
+        }
         let nvml = Nvml::builder()
             .lib_path(lib.as_os_str())
             .init()

@@ -7,7 +7,8 @@
 //! - [`placement`]: where each workload of the policy lives, and whose a process or cgroup is;
 //! - [`qmp`]: a VM's QMP socket (balloon, status), Proxmox's socket layout;
 //! - [`gpu`]: the GPU through NVML (readouts, power limit, clock offset);
-//! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernate/start).
+//! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernate/start);
+//! - [`trust`]: whether a library or tool the keeper would load or run is root's alone.
 
 pub mod cgroupfs;
 pub mod gpu;
@@ -15,3 +16,4 @@ pub mod placement;
 pub mod procfs;
 pub mod proxmox;
 pub mod qmp;
+pub mod trust;
