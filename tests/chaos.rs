@@ -1,13 +1,14 @@
 //! The chaos suite (issue 15): a keeper killed with SIGKILL at random moments and started
 //! again, over and over, while intruders land on the trading core, interactions begin and end,
-//! the policy is reloaded, memory pressure steps up and down (balloons through QMP on real
+//! the policy is reloaded, interrupt lines are moved off the trading core (`host.irq_guard`),
+//! memory pressure steps up and down (balloons through QMP on real
 //! QEMU machines, hibernations through the Proxmox stub), the stub hangs or answers 500, and
 //! the journal is now and then cut in the middle of its last record.
 //!
 //! Checked from the kernel's side (and the stub's, and QEMU's socket), never from the
 //! keeper's word: after each start, once it settled, nothing is frozen, stopped or ballooned
 //! that the policy does not want now (the conditions are put back to calm before each
-//! start); after a clean exit and at the end, every affinity is back as it was and the
+//! start); after a clean exit and at the end, every task and IRQ affinity is back as it was and the
 //! journal is empty. A cut record stands for a torn write at a power loss: the harness undoes
 //! its change itself (a reboot would have) and checks that the line was quarantined, not that
 //! the keeper stopped starting.
@@ -27,6 +28,7 @@ use std::{
 use support::{
     PROBE, TestCgroup,
     chaos::{Rng, Tally, set_affinity},
+    irqs::SavedIrqs,
     pve_stub::{MIB, Mode, PveStub, StubVm},
     qemu::{Qemu, qemu_in},
     qmp_proxy::QmpProxy,
@@ -52,6 +54,8 @@ struct Hive {
     /// back by each exit.
     residents: Vec<Child>,
     spinners: Vec<Child>,
+    /// Every interrupt line's affinity before the first keeper (`host.irq_guard` is on).
+    irqs: SavedIrqs,
 }
 
 impl Hive {
@@ -67,6 +71,13 @@ impl Hive {
             "  memory: { balloon_above: 10, balloon_target: 10%, balloon_floor: 64M, stop_vm_above: 20, stop_vm_after: 2s, release_after: 1s }\n",
         );
         std::fs::create_dir_all(rig.cg("strays")).unwrap();
+        let policy = rig.dir.join("policy.yaml");
+        let text = std::fs::read_to_string(&policy).unwrap().replace(
+            "housekeeping_cores: \"0\" }",
+            "housekeeping_cores: \"0\", irq_guard: true }",
+        );
+        std::fs::write(&policy, text).unwrap();
+        let irqs = SavedIrqs::now();
         let (real, qmp_dir) = (rig.dir.join("qemu-real"), rig.dir.join("qemu-server"));
         std::fs::create_dir_all(&qmp_dir).unwrap();
         let (mut vms, mut proxies) = (vec![], vec![]);
@@ -102,6 +113,7 @@ impl Hive {
             proxies,
             residents,
             spinners: vec![],
+            irqs,
         })
     }
 
@@ -243,6 +255,11 @@ fn cut_last_record(h: &Hive) -> Option<String> {
             let pid = entry["pid"].as_u64()? as i32;
             set_affinity(pid, entry["original"].as_str()?);
         }
+        "irq_affinity" => {
+            let irq = entry["irq"].as_u64()?;
+            let original = entry["original"].as_str()?;
+            std::fs::write(format!("/proc/irq/{irq}/smp_affinity_list"), original).ok()?;
+        }
         "stop" => unsafe {
             libc::kill(entry["pid"].as_u64()? as i32, libc::SIGCONT);
         },
@@ -364,6 +381,7 @@ fn exited(h: &Hive, log: &[String], hostile: bool) {
             left.push(format!("resident {} on CPUs {a}", r.id()));
         }
     }
+    left.extend(h.irqs.moved());
     for c in h.residents.iter().chain(&h.spinners) {
         if support::chaos::proc_state(c.id()) == 'T' {
             left.push(format!("pid {} left stopped", c.id()));

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod irqs;
 pub mod pve_stub;
 pub mod qemu;
 pub mod qmp_proxy;

@@ -68,6 +68,7 @@ pub(super) fn key(e: &Entry) -> String {
         Entry::Balloon { socket, .. } => format!("balloon {}", socket.display()),
         Entry::GpuPowerLimit { uuid, .. } => format!("power {uuid}"),
         Entry::GpuClockOffset { uuid, .. } => format!("clock {uuid}"),
+        Entry::IrqAffinity { irq, .. } => format!("irq {irq}"),
         other => format!("{other:?}"),
     }
 }

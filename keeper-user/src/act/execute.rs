@@ -79,6 +79,9 @@ pub fn steps(act: &mut Actuators, report: Report) -> Vec<Step> {
             Err(e @ ActError::OutOfScope { .. }) => Step::ObservedOnly {
                 detail: e.to_string(),
             },
+            Err(e @ ActError::Irq(crate::device::irq::IrqError::Managed { .. })) => Step::Skipped {
+                detail: e.to_string(),
+            },
             Err(e @ ActError::Missing { .. }) => {
                 act.say_missing_once(&e);
                 Step::Skipped {
@@ -133,6 +136,7 @@ pub fn execute(
             cpus,
             housekeeping,
         } => protect_trading_cores(act, placements, workload, cpus, housekeeping),
+        ActionKind::MoveIrq { irq, name, to } => vec![act.move_irq(*irq, name, to)],
         ActionKind::ReleaseTradingCores { workload } => {
             let mut out = each_cgroup(act, &place(workload), |a, c| {
                 match a.read_file(c, "cpuset.cpus.partition") {
@@ -307,6 +311,7 @@ pub fn retryable(e: &ActError) -> bool {
             | ActError::Process { .. }
             | ActError::Journal(_)
             | ActError::Qmp(_)
+            | ActError::Irq(_)
     ) || matches!(e, ActError::Proxmox(p) if !p.is_auth())
 }
 

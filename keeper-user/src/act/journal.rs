@@ -58,6 +58,8 @@ pub enum Entry {
     GpuCheckpoint { pid: u32, start: u64, tool: PathBuf },
     /// That process got its GPU state back: the checkpoint above needs no undoing.
     GpuRestored { pid: u32, start: u64 },
+    /// An interrupt line the keeper moved (`host.irq_guard`), and where it was allowed before.
+    IrqAffinity { irq: u32, original: String },
     /// A VM the keeper hibernated through the Proxmox API described by the file `api`.
     VmStopped { vmid: u32, api: PathBuf },
     /// That VM was started again (or its hibernation refused): nothing to undo.

@@ -7,6 +7,7 @@
 //! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees;
 //! - [`affinity`]: CPU affinity: intruder eviction, and every task kept off the trading cores
 //!   where no cpuset partition can be made;
+//! - [`irq`]: interrupt affinity (`host.irq_guard`);
 //! - [`gpu`]: the GPU power limit and clock offset (NVML), cuda-checkpoint for the handoff;
 //! - [`balloon`] (QMP) and [`vm_stop`] (Proxmox API): the VMs' memory;
 //! - [`journal`]: the crash-safety journal;
@@ -18,6 +19,7 @@ pub mod cgroup;
 mod compact;
 pub mod execute;
 pub mod gpu;
+pub mod irq;
 pub mod journal;
 pub mod process;
 pub mod queue;
@@ -80,6 +82,8 @@ pub enum ActError {
     Proxmox(#[from] crate::device::proxmox::ProxmoxError),
     #[error("stopping VM {vmid} needs the Proxmox API (`keeper run --proxmox FILE`): nothing done")]
     NoApi { vmid: u32 },
+    #[error(transparent)]
+    Irq(#[from] crate::device::irq::IrqError),
     #[error("cuda-checkpoint, pid {pid}: {message}")]
     Checkpoint { pid: u32, message: String },
 }
@@ -122,6 +126,8 @@ pub struct Actuators {
     pub balloon_floor: crate::policy::Amount,
     /// QMP sockets whose original balloon is in the journal.
     pub(crate) balloons_journaled: HashSet<PathBuf>,
+    /// IRQs whose original affinity is in the journal.
+    pub(crate) irqs_journaled: HashSet<u32>,
     /// The GPU (NVML) and cuda-checkpoint, when present.
     pub(crate) gpu: gpu::GpuHands,
     /// The Proxmox API (`--proxmox`), for stopping VMs.
@@ -148,6 +154,7 @@ impl Actuators {
             qmp_dir: PathBuf::from(crate::device::qmp::DEFAULT_QMP_DIR),
             balloon_floor: crate::policy::Amount::Bytes(1 << 30),
             balloons_journaled: HashSet::new(),
+            irqs_journaled: HashSet::new(),
             gpu: gpu::GpuHands::default(),
             proxmox: None,
             vms_stopped: Default::default(),
@@ -313,6 +320,7 @@ impl Actuators {
         self.pending = kept;
         self.retry = Backoff::default();
         self.originals.clear();
+        self.irqs_journaled.clear();
         self.gpu.journal_cleared();
         self.vms_stopped.clear();
         Ok(done)
@@ -519,6 +527,7 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
         Entry::GpuCheckpoint { pid, start, tool } => gpu::restore_checkpoint(*pid, *start, tool),
         Entry::GpuRestored { .. } | Entry::VmStarted { .. } => Ok(None),
         Entry::VmStopped { vmid, api } => vm_stop::restore(*vmid, api),
+        Entry::IrqAffinity { irq, original } => irq::restore(*irq, original),
     }
 }
 
@@ -528,87 +537,4 @@ pub use crate::device::{
 };
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_undo_stays_in_the_journal_until_it_succeeds() {
-        let dir = std::env::temp_dir().join(format!("keeper-undo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let target = dir.join("cpu.max");
-        // A directory where the file should be: the write fails (EISDIR), as a busy QMP
-        // socket or an unreachable API would.
-        std::fs::create_dir_all(&target).unwrap();
-        let mut journal = Journal::open(&dir.join("state")).unwrap();
-        let fine = dir.join("memory.high");
-        std::fs::write(&fine, "1M").unwrap();
-        let bad = Entry::File {
-            path: target.clone(),
-            original: "max 100000".into(),
-        };
-        journal.record(&bad).unwrap();
-        journal
-            .record(&Entry::File {
-                path: fine.clone(),
-                original: "max".into(),
-            })
-            .unwrap();
-        let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
-        let done = act.restore_all().unwrap();
-        assert_eq!(done.len(), 1, "{done:?}");
-        assert_eq!(std::fs::read_to_string(&fine).unwrap(), "max");
-        assert_eq!(act.undo_pending(), std::slice::from_ref(&bad));
-        assert_eq!(act.journal().entries().unwrap(), std::slice::from_ref(&bad));
-        // Still failing: kept. Then the path becomes writable: undone and out of the journal.
-        assert!(act.retry_undo().unwrap().is_empty());
-        assert_eq!(act.journal().entries().unwrap(), [bad]);
-        std::fs::remove_dir(&target).unwrap();
-        std::fs::write(&target, "50000 100000").unwrap();
-        act.retry = Backoff::default();
-        assert_eq!(act.retry_undo().unwrap().len(), 1);
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "max 100000");
-        assert!(act.undo_pending().is_empty());
-        assert!(act.journal().entries().unwrap().is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_pending_undo_of_something_changed_again_waits_for_the_exit() {
-        let dir = std::env::temp_dir().join(format!("keeper-undo2-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let w = dir.join("w");
-        std::fs::create_dir_all(w.join("cpu.max")).unwrap(); // the undo fails (EISDIR)
-        let mut journal = Journal::open(&dir.join("state")).unwrap();
-        let pending = Entry::File {
-            path: w.join("cpu.max"),
-            original: "max 100000".into(),
-        };
-        journal.record(&pending).unwrap();
-        let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
-        act.restore_all().unwrap();
-        assert_eq!(act.undo_pending(), std::slice::from_ref(&pending));
-        // The file is writable again, and this run throttles it.
-        std::fs::remove_dir(w.join("cpu.max")).unwrap();
-        std::fs::write(w.join("cpu.max"), "max 100000").unwrap();
-        act.write_file("w", "cpu.max", "50000 100000").unwrap();
-        act.retry = Backoff::default();
-        assert!(act.retry_undo().unwrap().is_empty());
-        assert_eq!(
-            std::fs::read_to_string(w.join("cpu.max")).unwrap(),
-            "50000 100000"
-        );
-        assert_eq!(act.undo_pending(), std::slice::from_ref(&pending));
-        // At exit both are undone, the oldest value last.
-        act.restore_all().unwrap();
-        assert_eq!(
-            std::fs::read_to_string(w.join("cpu.max")).unwrap(),
-            "max 100000"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn our_own_cgroup_is_readable() {
-        assert!(task_cgroup(std::process::id()).is_some());
-    }
-}
+mod tests;

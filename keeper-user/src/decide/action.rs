@@ -90,6 +90,13 @@ pub enum ActionKind {
     },
     /// Stop reserving the trading cores.
     ReleaseTradingCores { workload: String },
+    /// Let an interrupt line fire only on `to` (the housekeeping cores): `host.irq_guard`.
+    MoveIrq {
+        irq: u32,
+        name: String,
+        #[serde(serialize_with = "cpu_list_text")]
+        to: CpuList,
+    },
     /// Move an intruder off a trading core.
     EvictIntruder {
         pid: u32,
@@ -133,6 +140,7 @@ impl ActionKind {
             ActionKind::GpuRestore { .. } => "gpu_restore",
             ActionKind::ProtectTradingCores { .. } => "protect_trading_cores",
             ActionKind::ReleaseTradingCores { .. } => "release_trading_cores",
+            ActionKind::MoveIrq { .. } => "move_irq",
             ActionKind::EvictIntruder { .. } => "evict_intruder",
             ActionKind::StopIntruder { .. } => "stop_intruder",
             ActionKind::SloBreach { .. } => "slo_breach",
@@ -193,6 +201,7 @@ impl fmt::Display for ActionKind {
                 )
             }
             ReleaseTradingCores { workload } => write!(f, "release trading cores of {workload}"),
+            MoveIrq { irq, name, to } => write!(f, "move IRQ {irq} ({name}) to CPUs {to}"),
             EvictIntruder {
                 pid, comm, cpu, to, ..
             } => write!(f, "evict intruder {comm}[{pid}] from CPU {cpu} to {to}"),

@@ -14,6 +14,7 @@ mod activity;
 mod escalation;
 mod gpu;
 mod handoff;
+mod irq;
 mod memory;
 mod observe;
 mod outcome;
@@ -35,7 +36,7 @@ use jiff::Timestamp;
 
 pub use action::{Action, ActionKind, RuleId, limits_text};
 use handoff::step_failed;
-pub use observe::{GpuObs, Intruder, Observations, Psi, WorkloadObs};
+pub use observe::{GpuObs, Intruder, IrqObs, Observations, Psi, WorkloadObs};
 pub use outcome::{Outcome, Step, acknowledge, still_wanted};
 pub use retry::{FIRST_RETRY, LAST_RETRY, Retries};
 pub use state::{
@@ -62,6 +63,7 @@ pub fn decide(
     escalation::run(&mut tick, state);
     memory::run(&mut tick, state);
     gpu::eco_mode(&mut tick, state);
-    let actions = reconcile::run(tick, state);
+    let mut actions = reconcile::run(tick, state);
+    actions.extend(irq::guard(policy, obs, state, now));
     retry::hold_back(state, actions, now)
 }

@@ -55,6 +55,14 @@ pub struct Intruder {
     pub arrived: bool,
 }
 
+/// An interrupt line allowed on a trading core (read each tick with `host.irq_guard`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IrqObs {
+    pub irq: u32,
+    pub name: String,
+}
+
 /// Everything the engine reads about the host at one tick.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -75,6 +83,10 @@ pub struct Observations {
     pub intruders: Vec<Intruder>,
     /// p99 wakeup latency on the trading cores over the last interval, nanoseconds.
     pub trading_p99_wakeup_ns: Option<u64>,
+    /// IRQs allowed on a trading core, read at this tick (`host.irq_guard`; none between
+    /// ticks, when only intruders are news).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub irqs_on_trading_cores: Vec<IrqObs>,
 }
 
 impl Observations {

@@ -157,7 +157,14 @@ pub fn acknowledge(
             }
             false
         }
-        Outcome::Done | Outcome::Skipped => {
+        Outcome::Skipped => {
+            // A managed IRQ: the kernel keeps it where it is; said once.
+            if let ActionKind::MoveIrq { irq, .. } = &action.kind {
+                state.unmovable_irqs.insert(*irq);
+            }
+            false
+        }
+        Outcome::Done => {
             if !state.retries.is_empty() {
                 state.retries.succeeded(&action.kind);
             }

@@ -104,7 +104,8 @@ fn backs_off(kind: &ActionKind) -> bool {
         | ActionKind::SetMemoryHigh { .. }
         | ActionKind::ProtectTradingCores { .. }
         | ActionKind::StopVm { .. }
-        | ActionKind::StartVm { .. } => true,
+        | ActionKind::StartVm { .. }
+        | ActionKind::MoveIrq { .. } => true,
         _ => false,
     }
 }

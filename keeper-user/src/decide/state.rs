@@ -41,6 +41,12 @@ pub struct EngineState {
     /// again until they move (at most [`MAX_OBSERVED_ONLY`], then forgotten all at once).
     #[serde(default)]
     pub observed_only: BTreeMap<u32, String>,
+    /// IRQs the kernel refused to move (managed): reported once, not asked for again.
+    #[serde(default)]
+    pub unmovable_irqs: BTreeSet<u32>,
+    /// IRQs asked to move, and when (not asked again within `IRQ_RECHECK`).
+    #[serde(default)]
+    pub irqs_asked: BTreeMap<u32, Timestamp>,
     /// Actions that failed and wait before they are asked again (not kept across restarts).
     #[serde(skip)]
     pub retries: super::Retries,

@@ -326,6 +326,10 @@ fn arb_obs() -> impl Strategy<Value = Observations> {
                         arrived: false,
                     }],
                     trading_p99_wakeup_ns: p99,
+                    irqs_on_trading_cores: vec![IrqObs {
+                        irq: 38,
+                        name: "virtio2-input.0".into(),
+                    }],
                 }
             },
         )

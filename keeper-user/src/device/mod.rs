@@ -6,12 +6,14 @@
 //! - [`procfs`]: what /proc says about a task (one parser of `/proc/<pid>/stat`), host totals;
 //! - [`placement`]: where each workload of the policy lives, and whose a process or cgroup is;
 //! - [`qmp`]: a VM's QMP socket (balloon, status), Proxmox's socket layout;
+//! - [`irq`]: interrupt lines, their names and affinities;
 //! - [`gpu`]: the GPU through NVML (readouts, power limit, clock offset);
 //! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernate/start);
 //! - [`trust`]: whether a library or tool the keeper would load or run is root's alone.
 
 pub mod cgroupfs;
 pub mod gpu;
+pub mod irq;
 pub mod placement;
 pub mod procfs;
 pub mod proxmox;

@@ -38,6 +38,9 @@ pub struct RawHost {
     pub housekeeping_cores: At<String>,
     /// The keeper's own systemd unit; never frozen. Default `keeper.service`.
     pub keeper_unit: Option<At<String>>,
+    /// Keep every movable interrupt off the trading cores while they are protected (host-wide:
+    /// also under `--scope`, since the policy asks for it). Default false.
+    pub irq_guard: Option<At<bool>>,
 }
 
 /// Per-class overrides of the default cgroup limits.

@@ -40,6 +40,8 @@ pub struct Host {
     pub trading_cores: CpuList,
     pub housekeeping_cores: CpuList,
     pub keeper_unit: String,
+    /// `host.irq_guard`: movable IRQs kept off the trading cores while they are protected.
+    pub irq_guard: bool,
 }
 
 /// Sizing classes from the heavy-agent sizing grid.

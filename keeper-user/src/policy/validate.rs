@@ -198,6 +198,7 @@ impl<'a> Checker<'a> {
                 .as_ref()
                 .map(|u| u.value.clone())
                 .unwrap_or_else(|| "keeper.service".into()),
+            irq_guard: h.irq_guard.as_ref().is_some_and(|g| g.value),
         })
     }
 

@@ -123,9 +123,11 @@ impl Observer {
                 .collect(),
             intruders,
             trading_p99_wakeup_ns: trading_p99_ns,
+            irqs_on_trading_cores: irqs_on(r.policy),
         };
         self.last = Some(Observations {
             intruders: vec![],
+            irqs_on_trading_cores: vec![],
             ..obs.clone()
         });
         obs
@@ -186,4 +188,20 @@ impl Observer {
             }
         }
     }
+}
+
+/// With `host.irq_guard`: the IRQs allowed on a trading core now.
+fn irqs_on(policy: &crate::policy::Policy) -> Vec<crate::decide::IrqObs> {
+    if !policy.host.irq_guard {
+        return vec![];
+    }
+    let trading = &policy.host.trading_cores;
+    crate::device::irq::list()
+        .into_iter()
+        .filter(|i| !i.affinity.intersection(trading).is_empty())
+        .map(|i| crate::decide::IrqObs {
+            irq: i.number,
+            name: i.name,
+        })
+        .collect()
 }

@@ -1,0 +1,75 @@
+//! Interrupt affinity, journaled: `host.irq_guard` moves a line off the trading cores; the
+//! exit (or the next start) puts back where it was allowed before.
+
+use super::{ActError, Actuators, Effect, journal::Entry};
+use crate::{
+    cpulist::CpuList,
+    device::irq::{self, IrqError},
+};
+
+impl Actuators {
+    /// Lets `irq` fire only on `to`, journaling where it was allowed before (once per run: a
+    /// line put back by a driver or irqbalance is moved again without a new record). A managed
+    /// line refuses (EPERM or EIO): [`IrqError::Managed`], read as "skipped" by the engine.
+    pub fn move_irq(&mut self, number: u32, name: &str, to: &CpuList) -> Result<Effect, ActError> {
+        let what = format!("IRQ {number} ({name}) to CPUs {to}");
+        if self.dry_run {
+            return Ok(Effect::WouldDo(format!("move {what}")));
+        }
+        let original = irq::affinity(number).map_err(|source| IrqError::Io {
+            irq: number,
+            name: name.to_string(),
+            path: format!("/proc/irq/{number}/smp_affinity_list").into(),
+            source,
+        })?;
+        if original == *to {
+            return Ok(Effect::Unchanged(what));
+        }
+        if self.irqs_journaled.insert(number) {
+            self.journal().record(&Entry::IrqAffinity {
+                irq: number,
+                original: original.to_string(),
+            })?;
+        }
+        if let Err(e) = irq::set_affinity(number, name, to) {
+            if matches!(e, IrqError::Managed { .. }) {
+                // Said once: the engine does not ask for this line again.
+                let cores = CpuList::online()
+                    .map(|all| all.difference(to).to_string())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    irq = number,
+                    name,
+                    "{e}; it stays where the kernel puts it (at boot, `isolcpus=managed_irq,{cores}` keeps managed lines off the trading cores)"
+                );
+            }
+            return Err(e.into());
+        }
+        // x86 moves a line at its next interrupt: until then it may still fire where it did.
+        let fires = match irq::effective(number) {
+            Some(e) if !e.difference(to).is_empty() => {
+                format!(" (fires on CPUs {e} until its next interrupt)")
+            }
+            _ => String::new(),
+        };
+        Ok(Effect::Done(format!(
+            "moved IRQ {number} ({name}) from CPUs {original} to {to}{fires}"
+        )))
+    }
+}
+
+/// Journal replay: `irq` allowed on `original` again. A line gone since (its device removed) or
+/// managed (the move never happened) needs nothing.
+pub fn restore(number: u32, original: &str) -> Result<Option<String>, ActError> {
+    let Ok(cpus) = original.parse::<CpuList>() else {
+        return Ok(None);
+    };
+    if irq::affinity(number).is_err() {
+        return Ok(None);
+    }
+    match irq::set_affinity(number, &irq::name(number), &cpus) {
+        Ok(()) => Ok(Some(format!("IRQ {number} back on CPUs {cpus}"))),
+        Err(IrqError::Managed { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,84 @@
+//! Journal replay: failed undos kept and retried, the oldest value last.
+
+use super::*;
+
+#[test]
+fn a_failed_undo_stays_in_the_journal_until_it_succeeds() {
+    let dir = std::env::temp_dir().join(format!("keeper-undo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let target = dir.join("cpu.max");
+    // A directory where the file should be: the write fails (EISDIR), as a busy QMP
+    // socket or an unreachable API would.
+    std::fs::create_dir_all(&target).unwrap();
+    let mut journal = Journal::open(&dir.join("state")).unwrap();
+    let fine = dir.join("memory.high");
+    std::fs::write(&fine, "1M").unwrap();
+    let bad = Entry::File {
+        path: target.clone(),
+        original: "max 100000".into(),
+    };
+    journal.record(&bad).unwrap();
+    journal
+        .record(&Entry::File {
+            path: fine.clone(),
+            original: "max".into(),
+        })
+        .unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    let done = act.restore_all().unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(std::fs::read_to_string(&fine).unwrap(), "max");
+    assert_eq!(act.undo_pending(), std::slice::from_ref(&bad));
+    assert_eq!(act.journal().entries().unwrap(), std::slice::from_ref(&bad));
+    // Still failing: kept. Then the path becomes writable: undone and out of the journal.
+    assert!(act.retry_undo().unwrap().is_empty());
+    assert_eq!(act.journal().entries().unwrap(), [bad]);
+    std::fs::remove_dir(&target).unwrap();
+    std::fs::write(&target, "50000 100000").unwrap();
+    act.retry = Backoff::default();
+    assert_eq!(act.retry_undo().unwrap().len(), 1);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "max 100000");
+    assert!(act.undo_pending().is_empty());
+    assert!(act.journal().entries().unwrap().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_pending_undo_of_something_changed_again_waits_for_the_exit() {
+    let dir = std::env::temp_dir().join(format!("keeper-undo2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let w = dir.join("w");
+    std::fs::create_dir_all(w.join("cpu.max")).unwrap(); // the undo fails (EISDIR)
+    let mut journal = Journal::open(&dir.join("state")).unwrap();
+    let pending = Entry::File {
+        path: w.join("cpu.max"),
+        original: "max 100000".into(),
+    };
+    journal.record(&pending).unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    act.restore_all().unwrap();
+    assert_eq!(act.undo_pending(), std::slice::from_ref(&pending));
+    // The file is writable again, and this run throttles it.
+    std::fs::remove_dir(w.join("cpu.max")).unwrap();
+    std::fs::write(w.join("cpu.max"), "max 100000").unwrap();
+    act.write_file("w", "cpu.max", "50000 100000").unwrap();
+    act.retry = Backoff::default();
+    assert!(act.retry_undo().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_to_string(w.join("cpu.max")).unwrap(),
+        "50000 100000"
+    );
+    assert_eq!(act.undo_pending(), std::slice::from_ref(&pending));
+    // At exit both are undone, the oldest value last.
+    act.restore_all().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(w.join("cpu.max")).unwrap(),
+        "max 100000"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn our_own_cgroup_is_readable() {
+    assert!(task_cgroup(std::process::id()).is_some());
+}

@@ -1,0 +1,127 @@
+//! `host.irq_guard`: while the trading cores are protected, every interrupt line allowed on
+//! them is moved to the housekeeping cores, again each time a driver or irqbalance puts one
+//! back (the sensor reads the lines at each tick). A line the kernel refuses to move (managed)
+//! is reported once and left alone. A line asked for is not asked for again within
+//! [`IRQ_RECHECK`]: the same observation twice gives no new action.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::{Action, ActionKind, EngineState, Observations, RuleId, elapsed};
+use crate::policy::Policy;
+
+/// A moved line seen on the trading cores again is moved again after this long.
+pub const IRQ_RECHECK: Duration = Duration::from_secs(1);
+
+/// The IRQ moves of this decision (after `reconcile`, which says whether the cores are
+/// protected now).
+pub fn guard(
+    policy: &Policy,
+    obs: &Observations,
+    state: &mut EngineState,
+    now: Timestamp,
+) -> Vec<Action> {
+    state
+        .irqs_asked
+        .retain(|_, at| elapsed(*at, now) < IRQ_RECHECK);
+    if !policy.host.irq_guard || state.applied.trading.is_none() {
+        return vec![];
+    }
+    let cores = &policy.host.trading_cores;
+    let wanted: Vec<_> = obs
+        .irqs_on_trading_cores
+        .iter()
+        .filter(|i| {
+            !state.unmovable_irqs.contains(&i.irq) && !state.irqs_asked.contains_key(&i.irq)
+        })
+        .collect();
+    for i in &wanted {
+        state.irqs_asked.insert(i.irq, now);
+    }
+    wanted
+        .into_iter()
+        .map(|i| Action {
+            kind: ActionKind::MoveIrq {
+                irq: i.irq,
+                name: i.name.clone(),
+                to: policy.host.housekeeping_cores.clone(),
+            },
+            rule: RuleId::new("host.irq_guard"),
+            reason: format!(
+                "IRQ {} ({}) may fire on the trading cores {cores}",
+                i.irq, i.name
+            ),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Batch, IrqObs, Outcome, WorkloadObs, acknowledge, decide};
+    use crate::policy::{HostFacts, load};
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_millisecond(1_773_100_000_000 + ms).unwrap()
+    }
+
+    fn policy(guard: bool) -> Policy {
+        let text = format!(
+            "version: 1\nhost: {{ trading_cores: \"1\", housekeeping_cores: \"0\", irq_guard: {guard} }}\n\
+             workloads:\n  - {{ name: banker, rank: 1, match: {{ vmid: 100 }}, owns_trading_cores: true }}\n"
+        );
+        load(text.as_bytes(), &HostFacts::default()).unwrap().policy
+    }
+
+    fn obs(banker: bool, irqs: &[u32]) -> Observations {
+        let mut o = Observations::default();
+        if banker {
+            o.workloads.insert("banker".into(), WorkloadObs::default());
+        }
+        o.irqs_on_trading_cores = irqs
+            .iter()
+            .map(|irq| IrqObs {
+                irq: *irq,
+                name: format!("dev{irq}"),
+            })
+            .collect();
+        o
+    }
+
+    fn moves(actions: &[Action]) -> Vec<u32> {
+        actions
+            .iter()
+            .filter_map(|a| match &a.kind {
+                ActionKind::MoveIrq { irq, to, .. } if to.to_string() == "0" => Some(*irq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lines_on_the_trading_cores_move_while_they_are_protected_managed_ones_once() {
+        let p = policy(true);
+        let mut s = EngineState::default();
+        // Nobody owns the cores: nothing moves.
+        assert!(moves(&decide(&p, &mut s, &obs(false, &[36, 38]), t(0))).is_empty());
+        let first = decide(&p, &mut s, &obs(true, &[36, 38]), t(100));
+        assert_eq!(moves(&first), [36, 38]);
+        // The same observation again, at once: no new action.
+        assert!(moves(&decide(&p, &mut s, &obs(true, &[36, 38]), t(100))).is_empty());
+        // 36 is managed (skipped); 38 moved, then put back by irqbalance.
+        let a36 = first
+            .iter()
+            .find(|a| moves(&[(*a).clone()]) == [36])
+            .unwrap();
+        acknowledge(&mut s, &mut Batch::default(), a36, Outcome::Skipped);
+        assert!(moves(&decide(&p, &mut s, &obs(true, &[36, 38]), t(600))).is_empty());
+        assert_eq!(
+            moves(&decide(&p, &mut s, &obs(true, &[36, 38]), t(1200))),
+            [38]
+        );
+        // Without the guard nothing moves.
+        let mut s = EngineState::default();
+        assert!(moves(&decide(&policy(false), &mut s, &obs(true, &[38]), t(0))).is_empty());
+    }
+}

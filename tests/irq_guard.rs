@@ -1,0 +1,95 @@
+//! `host.irq_guard` on the real kernel: every interrupt line allowed on the trading core
+//! (CPU 1; this VM's disk and network lines fire there) is moved to the housekeeping core while
+//! the keeper protects it, moved again when something puts it back (a driver reset,
+//! irqbalance), a managed line that refuses (EIO) is named once and left, and at exit each
+//! line is allowed where it was before. The test puts every line back itself, even failing.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    irqs::{SavedIrqs, allows_cpu1, irq_affinity as affinity},
+    privileged,
+    rig::{Rig, eventually},
+};
+
+#[test]
+fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_at_exit() {
+    if !privileged("movable_irqs_leave_the_trading_core") {
+        return;
+    }
+    let saved = SavedIrqs::now();
+    let on_cpu1: Vec<u32> = saved
+        .0
+        .iter()
+        .filter(|(_, a)| allows_cpu1(a))
+        .map(|(irq, _)| *irq)
+        .collect();
+    assert!(
+        !on_cpu1.is_empty(),
+        "no IRQ may fire on CPU 1 here: {:?}",
+        saved.0
+    );
+    let rig = Rig::new("irq");
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let text = text.replace(
+        "housekeeping_cores: \"0\" }",
+        "housekeeping_cores: \"0\", irq_guard: true }",
+    );
+    std::fs::write(&policy, text).unwrap();
+    let mut keeper = rig.keeper(&["--tick", "200ms"]);
+
+    // Each line is moved, or named once as managed.
+    let managed = |lines: &[String], irq: u32| {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("IRQ {irq} (")) && l.contains("managed by the kernel"))
+            .count()
+    };
+    let settled = eventually(Duration::from_secs(5), || {
+        keeper.drain();
+        on_cpu1
+            .iter()
+            .all(|irq| affinity(*irq) == "0" || managed(&keeper.lines, *irq) > 0)
+    });
+    let moved: Vec<u32> = on_cpu1
+        .iter()
+        .copied()
+        .filter(|i| affinity(*i) == "0")
+        .collect();
+    assert!(
+        settled,
+        "{:?}: {:#?}",
+        on_cpu1
+            .iter()
+            .map(|i| (i, affinity(*i)))
+            .collect::<Vec<_>>(),
+        keeper.lines
+    );
+    assert!(!moved.is_empty(), "no IRQ moved: {:#?}", keeper.lines);
+
+    // Put back on the trading core (a driver reset, irqbalance): moved again.
+    let irq = moved[0];
+    std::fs::write(format!("/proc/irq/{irq}/smp_affinity_list"), "0-1").unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || affinity(irq) == "0"),
+        "IRQ {irq} left on CPUs {}",
+        affinity(irq)
+    );
+
+    let log = keeper.stop();
+    for i in &on_cpu1 {
+        // Managed lines are named once however many ticks passed.
+        assert!(managed(&log, *i) <= 1, "IRQ {i} reported again: {log:#?}");
+        assert_eq!(affinity(*i), saved.0[i], "IRQ {i} not put back at exit");
+    }
+    eprintln!(
+        "moved {moved:?}, managed {:?}",
+        on_cpu1
+            .iter()
+            .filter(|i| managed(&log, **i) == 1)
+            .collect::<Vec<_>>()
+    );
+}
