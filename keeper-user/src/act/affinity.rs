@@ -13,7 +13,21 @@ use crate::{cpulist::CpuList, device::procfs};
 
 impl Actuators {
     /// Moves every thread of `pid` to `to` (intruder eviction), journaling the original affinity.
-    pub fn evict(&mut self, pid: u32, to: &CpuList) -> Result<Effect, ActError> {
+    /// With `start` (the task's start time at its event), a pid that now names another task
+    /// (reused since) is left alone.
+    pub fn evict(
+        &mut self,
+        pid: u32,
+        start: Option<u64>,
+        to: &CpuList,
+    ) -> Result<Effect, ActError> {
+        if let Some(start) = start
+            && process::start_time(pid).is_some_and(|now| now != start)
+        {
+            return Ok(Effect::Unchanged(format!(
+                "pid {pid} exited before its eviction (its number now names another task)"
+            )));
+        }
         match self.check_scope_pid(pid) {
             // Gone before it could be moved: nothing left on the trading core to evict.
             Err(ActError::Vanished { .. }) => {

@@ -156,7 +156,7 @@ pub fn execute(
             }
             out
         }
-        ActionKind::EvictIntruder { pid, to, .. } => vec![act.evict(*pid, to)],
+        ActionKind::EvictIntruder { pid, to, start, .. } => vec![act.evict(*pid, *start, to)],
         ActionKind::StopIntruder { pid, .. } => vec![act.signal_tree(*pid, true)],
         ActionKind::Balloon {
             vmid,

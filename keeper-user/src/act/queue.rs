@@ -251,6 +251,7 @@ mod tests {
             cgroup: "x".into(),
             cpu: 1,
             to: "0".parse().unwrap(),
+            start: None,
         };
         let thaw = ActionKind::Thaw {
             workload: "lab".into(),

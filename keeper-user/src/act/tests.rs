@@ -82,3 +82,46 @@ fn a_pending_undo_of_something_changed_again_waits_for_the_exit() {
 fn our_own_cgroup_is_readable() {
     assert!(task_cgroup(std::process::id()).is_some());
 }
+
+#[test]
+fn an_eviction_acts_only_on_the_task_its_event_was_about() {
+    let dir = std::env::temp_dir().join(format!("keeper-reuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let start = process::start_time(pid).unwrap();
+    let allowed = || crate::device::procfs::task_stat(pid).map(|_| affinity_of(pid));
+    let before = allowed();
+    let to: CpuList = "0".parse().unwrap();
+    // The event was about an older task with this number (another start time): left alone.
+    let e = act.evict(pid, Some(start - 1), &to).unwrap();
+    assert!(e.to_string().contains("now names another task"), "{e}");
+    assert_eq!(allowed(), before);
+    assert!(act.journal().entries().unwrap().is_empty());
+    // The task of the event: evicted.
+    let e = act.evict(pid, Some(start), &to).unwrap();
+    assert!(
+        matches!(e, Effect::Done(_)) || before == Some("0".into()),
+        "{e}"
+    );
+    assert_eq!(allowed(), Some("0".into()));
+    act.restore_all().unwrap();
+    assert_eq!(allowed(), before);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn affinity_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

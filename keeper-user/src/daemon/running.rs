@@ -183,8 +183,14 @@ impl Running {
             let Some(cgroup) = self.cgroup_of(&ev) else {
                 continue;
             };
-            if procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread()) {
+            let stat = procfs::task_stat(ev.pid);
+            if stat.as_ref().is_some_and(|s| s.is_kernel_thread()) {
                 continue; // a kernel thread: never evicted
+            }
+            let start = stat.map(|s| s.start);
+            if start.is_some_and(|s| procfs::started_after(s, ev.timestamp_ns)) {
+                tracing::debug!(pid = ev.pid, "pid reused since its event: not an intruder");
+                continue;
             }
             // An arrival starts a new stay (a return after an eviction too); a slice dates
             // its own start.
@@ -201,6 +207,7 @@ impl Running {
                 cpu: ev.cpu,
                 ran_ns: ev.ran_ns,
                 arrived: ev.kind != event::SLICE,
+                start,
             });
         }
         out

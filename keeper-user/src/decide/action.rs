@@ -105,6 +105,9 @@ pub enum ActionKind {
         cpu: u32,
         #[serde(serialize_with = "cpu_list_text")]
         to: CpuList,
+        /// The task's start time at its event ([`super::Intruder::start`]).
+        #[serde(skip)]
+        start: Option<u64>,
     },
     /// Stop a repeat offender's process (and its children) with SIGSTOP, until the keeper
     /// exits (`rules.intruders.then: stop`).

@@ -53,6 +53,10 @@ pub struct Intruder {
     /// Reported at its arrival on a trading core (its first switch-in there, or a fork placed
     /// there), before it ran: always news, also for a task evicted moments ago (it came back).
     pub arrived: bool,
+    /// Its start time (clock ticks since boot), read at the event and no later than it: the
+    /// eviction acts only on the task that still has it (a pid reused since is left alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
 }
 
 /// An interrupt line allowed on a trading core (read each tick with `host.irq_guard`).

@@ -55,6 +55,7 @@ fn intruder(pid: u32, cgroup: &str, arrived: bool) -> Intruder {
         cpu: 1,
         ran_ns: 50_000,
         arrived,
+        start: None,
     }
 }
 
@@ -261,6 +262,7 @@ fn action_names_are_their_serialised_tags() {
             cgroup: "g".into(),
             cpu: 1,
             to: "0".parse().unwrap(),
+            start: None,
         },
         ActionKind::SloMet {
             p99_us: 1.0,

@@ -115,6 +115,7 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
             cpu: 1,
             ran_ns: 0,
             arrived,
+            start: None,
         });
         let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
         decide(&p, state, &obs, now)
@@ -150,6 +151,7 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
             cpu: 1,
             ran_ns: 0,
             arrived: true,
+            start: None,
         });
         let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(s);
         let acts = decide(&p2, &mut state, &obs, now);
@@ -198,6 +200,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cpu: 1,
         ran_ns: 5,
         arrived: false,
+        start: None,
     });
     obs.intruders.push(Intruder {
         pid: 8,
@@ -206,6 +209,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cpu: 1,
         ran_ns: 5,
         arrived: false,
+        start: None,
     });
     obs.intruders.push(Intruder {
         pid: 9,
@@ -214,6 +218,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cpu: 0,
         ran_ns: 5,
         arrived: false,
+        start: None,
     });
     let mut state = EngineState::default();
     let actions = decide(&p, &mut state, &obs, at("2026-03-09T10:00"));
@@ -324,6 +329,7 @@ fn arb_obs() -> impl Strategy<Value = Observations> {
                         cpu: 1,
                         ran_ns: 1,
                         arrived: false,
+                        start: None,
                     }],
                     trading_p99_wakeup_ns: p99,
                     irqs_on_trading_cores: vec![IrqObs {

@@ -88,6 +88,31 @@ pub fn task_stat(pid: u32) -> Option<TaskStat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// Whether a task that started at `start` (clock ticks since boot, `/proc/<pid>/stat`) began
+/// after `event_ns` (CLOCK_MONOTONIC, the eBPF events' clock): then its pid was reused since
+/// the event, and the event was about another task. The start is rounded down to its tick, so
+/// "after" is never a guess; a reuse within the same tick (10 ms) is not told apart.
+pub fn started_after(start: u64, event_ns: u64) -> bool {
+    // SAFETY: sysconf and clock_gettime with valid out-pointers.
+    let (hz, boot, mono) = unsafe {
+        let hz = libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64;
+        let read = |clock| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            libc::clock_gettime(clock, &mut ts);
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        };
+        (hz, read(libc::CLOCK_BOOTTIME), read(libc::CLOCK_MONOTONIC))
+    };
+    // Boot time runs ahead of the monotonic clock by the time spent suspended.
+    let suspended = boot.saturating_sub(mono);
+    let start_ns = (start * (1_000_000_000 / hz)).saturating_sub(suspended);
+    // 1 ms for the two clock reads above not being one instant.
+    start_ns > event_ns + 1_000_000
+}
+
 /// Total run time of a task, in nanoseconds, from /proc/<pid>/schedstat.
 pub fn run_time_ns(pid: u32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
@@ -130,6 +155,30 @@ impl HostTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_started_after_an_event_is_told_apart() {
+        let me = task_stat(std::process::id()).unwrap();
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime with a valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        // This process existed at `now`; it did not at the boot's first millisecond.
+        assert!(!started_after(me.start, now));
+        assert!(started_after(me.start, 0));
+        // A child started now, against an event a moment ago (its pid could be a reused one).
+        let mut child = std::process::Command::new("sleep")
+            .arg("1")
+            .spawn()
+            .unwrap();
+        let start = task_stat(child.id()).unwrap().start;
+        assert!(started_after(start, now.saturating_sub(2_000_000_000)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     #[test]
     fn parses_stat_with_odd_comm() {
