@@ -1,6 +1,7 @@
 //! The chaos suite (issue 15): a keeper killed with SIGKILL at random moments and started
 //! again, over and over, while intruders land on the trading core, interactions begin and end,
-//! the policy is reloaded, interrupt lines are moved off the trading core (`host.irq_guard`),
+//! the policy is reloaded, interrupt lines and unbound workqueues are moved off the trading
+//! core (`host.irq_guard`, `host.workqueue_guard`),
 //! memory pressure steps up and down (balloons through QMP on real
 //! QEMU machines, hibernations through the Proxmox stub), the stub hangs or answers 500, and
 //! the journal is now and then cut in the middle of its last record.
@@ -8,7 +9,8 @@
 //! Checked from the kernel's side (and the stub's, and QEMU's socket), never from the
 //! keeper's word: after each start, once it settled, nothing is frozen, stopped or ballooned
 //! that the policy does not want now (the conditions are put back to calm before each
-//! start); after a clean exit and at the end, every task and IRQ affinity is back as it was and the
+//! start); after a clean exit and at the end, every task and IRQ affinity and the workqueue
+//! mask are back as they were and the
 //! journal is empty. A cut record stands for a torn write at a power loss: the harness undoes
 //! its change itself (a reboot would have) and checks that the line was quarantined, not that
 //! the keeper stopped starting.
@@ -56,6 +58,16 @@ struct Hive {
     spinners: Vec<Child>,
     /// Every interrupt line's affinity before the first keeper (`host.irq_guard` is on).
     irqs: SavedIrqs,
+    /// The unbound workqueues' mask before (`host.workqueue_guard` is on).
+    workqueues: String,
+}
+
+const WORKQUEUES: &str = "/sys/devices/virtual/workqueue/cpumask";
+
+impl Drop for Hive {
+    fn drop(&mut self) {
+        let _ = std::fs::write(WORKQUEUES, &self.workqueues);
+    }
 }
 
 impl Hive {
@@ -74,10 +86,14 @@ impl Hive {
         let policy = rig.dir.join("policy.yaml");
         let text = std::fs::read_to_string(&policy).unwrap().replace(
             "housekeeping_cores: \"0\" }",
-            "housekeeping_cores: \"0\", irq_guard: true }",
+            "housekeeping_cores: \"0\", irq_guard: true, workqueue_guard: true }",
         );
         std::fs::write(&policy, text).unwrap();
         let irqs = SavedIrqs::now();
+        let workqueues = std::fs::read_to_string(WORKQUEUES)
+            .unwrap()
+            .trim()
+            .to_string();
         let (real, qmp_dir) = (rig.dir.join("qemu-real"), rig.dir.join("qemu-server"));
         std::fs::create_dir_all(&qmp_dir).unwrap();
         let (mut vms, mut proxies) = (vec![], vec![]);
@@ -114,6 +130,7 @@ impl Hive {
             residents,
             spinners: vec![],
             irqs,
+            workqueues,
         })
     }
 
@@ -255,6 +272,9 @@ fn cut_last_record(h: &Hive) -> Option<String> {
             let pid = entry["pid"].as_u64()? as i32;
             set_affinity(pid, entry["original"].as_str()?);
         }
+        "file" => {
+            std::fs::write(entry["path"].as_str()?, entry["original"].as_str()?).ok()?;
+        }
         "irq_affinity" => {
             let irq = entry["irq"].as_u64()?;
             let original = entry["original"].as_str()?;
@@ -382,6 +402,14 @@ fn exited(h: &Hive, log: &[String], hostile: bool) {
         }
     }
     left.extend(h.irqs.moved());
+    let wq = std::fs::read_to_string(WORKQUEUES).unwrap_or_default();
+    if wq.trim() != h.workqueues {
+        left.push(format!(
+            "workqueues on mask {} (was {})",
+            wq.trim(),
+            h.workqueues
+        ));
+    }
     for c in h.residents.iter().chain(&h.spinners) {
         if support::chaos::proc_state(c.id()) == 'T' {
             left.push(format!("pid {} left stopped", c.id()));

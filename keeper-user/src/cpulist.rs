@@ -40,6 +40,33 @@ impl CpuList {
     pub fn difference(&self, other: &CpuList) -> CpuList {
         CpuList(self.0.difference(&other.0).copied().collect())
     }
+    /// The kernel's hex mask form (`3`, `ffffffff,00000001`: 32-bit groups, highest first), as
+    /// in `/sys/devices/virtual/workqueue/cpumask`.
+    pub fn to_mask(&self) -> String {
+        let top = self.0.last().map_or(0, |c| *c as usize / 32);
+        let mut words = vec![0u32; top + 1];
+        for c in &self.0 {
+            words[*c as usize / 32] |= 1 << (c % 32);
+        }
+        let mut out: Vec<String> = vec![format!("{:x}", words[top])];
+        out.extend(words[..top].iter().rev().map(|w| format!("{w:08x}")));
+        out.join(",")
+    }
+
+    /// Parses the hex mask form back (`3`, `ffffffff,00000001`); `None` if it is not one.
+    pub fn from_mask(text: &str) -> Option<CpuList> {
+        let mut set = BTreeSet::new();
+        for (i, group) in text.trim().split(',').rev().enumerate() {
+            let w = u32::from_str_radix(group.trim(), 16).ok()?;
+            set.extend(
+                (0..32)
+                    .filter(|b| w & (1 << b) != 0)
+                    .map(|b| i as u32 * 32 + b),
+            );
+        }
+        Some(CpuList(set))
+    }
+
     /// The CPUs this host has online (`/sys/devices/system/cpu/online`).
     pub fn online() -> std::io::Result<CpuList> {
         let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
@@ -111,6 +138,19 @@ impl fmt::Display for CpuList {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn masks_are_32_bit_hex_groups_highest_first() {
+        let l = |t: &str| t.parse::<CpuList>().unwrap();
+        assert_eq!(l("0-1").to_mask(), "3");
+        assert_eq!(l("0").to_mask(), "1");
+        assert_eq!(l("1,35").to_mask(), "8,00000002");
+        assert_eq!(l("0-31,32").to_mask(), "1,ffffffff");
+        for t in ["0", "1", "0-1", "1,35", "0-63", "2-5,7,100"] {
+            assert_eq!(CpuList::from_mask(&l(t).to_mask()), Some(l(t)), "{t}");
+        }
+        assert_eq!(CpuList::from_mask("zz"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -137,6 +137,7 @@ pub fn execute(
             housekeeping,
         } => protect_trading_cores(act, placements, workload, cpus, housekeeping),
         ActionKind::MoveIrq { irq, name, to } => vec![act.move_irq(*irq, name, to)],
+        ActionKind::SetWorkqueueCpus { to } => vec![act.set_workqueue_cpus(to)],
         ActionKind::ReleaseTradingCores { workload } => {
             let mut out = each_cgroup(act, &place(workload), |a, c| {
                 match a.read_file(c, "cpuset.cpus.partition") {

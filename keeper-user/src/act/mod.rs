@@ -7,7 +7,8 @@
 //! - [`process`]: pidfds, SIGSTOP/SIGCONT of process trees;
 //! - [`affinity`]: CPU affinity: intruder eviction, and every task kept off the trading cores
 //!   where no cpuset partition can be made;
-//! - [`irq`]: interrupt affinity (`host.irq_guard`);
+//! - [`irq`]: interrupt affinity (`host.irq_guard`); [`workqueue`]: the unbound workqueues'
+//!   CPUs (`host.workqueue_guard`);
 //! - [`gpu`]: the GPU power limit and clock offset (NVML), cuda-checkpoint for the handoff;
 //! - [`balloon`] (QMP) and [`vm_stop`] (Proxmox API): the VMs' memory;
 //! - [`journal`]: the crash-safety journal;
@@ -25,6 +26,7 @@ pub mod process;
 pub mod queue;
 pub mod slow;
 pub mod vm_stop;
+pub mod workqueue;
 
 use std::{
     collections::HashSet,

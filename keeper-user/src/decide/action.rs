@@ -97,6 +97,12 @@ pub enum ActionKind {
         #[serde(serialize_with = "cpu_list_text")]
         to: CpuList,
     },
+    /// Let the kernel's unbound workqueues run only on `to` (the housekeeping cores):
+    /// `host.workqueue_guard`.
+    SetWorkqueueCpus {
+        #[serde(serialize_with = "cpu_list_text")]
+        to: CpuList,
+    },
     /// Move an intruder off a trading core.
     EvictIntruder {
         pid: u32,
@@ -144,6 +150,7 @@ impl ActionKind {
             ActionKind::ProtectTradingCores { .. } => "protect_trading_cores",
             ActionKind::ReleaseTradingCores { .. } => "release_trading_cores",
             ActionKind::MoveIrq { .. } => "move_irq",
+            ActionKind::SetWorkqueueCpus { .. } => "set_workqueue_cpus",
             ActionKind::EvictIntruder { .. } => "evict_intruder",
             ActionKind::StopIntruder { .. } => "stop_intruder",
             ActionKind::SloBreach { .. } => "slo_breach",
@@ -205,6 +212,7 @@ impl fmt::Display for ActionKind {
             }
             ReleaseTradingCores { workload } => write!(f, "release trading cores of {workload}"),
             MoveIrq { irq, name, to } => write!(f, "move IRQ {irq} ({name}) to CPUs {to}"),
+            SetWorkqueueCpus { to } => write!(f, "run unbound workqueues on CPUs {to}"),
             EvictIntruder {
                 pid, comm, cpu, to, ..
             } => write!(f, "evict intruder {comm}[{pid}] from CPU {cpu} to {to}"),

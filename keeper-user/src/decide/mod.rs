@@ -14,7 +14,7 @@ mod activity;
 mod escalation;
 mod gpu;
 mod handoff;
-mod irq;
+mod kernel;
 mod memory;
 mod observe;
 mod outcome;
@@ -64,6 +64,7 @@ pub fn decide(
     memory::run(&mut tick, state);
     gpu::eco_mode(&mut tick, state);
     let mut actions = reconcile::run(tick, state);
-    actions.extend(irq::guard(policy, obs, state, now));
+    actions.extend(kernel::workqueues(policy, state));
+    actions.extend(kernel::irqs(policy, obs, state, now));
     retry::hold_back(state, actions, now)
 }

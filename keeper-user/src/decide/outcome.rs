@@ -194,6 +194,7 @@ pub(super) fn forget(state: &mut EngineState, action: &Action) {
             a.knobs.remove(workload);
         }
         ActionKind::ProtectTradingCores { .. } => a.trading = None,
+        ActionKind::SetWorkqueueCpus { .. } => a.workqueues = None,
         ActionKind::EvictIntruder { pid, .. } => {
             state.evicted.remove(pid);
         }

@@ -105,7 +105,8 @@ fn backs_off(kind: &ActionKind) -> bool {
         | ActionKind::ProtectTradingCores { .. }
         | ActionKind::StopVm { .. }
         | ActionKind::StartVm { .. }
-        | ActionKind::MoveIrq { .. } => true,
+        | ActionKind::MoveIrq { .. }
+        | ActionKind::SetWorkqueueCpus { .. } => true,
         _ => false,
     }
 }

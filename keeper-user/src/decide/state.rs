@@ -154,6 +154,9 @@ pub struct Applied {
     #[serde(default)]
     pub stopped_vms: BTreeMap<String, RuleId>,
     pub slo_breached: bool,
+    /// Where the unbound workqueues were asked to run (`host.workqueue_guard`).
+    #[serde(default)]
+    pub workqueues: Option<String>,
 }
 
 /// `now - since`, never negative (a clock going back counts as no time).

@@ -41,6 +41,9 @@ pub struct RawHost {
     /// Keep every movable interrupt off the trading cores while they are protected (host-wide:
     /// also under `--scope`, since the policy asks for it). Default false.
     pub irq_guard: Option<At<bool>>,
+    /// Keep the kernel's unbound workqueues off the trading cores while they are protected
+    /// (`/sys/devices/virtual/workqueue/cpumask`; host-wide). Default false.
+    pub workqueue_guard: Option<At<bool>>,
 }
 
 /// Per-class overrides of the default cgroup limits.

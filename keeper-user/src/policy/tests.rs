@@ -65,17 +65,17 @@ fn every_error_is_located_and_names_its_key() {
         (
             "    rank: 4",
             "    rnak: 4",
-            "53:5: error: unknown key `rnak` (did you mean `rank`?)",
+            "54:5: error: unknown key `rnak` (did you mean `rank`?)",
         ),
         (
             "    rank: 3",
             "    rank: 2",
-            "47:11: error: `sentinel.rank`: duplicate rank 2",
+            "48:11: error: `sentinel.rank`: duplicate rank 2",
         ),
         (
             "  - name: research",
             "  - name: muse",
-            "63:11: error: `name`: duplicate workload name `muse` (first at 52:11)",
+            "64:11: error: `name`: duplicate workload name `muse` (first at 53:11)",
         ),
         (
             "pauses: [muse, research]",
@@ -313,7 +313,7 @@ fn a_workload_may_not_contain_the_keeper_or_the_trading_workload() {
         "{e:#?}"
     );
     assert!(
-        e.iter().all(|m| m.starts_with("66:")),
+        e.iter().all(|m| m.starts_with("67:")),
         "located at the match: {e:#?}"
     );
     let e = errors(&hive_with(

@@ -42,6 +42,8 @@ pub struct Host {
     pub keeper_unit: String,
     /// `host.irq_guard`: movable IRQs kept off the trading cores while they are protected.
     pub irq_guard: bool,
+    /// `host.workqueue_guard`: unbound workqueues kept off the trading cores while protected.
+    pub workqueue_guard: bool,
 }
 
 /// Sizing classes from the heavy-agent sizing grid.

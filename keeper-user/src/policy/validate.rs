@@ -199,6 +199,7 @@ impl<'a> Checker<'a> {
                 .map(|u| u.value.clone())
                 .unwrap_or_else(|| "keeper.service".into()),
             irq_guard: h.irq_guard.as_ref().is_some_and(|g| g.value),
+            workqueue_guard: h.workqueue_guard.as_ref().is_some_and(|g| g.value),
         })
     }
 

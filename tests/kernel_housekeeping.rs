@@ -1,8 +1,13 @@
-//! `host.irq_guard` on the real kernel: every interrupt line allowed on the trading core
+//! Kernel work off the trading core, on the real kernel.
+//!
+//! `host.irq_guard`: every interrupt line allowed on the trading core
 //! (CPU 1; this VM's disk and network lines fire there) is moved to the housekeeping core while
 //! the keeper protects it, moved again when something puts it back (a driver reset,
 //! irqbalance), a managed line that refuses (EIO) is named once and left, and at exit each
 //! line is allowed where it was before. The test puts every line back itself, even failing.
+//!
+//! `host.workqueue_guard`: the unbound workqueues run on the housekeeping core while the keeper
+//! runs; a keeper killed with -9 leaves the mask to the next start, which puts it back.
 
 mod support;
 
@@ -32,13 +37,7 @@ fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_
         saved.0
     );
     let rig = Rig::new("irq");
-    let policy = rig.dir.join("policy.yaml");
-    let text = std::fs::read_to_string(&policy).unwrap();
-    let text = text.replace(
-        "housekeeping_cores: \"0\" }",
-        "housekeeping_cores: \"0\", irq_guard: true }",
-    );
-    std::fs::write(&policy, text).unwrap();
+    with_host(&rig, "irq_guard: true");
     let mut keeper = rig.keeper(&["--tick", "200ms"]);
 
     // Each line is moved, or named once as managed.
@@ -92,4 +91,60 @@ fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_
             .filter(|i| managed(&log, **i) == 1)
             .collect::<Vec<_>>()
     );
+}
+
+/// Adds `keys` to the rig policy's `host:` line.
+fn with_host(rig: &Rig, keys: &str) {
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let text = text.replace(
+        "housekeeping_cores: \"0\" }",
+        &format!("housekeeping_cores: \"0\", {keys} }}"),
+    );
+    std::fs::write(&policy, text).unwrap();
+}
+
+const CPUMASK: &str = "/sys/devices/virtual/workqueue/cpumask";
+
+fn cpumask() -> String {
+    std::fs::read_to_string(CPUMASK).unwrap().trim().to_string()
+}
+
+/// The workqueue mask at the start, written back on drop.
+struct SavedMask(String);
+
+impl Drop for SavedMask {
+    fn drop(&mut self) {
+        if cpumask() != self.0 {
+            let _ = std::fs::write(CPUMASK, &self.0);
+        }
+    }
+}
+
+#[test]
+fn unbound_workqueues_leave_the_trading_core_and_come_back_after_a_kill_and_a_restart() {
+    if !privileged("unbound_workqueues_leave_the_trading_core") {
+        return;
+    }
+    let saved = SavedMask(cpumask());
+    assert_eq!(saved.0, "3", "this 2-CPU VM runs unbound work on both CPUs");
+    let rig = Rig::new("wq");
+    with_host(&rig, "workqueue_guard: true");
+    let keeper = rig.keeper(&["--tick", "200ms"]);
+    assert!(
+        eventually(Duration::from_secs(3), || cpumask() == "1"),
+        "workqueues still on {}",
+        cpumask()
+    );
+    // Killed: the mask stays as it was set, its record in the journal.
+    keeper.kill9();
+    assert_eq!(cpumask(), "1");
+    // The next keeper (whatever its policy says) puts it back at its start.
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace(", workqueue_guard: true", "")).unwrap();
+    let keeper = rig.keeper(&["--tick", "200ms"]);
+    assert_eq!(cpumask(), saved.0);
+    keeper.stop();
+    assert_eq!(cpumask(), saved.0);
 }

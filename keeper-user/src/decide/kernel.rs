@@ -1,4 +1,6 @@
-//! `host.irq_guard`: while the trading cores are protected, every interrupt line allowed on
+//! Kernel work off the trading cores while they are protected. `host.workqueue_guard`: the
+//! unbound workqueues run on the housekeeping cores (asked once; put back at exit).
+//! `host.irq_guard`: every interrupt line allowed on
 //! them is moved to the housekeeping cores, again each time a driver or irqbalance puts one
 //! back (the sensor reads the lines at each tick). A line the kernel refuses to move (managed)
 //! is reported once and left alone. A line asked for is not asked for again within
@@ -14,9 +16,29 @@ use crate::policy::Policy;
 /// A moved line seen on the trading cores again is moved again after this long.
 pub const IRQ_RECHECK: Duration = Duration::from_secs(1);
 
+/// The workqueues' CPUs, asked for once while the cores are protected (after `reconcile`,
+/// which says whether they are now).
+pub fn workqueues(policy: &Policy, state: &mut EngineState) -> Option<Action> {
+    let to = &policy.host.housekeeping_cores;
+    let text = to.to_string();
+    let a = &mut state.applied;
+    if !policy.host.workqueue_guard || a.trading.is_none() || a.workqueues.as_ref() == Some(&text) {
+        return None;
+    }
+    a.workqueues = Some(text);
+    Some(Action {
+        kind: ActionKind::SetWorkqueueCpus { to: to.clone() },
+        rule: RuleId::new("host.workqueue_guard"),
+        reason: format!(
+            "the trading cores {} are protected: kernel work that may run anywhere runs on {to}",
+            policy.host.trading_cores
+        ),
+    })
+}
+
 /// The IRQ moves of this decision (after `reconcile`, which says whether the cores are
 /// protected now).
-pub fn guard(
+pub fn irqs(
     policy: &Policy,
     obs: &Observations,
     state: &mut EngineState,
@@ -66,9 +88,9 @@ mod tests {
         Timestamp::from_millisecond(1_773_100_000_000 + ms).unwrap()
     }
 
-    fn policy(guard: bool) -> Policy {
+    fn policy(guards: &str) -> Policy {
         let text = format!(
-            "version: 1\nhost: {{ trading_cores: \"1\", housekeeping_cores: \"0\", irq_guard: {guard} }}\n\
+            "version: 1\nhost: {{ trading_cores: \"1\", housekeeping_cores: \"0\", {guards} }}\n\
              workloads:\n  - {{ name: banker, rank: 1, match: {{ vmid: 100 }}, owns_trading_cores: true }}\n"
         );
         load(text.as_bytes(), &HostFacts::default()).unwrap().policy
@@ -101,7 +123,7 @@ mod tests {
 
     #[test]
     fn lines_on_the_trading_cores_move_while_they_are_protected_managed_ones_once() {
-        let p = policy(true);
+        let p = policy("irq_guard: true");
         let mut s = EngineState::default();
         // Nobody owns the cores: nothing moves.
         assert!(moves(&decide(&p, &mut s, &obs(false, &[36, 38]), t(0))).is_empty());
@@ -122,6 +144,41 @@ mod tests {
         );
         // Without the guard nothing moves.
         let mut s = EngineState::default();
-        assert!(moves(&decide(&policy(false), &mut s, &obs(true, &[38]), t(0))).is_empty());
+        assert!(
+            moves(&decide(
+                &policy("irq_guard: false"),
+                &mut s,
+                &obs(true, &[38]),
+                t(0)
+            ))
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn workqueues_are_asked_once_while_the_cores_are_protected() {
+        let p = policy("workqueue_guard: true");
+        let mut s = EngineState::default();
+        let wq = |a: &[Action]| {
+            a.iter()
+                .filter(|a| matches!(&a.kind, ActionKind::SetWorkqueueCpus { to } if to.to_string() == "0"))
+                .count()
+        };
+        assert_eq!(wq(&decide(&p, &mut s, &obs(false, &[]), t(0))), 0);
+        let first = decide(&p, &mut s, &obs(true, &[]), t(100));
+        assert_eq!(wq(&first), 1);
+        assert_eq!(wq(&decide(&p, &mut s, &obs(true, &[]), t(200))), 0);
+        // Refused for now (a transient error): asked again after its backoff.
+        let a = first.iter().find(|a| wq(&[(*a).clone()]) == 1).unwrap();
+        acknowledge(
+            &mut s,
+            &mut Batch::default(),
+            a,
+            Outcome::Failed { retryable: true },
+        );
+        assert_eq!(wq(&decide(&p, &mut s, &obs(true, &[]), t(300))), 0);
+        assert_eq!(wq(&decide(&p, &mut s, &obs(true, &[]), t(1200))), 1);
+        let mut s = EngineState::default();
+        assert_eq!(wq(&decide(&policy(""), &mut s, &obs(true, &[]), t(0))), 0);
     }
 }

@@ -1,0 +1,58 @@
+//! The unbound workqueues' CPUs (`host.workqueue_guard`), journaled like any file: kernel work
+//! that may run anywhere (writeback, crypto, most `queue_work` callers) leaves the trading cores.
+
+use std::path::Path;
+
+use super::{ActError, Actuators, Effect, journal::Entry};
+use crate::cpulist::CpuList;
+
+/// The unbound workqueues' CPU mask (hex).
+pub const CPUMASK: &str = "/sys/devices/virtual/workqueue/cpumask";
+/// CPUs the kernel itself keeps unbound work off (isolated partitions, 6.10+).
+const CPUMASK_ISOLATED: &str = "/sys/devices/virtual/workqueue/cpumask_isolated";
+
+impl Actuators {
+    /// Lets unbound workqueues run only on `to`, journaling the mask before.
+    pub fn set_workqueue_cpus(&mut self, to: &CpuList) -> Result<Effect, ActError> {
+        let path = Path::new(CPUMASK);
+        let io = |source| ActError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let current = std::fs::read_to_string(path)
+            .map_err(io)?
+            .trim()
+            .to_string();
+        let what = format!("unbound workqueues on CPUs {to}");
+        if CpuList::from_mask(&current).as_ref() == Some(to) {
+            return Ok(Effect::Unchanged(what));
+        }
+        if self.dry_run {
+            return Ok(Effect::WouldDo(what));
+        }
+        if !self.originals.contains_key(path) {
+            self.journal().record(&Entry::File {
+                path: path.to_path_buf(),
+                original: current.clone(),
+            })?;
+            self.originals.insert(path.to_path_buf(), current.clone());
+        }
+        std::fs::write(path, to.to_mask()).map_err(io)?;
+        let was = CpuList::from_mask(&current).map_or(current, |c| c.to_string());
+        Ok(Effect::Done(format!(
+            "{what} (were on {was}){}",
+            kernel_already()
+        )))
+    }
+}
+
+/// What the kernel already keeps off its isolated CPUs, said beside the change.
+fn kernel_already() -> String {
+    std::fs::read_to_string(CPUMASK_ISOLATED)
+        .ok()
+        .and_then(|m| CpuList::from_mask(&m))
+        .filter(|c| !c.is_empty())
+        .map_or(String::new(), |c| {
+            format!("; the kernel already keeps them off its isolated CPUs {c}")
+        })
+}
