@@ -71,7 +71,7 @@ impl Drop for Hive {
 }
 
 impl Hive {
-    fn new() -> Option<Hive> {
+    fn new(total: f64) -> Option<Hive> {
         let rig = Rig::with(
             "chaos",
             &|s| {
@@ -109,9 +109,12 @@ impl Hive {
             ));
             vms.push(vm);
         }
-        let stub = PveStub::start(
+        // It serves for the whole run (plain `start` stops after 10 minutes: a 30-minute run
+        // once had a dead API for its last 20).
+        let stub = PveStub::start_for(
             "pve1",
             [100, 101, 102].map(|id| (id, StubVm::running(VM_MIB * MIB))),
+            Duration::from_secs_f64(total + 300.0),
         );
         let api = stub.write_config(&rig.dir.join("pve"), None);
         let pressure = rig.dir.join("memory.pressure");
@@ -438,7 +441,9 @@ fn killed_at_random_the_keeper_leaves_nothing_behind() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(40.0);
     let mut rng = Rng::from_env();
-    let Some(mut h) = Hive::new() else { return };
+    let Some(mut h) = Hive::new(total) else {
+        return;
+    };
     let mut tally = Tally::default();
     let quarantine = h.rig.dir.join("state/journal.quarantine");
     let mut cut: Vec<String> = vec![];

@@ -98,6 +98,16 @@ pub const SECRET: &str = "5e1f1d2a-8c3b-4b7e-9a41-0c2d6f7e8a90";
 impl PveStub {
     /// Starts the stub on 127.0.0.1 for `node` with these VMs.
     pub fn start(node: &str, vms: impl IntoIterator<Item = (u32, StubVm)>) -> PveStub {
+        // Bounded: the stub lives at most 10 minutes even if a test forgets it.
+        PveStub::start_for(node, vms, Duration::from_secs(600))
+    }
+
+    /// The same, serving for at most `lifetime` (the chaos suite runs for as long as asked).
+    pub fn start_for(
+        node: &str,
+        vms: impl IntoIterator<Item = (u32, StubVm)>,
+        lifetime: Duration,
+    ) -> PveStub {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -145,8 +155,7 @@ impl PveStub {
         let thread = {
             let (state, stop) = (state.clone(), stop.clone());
             std::thread::spawn(move || {
-                // Bounded: the stub lives at most 10 minutes even if a test forgets it.
-                let until = Instant::now() + Duration::from_secs(600);
+                let until = Instant::now() + lifetime;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < until {
                     match listener.accept() {
                         Ok((sock, _)) => {
