@@ -83,12 +83,7 @@ impl Hive {
             "  memory: { balloon_above: 10, balloon_target: 10%, balloon_floor: 64M, stop_vm_above: 20, stop_vm_after: 2s, release_after: 1s }\n",
         );
         std::fs::create_dir_all(rig.cg("strays")).unwrap();
-        let policy = rig.dir.join("policy.yaml");
-        let text = std::fs::read_to_string(&policy).unwrap().replace(
-            "housekeeping_cores: \"0\" }",
-            "housekeeping_cores: \"0\", irq_guard: true, workqueue_guard: true }",
-        );
-        std::fs::write(&policy, text).unwrap();
+        rig.with_host("irq_guard: true, workqueue_guard: true");
         let irqs = SavedIrqs::now();
         let workqueues = std::fs::read_to_string(WORKQUEUES)
             .unwrap()

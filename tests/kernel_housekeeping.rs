@@ -37,7 +37,7 @@ fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_
         saved.0
     );
     let rig = Rig::new("irq");
-    with_host(&rig, "irq_guard: true");
+    rig.with_host("irq_guard: true");
     let mut keeper = rig.keeper(&["--tick", "200ms"]);
 
     // Each line is moved, or named once as managed.
@@ -93,17 +93,6 @@ fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_
     );
 }
 
-/// Adds `keys` to the rig policy's `host:` line.
-fn with_host(rig: &Rig, keys: &str) {
-    let policy = rig.dir.join("policy.yaml");
-    let text = std::fs::read_to_string(&policy).unwrap();
-    let text = text.replace(
-        "housekeeping_cores: \"0\" }",
-        &format!("housekeeping_cores: \"0\", {keys} }}"),
-    );
-    std::fs::write(&policy, text).unwrap();
-}
-
 const CPUMASK: &str = "/sys/devices/virtual/workqueue/cpumask";
 
 fn cpumask() -> String {
@@ -129,7 +118,7 @@ fn unbound_workqueues_leave_the_trading_core_and_come_back_after_a_kill_and_a_re
     let saved = SavedMask(cpumask());
     assert_eq!(saved.0, "3", "this 2-CPU VM runs unbound work on both CPUs");
     let rig = Rig::new("wq");
-    with_host(&rig, "workqueue_guard: true");
+    rig.with_host("workqueue_guard: true");
     let keeper = rig.keeper(&["--tick", "200ms"]);
     assert!(
         eventually(Duration::from_secs(3), || cpumask() == "1"),

@@ -59,6 +59,16 @@ impl Rig {
         Rig { scope, dir }
     }
 
+    /// Adds `keys` (YAML, e.g. `irq_guard: true`) to the policy's `host:` line.
+    pub fn with_host(&self, keys: &str) {
+        let policy = self.dir.join("policy.yaml");
+        let text = std::fs::read_to_string(&policy).unwrap().replace(
+            "housekeeping_cores: \"0\" }",
+            &format!("housekeeping_cores: \"0\", {keys} }}"),
+        );
+        std::fs::write(&policy, text).unwrap();
+    }
+
     pub fn cg(&self, w: &str) -> PathBuf {
         self.scope.dir.join(w)
     }
