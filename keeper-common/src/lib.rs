@@ -35,6 +35,20 @@ pub mod globals {
     /// Offset of `flags` in `struct task_struct`, from the kernel's BTF (0: unknown, and then
     /// no task is taken for a kernel thread in the kernel; userspace checks /proc).
     pub const TASK_FLAGS_OFF: &str = "TASK_FLAGS_OFF";
+    /// The incoming task's fields for `keeper_arrive` (raw `sched_switch`, which hands over
+    /// the `next` task pointer), from the kernel's BTF: `task_struct.pid`, `.comm`,
+    /// `.cgroups`, then `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id` (its cgroup v2 id).
+    pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
+    pub const TASK_COMM_OFF: &str = "TASK_COMM_OFF";
+    pub const TASK_CGROUPS_OFF: &str = "TASK_CGROUPS_OFF";
+    /// `task_struct.start_boottime`: who the newcomer is, without a read of /proc.
+    pub const TASK_START_BOOTTIME_OFF: &str = "TASK_START_BOOTTIME_OFF";
+    pub const CSS_SET_DFL_CGRP_OFF: &str = "CSS_SET_DFL_CGRP_OFF";
+    pub const CGROUP_KN_OFF: &str = "CGROUP_KN_OFF";
+    pub const KERNFS_NODE_ID_OFF: &str = "KERNFS_NODE_ID_OFF";
+    /// 1: `keeper_arrive` reports arrivals (with the newcomer's cgroup id, kernel threads
+    /// and protected tasks left out); 0: `keeper_switch` does (cgroup unknown there).
+    pub const ARRIVALS_BY_TASK: &str = "ARRIVALS_BY_TASK";
     /// Minimum time between two intruder events for the same pid, in nanoseconds.
     pub const INTRUDER_EVENT_INTERVAL_NS: &str = "INTRUDER_EVENT_INTERVAL_NS";
     /// Offset of `pid` in oom:mark_victim.
@@ -77,7 +91,9 @@ pub mod programs {
     pub const SWITCH: &str = "keeper_switch";
     /// perf_event (CPU clock) on each trading core: reports a running intruder.
     pub const SAMPLE: &str = "keeper_sample";
-    pub const ALL: [&str; 4] = [WAKEUP, WAKEUP_NEW, SWITCH, SAMPLE];
+    /// raw_tracepoint sched_switch: a newcomer on a trading core, read from its task.
+    pub const ARRIVE: &str = "keeper_arrive";
+    pub const ALL: [&str; 5] = [WAKEUP, WAKEUP_NEW, SWITCH, SAMPLE, ARRIVE];
     /// vmscan:mm_vmscan_direct_reclaim_begin / _end, oom:mark_victim.
     pub const RECLAIM_BEGIN: &str = "keeper_rcl_begin";
     pub const RECLAIM_END: &str = "keeper_rcl_end";
@@ -180,10 +196,13 @@ pub mod event {
 pub struct IntruderEvent {
     /// `bpf_ktime_get_ns()` when the programs saw it (CLOCK_MONOTONIC).
     pub timestamp_ns: u64,
-    /// cgroup v2 id; 0 for an [`event::ARRIVAL`].
+    /// cgroup v2 id; 0 for an [`event::ARRIVAL`] from the classic tracepoint.
     pub cgroup_id: u64,
     /// How long this slice has run: to its switch-out, or so far when the sampler saw it.
     pub ran_ns: u64,
+    /// The task's `start_boottime` (ns; what /proc's start time is made of), read from the
+    /// task at an arrival by `keeper_arrive`; 0: not read.
+    pub start_boottime_ns: u64,
     pub pid: u32,
     pub tgid: u32,
     pub cpu: u32,

@@ -15,7 +15,11 @@
 //!   intruder: its pid total is kept and an event goes on the ring buffer, rate-limited per pid.
 //! - arrivals: a task's first switch-in on a trading core, and a fork whose child is placed on
 //!   one (`sched_wakeup_new`), are reported at once, before the newcomer has run, once per pid
-//!   (`SEEN_PIDS`; userspace forgets an evicted pid, so its return is news again).
+//!   (`SEEN_PIDS`; userspace forgets an evicted pid, so its return is news again). The
+//!   switch-in is read from the incoming task itself where the kernel's BTF gives the offsets
+//!   (`keeper_arrive`, a raw tracepoint: its flags and cgroup id, so kernel threads and
+//!   protected tasks are no news and userspace reads no /proc before an eviction); else from
+//!   the classic tracepoint (pid and name only).
 //! - the sampler: a CPU-clock perf event on each trading core looks at the running task every
 //!   few milliseconds, so an intruder that never switches out (a lone busy loop) is reported
 //!   while it runs, not after its slice.
@@ -27,9 +31,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{map, perf_event, tracepoint},
+    macros::{map, perf_event, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
-    programs::{PerfEventContext, TracePointContext},
+    programs::{PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use keeper_common::{
     CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal, MAX_CPUS,
@@ -57,6 +61,22 @@ static SWITCH_NEXT_PID_OFF: u32 = 0;
 static SWITCH_NEXT_COMM_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_FLAGS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_COMM_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_CGROUPS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_START_BOOTTIME_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CSS_SET_DFL_CGRP_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static KERNFS_NODE_ID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static ARRIVALS_BY_TASK: u32 = 0;
 #[unsafe(no_mangle)]
 static INTRUDER_EVENT_INTERVAL_NS: u64 = 100_000_000;
 
@@ -151,7 +171,12 @@ pub fn keeper_wake_new(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
-    let _ = SEEN_PIDS.insert(pid, 1, 0);
+    // Where keeper_arrive reports switch-ins, the child's is still news: it reads the child's
+    // own cgroup, which may differ from its parent's by then (a launcher that moves its
+    // child into a cgroup after the fork, as runc does).
+    if global_u32(&ARRIVALS_BY_TASK) == 0 {
+        let _ = SEEN_PIDS.insert(pid, 1, 0);
+    }
     if current_is_kthread() {
         return 0;
     }
@@ -167,6 +192,7 @@ pub fn keeper_wake_new(ctx: TracePointContext) -> u32 {
             tgid: 0,
             cgroup_id,
             now,
+            start: 0,
         };
         send(unsafe { &mut *stats }, &header, event::FORK, 0, &comm);
     }
@@ -275,8 +301,12 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
         }
     }
 
-    // --- the incoming task: news if it never ran here; how long it waited ---
-    if next_pid != 0 && unsafe { SEEN_PIDS.get(next_pid) }.is_none() {
+    // --- the incoming task: news if it never ran here (unless keeper_arrive tells, from the
+    // task itself); how long it waited ---
+    if next_pid != 0
+        && global_u32(&ARRIVALS_BY_TASK) == 0
+        && unsafe { SEEN_PIDS.get(next_pid) }.is_none()
+    {
         let _ = SEEN_PIDS.insert(next_pid, 1, 0);
         let comm = unsafe { ctx.read_at::<[u8; COMM_LEN]>(global_u32(&SWITCH_NEXT_COMM_OFF))? };
         let header = Header {
@@ -285,6 +315,7 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
             tgid: 0,
             cgroup_id: 0,
             now,
+            start: 0,
         };
         send(stats, &header, event::ARRIVAL, 0, &comm);
     }
@@ -300,6 +331,64 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
         }
     }
     state.on_cpu_since = now;
+    Ok(())
+}
+
+/// A task switched in on a trading core for the first time (raw `sched_switch`: `next` is
+/// the incoming task, arg 2 of `TP_PROTO(preempt, prev, next, prev_state)`). Its flags and
+/// cgroup are read from the task itself, so a kernel thread or a protected task is no news
+/// and a newcomer's event carries its cgroup id: userspace reads nothing from /proc before
+/// evicting it. Attached only when userspace found every offset in the kernel's BTF.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn keeper_arrive(ctx: RawTracePointContext) -> i32 {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if is_trading_cpu(cpu) {
+        let _ = on_arrival(ctx.arg::<*const u8>(2), cpu);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_arrival(next: *const u8, cpu: u32) -> Result<(), i64> {
+    let read_u64 = |base: *const u8, off: &'static u32| unsafe {
+        bpf_probe_read_kernel(base.wrapping_add(global_u32(off)) as *const u64)
+    };
+    let pid = unsafe {
+        bpf_probe_read_kernel(next.wrapping_add(global_u32(&TASK_PID_OFF)) as *const i32)?
+    } as u32;
+    if pid == 0 || unsafe { SEEN_PIDS.get(pid) }.is_some() {
+        return Ok(());
+    }
+    let _ = SEEN_PIDS.insert(pid, 1, 0);
+    let flags = unsafe {
+        bpf_probe_read_kernel(next.wrapping_add(global_u32(&TASK_FLAGS_OFF)) as *const u32)?
+    };
+    if flags & PF_KTHREAD != 0 {
+        return Ok(());
+    }
+    let css_set = read_u64(next, &TASK_CGROUPS_OFF)? as *const u8;
+    let cgroup = read_u64(css_set, &CSS_SET_DFL_CGRP_OFF)? as *const u8;
+    let kn = read_u64(cgroup, &CGROUP_KN_OFF)? as *const u8;
+    let cgroup_id = read_u64(kn, &KERNFS_NODE_ID_OFF)?;
+    if unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some() {
+        return Ok(());
+    }
+    let comm = unsafe {
+        bpf_probe_read_kernel(
+            next.wrapping_add(global_u32(&TASK_COMM_OFF)) as *const [u8; COMM_LEN]
+        )?
+    };
+    let start = read_u64(next, &TASK_START_BOOTTIME_OFF)?;
+    let stats = CPU_STATS.get_ptr_mut(0).ok_or(0i64)?;
+    let header = Header {
+        cpu,
+        pid,
+        tgid: 0,
+        cgroup_id,
+        now: unsafe { bpf_ktime_get_ns() },
+        start,
+    };
+    send(unsafe { &mut *stats }, &header, event::ARRIVAL, 0, &comm);
     Ok(())
 }
 
@@ -412,6 +501,7 @@ fn on_intruder(
         tgid,
         cgroup_id,
         now,
+        start: 0,
     };
     send(stats, &header, event::SLICE, slice_ns, comm);
 }
@@ -423,6 +513,8 @@ struct Header {
     tgid: u32,
     cgroup_id: u64,
     now: u64,
+    /// The task's `start_boottime` where it was read (0: not).
+    start: u64,
 }
 
 /// Puts one event on the ring buffer (counted as sent or lost), within the rate limit.
@@ -446,6 +538,7 @@ fn send(stats: &mut CpuStats, h: &Header, kind: u32, ran_ns: u64, comm: &[u8; CO
                 timestamp_ns: h.now,
                 cgroup_id: h.cgroup_id,
                 ran_ns,
+                start_boottime_ns: h.start,
                 pid: h.pid,
                 tgid: h.tgid,
                 cpu: h.cpu,

@@ -11,46 +11,82 @@ use super::{
 };
 use crate::{cpulist::CpuList, device::procfs};
 
+/// Who an eviction is about, as its event said.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Who {
+    /// Its event's instant (CLOCK_MONOTONIC ns).
+    pub seen_ns: Option<u64>,
+    /// Its start time (clock ticks since boot), when the programs read it from the task.
+    pub start: Option<u64>,
+}
+
 impl Actuators {
     /// Moves every thread of `pid` to `to` (intruder eviction), journaling the original affinity.
-    /// With `start` (the task's start time at its event), a pid that now names another task
-    /// (reused since) is left alone.
+    /// `cgroup` is the task's cgroup as its event found it (read from /proc when unknown),
+    /// checked against the scope. Who the task is:
+    /// - `start` (its start time, read from the task by the programs at its arrival, a kernel
+    ///   thread left out there) and a recent event ([`process::names_same_task_since`]): the
+    ///   number still names that task, which is moved with no read of /proc first (reading
+    ///   /proc/PID/stat of a newcomer in the middle of its exec can wait milliseconds);
+    /// - `start` and an older event: it must still have that start time;
+    /// - else: a task started after `seen_ns` (its event's instant) is another one and left
+    ///   alone, and so is a kernel thread.
+    ///
+    /// The thread of the event (the one on a trading core) is moved first, its other threads
+    /// after; [`Actuators::first_move_ns`] says when the first moved.
     pub fn evict(
         &mut self,
         pid: u32,
-        start: Option<u64>,
+        who: Who,
+        cgroup: &str,
         to: &CpuList,
     ) -> Result<Effect, ActError> {
-        if let Some(start) = start
-            && process::start_time(pid).is_some_and(|now| now != start)
-        {
-            return Ok(Effect::Unchanged(format!(
-                "pid {pid} exited before its eviction (its number now names another task)"
-            )));
-        }
-        match self.check_scope_pid(pid) {
+        let gone = || {
+            Ok(Effect::Unchanged(format!(
+                "pid {pid} exited before its eviction"
+            )))
+        };
+        match self.check_scope_task(pid, cgroup) {
             // Gone before it could be moved: nothing left on the trading core to evict.
-            Err(ActError::Vanished { .. }) => {
-                return Ok(Effect::Unchanged(format!(
-                    "pid {pid} exited before its eviction"
-                )));
-            }
+            Err(ActError::Vanished { .. }) => return gone(),
             r => r?,
         }
         let what = format!("pid {pid} to CPUs {to}");
         if self.dry_run {
             return Ok(Effect::WouldDo(format!("evict {what}")));
         }
-        let mut moved = 0;
-        for tid in process::threads(pid) {
-            let target = |original: &CpuList| (original != to).then(|| to.clone());
+        let recent = who.seen_ns.is_some_and(process::names_same_task_since);
+        let opened = match who.start {
+            Some(start) if recent => Proc::open_thread_as(pid, start),
+            start => Proc::open_thread(pid, start),
+        };
+        let task = match opened {
+            Ok(t) => t,
+            Err(ActError::Vanished { .. }) => return gone(),
+            Err(e) => return Err(e),
+        };
+        if who
+            .seen_ns
+            .is_some_and(|t| procfs::started_after(task.start, t))
+        {
+            return Ok(Effect::Unchanged(format!(
+                "pid {pid} exited before its eviction (its number now names another task)"
+            )));
+        }
+        if task.kernel_thread {
+            let why = format!("pid {pid} is a kernel thread: never evicted");
+            return Ok(Effect::Unchanged(why));
+        }
+        let target = |original: &CpuList| (original != to).then(|| to.clone());
+        let mut moved = u32::from(self.move_task(&task, target)?);
+        if moved == 1 {
+            self.first_move_ns = Some(crate::device::clock::monotonic_ns());
+        }
+        for tid in process::threads(pid).into_iter().filter(|&t| t != pid) {
             moved += u32::from(self.move_thread(tid, target)?);
         }
-        if moved == 0 && process::threads(pid).is_empty() {
-            // Gone before it could be moved: nothing left on the trading core to evict.
-            return Ok(Effect::Unchanged(format!(
-                "pid {pid} exited before its eviction"
-            )));
+        if moved == 0 && !task.still_same() {
+            return gone();
         }
         Ok(if moved == 0 {
             Effect::Unchanged(what)
@@ -135,11 +171,19 @@ impl Actuators {
         tid: u32,
         target: impl FnOnce(&CpuList) -> Option<CpuList>,
     ) -> Result<bool, ActError> {
-        let task = match Proc::open_thread(tid, None) {
-            Ok(t) => t,
-            Err(ActError::Vanished { .. }) => return Ok(false),
-            Err(e) => return Err(e),
-        };
+        match Proc::open_thread(tid, None) {
+            Ok(task) => self.move_task(&task, target),
+            Err(ActError::Vanished { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Self::move_thread`] for a thread already open.
+    fn move_task(
+        &mut self,
+        task: &Proc,
+        target: impl FnOnce(&CpuList) -> Option<CpuList>,
+    ) -> Result<bool, ActError> {
         let original = match task.affinity() {
             Ok(a) => a,
             Err(ActError::Vanished { .. }) => return Ok(false),
@@ -149,7 +193,7 @@ impl Actuators {
             return Ok(false);
         };
         self.journal().record(&Entry::Affinity {
-            pid: tid,
+            pid: task.pid,
             start: task.start,
             original: original.to_string(),
         })?;

@@ -32,6 +32,10 @@ pub struct Done {
     pub steps: Vec<Step>,
     /// How long carrying it out took.
     pub elapsed_ms: f64,
+    /// An eviction: when its task left the trading cores (CLOCK_MONOTONIC ns, the programs'
+    /// clock), where its latency ends.
+    #[serde(skip)]
+    pub moved_ns: Option<u64>,
 }
 
 impl Done {
@@ -42,6 +46,7 @@ impl Done {
             outcome: Outcome::of(&steps),
             steps,
             elapsed_ms,
+            moved_ns: None,
         }
     }
 
@@ -157,7 +162,20 @@ pub fn execute(
             }
             out
         }
-        ActionKind::EvictIntruder { pid, to, start, .. } => vec![act.evict(*pid, *start, to)],
+        ActionKind::EvictIntruder {
+            pid,
+            to,
+            seen_ns,
+            start,
+            cgroup,
+            ..
+        } => {
+            let who = super::affinity::Who {
+                seen_ns: *seen_ns,
+                start: *start,
+            };
+            vec![act.evict(*pid, who, cgroup, to)]
+        }
         ActionKind::StopIntruder { pid, .. } => vec![act.signal_tree(*pid, true)],
         ActionKind::Balloon {
             vmid,

@@ -141,6 +141,9 @@ pub struct Actuators {
     retry: Backoff,
     /// The thread that syncs the journal to disk, off the loop (started at the first sync).
     syncer: Option<std::sync::mpsc::Sender<std::fs::File>>,
+    /// When the last eviction moved its task off the trading cores (CLOCK_MONOTONIC ns):
+    /// where an eviction's latency ends, taken by whoever times it.
+    pub first_move_ns: Option<u64>,
 }
 
 impl Actuators {
@@ -163,6 +166,7 @@ impl Actuators {
             pending: Vec::new(),
             retry: Backoff::default(),
             syncer: None,
+            first_move_ns: None,
         }
     }
 
@@ -254,10 +258,19 @@ impl Actuators {
 
     /// Refuses a task whose cgroup is outside the scope.
     pub fn check_scope_pid(&self, pid: u32) -> Result<(), ActError> {
+        self.check_scope_task(pid, "")
+    }
+
+    /// Refuses a task whose cgroup (as just read by the caller; read from /proc when empty)
+    /// is outside the scope.
+    pub fn check_scope_task(&self, pid: u32, cgroup: &str) -> Result<(), ActError> {
         let Some(scope) = &self.scope else {
             return Ok(());
         };
-        let cgroup = task_cgroup(pid).ok_or(ActError::Vanished { pid })?;
+        let cgroup = match cgroup {
+            "" => task_cgroup(pid).ok_or(ActError::Vanished { pid })?,
+            known => known.to_string(),
+        };
         if under(&normalize(&cgroup), scope) {
             Ok(())
         } else {

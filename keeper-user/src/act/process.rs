@@ -14,6 +14,8 @@ pub struct Proc {
     pub pid: u32,
     /// Start time in clock ticks since boot (/proc/<pid>/stat field 22).
     pub start: u64,
+    /// A kernel thread (`PF_KTHREAD`), as read with its start time.
+    pub kernel_thread: bool,
     /// `None`: a thread (not its process's leader) on a kernel before 6.9, which has no
     /// pidfds for threads; it is known by its number and start time only.
     fd: Option<OwnedFd>,
@@ -71,16 +73,55 @@ impl Proc {
         Proc::started(tid, fd, expected_start)
     }
 
-    fn started(pid: u32, fd: Option<OwnedFd>, expected: Option<u64>) -> Result<Proc, ActError> {
-        let start = start_time(pid).ok_or(ActError::Vanished { pid })?;
-        if expected.is_some_and(|s| s != start) {
-            return Err(ActError::Vanished { pid });
-        }
-        Ok(Proc { pid, start, fd })
+    /// Opens thread `tid` known to have started at `start` and not to be a kernel thread (the
+    /// programs read both from the task at an event [`names_same_task_since`] vouches for):
+    /// no read of /proc.
+    pub fn open_thread_as(tid: u32, start: u64) -> Result<Proc, ActError> {
+        let fd = match pidfd_open(tid, PIDFD_THREAD) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(ActError::Vanished { pid: tid });
+            }
+            // EINVAL: a kernel without PIDFD_THREAD (and a thread that is not its process's
+            // leader has no pidfd there: known by number).
+            Err(_) => pidfd_open(tid, 0).ok(),
+        };
+        Ok(Proc {
+            pid: tid,
+            start,
+            kernel_thread: false,
+            fd,
+        })
     }
 
-    /// Whether the number still names the task opened (same start time).
+    fn started(pid: u32, fd: Option<OwnedFd>, expected: Option<u64>) -> Result<Proc, ActError> {
+        let stat = procfs::task_stat(pid).ok_or(ActError::Vanished { pid })?;
+        if expected.is_some_and(|s| s != stat.start) {
+            return Err(ActError::Vanished { pid });
+        }
+        Ok(Proc {
+            pid,
+            start: stat.start,
+            kernel_thread: stat.is_kernel_thread(),
+            fd,
+        })
+    }
+
+    /// Whether the number still names the task opened: it has not exited (its pidfd does not
+    /// poll readable: a live task's number cannot be given to another), else the same start
+    /// time (a task known by number only, or one that exited: its number may be reused).
     pub fn still_same(&self) -> bool {
+        if let Some(fd) = &self.fd {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd we own, without waiting.
+            if unsafe { libc::poll(&mut p, 1, 0) } == 0 {
+                return true;
+            }
+        }
         start_time(self.pid) == Some(self.start)
     }
 
@@ -167,6 +208,26 @@ impl Proc {
 /// Start time of a process in clock ticks since boot; `None` when it is gone.
 pub fn start_time(pid: u32) -> Option<u64> {
     procfs::task_stat(pid).map(|s| s.start)
+}
+
+/// How long after a task's event its number surely still names it: a number comes back
+/// only once the allocator has gone round every free number (`alloc_pid` allocates
+/// cyclically), and with ≥ 32768 of them no host forks that often in 10 ms (3.2 million
+/// forks a second; a fork takes tens of microseconds). Kept to that where `pid_max` allows.
+const SAME_TASK_WINDOW_NS: u64 = 10_000_000;
+
+/// Whether a task seen at `seen_ns` (CLOCK_MONOTONIC) is surely still the one its number
+/// names (see [`SAME_TASK_WINDOW_NS`]); false where `pid_max` is under 32768.
+pub fn names_same_task_since(seen_ns: u64) -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let wide = *WIDE.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .is_some_and(|max| max >= 32768)
+    });
+    let age = crate::device::clock::monotonic_ns().saturating_sub(seen_ns);
+    wide && age < SAME_TASK_WINDOW_NS
 }
 
 /// Every process on the host (the numeric entries of /proc).

@@ -185,7 +185,8 @@ fn run_one(
     let started = Instant::now();
     let report = execute(h.act, h.placements, h.totals, &action);
     let steps = steps(h.act, report);
-    let d = Done::new(action, steps, started.elapsed().as_secs_f64() * 1000.0);
+    let mut d = Done::new(action, steps, started.elapsed().as_secs_f64() * 1000.0);
+    d.moved_ns = h.act.first_move_ns.take();
     out.rollback |= decide::acknowledge(state, batch, &d.action, d.outcome);
     out.done.push(d);
     None
@@ -251,6 +252,7 @@ mod tests {
             cgroup: "x".into(),
             cpu: 1,
             to: "0".parse().unwrap(),
+            seen_ns: None,
             start: None,
         };
         let thaw = ActionKind::Thaw {

@@ -1,6 +1,7 @@
 //! Journal replay: failed undos kept and retried, the oldest value last.
 
 use super::*;
+use affinity::Who;
 
 #[test]
 fn a_failed_undo_stays_in_the_journal_until_it_succeeds() {
@@ -94,22 +95,36 @@ fn an_eviction_acts_only_on_the_task_its_event_was_about() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let start = process::start_time(pid).unwrap();
     let allowed = || crate::device::procfs::task_stat(pid).map(|_| affinity_of(pid));
     let before = allowed();
     let to: CpuList = "0".parse().unwrap();
-    // The event was about an older task with this number (another start time): left alone.
-    let e = act.evict(pid, Some(start - 1), &to).unwrap();
-    assert!(e.to_string().contains("now names another task"), "{e}");
+    let start = process::start_time(pid).unwrap();
+    let now = crate::device::clock::monotonic_ns();
+    let who = |seen_ns, start| Who {
+        seen_ns: Some(seen_ns),
+        start,
+    };
+    // The event was about an older task with this number (one seen before this one
+    // started): left alone, whether /proc or the programs said who it was.
+    for e in [
+        act.evict(pid, who(0, None), "", &to).unwrap(),
+        act.evict(pid, who(0, Some(start - 1)), "", &to).unwrap(),
+    ] {
+        assert!(e.to_string().contains("exited before its eviction"), "{e}");
+    }
     assert_eq!(allowed(), before);
     assert!(act.journal().entries().unwrap().is_empty());
-    // The task of the event: evicted.
-    let e = act.evict(pid, Some(start), &to).unwrap();
+    // A kernel thread (pid 2, kthreadd) read from /proc: never evicted.
+    let e = act.evict(2, who(now, None), "", &to).unwrap();
+    assert!(e.to_string().contains("kernel thread"), "{e}");
+    // The task of the event, as the programs read it a moment ago: evicted, and when.
+    let e = act.evict(pid, who(now, Some(start)), "", &to).unwrap();
     assert!(
         matches!(e, Effect::Done(_)) || before == Some("0".into()),
         "{e}"
     );
     assert_eq!(allowed(), Some("0".into()));
+    assert!(act.first_move_ns.take().is_some_and(|t| t >= now));
     act.restore_all().unwrap();
     assert_eq!(allowed(), before);
     let _ = child.kill();

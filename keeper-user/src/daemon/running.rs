@@ -167,8 +167,9 @@ impl Running {
         record::oom_kills(events, &self.cg, placements, &mut self.recorder);
     }
 
-    /// The engine's intruders from kernel events: kernel threads left out, the cgroup of an
-    /// arrival read from /proc (the kernel side did not know it yet), each stay's start noted.
+    /// The engine's intruders from kernel events, each stay's start noted. Nothing is read
+    /// from /proc where the programs could tell (a newcomer's cgroup and flags come from its
+    /// task in `keeper_arrive`); else an arrival's cgroup, and kernel threads' flags, are.
     fn intruders(&mut self, events: Vec<IntruderEvent>) -> Vec<Intruder> {
         let mut out = Vec::new();
         for ev in events {
@@ -183,13 +184,11 @@ impl Running {
             let Some(cgroup) = self.cgroup_of(&ev) else {
                 continue;
             };
-            let stat = procfs::task_stat(ev.pid);
-            if stat.as_ref().is_some_and(|s| s.is_kernel_thread()) {
-                continue; // a kernel thread: never evicted
-            }
-            let start = stat.map(|s| s.start);
-            if start.is_some_and(|s| procfs::started_after(s, ev.timestamp_ns)) {
-                tracing::debug!(pid = ev.pid, "pid reused since its event: not an intruder");
+            // The programs leave kernel threads out by their flags; without BTF they cannot,
+            // and /proc tells (the eviction itself reads the task once, and checks again).
+            if !self.sensor.tells_kernel_threads()
+                && procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread())
+            {
                 continue;
             }
             // An arrival starts a new stay (a return after an eviction too); a slice dates
@@ -207,7 +206,9 @@ impl Running {
                 cpu: ev.cpu,
                 ran_ns: ev.ran_ns,
                 arrived: ev.kind != event::SLICE,
-                start,
+                seen_ns: Some(ev.timestamp_ns),
+                start: (ev.start_boottime_ns != 0)
+                    .then(|| procfs::boottime_to_ticks(ev.start_boottime_ns)),
             });
         }
         out
@@ -215,7 +216,7 @@ impl Running {
 
     /// The event's cgroup path; `None` for an arrival already gone.
     fn cgroup_of(&mut self, ev: &IntruderEvent) -> Option<String> {
-        if ev.kind == event::ARRIVAL {
+        if ev.kind == event::ARRIVAL && ev.cgroup_id == 0 {
             return procfs::task_cgroup(ev.pid);
         }
         if !self.index.contains_key(&ev.cgroup_id) {
@@ -239,14 +240,13 @@ impl Running {
                 }
             });
         }
-        let now = monotonic_ns();
         for d in done {
             let ActionKind::EvictIntruder { pid, .. } = d.action.kind else {
                 continue;
             };
             if let Some(first) = d.evicted().and_then(|pid| self.first_run.remove(&pid)) {
                 self.recorder
-                    .eviction(now.saturating_sub(first) as f64 / 1000.0);
+                    .eviction(moved_ns(d).saturating_sub(first) as f64 / 1000.0);
             }
             match d.outcome {
                 // It may come back to a trading core: news at its next switch-in (also one
@@ -348,4 +348,9 @@ pub(super) fn protected_ids(keeper: &Keeper, cg: &CgroupFs) -> Vec<u64> {
         .filter_map(|c| cg.subtree_ids(&c).ok())
         .flatten()
         .collect()
+}
+
+/// When an eviction's task left the trading cores (now, if the actuators did not say).
+fn moved_ns(d: &Done) -> u64 {
+    d.moved_ns.unwrap_or_else(monotonic_ns)
 }

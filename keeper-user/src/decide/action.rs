@@ -111,7 +111,10 @@ pub enum ActionKind {
         cpu: u32,
         #[serde(serialize_with = "cpu_list_text")]
         to: CpuList,
-        /// The task's start time at its event ([`super::Intruder::start`]).
+        /// Its event's instant ([`super::Intruder::seen_ns`]).
+        #[serde(skip)]
+        seen_ns: Option<u64>,
+        /// Its start time, read by the programs ([`super::Intruder::start`]).
         #[serde(skip)]
         start: Option<u64>,
     },

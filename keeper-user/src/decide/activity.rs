@@ -235,6 +235,7 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
             cgroup: i.cgroup.clone(),
             cpu: i.cpu,
             to: host.housekeeping_cores.clone(),
+            seen_ns: i.seen_ns,
             start: i.start,
         };
         t.event(kind, &rule, reason);

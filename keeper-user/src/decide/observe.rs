@@ -53,8 +53,12 @@ pub struct Intruder {
     /// Reported at its arrival on a trading core (its first switch-in there, or a fork placed
     /// there), before it ran: always news, also for a task evicted moments ago (it came back).
     pub arrived: bool,
-    /// Its start time (clock ticks since boot), read at the event and no later than it: the
-    /// eviction acts only on the task that still has it (a pid reused since is left alone).
+    /// Its event's instant (CLOCK_MONOTONIC ns): the eviction acts only on a task that
+    /// started before it (a pid reused since is left alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seen_ns: Option<u64>,
+    /// Its start time (clock ticks since boot, as /proc says it) where the programs read it
+    /// from the task at its arrival: the eviction needs no read of /proc first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<u64>,
 }

@@ -55,6 +55,7 @@ fn intruder(pid: u32, cgroup: &str, arrived: bool) -> Intruder {
         cpu: 1,
         ran_ns: 50_000,
         arrived,
+        seen_ns: None,
         start: None,
     }
 }
@@ -262,6 +263,7 @@ fn action_names_are_their_serialised_tags() {
             cgroup: "g".into(),
             cpu: 1,
             to: "0".parse().unwrap(),
+            seen_ns: None,
             start: None,
         },
         ActionKind::SloMet {

@@ -115,6 +115,7 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
             cpu: 1,
             ran_ns: 0,
             arrived,
+            seen_ns: None,
             start: None,
         });
         let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
@@ -151,6 +152,7 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
             cpu: 1,
             ran_ns: 0,
             arrived: true,
+            seen_ns: None,
             start: None,
         });
         let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(s);
@@ -200,6 +202,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cpu: 1,
         ran_ns: 5,
         arrived: false,
+        seen_ns: None,
         start: None,
     });
     obs.intruders.push(Intruder {
@@ -209,6 +212,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cpu: 1,
         ran_ns: 5,
         arrived: false,
+        seen_ns: None,
         start: None,
     });
     obs.intruders.push(Intruder {
@@ -218,6 +222,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         cpu: 0,
         ran_ns: 5,
         arrived: false,
+        seen_ns: None,
         start: None,
     });
     let mut state = EngineState::default();
@@ -329,6 +334,7 @@ fn arb_obs() -> impl Strategy<Value = Observations> {
                         cpu: 1,
                         ran_ns: 1,
                         arrived: false,
+                        seen_ns: None,
                         start: None,
                     }],
                     trading_p99_wakeup_ns: p99,

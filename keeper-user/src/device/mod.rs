@@ -12,6 +12,7 @@
 //! - [`trust`]: whether a library or tool the keeper would load or run is root's alone.
 
 pub mod cgroupfs;
+pub mod clock;
 pub mod gpu;
 pub mod irq;
 pub mod placement;

@@ -93,24 +93,25 @@ pub fn task_stat(pid: u32) -> Option<TaskStat> {
 /// the event, and the event was about another task. The start is rounded down to its tick, so
 /// "after" is never a guess; a reuse within the same tick (10 ms) is not told apart.
 pub fn started_after(start: u64, event_ns: u64) -> bool {
-    // SAFETY: sysconf and clock_gettime with valid out-pointers.
-    let (hz, boot, mono) = unsafe {
-        let hz = libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64;
-        let read = |clock| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            libc::clock_gettime(clock, &mut ts);
-            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-        };
-        (hz, read(libc::CLOCK_BOOTTIME), read(libc::CLOCK_MONOTONIC))
-    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let (boot, mono) = (
+        super::clock::ns(libc::CLOCK_BOOTTIME),
+        super::clock::monotonic_ns(),
+    );
     // Boot time runs ahead of the monotonic clock by the time spent suspended.
     let suspended = boot.saturating_sub(mono);
     let start_ns = (start * (1_000_000_000 / hz)).saturating_sub(suspended);
     // 1 ms for the two clock reads above not being one instant.
     start_ns > event_ns + 1_000_000
+}
+
+/// A task's `start_boottime` (ns, as the kernel keeps it) in /proc's start-time unit (clock
+/// ticks since boot), the way /proc/PID/stat converts it (`nsec_to_clock_t`).
+pub fn boottime_to_ticks(ns: u64) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ns / (1_000_000_000 / hz)
 }
 
 /// Total run time of a task, in nanoseconds, from /proc/<pid>/schedstat.
@@ -159,13 +160,7 @@ mod tests {
     #[test]
     fn a_task_started_after_an_event_is_told_apart() {
         let me = task_stat(std::process::id()).unwrap();
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime with a valid out-pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let now = crate::device::clock::monotonic_ns();
         // This process existed at `now`; it did not at the boot's first millisecond.
         assert!(!started_after(me.start, now));
         assert!(started_after(me.start, 0));

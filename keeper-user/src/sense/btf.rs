@@ -124,6 +124,85 @@ impl Btf {
     }
 }
 
+/// Where the programs read a task's fields (byte offsets from the kernel's BTF; 0: unknown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.flags` (`PF_KTHREAD`): kernel threads told apart in the kernel.
+    pub flags: u32,
+    /// The incoming task of a switch, for `keeper_arrive`: `task_struct.pid`, `.comm`,
+    /// `.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`.
+    pub pid: u32,
+    pub comm: u32,
+    pub cgroups: u32,
+    /// `task_struct.start_boottime`: who the newcomer is (its start time, as /proc says it).
+    pub start_boottime: u32,
+    pub dfl_cgrp: u32,
+    pub kn: u32,
+    pub kn_id: u32,
+}
+
+impl TaskOffsets {
+    /// Reads the running kernel's offsets. What is missing is said once and left 0: without
+    /// `flags`, kernel threads are told apart in userspace only; without the others,
+    /// arrivals come from the classic tracepoint (no cgroup id: userspace reads /proc).
+    pub fn kernel() -> Self {
+        let btf = match Btf::kernel() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "no kernel BTF: kernel threads on the trading cores are told apart in userspace only (their time counts as intruders'), and a newcomer's cgroup is read from /proc before its eviction");
+                return Self::default();
+            }
+        };
+        let flags = btf.member_offset("task_struct", "flags").unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no task_struct.flags offset: kernel threads on the trading cores are told apart in userspace only, and their time counts as intruders'");
+            0
+        });
+        let arrival = [
+            ("task_struct", "pid"),
+            ("task_struct", "comm"),
+            ("task_struct", "cgroups"),
+            ("task_struct", "start_boottime"),
+            ("css_set", "dfl_cgrp"),
+            ("cgroup", "kn"),
+            ("kernfs_node", "id"),
+        ]
+        .map(|(ty, member)| btf.member_offset(ty, member));
+        match arrival {
+            [
+                Ok(pid),
+                Ok(comm),
+                Ok(cgroups),
+                Ok(start_boottime),
+                Ok(dfl_cgrp),
+                Ok(kn),
+                Ok(kn_id),
+            ] if flags != 0 => Self {
+                flags,
+                pid,
+                comm,
+                cgroups,
+                start_boottime,
+                dfl_cgrp,
+                kn,
+                kn_id,
+            },
+            other => {
+                let missing = other.into_iter().find_map(Result::err);
+                tracing::warn!(error = ?missing.map(|e| e.to_string()), "arrivals on the trading cores are read from the classic tracepoint: a newcomer's cgroup is read from /proc before its eviction");
+                Self {
+                    flags,
+                    ..Self::default()
+                }
+            }
+        }
+    }
+
+    /// Whether `keeper_arrive` can read an incoming task (every offset known).
+    pub fn arrivals(&self) -> bool {
+        self.flags != 0 && self.pid != 0 && self.cgroups != 0 && self.start_boottime != 0
+    }
+}
+
 /// Bytes that follow a type record's 12-byte header, by kind (include/uapi/linux/btf.h).
 fn extra_len(kind: u32, vlen: usize) -> usize {
     match kind {

@@ -8,7 +8,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        PerfEvent, ProgramError, TracePoint,
+        PerfEvent, ProgramError, RawTracePoint, TracePoint,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
@@ -20,6 +20,7 @@ use keeper_common::{
 };
 
 use super::{
+    btf::TaskOffsets,
     ebpf,
     latency::Histogram,
     tracefs::{Tracefs, TracefsError},
@@ -150,6 +151,8 @@ pub struct SchedSensor {
     ebpf: Ebpf,
     trading_cpus: CpuList,
     sampler_links: BTreeMap<u32, PerfEventLinkId>,
+    /// Where the programs read tasks' fields (what they can tell by themselves).
+    task: TaskOffsets,
 }
 
 impl SchedSensor {
@@ -165,8 +168,27 @@ impl SchedSensor {
             return Err(SenseError::CpuOffline(cpu));
         }
         ebpf::raise_memlock_rlimit();
+        let task = TaskOffsets::kernel();
+        match Self::load(&offsets, config, task) {
+            Err(SenseError::Program { name, source }) if name == programs::ARRIVE => {
+                tracing::warn!(error = %source, "keeper_arrive could not be attached: arrivals come from the classic tracepoint (a newcomer's cgroup is read from /proc)");
+                let task = TaskOffsets {
+                    flags: task.flags,
+                    ..TaskOffsets::default()
+                };
+                Self::load(&offsets, config, task)
+            }
+            r => r,
+        }
+    }
+
+    fn load(
+        offsets: &SchedOffsets,
+        config: &SchedConfig,
+        task: TaskOffsets,
+    ) -> Result<Self, SenseError> {
         let interval_ns = config.intruder_event_interval.as_nanos() as u64;
-        let task_flags = task_flags_offset();
+        let by_task = u32::from(task.arrivals());
         let ebpf = EbpfLoader::new()
             .override_global(globals::WAKEUP_PID_OFF, &offsets.wakeup_pid, true)
             .override_global(globals::WAKEUP_CPU_OFF, &offsets.wakeup_cpu, true)
@@ -177,7 +199,15 @@ impl SchedSensor {
             .override_global(globals::SWITCH_PREV_STATE_OFF, &offsets.prev_state, true)
             .override_global(globals::SWITCH_NEXT_PID_OFF, &offsets.next_pid, true)
             .override_global(globals::SWITCH_NEXT_COMM_OFF, &offsets.next_comm, true)
-            .override_global(globals::TASK_FLAGS_OFF, &task_flags, true)
+            .override_global(globals::TASK_FLAGS_OFF, &task.flags, true)
+            .override_global(globals::TASK_PID_OFF, &task.pid, true)
+            .override_global(globals::TASK_COMM_OFF, &task.comm, true)
+            .override_global(globals::TASK_CGROUPS_OFF, &task.cgroups, true)
+            .override_global(globals::TASK_START_BOOTTIME_OFF, &task.start_boottime, true)
+            .override_global(globals::CSS_SET_DFL_CGRP_OFF, &task.dfl_cgrp, true)
+            .override_global(globals::CGROUP_KN_OFF, &task.kn, true)
+            .override_global(globals::KERNFS_NODE_ID_OFF, &task.kn_id, true)
+            .override_global(globals::ARRIVALS_BY_TASK, &by_task, true)
             .override_global(globals::INTRUDER_EVENT_INTERVAL_NS, &interval_ns, true)
             .load(ebpf::object()?)?;
         // Configure the maps before attaching so the first events already see the right sets.
@@ -185,6 +215,7 @@ impl SchedSensor {
             ebpf,
             trading_cpus: CpuList::default(),
             sampler_links: BTreeMap::new(),
+            task,
         };
         sensor.set_protected(&config.protected_cgroups)?;
         let name = programs::SAMPLE;
@@ -203,7 +234,18 @@ impl SchedSensor {
             prog.load().map_err(err)?;
             prog.attach("sched", event).map_err(err)?;
         }
-        tracing::info!(trading_cpus = %config.trading_cpus, protected = config.protected_cgroups.len(), "scheduler sensor attached");
+        if task.arrivals() {
+            let name = programs::ARRIVE;
+            let err = |source| SenseError::Program { name, source };
+            let prog: &mut RawTracePoint = program_mut(&mut sensor.ebpf, name)?;
+            prog.load().map_err(err)?;
+            prog.attach("sched_switch").map_err(err)?;
+        }
+        let arrivals = match task.arrivals() {
+            true => "read from the task (keeper_arrive)",
+            false => "from the classic tracepoint",
+        };
+        tracing::info!(trading_cpus = %config.trading_cpus, protected = config.protected_cgroups.len(), arrivals, "scheduler sensor attached");
         Ok(sensor)
     }
 
@@ -213,6 +255,12 @@ impl SchedSensor {
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, SenseError> {
         self.ebpf.map(name).ok_or(SenseError::MissingMap(name))
+    }
+
+    /// Whether the programs leave kernel threads out by themselves (their flags' offset
+    /// was found in the kernel's BTF).
+    pub fn tells_kernel_threads(&self) -> bool {
+        self.task.flags != 0
     }
 
     /// Replaces the set of trading cores.
@@ -392,19 +440,6 @@ impl SchedSensor {
     }
 }
 
-/// `task_struct.flags`' offset from the kernel's BTF, for the programs' kernel-thread test.
-/// Without BTF (0) the programs take no task for a kernel thread, and userspace tells them
-/// apart by /proc's flags: kernel threads' time then counts as intruder time.
-fn task_flags_offset() -> u32 {
-    match super::btf::Btf::kernel().and_then(|b| b.member_offset("task_struct", "flags")) {
-        Ok(off) => off,
-        Err(e) => {
-            tracing::warn!(error = %e, "no task_struct.flags offset: kernel threads on the trading cores are told apart in userspace only, and their time counts as intruders'");
-            0
-        }
-    }
-}
-
 fn readout(cpu: u32, s: &CpuStats) -> CpuReadout {
     CpuReadout {
         cpu,
@@ -420,16 +455,7 @@ fn readout(cpu: u32, s: &CpuStats) -> CpuReadout {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime with a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::device::clock::monotonic_ns;
 
 /// The kernel's comm bytes as text (up to the first NUL).
 pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
@@ -471,6 +497,7 @@ impl LostEvents {
                     timestamp_ns: now,
                     cgroup_id: 0,
                     ran_ns: 0,
+                    start_boottime_ns: 0,
                     pid,
                     tgid: 0,
                     cpu,

@@ -43,6 +43,10 @@ pub enum Which {
         /// `keeper interaction start` → Muse frozen round trips to time.
         #[arg(long, default_value_t = 100)]
         preemptions: usize,
+        /// Only these conditions (comma-separated keys: static, unprotected, keeper, sensing,
+        /// churn, kworker, repin, forks); static isolation always runs, as the reference.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -54,7 +58,8 @@ pub fn run(root: &Path, which: Which) -> anyhow::Result<()> {
             secs,
             rounds,
             preemptions,
-        } => isolation::run(root, secs, rounds, preemptions),
+            only,
+        } => isolation::run(root, secs, rounds, preemptions, &only),
     }
 }
 

@@ -21,6 +21,7 @@ use crate::cargo;
 /// The checks guest.sh must report as passed (by the first word after PASS).
 const CHECKS: &[&str] = &[
     "ebpf-loads",
+    "arrivals-from-the-task",
     "partition",
     "cpu.max+memory.high",
     "freeze",

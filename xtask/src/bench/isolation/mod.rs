@@ -34,6 +34,8 @@ use rig::{Daemon, Scope, control, policy, proc_stat_ticks, spawn_in, status_kib}
 /// One condition of the bench.
 #[derive(Clone, Copy)]
 struct Condition {
+    /// Its name for `--only`.
+    key: &'static str,
     label: &'static str,
     load: Load,
     /// CPUs the load may use.
@@ -44,6 +46,7 @@ struct Condition {
 }
 
 const STATIC: Condition = Condition {
+    key: "static",
     label: "static isolation (load taskset to CPU 0)",
     load: Load::Hogs,
     cpus: &[0],
@@ -51,6 +54,7 @@ const STATIC: Condition = Condition {
     newcomers: true,
 };
 const UNPROTECTED: Condition = Condition {
+    key: "unprotected",
     label: "unprotected (load on CPUs 0-1)",
     load: Load::Hogs,
     cpus: &[0, 1],
@@ -58,6 +62,7 @@ const UNPROTECTED: Condition = Condition {
     newcomers: true,
 };
 const KEEPER: Condition = Condition {
+    key: "keeper",
     label: "keeper enforcing (load on CPUs 0-1)",
     load: Load::Hogs,
     cpus: &[0, 1],
@@ -65,6 +70,7 @@ const KEEPER: Condition = Condition {
     newcomers: true,
 };
 const WATCHING: Condition = Condition {
+    key: "sensing",
     label: "keeper attached, load taskset to CPU 0 (sensing cost)",
     load: Load::Hogs,
     cpus: &[0],
@@ -72,6 +78,7 @@ const WATCHING: Condition = Condition {
     newcomers: true,
 };
 const CHURN: Condition = Condition {
+    key: "churn",
     label: "keeper vs churn: 8 respawning 50 ms hogs",
     load: Load::Churn,
     cpus: &[0, 1],
@@ -79,6 +86,7 @@ const CHURN: Condition = Condition {
     newcomers: false,
 };
 const KWORKER: Condition = Condition {
+    key: "kworker",
     label: "keeper vs a spinner renamed kworker/1:9",
     load: Load::Kworker,
     cpus: &[0],
@@ -86,6 +94,7 @@ const KWORKER: Condition = Condition {
     newcomers: false,
 };
 const REPIN: Condition = Condition {
+    key: "repin",
     label: "keeper vs a spinner re-pinning itself every 1 ms",
     load: Load::Repin,
     cpus: &[1],
@@ -93,6 +102,7 @@ const REPIN: Condition = Condition {
     newcomers: false,
 };
 const FORKS: Condition = Condition {
+    key: "forks",
     label: "keeper vs a fork storm (4 shells forking /bin/true)",
     load: Load::ForkStorm,
     cpus: &[0, 1],
@@ -176,7 +186,22 @@ impl Bench<'_> {
     }
 }
 
-pub fn run(root: &Path, secs: u64, rounds: usize, preemptions: usize) -> anyhow::Result<()> {
+pub fn run(
+    root: &Path,
+    secs: u64,
+    rounds: usize,
+    preemptions: usize,
+    only: &[String],
+) -> anyhow::Result<()> {
+    if let Some(k) = only.iter().find(|k| !ALL.iter().any(|c| c.key == *k)) {
+        bail!(
+            "--only: no condition {k:?} (known: static, unprotected, keeper, sensing, churn, kworker, repin, forks)"
+        );
+    }
+    let chosen: Vec<Condition> = ALL
+        .into_iter()
+        .filter(|c| only.is_empty() || c.key == STATIC.key || only.iter().any(|k| k == c.key))
+        .collect();
     crate::run(cargo().args(["build", "--release", "-p", "keeper-user", "--bins"]))?;
     let keeper = root.join("target/release/keeper");
     let probe = root.join("target/release/keeper-probe");
@@ -196,7 +221,7 @@ pub fn run(root: &Path, secs: u64, rounds: usize, preemptions: usize) -> anyhow:
     let rounds = rounds.max(1);
     let mut rows: Vec<Row> = Vec::new();
     for round in 1..=rounds {
-        for c in ALL {
+        for &c in &chosen {
             eprintln!("bench: round {round}/{rounds}: {}", c.label);
             rows.push(bench.run(c, round)?);
         }
@@ -204,7 +229,7 @@ pub fn run(root: &Path, secs: u64, rounds: usize, preemptions: usize) -> anyhow:
     let (preempt_ms, idle_cpu_pct, rss_kib, hwm_kib) =
         preemption_and_footprint(&bench, preemptions)?;
     let _ = std::fs::remove_dir_all(&work);
-    print_tables(&rows, rounds, secs);
+    print_tables(&rows, &chosen, rounds, secs);
     let pq = |q| quantile(&preempt_ms, q).map_or("-".into(), |v| format!("{v:.2}"));
     println!("\n| measure | count | p50 | p99 | max | target |\n|---|---|---|---|---|---|");
     println!(
@@ -224,7 +249,7 @@ pub fn run(root: &Path, secs: u64, rounds: usize, preemptions: usize) -> anyhow:
     Ok(())
 }
 
-fn print_tables(rows: &[Row], rounds: usize, secs: u64) {
+fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
     println!(
         "\nTrading loop on CPU 1 (every 1 ms, {} µs of CPU work; response = due → done), {rounds} \
          rounds of every condition interleaved, {secs} s each; medians over the rounds (max: the \
@@ -240,7 +265,7 @@ fn print_tables(rows: &[Row], rounds: usize, secs: u64) {
         median(&rs.iter().map(|r| f(r)).collect::<Vec<_>>()).unwrap_or(0.0)
     };
     let static_p99 = med(&of(STATIC.label), &|r| r.q(0.99)).max(1.0);
-    for c in ALL {
+    for &c in chosen {
         let rs = of(c.label);
         let ev: Vec<f64> = rs.iter().flat_map(|r| r.eviction_us.clone()).collect();
         let eq = |q| quantile(&ev, q).map_or("-".into(), |v| format!("{v:.0}"));
@@ -259,7 +284,10 @@ fn print_tables(rows: &[Row], rounds: usize, secs: u64) {
             eq(0.99),
         );
     }
-    for c in [UNPROTECTED, KEEPER, CHURN, KWORKER, REPIN, FORKS] {
+    for &c in chosen
+        .iter()
+        .filter(|c| c.key != STATIC.key && c.key != WATCHING.key)
+    {
         let ratios: Vec<String> = of(c.label)
             .iter()
             .zip(of(STATIC.label))
@@ -272,7 +300,7 @@ fn print_tables(rows: &[Row], rounds: usize, secs: u64) {
         );
     }
     if std::env::var_os("KEEPER_BENCH_SAMPLES").is_some() {
-        for c in ALL {
+        for &c in chosen {
             let ev: Vec<f64> = of(c.label)
                 .iter()
                 .flat_map(|r| r.eviction_us.clone())

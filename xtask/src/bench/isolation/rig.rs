@@ -189,7 +189,17 @@ impl Daemon {
                 break;
             }
         }
-        std::thread::spawn(move || for _ in lines {}); // keep draining its log
+        // Keep draining its log (kept in $KEEPER_BENCH_LOG/keeper-ROUND.log when set).
+        let keep = std::env::var_os("KEEPER_BENCH_LOG")
+            .map(|d| Path::new(&d).join(format!("keeper-{round}-{pid}.log")));
+        std::thread::spawn(move || {
+            let mut file = keep.and_then(|p| std::fs::File::create(p).ok());
+            for line in lines.map_while(Result::ok) {
+                if let Some(f) = &mut file {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         Ok(Daemon {
             guard,
             pid,
