@@ -35,7 +35,20 @@ fn an_intruder_is_evicted_counted_and_put_back_at_exit() {
     );
     let status = rig.control(&["status"]);
     assert!(status["evictions"].as_u64().unwrap() >= 1, "{status:#}");
-    keeper.finish();
+    let log = keeper.finish();
+    // The first look: what the policy found here, what this host allows, what it will do.
+    for want in [
+        format!("banker (rank 1): here: cgroup /{}", rig.rel("banker")),
+        "this host: cpuset v2 ".to_string(),
+        "trading cores 1 for banker while it is active: ".to_string(),
+        format!("scope /{}: nothing outside it is touched", rig.rel("")),
+    ] {
+        let want = want.replace("//", "/").replace("/:", ":");
+        assert!(
+            log.iter().any(|l| l.contains(&want)),
+            "no `{want}` in {log:#?}"
+        );
+    }
     // At exit the keeper puts back what it changed.
     assert_eq!(affinity(pid), "1");
     let record: serde_json::Value =

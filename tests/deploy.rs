@@ -230,3 +230,107 @@ fn the_proxmox_hook_calls_the_keeper_and_never_blocks_a_vm() {
         "only post-start of a valid vmid calls the keeper"
     );
 }
+
+/// promtool (Debian's prometheus package), or `None` outside CI when it is missing.
+fn promtool() -> Option<&'static str> {
+    let found = Command::new("promtool").arg("--version").output().is_ok();
+    assert!(
+        found || !ci(),
+        "CI=true: promtool must be installed (cargo xtask test does)"
+    );
+    found.then_some("promtool")
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool_and_their_unit_tests() {
+    let Some(promtool) = promtool() else {
+        eprintln!("SKIPPED: no promtool (apt-get install prometheus)");
+        return;
+    };
+    let dir = root().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "keeper-rules.yaml"],
+        ["test", "rules", "keeper-rules.test.yaml"],
+    ] {
+        let out = Command::new(promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "promtool {args:?}:\n{said}");
+        assert!(said.contains("SUCCESS"), "promtool {args:?}:\n{said}");
+    }
+    // Every alert has a test that fires it.
+    let rules = std::fs::read_to_string(dir.join("keeper-rules.yaml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("keeper-rules.test.yaml")).unwrap();
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        let fired = tests
+            .split("alertname: ")
+            .skip(1)
+            .any(|t| t.starts_with(alert) && t.contains("exp_labels"));
+        assert!(fired, "no test fires {alert}");
+    }
+}
+
+#[test]
+fn shell_completions_and_man_pages_come_from_the_command_line() {
+    let keeper = env!("CARGO_BIN_EXE_keeper");
+    let run = |args: &[&str]| {
+        let out = Command::new(keeper).args(args).output().unwrap();
+        assert!(out.status.success(), "keeper {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    for word in [
+        "run",
+        "status",
+        "interaction",
+        "simulate",
+        "--policy",
+        "--trading-cores",
+    ] {
+        assert!(bash.contains(word), "no {word} in the bash completions");
+    }
+    let script =
+        std::env::temp_dir().join(format!("keeper-completion-{}.bash", std::process::id()));
+    std::fs::write(&script, &bash).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&script);
+    assert!(syntax.status.success(), "bash -n: {syntax:?}");
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef keeper"));
+    assert!(run(&["completions", "fish"]).contains("complete -c keeper"));
+
+    let page = run(&["man"]);
+    assert!(page.contains(".TH keeper 1"), "{page}");
+    assert!(page.contains("eBPF resource enforcer"), "{page}");
+    let dir = std::env::temp_dir().join(format!("keeper-man-{}", std::process::id()));
+    run(&["man", "--out", dir.to_str().unwrap()]);
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    let run_page = std::fs::read_to_string(dir.join("keeper-run.1")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    for want in [
+        "keeper.1",
+        "keeper-run.1",
+        "keeper-status.1",
+        "keeper-completions.1",
+    ] {
+        assert!(
+            pages.iter().any(|p| p == want),
+            "{want} missing from {pages:?}"
+        );
+    }
+    assert!(run_page.contains("trading\\-cores"), "{run_page}");
+}

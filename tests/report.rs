@@ -38,7 +38,10 @@ fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
     if !privileged("a_real_run_renders_as_html_with_its_charts_in_chromium") {
         return;
     }
-    let rig = Rig::with_rules("report", "  slo: { trading_p99_wakeup: 5ms }\n");
+    let rig = Rig::with_rules(
+        "report",
+        "  slo: { trading_p99_wakeup: 5ms, trading_intruder_share: 50% }\n",
+    );
     let record = rig.dir.join("run.json");
     let mut daemon = rig.keeper(&[
         "--for",
@@ -92,6 +95,13 @@ fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
     ] {
         assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
     }
+    metrics_serve_the_alerting_rules(&metrics);
+    // Prometheus asks for OpenMetrics, and gets it.
+    let om = scrape_accepting(&metrics_addr, "application/openmetrics-text;version=1.0.0");
+    assert!(
+        om.ends_with("# EOF\n") && om.contains("# TYPE keeper_evictions counter"),
+        "{om}"
+    );
     rig.control(&["interaction", "stop"]);
     daemon.finish();
     for c in [sleeper, hog, assistant] {
@@ -126,11 +136,15 @@ fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
         .collect();
     assert_eq!(
         verdicts,
-        ["trading_p99_wakeup", "preemption_deadline"],
+        [
+            "trading_p99_wakeup",
+            "trading_intruder_share",
+            "preemption_deadline"
+        ],
         "{:#}",
         r["slo"]
     );
-    assert_eq!(r["slo"][1]["met"], true, "{:#}", r["slo"]);
+    assert_eq!(r["slo"][2]["met"], true, "{:#}", r["slo"]);
     let text = keeper(&["report", record.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("Service levels"));
 
@@ -204,11 +218,18 @@ fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
 }
 
 /// GET /metrics, the body.
+/// `GET /metrics` as curl asks (the classic text format).
 fn scrape(addr: &str) -> String {
+    scrape_accepting(addr, "*/*")
+}
+
+fn scrape_accepting(addr: &str, accept: &str) -> String {
     use std::io::{Read as _, Write as _};
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    conn.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let mut reply = String::new();
     conn.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
@@ -232,4 +253,54 @@ fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
         other => panic!("unexpected PNG colour type {other:?}"),
     };
     (info.width, info.height, rgb)
+}
+
+/// Every metric an alerting rule of deploy/prometheus/ reads is served by a live keeper, and
+/// the scrape passes `promtool check metrics` (Prometheus' naming lint) where promtool is.
+fn metrics_serve_the_alerting_rules(metrics: &str) {
+    let rules_file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/keeper-rules.yaml");
+    let rules = std::fs::read_to_string(rules_file).unwrap();
+    let mut named: Vec<&str> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.contains("description:"))
+        .filter(|l| !l.contains("summary:"))
+        .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("keeper_"))
+        .collect();
+    named.sort();
+    named.dedup();
+    assert!(named.len() >= 8, "{named:?}");
+    for name in named {
+        let served = metrics
+            .lines()
+            .any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']));
+        assert!(
+            served,
+            "the alerting rules read `{name}`, which /metrics does not serve:\n{metrics}"
+        );
+    }
+    let Ok(mut lint) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI: promtool must be installed"
+        );
+        return;
+    };
+    use std::io::Write as _;
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "promtool check metrics:\n{said}");
 }

@@ -51,6 +51,45 @@ enum Command {
     Simulate(cli::simulate::SimulateArgs),
     /// Print the live GPU readout (NVML): temperature, power, utilization, processes.
     Gpu(cli::gpu::GpuArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (keeper.1), or write one page per command into a folder.
+    Man {
+        /// Write keeper.1 and keeper-COMMAND.1 here instead of printing keeper.1.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+/// `keeper completions SHELL`: the script on stdout (the .deb installs bash, zsh and fish).
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "keeper", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keeper man [--out DIR]`: roff man pages from the same definitions as `--help`.
+fn man(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = out else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir)?;
+    let write = |name: String, page: clap::Command| -> anyhow::Result<()> {
+        let mut file = std::fs::File::create(dir.join(format!("{name}.1")))?;
+        clap_mangen::Man::new(page).render(&mut file)?;
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("keeper-{}", sub.get_name());
+        write(name.clone(), sub.clone().name(name))?;
+    }
+    write("keeper".into(), cmd)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -68,6 +107,8 @@ fn main() -> ExitCode {
         Command::Schema(args) => cli::schema::run(args),
         Command::Simulate(args) => cli::simulate::run(args),
         Command::Gpu(args) => cli::gpu::run(args),
+        Command::Completions { shell } => completions(*shell),
+        Command::Man { out } => man(out.as_deref()),
     };
     match result {
         Ok(code) => code,

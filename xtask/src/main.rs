@@ -29,6 +29,8 @@ const TEST_PACKAGES: &[&str] = &[
     "kmod",
     // Renders the HTML report in the report test (headless screenshot).
     "chromium",
+    // promtool: checks and unit-tests the alerting rules, lints a live /metrics.
+    "prometheus",
 ];
 
 #[derive(Parser)]
@@ -80,7 +82,18 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { args } => {
             setup::ensure_ebpf_toolchain()?;
             run(cargo().args(["build", "--release", "-p", "keeper-user", "--bin", "keeper"]))?;
-            let mut c = Command::new(root.join("target/release/keeper"));
+            let keeper = root.join("target/release/keeper");
+            eprintln!(
+                "xtask: starting `keeper run {}` (Ctrl-C stops it and undoes what it changed).\n\
+                 xtask:   watch it from another shell: {k} status, {k} report --live, \
+                 {k} watch --cpus TRADING\n\
+                 xtask:   try it safely: --dry-run (decides, changes nothing), --scope CGROUP \
+                 (touches nothing outside it), or the demo policy policies/demo.yaml, which \
+                 protects a cgroup you create (docs/run.md)",
+                args.join(" "),
+                k = keeper.display()
+            );
+            let mut c = Command::new(&keeper);
             c.arg("run").args(&args);
             run(&mut c)
         }

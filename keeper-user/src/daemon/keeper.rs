@@ -18,7 +18,7 @@ use crate::{
     },
     interface::{Mode, Status, WorkloadStatus},
     policy::{Policy, PolicySource},
-    report::record::RunFacts,
+    report::{first_look::Abilities, record::RunFacts},
     sense::observer::{Observer, Reading},
 };
 
@@ -278,6 +278,26 @@ impl Keeper {
             tracing::debug!(rule = %action.rule, reason = %action.reason, ?outcome, "{}", action.kind);
         } else {
             tracing::info!(rule = %action.rule, reason = %action.reason, ?outcome, elapsed_ms = ms, "{}", action.kind);
+        }
+    }
+
+    /// What this host lets the keeper sense and do, for the first look.
+    pub fn abilities(&self, cg: &crate::device::cgroupfs::CgroupFs) -> Abilities {
+        let act = &self.act;
+        let qmp_sockets = std::fs::read_dir(&act.qmp_dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "qmp"))
+                .count()
+        });
+        Abilities {
+            cpuset_v2: cg.has_controller("cpuset"),
+            freezer: cg.has_freezer(),
+            psi: std::path::Path::new("/proc/pressure/memory").exists(),
+            gpu: act.gpu().map(|g| g.name.clone()),
+            qmp_sockets,
+            proxmox: act.proxmox.is_some(),
+            scope: act.scope().map(str::to_string),
+            dry_run: act.dry_run(),
         }
     }
 

@@ -15,7 +15,9 @@ use crate::{
     decide::{ActionKind, Intruder, Observations, Outcome},
     device::{cgroupfs::CgroupFs, procfs},
     report::{
-        RunRecord, metrics,
+        RunRecord,
+        first_look::first_look,
+        metrics,
         record::{self, Recorder, Sensed},
         view,
     },
@@ -43,6 +45,8 @@ pub(super) struct Running {
     first_run: HashMap<u32, u64>,
     lost_events: LostEvents,
     restored_at_start: Vec<String>,
+    /// Whether the first look (what the policy found here) was said.
+    explained: bool,
 }
 
 impl Running {
@@ -68,6 +72,7 @@ impl Running {
             first_run: HashMap::new(),
             lost_events: LostEvents::default(),
             restored_at_start,
+            explained: false,
         }
     }
 
@@ -96,7 +101,21 @@ impl Running {
         let lost = self.lost_events.rescan(&self.sensor);
         let intruders = self.intruders(lost);
         self.full_pass(intruders, true, triggers);
+        if !self.explained {
+            self.explained = true;
+            self.explain();
+        }
         Ok(())
+    }
+
+    /// The first look, once the host has been read: what the policy found, what this host
+    /// allows, and what the keeper will therefore do.
+    fn explain(&self) {
+        let abilities = self.keeper.abilities(&self.cg);
+        let placements = &self.keeper.observer.placements;
+        for line in first_look(&self.keeper.policy, placements, &abilities) {
+            tracing::info!(target: "keeper::first_look", "{line}");
+        }
     }
 
     /// Intruder events: decided on the last tick's readings (nothing is read from the host
@@ -231,6 +250,16 @@ impl Running {
         self.recorder.actions(done);
         if let Some(ms) = self.keeper.preempted(done) {
             self.recorder.preemption(ms);
+            let deadline_ms = (self.keeper.policy.workloads.iter())
+                .filter_map(|w| w.preempt.as_ref())
+                .map(|p| p.deadline.as_secs_f64() * 1000.0)
+                .fold(f64::INFINITY, f64::min);
+            if let Some(m) = &self.metrics {
+                m.update(|m| {
+                    m.preemptions += 1;
+                    m.preemptions_late += u64::from(ms > deadline_ms);
+                });
+            }
         }
         if let Some(m) = &self.metrics {
             m.update(|m| {
@@ -295,6 +324,18 @@ impl Running {
             m.memory_pressure_full = obs.memory_pressure.full_avg10;
             m.gpu_temperature_celsius = obs.gpu.as_ref().map(|g| g.temperature_c);
             m.gpu_power_watts = keeper.observer.gpu_power_w();
+            m.undo_pending = keeper.act.undo_pending().len() as u64;
+            m.thermal_guard_active = !keeper.state.thermal.frozen.is_empty();
+            m.last_tick_unix_s = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+            let slo = keeper.policy.rules.slo.as_ref();
+            let owned = keeper.policy.workloads.iter().any(|w| w.owns_trading_cores);
+            let slo = slo.filter(|_| owned);
+            m.slo_trading_p99_seconds = slo
+                .and_then(|s| s.trading_p99_wakeup)
+                .map(|d| d.as_secs_f64());
+            m.slo_trading_intruder_share_ratio = slo
+                .and_then(|s| s.trading_intruder_share)
+                .map(|p| p.get() / 100.0);
         });
     }
 

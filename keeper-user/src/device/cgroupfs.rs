@@ -140,6 +140,18 @@ impl CgroupFs {
         index
     }
 
+    /// Whether the root's `cgroup.controllers` lists `name` (e.g. `cpuset`).
+    pub fn has_controller(&self, name: &str) -> bool {
+        fs::read_to_string(self.mount.join("cgroup.controllers"))
+            .is_ok_and(|t| t.split_whitespace().any(|c| c == name))
+    }
+
+    /// Whether cgroups here can be frozen (`cgroup.freeze` in a child of the root: v2, 5.2+).
+    pub fn has_freezer(&self) -> bool {
+        fs::read_dir(&self.mount)
+            .is_ok_and(|d| d.flatten().any(|e| e.path().join("cgroup.freeze").exists()))
+    }
+
     /// Creates a cgroup (and its parents); fine if it already exists.
     pub fn create(&self, rel: &str) -> Result<PathBuf, CgroupError> {
         let dir = self.dir(rel)?;

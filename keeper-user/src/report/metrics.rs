@@ -1,4 +1,5 @@
-//! `keeper run --metrics ADDR`: Prometheus (OpenMetrics text) on `GET /metrics`.
+//! `keeper run --metrics ADDR`: Prometheus on `GET /metrics`: OpenMetrics text to a scraper
+//! that asks for it (Prometheus does), the classic text format to others (`curl`, promtool).
 //!
 //! The loop refreshes a snapshot each tick; a scrape encodes the snapshot (prometheus-client
 //! collector), so the sensor and the actuators stay on the loop's thread and a slow scraper
@@ -11,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use super::exposition;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
@@ -43,6 +45,18 @@ pub struct Snapshot {
     pub memory_pressure_full: f64,
     pub gpu_temperature_celsius: Option<f64>,
     pub gpu_power_watts: Option<f64>,
+    /// Journal entries whose undo failed, retried with backoff.
+    pub undo_pending: u64,
+    /// Whether `rules.thermal_guard` holds GPU users frozen.
+    pub thermal_guard_active: bool,
+    /// When the loop last ticked (Unix seconds): a stuck loop shows here.
+    pub last_tick_unix_s: f64,
+    /// The policy's service levels for the trading cores (`rules.slo`), where it sets them.
+    pub slo_trading_p99_seconds: Option<f64>,
+    pub slo_trading_intruder_share_ratio: Option<f64>,
+    /// Interactions' preemptions done, and those over the tightest `preempt.deadline`.
+    pub preemptions: u64,
+    pub preemptions_late: u64,
 }
 
 /// The snapshot, shared between the loop (writer) and the HTTP server (reader).
@@ -252,6 +266,7 @@ impl Collector for Metrics {
                 ),
             ],
         )?;
+        encode_keeper_state(&mut enc, &s)?;
         if let Some(t) = s.gpu_temperature_celsius {
             gauge(
                 &mut enc,
@@ -270,6 +285,59 @@ impl Collector for Metrics {
         }
         Ok(())
     }
+}
+
+/// What the keeper itself holds: its liveness, its service-level targets, what it could not
+/// undo, the thermal guard, and how its preemptions kept their deadline (what the alerting
+/// rules in deploy/prometheus/ read).
+fn encode_keeper_state(enc: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
+    let one = |v: f64| vec![(Labels::new(), v)];
+    gauge(
+        enc,
+        "keeper_last_tick_timestamp_seconds",
+        "When the keeper's loop last ticked (Unix time)",
+        &one(s.last_tick_unix_s),
+    )?;
+    gauge(
+        enc,
+        "keeper_undo_pending",
+        "Changes whose undo failed and is retried (keeper status lists them)",
+        &one(s.undo_pending as f64),
+    )?;
+    gauge(
+        enc,
+        "keeper_thermal_guard_active",
+        "1 while rules.thermal_guard holds GPU users frozen",
+        &one(if s.thermal_guard_active { 1.0 } else { 0.0 }),
+    )?;
+    if let Some(t) = s.slo_trading_p99_seconds {
+        gauge(
+            enc,
+            "keeper_slo_trading_p99_wakeup_target_seconds",
+            "The policy's target for the trading cores' p99 wakeup latency (rules.slo)",
+            &one(t),
+        )?;
+    }
+    if let Some(r) = s.slo_trading_intruder_share_ratio {
+        gauge(
+            enc,
+            "keeper_slo_trading_intruder_share_target_ratio",
+            "The policy's ceiling on intruders' share of the trading cores (rules.slo)",
+            &one(r),
+        )?;
+    }
+    counter(
+        enc,
+        "keeper_preemptions",
+        "Interactions whose preemption was carried out",
+        &[(vec![], s.preemptions)],
+    )?;
+    counter(
+        enc,
+        "keeper_preemption_deadline_missed",
+        "Preemptions that took longer than the tightest preempt.deadline",
+        &[(vec![], s.preemptions_late)],
+    )
 }
 
 /// `--metrics` values: `PORT` (127.0.0.1), `:PORT` (127.0.0.1), `HOST:PORT`, `[V6]:PORT`.
@@ -337,9 +405,15 @@ pub async fn serve(
                 let response = if method == "GET"
                     && (path == "/metrics" || path.starts_with("/metrics?"))
                 {
-                    let body = metrics.render();
+                    let (body, kind) = match exposition::wants_openmetrics(&head) {
+                        true => (metrics.render(), exposition::OPENMETRICS),
+                        false => (
+                            exposition::to_text_0_0_4(&metrics.render()),
+                            exposition::TEXT_0_0_4,
+                        ),
+                    };
                     format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     )
                 } else {

@@ -5,6 +5,8 @@
 //! The record is an interface of its own (versioned, Serialize + Deserialize), apart from the
 //! engine's and the daemon's types, so that an old record stays readable.
 
+pub mod exposition;
+pub mod first_look;
 pub mod html;
 pub mod metrics;
 pub mod record;
