@@ -117,6 +117,47 @@ fn cores_missing_here_are_warnings_or_errors_with_host() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--host` reads this kernel's command line and topology: on this VM (booted without any
+/// isolation parameter, no SMT) each boot parameter comes as advice with its exact value, and
+/// the trading core shares its physical core with no one.
+#[test]
+fn host_check_gives_the_boot_parameters_a_reboot_would_add() {
+    let policy = root().join("policies/hive.yaml");
+    let (code, out) = check(&["--host", policy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap();
+    let params: Vec<&str> = cmdline
+        .split_whitespace()
+        .take_while(|w| *w != "--")
+        .collect();
+    for (param, advice) in [
+        (
+            "nohz_full=",
+            "host: advice: add `nohz_full=1` to the kernel command line",
+        ),
+        (
+            "rcu_nocbs=",
+            "host: advice: add `rcu_nocbs=1` to the kernel command line",
+        ),
+        ("isolcpus=", "host: advice: add `isolcpus=managed_irq,1`"),
+        ("irqaffinity=", "host: advice: add `irqaffinity=0`"),
+    ] {
+        if !params.iter().any(|p| p.starts_with(param)) {
+            assert!(out.contains(advice), "no `{advice}` in\n{out}");
+        }
+    }
+    let siblings =
+        std::fs::read_to_string("/sys/devices/system/cpu/cpu1/topology/thread_siblings_list");
+    if siblings.is_ok_and(|s| s.trim() == "1") {
+        assert!(
+            out.contains(
+                "host: ok: trading core 1 shares its physical core with no housekeeping core"
+            ),
+            "{out}"
+        );
+    }
+}
+
 #[test]
 fn schema_is_json_for_the_policy() {
     let out = Command::new(env!("CARGO_BIN_EXE_keeper"))

@@ -96,6 +96,7 @@ fn a_real_run_renders_as_html_with_its_charts_in_chromium() {
         assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
     }
     metrics_serve_the_alerting_rules(&metrics);
+    metrics_serve_the_dashboard(&metrics);
     // Prometheus asks for OpenMetrics, and gets it.
     let om = scrape_accepting(&metrics_addr, "application/openmetrics-text;version=1.0.0");
     assert!(
@@ -303,4 +304,41 @@ fn metrics_serve_the_alerting_rules(metrics: &str) {
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "promtool check metrics:\n{said}");
+}
+
+/// Every query of deploy/grafana/keeper.json (panels and variables) names metrics a live
+/// keeper serves; the GPU's two are served with a GPU only (this run has none).
+fn metrics_serve_the_dashboard(metrics: &str) {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/keeper.json");
+    let dash: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let mut queries: Vec<&str> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(queries.len() >= 15, "{queries:?}");
+    queries.extend(
+        dash["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["query"].as_str()),
+    );
+    let with_a_gpu = ["keeper_gpu_temperature_celsius", "keeper_gpu_power_watts"];
+    for q in queries {
+        for name in q
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("keeper_"))
+        {
+            let served = metrics
+                .lines()
+                .any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']));
+            assert!(
+                served || with_a_gpu.contains(&name),
+                "the dashboard's `{q}` reads `{name}`, which /metrics does not serve"
+            );
+        }
+    }
 }

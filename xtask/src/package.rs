@@ -1,5 +1,5 @@
 //! `cargo xtask package`: a Debian package with the keeper, its systemd unit, the default
-//! policy, the alerting rules, shell completions, man pages and the docs, built with dpkg-deb
+//! policy, the alerting rules and dashboard, shell completions, man pages and the docs, built with dpkg-deb
 //! (no cargo-deb needed).
 
 use std::path::{Path, PathBuf};
@@ -36,6 +36,11 @@ pub fn deb(root: &Path) -> anyhow::Result<PathBuf> {
     copy(
         "deploy/prometheus/keeper-rules.yaml",
         "usr/share/keeper/prometheus/keeper-rules.yaml",
+        0o644,
+    )?;
+    copy(
+        "deploy/grafana/keeper.json",
+        "usr/share/keeper/grafana/keeper.json",
         0o644,
     )?;
     for doc in [

@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use crate::policy::{Diagnostic, HostFacts, Pos, read_capped};
 
-use crate::cpulist::CpuList;
+use crate::{cpulist::CpuList, device::topology::BootFacts, report::host_advice::host_advice};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -11,7 +11,8 @@ pub struct CheckArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Check for this host: trading or housekeeping cores that are not online here are errors
-    /// (without it, warnings).
+    /// (without it, warnings); and say what the kernel's boot parameters and SMT siblings give
+    /// the trading cores, with the exact parameters a reboot would add.
     #[arg(long)]
     pub host: bool,
 }
@@ -46,6 +47,9 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                     println!("{}", w.render(&name));
                 }
                 println!("{name}: ok ({} workloads)", loaded.policy.workloads.len());
+                if args.host {
+                    boot_advice(&name, &loaded.policy.host);
+                }
             }
             Err(diags) => {
                 failed = true;
@@ -60,4 +64,13 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--host`: what this host's boot gives the policy's trading cores, and what only a reboot
+/// can add (advice, not an error: the exit code stays the policy's).
+fn boot_advice(name: &str, host: &crate::policy::Host) {
+    let boot = BootFacts::read(&host.trading_cores);
+    for finding in host_advice(&host.trading_cores, &host.housekeeping_cores, &boot) {
+        println!("{name}: host: {finding}");
+    }
 }

@@ -19,4 +19,5 @@ pub mod placement;
 pub mod procfs;
 pub mod proxmox;
 pub mod qmp;
+pub mod topology;
 pub mod trust;

@@ -7,6 +7,7 @@
 
 pub mod exposition;
 pub mod first_look;
+pub mod host_advice;
 pub mod html;
 pub mod metrics;
 pub mod record;
