@@ -43,7 +43,7 @@ impl Running {
     /// `keeper reload`: the policy read again and acted on at once, or refused (the current
     /// one stays).
     fn reload(&mut self) -> Reply {
-        let p = match self.keeper.source.load() {
+        let p = match super::start::load_policy(&self.keeper.source) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "reload refused: keeping the current policy");

@@ -148,7 +148,7 @@ fn keeper(
             "some changes left by an earlier keeper run could not be undone yet: kept in the journal, tried again with a backoff (`keeper status` lists them)"
         );
     }
-    let policy = cfg.source.load().map_err(DaemonError::Policy)?;
+    let policy = load_policy(&cfg.source).map_err(DaemonError::Policy)?;
     attach_gpu(
         &mut act,
         cfg.nvml_lib.as_deref(),
@@ -206,4 +206,18 @@ fn pin_self(housekeeping: &CpuList) {
             tracing::info!("SCHED_FIFO refused; running at nice -20");
         }
     }
+}
+
+/// The policy for this host (start and reload): read and checked, then `host.smt:
+/// reserve_siblings` applied to this host's SMT siblings (said in the log).
+pub(super) fn load_policy(
+    source: &crate::policy::PolicySource,
+) -> Result<crate::policy::Policy, String> {
+    let mut p = source.load()?;
+    let boot = crate::device::topology::BootFacts::read(&p.host.trading_cores);
+    let added = crate::policy::source::reserve_siblings(&mut p.host, &boot.siblings)?;
+    if !added.is_empty() {
+        tracing::info!(siblings = %added, trading_cores = %p.host.trading_cores, housekeeping_cores = %p.host.housekeeping_cores, "host.smt: reserve_siblings: the trading cores' SMT siblings are kept free of intruders too");
+    }
+    Ok(p)
 }

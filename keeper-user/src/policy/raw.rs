@@ -44,6 +44,9 @@ pub struct RawHost {
     /// Keep the kernel's unbound workqueues off the trading cores while they are protected
     /// (`/sys/devices/virtual/workqueue/cpumask`; host-wide). Default false.
     pub workqueue_guard: Option<At<bool>>,
+    /// `reserve_siblings`: the trading cores' SMT siblings are kept free of intruders too (they
+    /// join the trading cores on this host); `as_listed` (the default): as the lists say.
+    pub smt: Option<At<super::Smt>>,
 }
 
 /// Per-class overrides of the default cgroup limits.

@@ -2,9 +2,9 @@
 //! command-line overrides applied on top: one capped reader for `run`, `check`, `simulate`,
 //! `reload` and `gpu`.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
-use super::{HostFacts, Match, Policy, Workload};
+use super::{Host, HostFacts, Match, Policy, Smt, Workload};
 use crate::cpulist::CpuList;
 
 /// Where the policy comes from, and the command-line overrides applied on top.
@@ -82,6 +82,36 @@ impl PolicySource {
     }
 }
 
+/// `host.smt: reserve_siblings` on a host whose CPUs pair up as `siblings` (CPU → the CPUs of
+/// its physical core): each trading core's siblings join the trading cores and leave the
+/// housekeeping cores; the siblings added. No housekeeping core left is an error (nowhere to
+/// move intruders to). `as_listed`: nothing changes.
+pub fn reserve_siblings(
+    host: &mut Host,
+    siblings: &BTreeMap<u32, CpuList>,
+) -> Result<CpuList, String> {
+    if host.smt != Smt::ReserveSiblings {
+        return Ok(CpuList::default());
+    }
+    let all = host
+        .trading_cores
+        .iter()
+        .filter_map(|c| siblings.get(&c))
+        .flat_map(CpuList::iter)
+        .chain(host.trading_cores.iter());
+    let trading = CpuList::new(all);
+    let added = trading.difference(&host.trading_cores);
+    let housekeeping = host.housekeeping_cores.difference(&added);
+    if housekeeping.is_empty() {
+        return Err(format!(
+            "host.smt: reserve_siblings: the trading cores' siblings {added} leave no housekeeping core"
+        ));
+    }
+    host.trading_cores = trading;
+    host.housekeeping_cores = housekeeping;
+    Ok(added)
+}
+
 fn protected_workload() -> Workload {
     Workload {
         name: "protected".into(),
@@ -113,6 +143,40 @@ mod tests {
         let owner = p.workloads.iter().find(|w| w.owns_trading_cores).unwrap();
         assert_eq!(owner.matcher.cgroups(), ["kt/banker", "kt/banker2"]);
         assert!(owner.matcher.owns_cgroup("kt/banker2/vcpu0"));
+    }
+
+    #[test]
+    fn reserved_siblings_join_the_trading_cores_and_leave_the_housekeeping_ones() {
+        let mut host = crate::policy::parse_str(crate::policy::HIVE_YAML)
+            .unwrap()
+            .host;
+        host.trading_cores = "1-2".parse().unwrap();
+        host.housekeeping_cores = "0,3-7".parse().unwrap();
+        let siblings: BTreeMap<u32, CpuList> = [(1, "1,5"), (2, "2,6")]
+            .into_iter()
+            .map(|(c, s)| (c, s.parse().unwrap()))
+            .collect();
+        // As listed (the default): nothing changes.
+        assert!(reserve_siblings(&mut host, &siblings).unwrap().is_empty());
+        assert_eq!(host.trading_cores.to_string(), "1-2");
+        host.smt = Smt::ReserveSiblings;
+        let added = reserve_siblings(&mut host, &siblings).unwrap();
+        assert_eq!(added.to_string(), "5-6");
+        assert_eq!(host.trading_cores.to_string(), "1-2,5-6");
+        assert_eq!(host.housekeeping_cores.to_string(), "0,3-4,7");
+        // No SMT (each core its own sibling): nothing changes.
+        let alone: BTreeMap<u32, CpuList> = [(1, "1".parse().unwrap())].into_iter().collect();
+        let mut plain = host.clone();
+        plain.trading_cores = "1".parse().unwrap();
+        assert!(reserve_siblings(&mut plain, &alone).unwrap().is_empty());
+        assert_eq!(plain.trading_cores.to_string(), "1");
+        // Siblings that would take every housekeeping core: refused, nothing changed.
+        let mut two = host.clone();
+        two.trading_cores = "1".parse().unwrap();
+        two.housekeeping_cores = "5".parse().unwrap();
+        let err = reserve_siblings(&mut two, &siblings).unwrap_err();
+        assert!(err.contains("leave no housekeeping core"), "{err}");
+        assert_eq!(two.trading_cores.to_string(), "1");
     }
 
     #[test]

@@ -337,6 +337,27 @@ fn a_workload_may_not_contain_the_keeper_or_the_trading_workload() {
 }
 
 #[test]
+fn host_smt_is_as_listed_unless_siblings_are_reserved() {
+    assert_eq!(hive().unwrap().host.smt, Smt::AsListed);
+    let text = hive_with(
+        "housekeeping_cores: \"0\"\n",
+        "housekeeping_cores: \"0\"\n  smt: reserve_siblings\n",
+    );
+    let p = load(text.as_bytes(), &HostFacts::default()).unwrap().policy;
+    assert_eq!(p.host.smt, Smt::ReserveSiblings);
+    let e = errors(&hive_with(
+        "housekeeping_cores: \"0\"\n",
+        "housekeeping_cores: \"0\"\n  smt: off\n",
+    ));
+    assert!(
+        e.iter().any(
+            |m| m.contains("unknown value `off`; expected one of: as_listed, reserve_siblings")
+        ),
+        "{e:#?}"
+    );
+}
+
+#[test]
 fn rules_intruders_has_defaults_and_checks_its_values() {
     let p = hive().unwrap();
     assert_eq!(p.rules.intruders, IntruderRule::default());

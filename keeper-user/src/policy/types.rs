@@ -44,6 +44,24 @@ pub struct Host {
     pub irq_guard: bool,
     /// `host.workqueue_guard`: unbound workqueues kept off the trading cores while protected.
     pub workqueue_guard: bool,
+    /// `host.smt`: what the trading cores' SMT siblings are.
+    pub smt: Smt,
+}
+
+/// `host.smt`: a trading core's SMT sibling shares its execution units, so whatever runs
+/// there slows the trading workload.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Smt {
+    /// The cores are as the lists say (default); `keeper check --host` says when a trading
+    /// core's sibling is a housekeeping core.
+    #[default]
+    AsListed,
+    /// The trading cores' siblings are kept free of intruders too: on this host they join the
+    /// trading cores and leave the housekeeping cores.
+    ReserveSiblings,
 }
 
 /// Sizing classes from the heavy-agent sizing grid.

@@ -200,6 +200,7 @@ impl<'a> Checker<'a> {
                 .unwrap_or_else(|| "keeper.service".into()),
             irq_guard: h.irq_guard.as_ref().is_some_and(|g| g.value),
             workqueue_guard: h.workqueue_guard.as_ref().is_some_and(|g| g.value),
+            smt: h.smt.as_ref().map_or(Smt::AsListed, |s| s.value),
         })
     }
 

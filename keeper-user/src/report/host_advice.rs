@@ -90,7 +90,8 @@ fn smt(trading: &CpuList, housekeeping: &CpuList, boot: &BootFacts) -> Vec<Findi
         } else {
             Finding::Advice(format!(
                 "trading core {cpu} shares its physical core with housekeeping core {shared} \
-                 (SMT): make {shared} a trading core too, or turn SMT off (`nosmt`)"
+                 (SMT): reserve it (`host.smt: reserve_siblings`), make it a trading core, \
+                 or turn SMT off (`nosmt`)"
             ))
         });
     }
@@ -156,7 +157,8 @@ mod tests {
         assert_eq!(
             text[4],
             "advice: trading core 1 shares its physical core with housekeeping core 5 (SMT): \
-             make 5 a trading core too, or turn SMT off (`nosmt`)"
+             reserve it (`host.smt: reserve_siblings`), make it a trading core, or turn SMT off \
+             (`nosmt`)"
         );
         assert!(text[5].contains("housekeeping core 6"));
         assert!(text[6].starts_with("ok: trading core 3"));
