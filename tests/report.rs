@@ -273,11 +273,8 @@ fn metrics_serve_the_alerting_rules(metrics: &str) {
     named.dedup();
     assert!(named.len() >= 8, "{named:?}");
     for name in named {
-        let served = metrics
-            .lines()
-            .any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']));
         assert!(
-            served,
+            served(metrics, name),
             "the alerting rules read `{name}`, which /metrics does not serve:\n{metrics}"
         );
     }
@@ -332,13 +329,17 @@ fn metrics_serve_the_dashboard(metrics: &str) {
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("keeper_"))
         {
-            let served = metrics
-                .lines()
-                .any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']));
             assert!(
-                served || with_a_gpu.contains(&name),
+                served(metrics, name) || with_a_gpu.contains(&name),
                 "the dashboard's `{q}` reads `{name}`, which /metrics does not serve"
             );
         }
     }
+}
+
+/// Whether the scrape has a sample of metric `name` (a line `name value` or `name{…} value`).
+fn served(metrics: &str, name: &str) -> bool {
+    metrics
+        .lines()
+        .any(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
 }

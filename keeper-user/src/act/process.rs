@@ -35,6 +35,22 @@ fn pidfd_open(pid: u32, flags: libc::c_long) -> Result<OwnedFd, io::Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Thread `tid`'s own pidfd (6.9+); on older kernels its process's when it is the leader, else
+/// none (known by number and start time).
+fn thread_pidfd(tid: u32) -> Result<Option<OwnedFd>, ActError> {
+    match pidfd_open(tid, PIDFD_THREAD) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ActError::Vanished { pid: tid }),
+        // EINVAL: a kernel without PIDFD_THREAD.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(pidfd_open(tid, 0).ok()),
+        Err(e) => Err(ActError::Process {
+            pid: tid,
+            op: "pidfd_open",
+            source: e,
+        }),
+    }
+}
+
 impl Proc {
     /// Opens a pidfd on process `pid`, then reads its start time. `expected_start` (from a
     /// journal) refuses a pid that now names another process.
@@ -55,21 +71,7 @@ impl Proc {
     /// kernels a thread that is not its process's leader has none and is known by number and
     /// start time (read before and after each change, see [`Proc::still_same`]).
     pub fn open_thread(tid: u32, expected_start: Option<u64>) -> Result<Proc, ActError> {
-        let fd = match pidfd_open(tid, PIDFD_THREAD) {
-            Ok(fd) => Some(fd),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                return Err(ActError::Vanished { pid: tid });
-            }
-            // EINVAL: a kernel without PIDFD_THREAD.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => pidfd_open(tid, 0).ok(),
-            Err(e) => {
-                return Err(ActError::Process {
-                    pid: tid,
-                    op: "pidfd_open",
-                    source: e,
-                });
-            }
-        };
+        let fd = thread_pidfd(tid)?;
         Proc::started(tid, fd, expected_start)
     }
 
@@ -77,20 +79,11 @@ impl Proc {
     /// programs read both from the task at an event [`names_same_task_since`] vouches for):
     /// no read of /proc.
     pub fn open_thread_as(tid: u32, start: u64) -> Result<Proc, ActError> {
-        let fd = match pidfd_open(tid, PIDFD_THREAD) {
-            Ok(fd) => Some(fd),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                return Err(ActError::Vanished { pid: tid });
-            }
-            // EINVAL: a kernel without PIDFD_THREAD (and a thread that is not its process's
-            // leader has no pidfd there: known by number).
-            Err(_) => pidfd_open(tid, 0).ok(),
-        };
         Ok(Proc {
             pid: tid,
             start,
             kernel_thread: false,
-            fd,
+            fd: thread_pidfd(tid)?,
         })
     }
 

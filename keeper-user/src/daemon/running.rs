@@ -248,21 +248,20 @@ impl Running {
     /// arrival reports re-armed.
     pub fn after(&mut self, done: &[Done]) {
         self.recorder.actions(done);
-        if let Some(ms) = self.keeper.preempted(done) {
+        let preempted = self.keeper.preempted(done);
+        if let Some(ms) = preempted {
             self.recorder.preemption(ms);
-            let deadline_ms = (self.keeper.policy.workloads.iter())
-                .filter_map(|w| w.preempt.as_ref())
-                .map(|p| p.deadline.as_secs_f64() * 1000.0)
-                .fold(f64::INFINITY, f64::min);
-            if let Some(m) = &self.metrics {
-                m.update(|m| {
-                    m.preemptions += 1;
-                    m.preemptions_late += u64::from(ms > deadline_ms);
-                });
-            }
         }
+        let deadline_ms = (self.keeper.policy.workloads.iter())
+            .filter_map(|w| w.preempt.as_ref())
+            .map(|p| p.deadline.as_secs_f64() * 1000.0)
+            .fold(f64::INFINITY, f64::min);
         if let Some(m) = &self.metrics {
             m.update(|m| {
+                if let Some(ms) = preempted {
+                    m.preemptions += 1;
+                    m.preemptions_late += u64::from(ms > deadline_ms);
+                }
                 for d in done {
                     let kind = d.action.kind.name().to_string();
                     *m.actions.entry((kind, d.ok())).or_default() += 1;
