@@ -36,6 +36,9 @@ enum Command {
     Interaction(cli::control::InteractionArgs),
     /// Make the running keeper re-read its policy (a bad policy keeps the old one).
     Reload(cli::control::SocketArgs),
+    /// A live view of the running keeper: latency and intruders per trading core, workloads,
+    /// pressure, the GPU and the last actions, refreshed every second.
+    Top(cli::top::TopArgs),
     /// Render a run record (text, JSON or a self-contained HTML page), or the live one.
     Report(cli::report::ReportArgs),
     /// Watch run-queue latency and intruders on CPUs (a runqlat for the trading cores).
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::control::status(args),
         Command::Interaction(args) => cli::control::interaction(args),
         Command::Reload(args) => cli::control::reload(args),
+        Command::Top(args) => cli::top::run(args),
         Command::Report(args) => cli::report::run(args),
         Command::Watch(args) => cli::watch::run(args),
         Command::Vm(cmd) => cli::vm::run(cmd),

@@ -31,6 +31,8 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     // promtool: checks and unit-tests the alerting rules, lints a live /metrics.
     "prometheus",
+    // Drives `keeper top` in a real terminal (send-keys, capture-pane).
+    "tmux",
 ];
 
 #[derive(Parser)]
@@ -85,8 +87,8 @@ fn main() -> anyhow::Result<()> {
             let keeper = root.join("target/release/keeper");
             eprintln!(
                 "xtask: starting `keeper run {}` (Ctrl-C stops it and undoes what it changed).\n\
-                 xtask:   watch it from another shell: {k} status, {k} report --live, \
-                 {k} watch --cpus TRADING\n\
+                 xtask:   watch it from another shell: {k} top (live view), {k} status, \
+                 {k} report --live\n\
                  xtask:   try it safely: --dry-run (decides, changes nothing), --scope CGROUP \
                  (touches nothing outside it), or the demo policy policies/demo.yaml, which \
                  protects a cgroup you create (docs/run.md)",

@@ -8,6 +8,7 @@ pub mod report;
 pub mod run;
 pub mod schema;
 pub mod simulate;
+pub mod top;
 pub mod vm;
 pub mod watch;
 

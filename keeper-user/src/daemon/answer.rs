@@ -3,7 +3,16 @@
 use std::time::Instant;
 
 use super::{control::Call, running::Running, running::protected_ids};
-use crate::interface::{self, InteractionState, Reply, Request};
+use crate::{
+    interface::{
+        self, InteractionState, Reply, Request,
+        frame::{
+            ActionLine, Frame, GpuLine, LAST_ACTIONS, PressureLine, TOP_INTRUDERS, WorkloadLine,
+            WorkloadState,
+        },
+    },
+    report::view,
+};
 
 impl Running {
     /// Answers one request (an interaction or a reload acts at once).
@@ -18,6 +27,7 @@ impl Running {
             }
             Request::Interaction { state } => self.interaction(state == InteractionState::Start),
             Request::Reload => self.reload(),
+            Request::Watch => Reply::Frame(Box::new(self.frame())),
         };
         let _ = call.reply.send(reply);
     }
@@ -70,5 +80,103 @@ impl Running {
             ok: true,
             policy: self.keeper.source.name(),
         })
+    }
+}
+
+impl Running {
+    /// One frame of `watch`: what `keeper top` shows, counters since the run began.
+    fn frame(&mut self) -> Frame {
+        let readouts = self.sensor.cpu_readouts().unwrap_or_default();
+        let run_s = (jiff::Timestamp::now().duration_since(self.recorder.started_at()))
+            .as_secs_f64()
+            .max(0.0);
+        let span_ns = run_s * 1e9 * self.sensor.trading_cpus().len() as f64;
+        let mut intruders = match self.sensor.intruders() {
+            Ok(list) => {
+                let index = self.cgroup_index(list.iter().map(|i| i.cgroup_id));
+                view::intruder_views(list, index, span_ns).0
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "intruders unreadable for a frame");
+                vec![]
+            }
+        };
+        intruders.truncate(TOP_INTRUDERS);
+        let keeper = &self.keeper;
+        let last = keeper.observer.last();
+        let status = keeper.status();
+        Frame {
+            ok: true,
+            at_unix_ms: jiff::Timestamp::now().as_millisecond(),
+            run_s,
+            mode: status.mode,
+            policy: status.policy,
+            trading_cores: status.trading_cores,
+            housekeeping_cores: status.housekeeping_cores,
+            trading_cores_owner: status.trading_cores_owner,
+            interaction: keeper.interaction,
+            cpus: readouts.iter().map(view::cpu_view).collect(),
+            intruders,
+            workloads: self.workload_lines(),
+            pressure: last.map_or_else(PressureLine::default, |o| PressureLine {
+                cpu_some_percent: o.cpu_pressure.some_avg10,
+                memory_some_percent: o.memory_pressure.some_avg10,
+                memory_full_percent: o.memory_pressure.full_avg10,
+                loadavg: o.loadavg,
+            }),
+            gpu: keeper.observer.gpu_readout.as_ref().map(GpuLine::from),
+            evictions: keeper.evictions,
+            errors: keeper.errors,
+            undo_pending: keeper.act.undo_pending().len(),
+            last_actions: (keeper.last.iter().rev().take(LAST_ACTIONS))
+                .map(ActionLine::from)
+                .collect(),
+        }
+    }
+
+    /// Each workload of the policy and what the keeper holds it in.
+    fn workload_lines(&self) -> Vec<WorkloadLine> {
+        let keeper = &self.keeper;
+        let a = &keeper.state.applied;
+        (keeper.policy.workloads.iter())
+            .map(|w| {
+                let found = keeper.observer.placements.get(&w.name);
+                let name = &w.name;
+                let state = if a.stopped_vms.contains_key(name) {
+                    WorkloadState::Stopped
+                } else if found.is_none() {
+                    WorkloadState::Absent
+                } else if a.frozen.contains_key(name) {
+                    WorkloadState::Frozen
+                } else if a.balloons.contains_key(name) {
+                    WorkloadState::Ballooned
+                } else if a.knobs.get(name).is_some_and(|k| !k.is_empty()) {
+                    WorkloadState::Throttled
+                } else {
+                    WorkloadState::Active
+                };
+                WorkloadLine {
+                    name: name.clone(),
+                    rank: w.rank,
+                    state,
+                    found_at: found.and_then(where_found),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Where a workload was found: its first cgroup, else its processes.
+fn where_found(p: &crate::device::placement::Placement) -> Option<String> {
+    match (p.cgroups.first(), p.pids.as_slice()) {
+        (Some(c), _) => Some(format!("/{c}")),
+        (None, []) => None,
+        (None, pids) => Some(format!(
+            "pid {}",
+            pids.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
     }
 }

@@ -4,6 +4,7 @@
 //! The requests and answers are the typed [`crate::interface`]: `{"command":"status"}`,
 //! `{"command":"interaction","state":"start"|"stop"}`, `{"command":"reload"}`,
 //! `{"command":"report"}`; answers `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+//! `{"command":"watch"}` is answered by a frame a second until the client hangs up.
 
 use std::{
     io,
@@ -14,7 +15,7 @@ use std::{
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     sync::{mpsc, oneshot},
 };
 
@@ -86,36 +87,59 @@ async fn handle(stream: UnixStream, allowed: &[u32], tx: mpsc::Sender<Call>) -> 
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-    let answer = if !allowed.contains(&uid) {
+    let request = if !allowed.contains(&uid) {
         tracing::warn!(uid, "control socket: refused a peer that is not allowed");
-        refusal(format!(
+        Err(refusal(format!(
             "uid {uid} is not allowed on this socket (allowed: {allowed:?})"
-        ))
+        )))
     } else {
         match read {
-            Err(_) => refusal("no request within 5 s".into()),
-            Ok(Err(e)) => refusal(format!("reading the request: {e}")),
+            Err(_) => Err(refusal("no request within 5 s".into())),
+            Ok(Err(e)) => Err(refusal(format!("reading the request: {e}"))),
             Ok(Ok(_)) if !line.ends_with('\n') && line.len() >= MAX_REQUEST => {
-                refusal(format!("request longer than {MAX_REQUEST} bytes"))
+                Err(refusal(format!("request longer than {MAX_REQUEST} bytes")))
             }
-            Ok(Ok(_)) => match Request::parse(line.trim()) {
-                Err(e) => refusal(e),
-                Ok(request) => {
-                    let (reply, rx) = oneshot::channel();
-                    if tx.send(Call { request, reply }).await.is_err() {
-                        refusal("the keeper is shutting down".into())
-                    } else {
-                        rx.await.unwrap_or_else(|_| refusal("no answer".into()))
-                    }
-                }
-            },
+            Ok(Ok(_)) => Request::parse(line.trim()).map_err(refusal),
         }
     };
-    let mut text = serde_json::to_string(&answer)
+    match request {
+        Err(answer) => write_line(&mut write, &answer).await?,
+        Ok(Request::Watch) => return stream_frames(&mut write, &tx).await,
+        Ok(request) => write_line(&mut write, &ask(&tx, request).await).await?,
+    }
+    write.shutdown().await
+}
+
+/// The loop's answer to one request.
+async fn ask(tx: &mpsc::Sender<Call>, request: Request) -> Reply {
+    let (reply, rx) = oneshot::channel();
+    if tx.send(Call { request, reply }).await.is_err() {
+        return refusal("the keeper is shutting down".into());
+    }
+    rx.await.unwrap_or_else(|_| refusal("no answer".into()))
+}
+
+/// `watch`: a frame a second, taken by the loop between its other work, until the client
+/// hangs up or the keeper stops (its last line then says so).
+async fn stream_frames(write: &mut OwnedWriteHalf, tx: &mpsc::Sender<Call>) -> io::Result<()> {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let frame = ask(tx, Request::Watch).await;
+        let last = matches!(frame, Reply::Refused(_));
+        write_line(write, &frame).await?;
+        if last {
+            return write.shutdown().await;
+        }
+    }
+}
+
+async fn write_line(write: &mut OwnedWriteHalf, answer: &Reply) -> io::Result<()> {
+    let mut text = serde_json::to_string(answer)
         .unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"answer not written: {e}"}}"#));
     text.push('\n');
-    write.write_all(text.as_bytes()).await?;
-    write.shutdown().await
+    write.write_all(text.as_bytes()).await
 }
 
 fn refusal(error: String) -> Reply {

@@ -11,7 +11,7 @@ use crate::{
         queue::{Carried, Hands, Queue},
         slow::SlowHands,
     },
-    decide::{self, Action, EngineState, Intruder, Observations, Step},
+    decide::{self, Action, EngineState, Intruder, Observations, Outcome, Step},
     device::{
         gpu::{self as gpu_dev, Gpu},
         procfs::HostTotals,
@@ -104,6 +104,7 @@ pub struct Keeper {
     /// Placements, PSI hints, the GPU readout, the last observation.
     pub observer: Observer,
     pub interaction: bool,
+    /// The last actions carried out or tried (not those observed only), oldest first.
     pub last: VecDeque<Done>,
     pub evictions: u64,
     pub errors: u64,
@@ -251,6 +252,12 @@ impl Keeper {
         }
         for d in &carried.done {
             self.count(d);
+            // Tasks outside `--scope` seen on a trading core are many (a shell, a terminal):
+            // kept, they would push what was done out of `status` and `top` within seconds.
+            // The run record and the log have them.
+            if d.outcome == Outcome::ObservedOnly {
+                continue;
+            }
             if self.last.len() == 50 {
                 self.last.pop_front();
             }

@@ -233,6 +233,14 @@ impl Running {
         out
     }
 
+    /// Cgroup id → path, read again when one of `ids` is not in it.
+    pub fn cgroup_index(&mut self, mut ids: impl Iterator<Item = u64>) -> &HashMap<u64, String> {
+        if ids.any(|id| !self.index.contains_key(&id)) {
+            self.index = self.cg.id_index();
+        }
+        &self.index
+    }
+
     /// The event's cgroup path; `None` for an arrival already gone.
     fn cgroup_of(&mut self, ev: &IntruderEvent) -> Option<String> {
         if ev.kind == event::ARRIVAL && ev.cgroup_id == 0 {

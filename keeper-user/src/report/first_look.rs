@@ -57,10 +57,9 @@ pub fn first_look(
             "scope /{scope}: nothing outside it is touched (what lies outside is observed only)"
         ));
     }
-    out.push(format!(
-        "look: `keeper status`, `keeper report --live`, `keeper watch --cpus {}` (docs/run.md)",
-        policy.host.trading_cores
-    ));
+    out.push(
+        "look: `keeper top` (live), `keeper status`, `keeper report --live` (docs/run.md)".into(),
+    );
     out
 }
 

@@ -1,7 +1,10 @@
 //! The control socket's language: what `keeper status|interaction|reload|report` ask and what
 //! `keeper run` answers, as plain serde types apart from the daemon (in the spirit of
 //! resctl-demo's rd-agent-intf). One JSON object per line each way; every answer has `ok`,
-//! and a refusal says why in `error`.
+//! and a refusal says why in `error`. `watch` is the one request answered by a stream: a
+//! [`frame::Frame`] line a second until the client hangs up.
+
+pub mod frame;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,8 @@ pub enum Request {
     Reload,
     /// The run record so far (`keeper report --live`).
     Report,
+    /// A [`frame::Frame`] a second until the client hangs up (`keeper top`).
+    Watch,
 }
 
 /// The request as written; unknown keys are refused.
@@ -44,18 +49,19 @@ struct Wire {
 impl Request {
     /// Parses one request line; the error says where and what was expected.
     pub fn parse(line: &str) -> Result<Request, String> {
-        let expected = r#"expected {"command":"status"}, {"command":"interaction","state":"start"|"stop"}, {"command":"reload"} or {"command":"report"}"#;
+        let expected = r#"expected {"command":"status"}, {"command":"interaction","state":"start"|"stop"}, {"command":"reload"}, {"command":"report"} or {"command":"watch"}"#;
         let w: Wire = serde_json::from_str(line)
             .map_err(|e| format!("request line 1, column {}: {e}; {expected}", e.column()))?;
         match (w.command.as_str(), w.state) {
             ("status", None) => Ok(Request::Status),
             ("reload", None) => Ok(Request::Reload),
             ("report", None) => Ok(Request::Report),
+            ("watch", None) => Ok(Request::Watch),
             ("interaction", Some(state)) => Ok(Request::Interaction { state }),
             ("interaction", None) => {
                 Err(format!("request: `interaction` needs `state`; {expected}"))
             }
-            ("status" | "reload" | "report", Some(_)) => Err(format!(
+            ("status" | "reload" | "report" | "watch", Some(_)) => Err(format!(
                 "request: `{}` takes no `state`; {expected}",
                 w.command
             )),
@@ -72,6 +78,7 @@ pub enum Reply {
     Interaction(Interaction),
     Reloaded(Reloaded),
     Record(Box<Record>),
+    Frame(Box<frame::Frame>),
     Refused(Refused),
 }
 
@@ -92,7 +99,7 @@ pub struct Refused {
 }
 
 /// Enforcing, or `--dry-run` (saying what it would do).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Enforcing,
