@@ -93,7 +93,7 @@ fn cores_missing_here_are_warnings_or_errors_with_host() {
     let dir = std::env::temp_dir().join(format!("keeper-host-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("big-host.yaml");
-    let text = std::fs::read_to_string(root().join("policies/hive.yaml")).unwrap();
+    let text = std::fs::read_to_string(root().join("policies/one-host.yaml")).unwrap();
     std::fs::write(
         &path,
         text.replace("trading_cores: \"1\"", "trading_cores: \"200-201\""),

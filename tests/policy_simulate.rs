@@ -1,4 +1,5 @@
-//! Golden tests of `keeper simulate` on the seed scenarios (policies/scenarios/ × hive.yaml).
+//! Golden tests of `keeper simulate`: the seed scenarios (policies/scenarios/ × one-host.yaml)
+//! and the Hive map's (policies/scenarios/hive/ × hive.yaml, or brain-vm.yaml for the GPU VM).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +11,15 @@ fn root() -> PathBuf {
 }
 
 fn simulate_text(name: &str) -> String {
-    let policy = keeper::policy::hive().expect("hive.yaml");
+    simulate_with("one-host.yaml", name)
+}
+
+/// `policies/SCENARIO` simulated on `policies/POLICY`.
+fn simulate_with(policy: &str, name: &str) -> String {
+    let text = std::fs::read(root().join("policies").join(policy)).unwrap();
+    let policy = keeper::policy::load(&text, &keeper::policy::HostFacts::default())
+        .expect("the policy is valid")
+        .policy;
     let bytes = std::fs::read(root().join("policies/scenarios").join(name)).unwrap();
     let s = scenario::parse(&bytes).expect("scenario parses");
     simulate::run(&policy, &s)
@@ -37,6 +46,26 @@ golden!(dst_night, "dst-night.yaml");
 golden!(dst_autumn_night, "dst-autumn-night.yaml");
 golden!(gpu_handoff, "gpu-handoff.yaml");
 
+macro_rules! golden_on {
+    ($test:ident, $policy:literal, $file:literal) => {
+        #[test]
+        fn $test() {
+            let text = simulate_with($policy, $file);
+            insta::with_settings!({ snapshot_path => "policies/snapshots", prepend_module_to_snapshot => false }, {
+                insta::assert_snapshot!(concat!("simulate_", stringify!($test)), text);
+            });
+        }
+    };
+}
+
+golden_on!(hive_trading_day, "hive.yaml", "hive/trading-day.yaml");
+golden_on!(hive_memory_night, "hive.yaml", "hive/memory-night.yaml");
+golden_on!(
+    hive_brain_hot_gpu,
+    "brain-vm.yaml",
+    "hive/brain-hot-gpu.yaml"
+);
+
 #[test]
 fn every_scenario_has_a_golden_test() {
     let mut names: Vec<String> = std::fs::read_dir(root().join("policies/scenarios"))
@@ -50,9 +79,23 @@ fn every_scenario_has_a_golden_test() {
             "dst-autumn-night.yaml",
             "dst-night.yaml",
             "gpu-handoff.yaml",
+            "hive",
             "hot-gpu-night.yaml",
             "saturday.yaml",
             "trading-monday.yaml"
+        ]
+    );
+    let mut hive: Vec<String> = std::fs::read_dir(root().join("policies/scenarios/hive"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    hive.sort();
+    assert_eq!(
+        hive,
+        [
+            "brain-hot-gpu.yaml",
+            "memory-night.yaml",
+            "trading-day.yaml"
         ]
     );
 }
@@ -64,7 +107,7 @@ fn the_binary_prints_the_same_timeline_and_json() {
             .args([
                 "simulate",
                 "--policy",
-                "policies/hive.yaml",
+                "policies/one-host.yaml",
                 "--scenario",
                 "policies/scenarios/hot-gpu-night.yaml",
             ])
@@ -95,7 +138,7 @@ fn a_bad_scenario_is_refused_with_a_location() {
             .contains("unknown key `lodavg` (did you mean `loadavg`?)"),
         "{err}"
     );
-    let policy = keeper::policy::hive().unwrap();
+    let policy = keeper::policy::one_host().unwrap();
     let s = scenario::parse(b"steps:\n  - at: +1s\n").unwrap();
     assert!(
         simulate::run(&policy, &s)

@@ -28,6 +28,14 @@ pub fn deb(root: &Path) -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     copy("policies/hive.yaml", "etc/keeper/policy.yaml", 0o644)?;
+    // The keeper inside the GPU VM (docs/hive.md) and the one-machine layout, as examples.
+    for example in ["brain-vm.yaml", "one-host.yaml", "demo.yaml"] {
+        copy(
+            &format!("policies/{example}"),
+            &format!("usr/share/keeper/policies/{example}"),
+            0o644,
+        )?;
+    }
     copy(
         "deploy/proxmox/keeper-hook.sh",
         "usr/share/keeper/keeper-hook.sh",

@@ -385,15 +385,24 @@ impl Running {
     }
 }
 
-/// Cgroup ids the sensor treats as protected: the subtrees of the trading-core owner's cgroups.
+/// Cgroup ids the sensor treats as protected: the subtrees of the trading-core owner's cgroups
+/// (those its match names, and those found for it, such as a VM in a range).
 pub(super) fn protected_ids(keeper: &Keeper, cg: &CgroupFs) -> Vec<u64> {
-    keeper
-        .policy
-        .workloads
-        .iter()
+    let placements = &keeper.observer.placements;
+    let mut cgroups: Vec<String> = (keeper.policy.workloads.iter())
         .filter(|w| w.owns_trading_cores)
-        .flat_map(|w| w.matcher.cgroups())
-        .filter_map(|c| cg.subtree_ids(&c).ok())
+        .flat_map(|w| {
+            let found = placements.get(&w.name).map(|p| p.cgroups.clone());
+            w.matcher
+                .cgroups()
+                .into_iter()
+                .chain(found.unwrap_or_default())
+        })
+        .collect();
+    cgroups.sort();
+    cgroups.dedup();
+    (cgroups.iter())
+        .filter_map(|c| cg.subtree_ids(c).ok())
         .flatten()
         .collect()
 }

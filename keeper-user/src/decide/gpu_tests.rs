@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 
 use super::*;
-use crate::policy::{HostFacts, Policy, hive, load};
+use crate::policy::{HostFacts, Policy, load, one_host};
 
 fn at(s: &str) -> Timestamp {
     format!("{s}[Europe/Paris]")
@@ -54,7 +54,7 @@ fn only(obs: &Observations, keep: &[&str]) -> Observations {
 
 #[test]
 fn handoff_checkpoints_before_the_freeze_and_restores_after_the_thaw() {
-    let p = hive().unwrap();
+    let p = one_host().unwrap();
     let mut state = EngineState::default();
     decide(&p, &mut state, &night(false), at("2026-03-10T01:00"));
     let start = decide(&p, &mut state, &night(true), at("2026-03-10T01:10"));
@@ -177,7 +177,7 @@ fn a_failed_thaw_thaws_again_first_and_a_failed_restore_is_retried() {
 
 #[test]
 fn the_restore_waits_while_another_rule_keeps_the_holder_frozen() {
-    let p = hive().unwrap();
+    let p = one_host().unwrap();
     let mut state = EngineState::default();
     // 06:59: EVA takes the GPU; the Muse window ends at 07:00 while she talks.
     decide(&p, &mut state, &night(true), at("2026-03-10T06:59"));
@@ -194,7 +194,7 @@ fn the_restore_waits_while_another_rule_keeps_the_holder_frozen() {
 
 #[test]
 fn eco_mode_undervolts_with_the_idle_limit_and_resets_for_work() {
-    let p = hive().unwrap();
+    let p = one_host().unwrap();
     let mut state = EngineState::default();
     let mut obs = night(false);
     let g = obs.gpu.as_mut().unwrap();

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 
 use super::*;
-use crate::policy::{Policy, hive};
+use crate::policy::{Policy, one_host};
 
 fn at(s: &str) -> Timestamp {
     format!("{s}[Europe/Paris]")
@@ -34,7 +34,7 @@ fn frozen_after(policy: &Policy, obs: &Observations, now: Timestamp) -> Vec<Stri
 
 #[test]
 fn seed_matrix_table() {
-    let p = hive().unwrap();
+    let p = one_host().unwrap();
     let quiet = all_present(&ALL);
     let busy = Observations {
         loadavg: 0.9,
@@ -99,7 +99,7 @@ fn seed_matrix_table() {
 
 #[test]
 fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
-    let mut p = hive().unwrap();
+    let mut p = one_host().unwrap();
     p.rules.intruders = crate::policy::IntruderRule {
         repeat: 3,
         within: std::time::Duration::from_secs(10),
@@ -140,7 +140,7 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
     assert_eq!(kinds(&mut state, true, 4), ["evict"]);
     assert_eq!(kinds(&mut state, true, 5), ["evict"]);
     // With the default rule (`then: evict`) every return is evicted, none stopped.
-    let mut p2 = hive().unwrap();
+    let mut p2 = one_host().unwrap();
     p2.rules.intruders = Default::default();
     let mut state = EngineState::default();
     for s in 0..5 {
@@ -171,7 +171,7 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
 
 #[test]
 fn a_reload_that_moves_the_trading_cores_protects_the_new_ones() {
-    let mut p = hive().unwrap();
+    let mut p = one_host().unwrap();
     let obs = all_present(&ALL);
     let mut state = EngineState::default();
     let protected = |actions: Vec<Action>| -> Vec<String> {
@@ -193,7 +193,7 @@ fn a_reload_that_moves_the_trading_cores_protects_the_new_ones() {
 
 #[test]
 fn banker_owns_the_trading_cores_and_evicts_intruders() {
-    let p = hive().unwrap();
+    let p = one_host().unwrap();
     let mut obs = all_present(&ALL);
     obs.intruders.push(Intruder {
         pid: 7,
@@ -208,7 +208,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
     obs.intruders.push(Intruder {
         pid: 8,
         comm: "kvm".into(),
-        cgroup: "qemu.slice/100.scope/vcpu0".into(),
+        cgroup: "qemu.slice/200.scope/vcpu0".into(),
         cpu: 1,
         ran_ns: 5,
         arrived: false,
@@ -245,7 +245,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
 
 #[test]
 fn freezes_go_lowest_rank_first_and_thaws_in_reverse() {
-    let p = hive().unwrap();
+    let p = one_host().unwrap();
     let mut state = EngineState::default();
     let obs = all_present(&ALL);
     let freeze: Vec<String> = decide(&p, &mut state, &obs, at("2026-03-09T10:00"))
@@ -269,7 +269,7 @@ fn freezes_go_lowest_rank_first_and_thaws_in_reverse() {
 
 #[test]
 fn preemption_thaws_only_after_the_hysteresis() {
-    let p = hive().unwrap();
+    let p = one_host().unwrap();
     let mut state = EngineState::default();
     let mut obs = all_present(&ALL);
     obs.interaction = true;
@@ -354,7 +354,7 @@ proptest! {
     /// input at the same instant twice gives no new action.
     #[test]
     fn never_rank_one_and_idempotent(steps in prop::collection::vec((arb_obs(), 0i64..120), 1..25), start in 0i64..(14 * 86_400)) {
-        let p = hive().unwrap();
+        let p = one_host().unwrap();
         let mut state = EngineState::default();
         let mut now = at("2026-03-09T00:00").as_second() + start;
         for (obs, dt) in steps {

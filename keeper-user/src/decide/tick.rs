@@ -82,9 +82,10 @@ impl<'a> Tick<'a> {
         self.active.get(workload).copied().unwrap_or(false)
     }
 
-    /// Never rank 1, never the keeper itself.
+    /// Never rank 1, never one that is `never_frozen`, never the keeper itself.
     pub fn freezable(&self, w: &Workload) -> bool {
         w.rank > 1
+            && !w.never_frozen
             && w.matcher.systemd_unit.as_deref() != Some(self.policy.host.keeper_unit.as_str())
     }
 

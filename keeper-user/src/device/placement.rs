@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use super::{cgroupfs::CgroupFs, procfs::task_cgroup};
-use crate::policy::{Policy, Workload};
+use crate::policy::{GuestIds, Policy, Workload};
 
 /// Where a workload was found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,12 +75,15 @@ pub fn place_workloads(policy: &Policy, cg: &CgroupFs) -> BTreeMap<String, Place
 }
 
 fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
-    let cgroups: Vec<String> = w
+    let mut cgroups: Vec<String> = w
         .matcher
         .cgroups()
         .into_iter()
         .filter(|c| cg.dir(c).is_ok_and(|d| d.is_dir()))
         .collect();
+    for guests in w.matcher.guests() {
+        cgroups.extend(guest_cgroups(cg, &guests));
+    }
     let mut pids = Vec::new();
     if let Some(name) = &w.matcher.process {
         pids.extend(comms.iter().filter(|(_, c)| c == name).map(|(p, _)| *p));
@@ -97,6 +100,29 @@ fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
         task_cgroup(*p).is_none_or(|tc| !cgroups.iter().any(|c| super::cgroupfs::under(&tc, c)))
     });
     Placement { cgroups, pids }
+}
+
+/// The cgroups of the guests in a range that exist now (`qemu.slice/301.scope`, `lxc/301`),
+/// by id.
+fn guest_cgroups(cg: &CgroupFs, guests: &GuestIds) -> Vec<String> {
+    let Some(entries) = cg
+        .dir(guests.parent)
+        .ok()
+        .and_then(|d| fs::read_dir(d).ok())
+    else {
+        return vec![];
+    };
+    let mut found: Vec<(u32, String)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id = guests.id_of(&name)?;
+            Some((id, format!("{}/{name}", guests.parent)))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, c)| c).collect()
 }
 
 /// The live pid a pid file names (`None`: no file, or the process is gone). The file must be
@@ -272,5 +298,36 @@ mod tests {
             Some("system")
         );
         assert_eq!(owner("user.slice"), None);
+    }
+
+    #[test]
+    fn guests_in_a_range_are_found_among_their_parents_children() {
+        let root = std::env::temp_dir().join(format!("keeper-guests-{}", std::process::id()));
+        for d in [
+            "qemu.slice/100.scope",
+            "qemu.slice/500.scope",
+            "qemu.slice/502.scope",
+            "qemu.slice/503.scope",
+            "lxc/301/ns",
+            "lxc/299",
+            "lxc/abc",
+            "lxc.monitor/301",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("lxc/302"), "").unwrap(); // a file, not a cgroup
+        let policy = crate::policy::parse_str(
+            "version: 1\nhost: { trading_cores: \"1\", housekeeping_cores: \"0\" }\nworkloads:\n\
+             \x20 - { name: lab, rank: 2, match: { vmid: 500-502 } }\n\
+             \x20 - { name: workers, rank: 3, match: { ctid: 300-399 } }\n",
+        )
+        .unwrap();
+        let placed = place_workloads(&policy, &CgroupFs::at(&root));
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(
+            placed["lab"].cgroups,
+            ["qemu.slice/500.scope", "qemu.slice/502.scope"]
+        );
+        assert_eq!(placed["workers"].cgroups, ["lxc/301"]);
     }
 }

@@ -38,6 +38,8 @@ pub const MIN_REACTION: std::time::Duration = std::time::Duration::from_millis(1
 
 /// The embedded default policy, `policies/hive.yaml` (the seed matrix).
 pub const HIVE_YAML: &str = include_str!("../../../policies/hive.yaml");
+/// Every workload on one host (policies/one-host.yaml): the decision engine's test fixture.
+pub const ONE_HOST_YAML: &str = include_str!("../../../policies/one-host.yaml");
 
 /// A policy that loaded, with its warnings.
 #[derive(Clone, Debug)]
@@ -70,6 +72,11 @@ pub fn parse_str(text: &str) -> Result<Policy, Diagnostics> {
 /// The embedded default policy ([`HIVE_YAML`]); tests keep it valid.
 pub fn hive() -> Result<Policy, Diagnostics> {
     parse_str(HIVE_YAML)
+}
+
+/// [`ONE_HOST_YAML`], parsed.
+pub fn one_host() -> Result<Policy, Diagnostics> {
+    parse_str(ONE_HOST_YAML)
 }
 
 /// The JSON Schema of the policy file, for editors.

@@ -101,11 +101,22 @@ pub struct RawWorkload {
     pub preempt: Option<At<RawPreempt>>,
     /// This workload owns the host's trading cores while active; intruders there are evicted.
     pub owns_trading_cores: Option<At<bool>>,
+    /// Never frozen, stopped or paused by any rule (a security VM); it may still be throttled.
+    /// Rank 1 is never frozen without it.
+    pub never_frozen: Option<At<bool>>,
     /// GPU handoff: when this workload needs the GPU, lower-ranked GPU users give it up
     /// (their VRAM released with cuda-checkpoint where present, then frozen) until it is done.
     pub gpu_handoff: Option<At<RawGpuHandoff>>,
     /// Free text for operators.
     pub description: Option<String>,
+}
+
+/// One guest id, or an inclusive range written `FIRST-LAST`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawIds {
+    One(u32),
+    Range(String),
 }
 
 /// Match keys. `vmid: 100` means the cgroup `qemu.slice/100.scope`.
@@ -116,8 +127,10 @@ pub struct RawMatch {
     pub cgroup: Option<At<String>>,
     /// systemd unit (`sentinel.service`), i.e. `system.slice/<unit>`.
     pub systemd_unit: Option<At<String>>,
-    /// Proxmox VM id.
-    pub vmid: Option<At<u32>>,
+    /// Proxmox VM id (`200`), or a range of them (`300-399`).
+    pub vmid: Option<At<RawIds>>,
+    /// Proxmox LXC container id (`301`), or a range (`300-399`): cgroups `lxc/<ctid>`.
+    pub ctid: Option<At<RawIds>>,
     /// Process name (`comm`, at most 15 bytes).
     pub process: Option<At<String>>,
     /// File holding the pid of the workload's main process.

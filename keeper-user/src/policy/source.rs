@@ -124,6 +124,7 @@ fn protected_workload() -> Workload {
         pauses: vec![],
         preempt: None,
         owns_trading_cores: true,
+        never_frozen: false,
         gpu_handoff: None,
     }
 }
@@ -147,7 +148,7 @@ mod tests {
 
     #[test]
     fn reserved_siblings_join_the_trading_cores_and_leave_the_housekeeping_ones() {
-        let mut host = crate::policy::parse_str(crate::policy::HIVE_YAML)
+        let mut host = crate::policy::parse_str(crate::policy::ONE_HOST_YAML)
             .unwrap()
             .host;
         host.trading_cores = "1-2".parse().unwrap();

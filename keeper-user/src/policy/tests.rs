@@ -11,14 +11,17 @@ fn errors(text: &str) -> Vec<String> {
     }
 }
 
-fn hive_with(from: &str, to: &str) -> String {
-    assert!(HIVE_YAML.contains(from), "hive.yaml has no `{from}`");
-    HIVE_YAML.replacen(from, to, 1)
+fn one_host_with(from: &str, to: &str) -> String {
+    assert!(
+        ONE_HOST_YAML.contains(from),
+        "one-host.yaml has no `{from}`"
+    );
+    ONE_HOST_YAML.replacen(from, to, 1)
 }
 
 #[test]
-fn hive_encodes_the_seed_matrix() {
-    let p = hive().expect("hive.yaml is valid");
+fn one_host_encodes_the_seed_matrix() {
+    let p = one_host().expect("one-host.yaml is valid");
     let names: Vec<(&str, u32)> = p
         .workloads
         .iter()
@@ -37,7 +40,7 @@ fn hive_encodes_the_seed_matrix() {
     let banker = p.workload("banker").unwrap();
     assert!(banker.owns_trading_cores);
     assert_eq!(banker.pauses, ["muse", "research"]);
-    assert_eq!(banker.matcher.cgroups(), ["qemu.slice/100.scope"]);
+    assert_eq!(banker.matcher.cgroups(), ["qemu.slice/200.scope"]);
     assert_eq!(
         banker.windows[0].to_string(),
         "mon-fri 08:00-23:00 Europe/Paris"
@@ -60,7 +63,7 @@ fn hive_encodes_the_seed_matrix() {
 
 #[test]
 fn every_error_is_located_and_names_its_key() {
-    // (edit of hive.yaml, expected "line:col: error: message" fragment)
+    // (edit of one-host.yaml, expected "line:col: error: message" fragment)
     let table: &[(&str, &str, &str)] = &[
         (
             "    rank: 4",
@@ -133,7 +136,7 @@ fn every_error_is_located_and_names_its_key() {
             "unknown value `batsh` (did you mean `batch`?)",
         ),
         (
-            "match: { vmid: 100 }",
+            "match: { vmid: 200 }",
             "match: { vmid: 7 }",
             "`banker.match.vmid`: 7 is not a Proxmox VM id",
         ),
@@ -169,7 +172,7 @@ fn every_error_is_located_and_names_its_key() {
         ),
     ];
     for (from, to, want) in table {
-        let errs = errors(&hive_with(from, to));
+        let errs = errors(&one_host_with(from, to));
         assert!(
             errs.iter().any(|e| e.contains(want)),
             "edit `{from}` → `{to}`: want `{want}`, got {errs:#?}"
@@ -183,7 +186,7 @@ fn every_error_is_located_and_names_its_key() {
 
 #[test]
 fn cores_missing_on_this_host_warn_or_fail() {
-    let text = hive_with("trading_cores: \"1\"", "trading_cores: \"7\"");
+    let text = one_host_with("trading_cores: \"1\"", "trading_cores: \"7\"");
     let online: crate::cpulist::CpuList = "0-1".parse().unwrap();
     let warn = HostFacts {
         online_cpus: Some(online.clone()),
@@ -303,20 +306,20 @@ fn example_policies_are_valid() {
 
 #[test]
 fn a_workload_may_not_contain_the_keeper_or_the_trading_workload() {
-    let e = errors(&hive_with(
+    let e = errors(&one_host_with(
         "match: { cgroup: research.slice }",
         "match: { cgroup: qemu.slice }",
     ));
     assert!(
         e.iter().any(|m| m.contains("`research.match`")
-            && m.contains("cgroup `qemu.slice` contains `banker`'s cgroup `qemu.slice/100.scope`")),
+            && m.contains("cgroup `qemu.slice` contains `banker`'s cgroup `qemu.slice/200.scope`")),
         "{e:#?}"
     );
     assert!(
         e.iter().all(|m| m.starts_with("67:")),
         "located at the match: {e:#?}"
     );
-    let e = errors(&hive_with(
+    let e = errors(&one_host_with(
         "match: { cgroup: research.slice }",
         "match: { cgroup: system.slice }",
     ));
@@ -328,7 +331,7 @@ fn a_workload_may_not_contain_the_keeper_or_the_trading_workload() {
     );
     // A sibling is fine.
     assert!(
-        errors(&hive_with(
+        errors(&one_host_with(
             "match: { cgroup: research.slice }",
             "match: { cgroup: qemu.slice/101.scope }"
         ))
@@ -338,14 +341,14 @@ fn a_workload_may_not_contain_the_keeper_or_the_trading_workload() {
 
 #[test]
 fn host_smt_is_as_listed_unless_siblings_are_reserved() {
-    assert_eq!(hive().unwrap().host.smt, Smt::AsListed);
-    let text = hive_with(
+    assert_eq!(one_host().unwrap().host.smt, Smt::AsListed);
+    let text = one_host_with(
         "housekeeping_cores: \"0\"\n",
         "housekeeping_cores: \"0\"\n  smt: reserve_siblings\n",
     );
     let p = load(text.as_bytes(), &HostFacts::default()).unwrap().policy;
     assert_eq!(p.host.smt, Smt::ReserveSiblings);
-    let e = errors(&hive_with(
+    let e = errors(&one_host_with(
         "housekeeping_cores: \"0\"\n",
         "housekeeping_cores: \"0\"\n  smt: off\n",
     ));
@@ -359,21 +362,21 @@ fn host_smt_is_as_listed_unless_siblings_are_reserved() {
 
 #[test]
 fn rules_intruders_has_defaults_and_checks_its_values() {
-    let p = hive().unwrap();
+    let p = one_host().unwrap();
     assert_eq!(p.rules.intruders, IntruderRule::default());
-    let text = format!("{HIVE_YAML}\n  intruders: {{ repeat: 2, within: 5s, then: stop }}\n");
+    let text = format!("{ONE_HOST_YAML}\n  intruders: {{ repeat: 2, within: 5s, then: stop }}\n");
     let p = load(text.as_bytes(), &HostFacts::default()).unwrap().policy;
     assert_eq!(p.rules.intruders.repeat, 2);
     assert_eq!(p.rules.intruders.within, Duration::from_secs(5));
     assert_eq!(p.rules.intruders.then, RepeatAction::Stop);
-    let e = errors(&format!("{HIVE_YAML}\n  intruders: {{ then: kill }}\n"));
+    let e = errors(&format!("{ONE_HOST_YAML}\n  intruders: {{ then: kill }}\n"));
     assert!(
         e.iter()
             .any(|m| m.contains("unknown value `kill`; expected one of: evict, stop")),
         "{e:#?}"
     );
     let e = errors(&format!(
-        "{HIVE_YAML}\n  intruders: {{ repeat: 0, within: 0s }}\n"
+        "{ONE_HOST_YAML}\n  intruders: {{ repeat: 0, within: 0s }}\n"
     ));
     assert!(
         e.iter()
@@ -383,6 +386,126 @@ fn rules_intruders_has_defaults_and_checks_its_values() {
     assert!(
         e.iter()
             .any(|m| m.contains("`rules.intruders.within`: a window above 0")),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn hive_is_the_map_of_the_design() {
+    let p = hive().expect("hive.yaml is valid");
+    let names: Vec<(&str, u32)> = (p.workloads.iter())
+        .map(|w| (w.name.as_str(), w.rank))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("banker", 1),
+            ("bastion", 2),
+            ("brain", 3),
+            ("visual-cortex", 4),
+            ("council", 5),
+            ("k8s-lab", 6),
+            ("workers", 7),
+        ]
+    );
+    let w = |n: &str| p.workload(n).unwrap();
+    // The Banker is VM 200 (100 is The Brain), and owns the trading cores.
+    assert_eq!(w("banker").matcher.vmid, Some(200));
+    assert!(w("banker").owns_trading_cores);
+    assert_eq!(w("brain").matcher.vmid, Some(100));
+    assert!(w("bastion").never_frozen);
+    assert_eq!(
+        w("k8s-lab").matcher.vmids,
+        Some(IdRange {
+            first: 500,
+            last: 502
+        })
+    );
+    assert_eq!(
+        w("workers").matcher.ctids,
+        Some(IdRange {
+            first: 300,
+            last: 399
+        })
+    );
+    // The GPU rules live in the Brain's own keeper.
+    assert!(p.rules.thermal_guard.is_none() && p.rules.eco_mode.is_none());
+    let brain = load(
+        include_bytes!("../../../policies/brain-vm.yaml"),
+        &HostFacts::default(),
+    )
+    .unwrap()
+    .policy;
+    assert!(brain.host.trading_cores.is_empty());
+    assert!(brain.rules.thermal_guard.is_some());
+    assert!(brain.workloads.iter().all(|w| !w.owns_trading_cores));
+}
+
+#[test]
+fn guests_match_by_vmid_range_and_ctid() {
+    let m = hive().unwrap();
+    let lab = &m.workload("k8s-lab").unwrap().matcher;
+    let workers = &m.workload("workers").unwrap().matcher;
+    assert!(lab.owns_cgroup("/qemu.slice/501.scope/vcpu0"));
+    assert!(!lab.owns_cgroup("qemu.slice/503.scope"));
+    assert!(!lab.owns_cgroup("qemu.slice/5010.scope"));
+    assert!(workers.owns_cgroup("lxc/305/ns/init.scope"));
+    assert!(workers.owns_cgroup("lxc/399"));
+    assert!(!workers.owns_cgroup("lxc/400"));
+    assert!(!workers.owns_cgroup("lxc.monitor/305"));
+    assert!(!workers.owns_cgroup("lxc/305x"));
+    let one = |m: &str| {
+        let text = HIVE_YAML.replacen("match: { ctid: 300-399 }", m, 1);
+        load(text.as_bytes(), &HostFacts::default()).map(|l| l.policy)
+    };
+    let p = one("match: { ctid: 301 }").unwrap();
+    let ct = p.workload("workers").unwrap().matcher.clone();
+    assert!(ct.owns_cgroup("lxc/301/ns") && !ct.owns_cgroup("lxc/302"));
+    assert_eq!(ct.guests()[0].ids.to_string(), "301");
+    // A one-VM "range" is that VM.
+    let p = one("match: { vmid: 301-301 }").unwrap();
+    assert_eq!(p.workload("workers").unwrap().matcher.vmid, Some(301));
+}
+
+#[test]
+fn bad_guest_ids_are_refused_where_they_are_written() {
+    let at = |m: &str| {
+        let text = HIVE_YAML.replacen("match: { ctid: 300-399 }", m, 1);
+        errors(&text)
+    };
+    let line = HIVE_YAML[..HIVE_YAML.find("match: { ctid: 300-399 }").unwrap()]
+        .lines()
+        .count();
+    for (m, want) in [
+        (
+            "match: { ctid: 399-300 }",
+            "`workers.match.ctid`: 399-300: the range ends before it starts",
+        ),
+        (
+            "match: { vmid: 50 }",
+            "`workers.match.vmid`: 50 is not a Proxmox VM id (100..=999999999)",
+        ),
+        (
+            "match: { ctid: 300-x }",
+            "`workers.match.ctid`: `300-x` is not a container id or a range FIRST-LAST",
+        ),
+    ] {
+        let e = at(m);
+        assert!(
+            e.iter()
+                .any(|e| e.contains(want) && e.starts_with(&format!("{line}:"))),
+            "{m}: {e:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_never_frozen_workload_cannot_be_paused_or_preempted() {
+    let text = HIVE_YAML.replacen("pauses: [k8s-lab]", "pauses: [k8s-lab, bastion]", 1);
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|m| m.contains("`banker.pauses`: `bastion` is `never_frozen`")),
         "{e:#?}"
     );
 }

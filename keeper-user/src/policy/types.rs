@@ -182,7 +182,63 @@ pub struct Workload {
     pub pauses: Vec<String>,
     pub preempt: Option<Preempt>,
     pub owns_trading_cores: bool,
+    /// Never frozen, stopped or paused (a security VM); rank 1 is never frozen without it.
+    pub never_frozen: bool,
     pub gpu_handoff: Option<GpuHandoff>,
+}
+
+/// An inclusive range of Proxmox guest ids (`300-399`; one id is `301-301`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl IdRange {
+    pub fn contains(self, id: u32) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+}
+
+impl std::fmt::Display for IdRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// Guests whose cgroups are found by their id in a parent cgroup: Proxmox VMs
+/// (`qemu.slice/<vmid>.scope`) or LXC containers (`lxc/<ctid>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestIds {
+    /// The parent cgroup.
+    pub parent: &'static str,
+    /// What follows the id in a child's name.
+    pub suffix: &'static str,
+    pub ids: IdRange,
+}
+
+impl GuestIds {
+    /// The guest id a child cgroup's name gives, when it is one of these.
+    pub fn id_of(&self, child: &str) -> Option<u32> {
+        let id: u32 = child.strip_suffix(self.suffix)?.parse().ok()?;
+        self.ids.contains(id).then_some(id)
+    }
+
+    /// Whether a cgroup path (relative to the root) lies in one of these guests' cgroups.
+    pub fn owns(&self, path: &str) -> bool {
+        let Some(rest) = path
+            .strip_prefix(self.parent)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return false;
+        };
+        self.id_of(rest.split('/').next().unwrap_or_default())
+            .is_some()
+    }
 }
 
 /// How processes are recognised; any key may match.
@@ -190,7 +246,13 @@ pub struct Workload {
 pub struct Match {
     pub cgroup: Option<String>,
     pub systemd_unit: Option<String>,
+    /// One VM: its balloon and the memory ladder's stop act on it.
     pub vmid: Option<u32>,
+    /// A range of VMs (`vmid: 300-399`): frozen and throttled together, never ballooned or
+    /// stopped one by one.
+    pub vmids: Option<IdRange>,
+    /// Proxmox LXC containers (`ctid: 301` or `ctid: 300-399`), cgroups `lxc/<ctid>`.
+    pub ctids: Option<IdRange>,
     pub process: Option<String>,
     pub pid_file: Option<String>,
     /// Further cgroups given by `keeper run --protect` (not a policy key).
@@ -213,6 +275,22 @@ impl Match {
         out.extend(self.protect.iter().map(|c| c.trim_matches('/').to_string()));
         out
     }
+
+    /// The guests this match names by id range, found among their parent cgroup's children.
+    pub fn guests(&self) -> Vec<GuestIds> {
+        let vms = self.vmids.map(|ids| GuestIds {
+            parent: "qemu.slice",
+            suffix: ".scope",
+            ids,
+        });
+        let cts = self.ctids.map(|ids| GuestIds {
+            parent: "lxc",
+            suffix: "",
+            ids,
+        });
+        vms.into_iter().chain(cts).collect()
+    }
+
     /// Whether a cgroup path (as the sensors report it) lies inside this match's cgroups.
     pub fn owns_cgroup(&self, path: &str) -> bool {
         let path = path.trim_matches('/');
@@ -221,7 +299,7 @@ impl Match {
                 || path
                     .strip_prefix(c.as_str())
                     .is_some_and(|r| r.starts_with('/'))
-        })
+        }) || self.guests().iter().any(|g| g.owns(path))
     }
 }
 

@@ -145,8 +145,10 @@ impl<'a> Checker<'a> {
                 TimeZone::get(DEFAULT_TIME_ZONE).ok(),
             ),
         };
-        let trading = self.parsed(&h.trading_cores, "host.trading_cores", |s| {
-            s.parse::<CpuList>().map_err(|e| e.to_string())
+        // `""`: no trading cores on this machine (a keeper inside a VM); none is guarded.
+        let trading = self.parsed(&h.trading_cores, "host.trading_cores", |s| match s.trim() {
+            "" => Ok(CpuList::default()),
+            s => s.parse::<CpuList>().map_err(|e| e.to_string()),
         });
         let housekeeping = self.parsed(&h.housekeeping_cores, "host.housekeeping_cores", |s| {
             s.parse::<CpuList>().map_err(|e| e.to_string())
@@ -286,6 +288,10 @@ impl<'a> Checker<'a> {
             .iter()
             .map(|w| (w.value.name.value.as_str(), w.value.rank.value))
             .collect();
+        let never_frozen: Vec<&str> = (raw.value.iter())
+            .filter(|w| w.value.never_frozen.as_ref().is_some_and(|n| n.value))
+            .map(|w| w.value.name.value.as_str())
+            .collect();
         let mut seen_names: HashMap<&str, Pos> = HashMap::new();
         let mut seen_ranks: HashMap<u32, (&str, Pos)> = HashMap::new();
         let mut owner: Option<&str> = None;
@@ -332,11 +338,19 @@ impl<'a> Checker<'a> {
                         format!("`{first}` already owns the trading cores"),
                     );
                 }
+                if host.is_some_and(|h| h.trading_cores.is_empty()) {
+                    self.err(
+                        o.pos,
+                        &format!("{name}.owns_trading_cores"),
+                        "`host.trading_cores` is empty: there are no trading cores to own",
+                    );
+                }
                 owner = Some(name);
             }
             let refs = Refs {
                 names: &names,
                 ranks: &ranks,
+                never_frozen: &never_frozen,
                 hysteresis,
             };
             if let Some(wl) = self.workload(w, host, &refs) {
@@ -409,11 +423,13 @@ impl<'a> Checker<'a> {
             pauses,
             preempt,
             owns_trading_cores: w.owns_trading_cores.as_ref().is_some_and(|o| o.value),
+            never_frozen: w.never_frozen.as_ref().is_some_and(|n| n.value),
             gpu_handoff,
         })
     }
 
-    /// Checks references to other workloads: known, not self, lower-ranked, never rank 1.
+    /// Checks references to other workloads: known, not self, lower-ranked, never rank 1 nor
+    /// one that is `never_frozen`.
     pub(super) fn targets(
         &mut self,
         list: &[At<String>],
@@ -440,6 +456,9 @@ impl<'a> Checker<'a> {
                     key,
                     format!("`{n}` has rank 1, which is never frozen"),
                 ),
+                Some(_) if refs.never_frozen.contains(&n) => {
+                    self.err(t.pos, key, format!("`{n}` is `never_frozen`"))
+                }
                 Some(r) if *r <= my_rank => self.err(
                     t.pos,
                     key,
@@ -498,6 +517,8 @@ impl<'a> Checker<'a> {
 pub(super) struct Refs<'a> {
     pub(super) names: &'a [&'a str],
     pub(super) ranks: &'a HashMap<&'a str, u32>,
+    /// Workloads with `never_frozen: true`.
+    pub(super) never_frozen: &'a [&'a str],
     pub(super) hysteresis: Duration,
 }
 

@@ -5,8 +5,8 @@ use jiff::tz::TimeZone;
 
 use super::at::At;
 use super::raw::RawWorkload;
-use super::raw::{RawConditions, RawGpuHandoff, RawMatch, RawWindow};
-use super::types::{Conditions, GpuHandoff, Host, Match, Workload};
+use super::raw::{RawConditions, RawGpuHandoff, RawIds, RawMatch, RawWindow};
+use super::types::{Conditions, GpuHandoff, Host, IdRange, Match, Workload};
 use super::validate::{Checker, DEFAULT_TIME_ZONE, Refs};
 use super::window::{DaySet, Window};
 
@@ -67,6 +67,30 @@ impl Checker<'_> {
         }
     }
 
+    /// A guest id or range (`200`, `300-399`); Proxmox ids run from 100 to 999999999.
+    fn ids(&mut self, v: &At<RawIds>, key: &str, what: &str) -> Option<IdRange> {
+        const IDS: std::ops::RangeInclusive<u32> = 100..=999_999_999;
+        let range = match &v.value {
+            RawIds::One(id) => Ok(IdRange {
+                first: *id,
+                last: *id,
+            }),
+            RawIds::Range(text) => text
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .map(|(first, last)| IdRange { first, last })
+                .ok_or_else(|| format!("`{text}` is not a {what} id or a range FIRST-LAST")),
+        };
+        let range = range.and_then(|r| match r {
+            r if !IDS.contains(&r.first) || !IDS.contains(&r.last) => {
+                Err(format!("{r} is not a Proxmox {what} id (100..=999999999)"))
+            }
+            r if r.first > r.last => Err(format!("{r}: the range ends before it starts")),
+            r => Ok(r),
+        });
+        range.map_err(|msg| self.err(v.pos, key, msg)).ok()
+    }
+
     pub(super) fn matcher(
         &mut self,
         m: &At<RawMatch>,
@@ -75,28 +99,29 @@ impl Checker<'_> {
     ) -> Option<Match> {
         let r = &m.value;
         let key = format!("{name}.match");
+        let vms = r
+            .vmid
+            .as_ref()
+            .and_then(|v| self.ids(v, &format!("{key}.vmid"), "VM"));
+        let cts = r
+            .ctid
+            .as_ref()
+            .and_then(|v| self.ids(v, &format!("{key}.ctid"), "container"));
         let out = Match {
             cgroup: r.cgroup.as_ref().map(|v| v.value.clone()),
             systemd_unit: r.systemd_unit.as_ref().map(|v| v.value.clone()),
-            vmid: r.vmid.as_ref().map(|v| v.value),
+            vmid: vms.filter(|v| v.first == v.last).map(|v| v.first),
+            vmids: vms.filter(|v| v.first != v.last),
+            ctids: cts,
             process: r.process.as_ref().map(|v| v.value.clone()),
             pid_file: r.pid_file.as_ref().map(|v| v.value.clone()),
             protect: vec![],
         };
-        if out == Match::default() {
+        if out == Match::default() && r.vmid.is_none() && r.ctid.is_none() {
             self.err(
                 m.pos,
                 &key,
-                "no match key; give one of cgroup, systemd_unit, vmid, process, pid_file",
-            );
-        }
-        if let Some(v) = &r.vmid
-            && !(100..=999_999_999).contains(&v.value)
-        {
-            self.err(
-                v.pos,
-                &format!("{key}.vmid"),
-                format!("{} is not a Proxmox VM id (100..=999999999)", v.value),
+                "no match key; give one of cgroup, systemd_unit, vmid, ctid, process, pid_file",
             );
         }
         if let Some(p) = &r.process

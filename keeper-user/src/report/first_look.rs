@@ -77,6 +77,12 @@ fn why_not(m: &Match) -> String {
     if let Some(v) = m.vmid {
         looked.push(format!("no VM {v} (no cgroup /qemu.slice/{v}.scope)"));
     }
+    if let Some(v) = m.vmids {
+        looked.push(format!("no VM {v} (no cgroup /qemu.slice/<vmid>.scope)"));
+    }
+    if let Some(c) = m.ctids {
+        looked.push(format!("no container {c} (no cgroup /lxc/<ctid>)"));
+    }
     if let Some(u) = &m.systemd_unit {
         looked.push(format!("no unit {u} (no cgroup /system.slice/{u})"));
     }
@@ -124,6 +130,10 @@ fn trading_plan(
     facts: &Abilities,
 ) -> String {
     let host = &policy.host;
+    if host.trading_cores.is_empty() {
+        return "no trading cores on this machine (host.trading_cores is empty): nothing is evicted"
+            .into();
+    }
     let Some(owner) = policy.workloads.iter().find(|w| w.owns_trading_cores) else {
         return format!(
             "trading cores {}: no workload owns them (owns_trading_cores): not guarded",

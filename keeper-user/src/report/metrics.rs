@@ -249,20 +249,20 @@ impl Collector for Metrics {
         )?;
         gauge(
             &mut enc,
-            "keeper_pressure_avg10_percent",
-            "Host PSI avg10",
+            "keeper_pressure_avg10_ratio",
+            "Host PSI avg10: share of the last 10 s that tasks stalled (0-1)",
             &[
                 (
                     vec![("resource", "cpu".into()), ("kind", "some".into())],
-                    s.cpu_pressure_some,
+                    s.cpu_pressure_some / 100.0,
                 ),
                 (
                     vec![("resource", "memory".into()), ("kind", "some".into())],
-                    s.memory_pressure_some,
+                    s.memory_pressure_some / 100.0,
                 ),
                 (
                     vec![("resource", "memory".into()), ("kind", "full".into())],
-                    s.memory_pressure_full,
+                    s.memory_pressure_full / 100.0,
                 ),
             ],
         )?;

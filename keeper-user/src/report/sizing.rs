@@ -63,12 +63,12 @@ mod tests {
 
     #[test]
     fn two_kills_in_a_short_run_mean_the_next_class_up() {
-        let policy = crate::policy::parse_str(crate::policy::HIVE_YAML).expect("hive");
+        let policy = crate::policy::parse_str(crate::policy::ONE_HOST_YAML).expect("one-host");
         let kill = |w: &str| OomKillRecord {
             workload: Some(w.into()),
             ..OomKillRecord::default()
         };
-        // Sentinel is light-browser in the hive policy; one kill is not advice, two are.
+        // Sentinel is light-browser in the one-host policy; one kill is not advice, two are.
         assert!(advise(&policy, &[kill("sentinel")], 3600.0).is_empty());
         let a = advise(&policy, &[kill("sentinel"), kill("sentinel")], 3600.0);
         assert_eq!(a.len(), 1);
