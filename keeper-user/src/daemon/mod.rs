@@ -67,6 +67,30 @@ pub struct DaemonConfig {
 pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     let signals = start::signals()?;
     let (mut r, mut src) = start::start(&cfg, signals).await?;
+    let served = serve(&mut r, &mut src).await;
+    drop(src);
+    // An orderly exit, even after an error in the loop: everything undone, then the hardware
+    // watchdog disarmed. Only a keeper that hangs or is killed leaves it armed.
+    let watchdog = r.watchdog.take();
+    let record = r.finish();
+    if let Some(w) = watchdog {
+        match w.disarm() {
+            Ok(true) => tracing::info!("hardware watchdog disarmed"),
+            Ok(false) => tracing::warn!(
+                "hardware watchdog closed, but its driver has no magic close (or is built with nowayout): it stays armed"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "hardware watchdog could not be disarmed: it stays armed")
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    served?;
+    record
+}
+
+/// The loop, until a signal, `--for` or an error.
+async fn serve(r: &mut running::Running, src: &mut start::Sources) -> Result<(), DaemonError> {
     let t = &mut src.timers;
     loop {
         tokio::select! {
@@ -106,11 +130,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
             _ = t.kick.tick(), if t.watchdog.is_some() => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
+            _ = t.feed.tick(), if r.watchdog.is_some() => r.feed_watchdog(),
             _ = t.ticker.tick() => r.tick(&mut t.workload_triggers)?,
         }
     }
-    drop(src);
-    let record = r.finish()?;
-    let _ = std::fs::remove_file(&cfg.socket);
-    Ok(record)
+    Ok(())
 }

@@ -13,7 +13,7 @@ use super::{DaemonError, Keeper};
 use crate::{
     act::execute::Done,
     decide::{ActionKind, Intruder, Observations, Outcome},
-    device::{cgroupfs::CgroupFs, procfs},
+    device::{cgroupfs::CgroupFs, procfs, watchdog::Watchdog},
     report::{
         RunRecord,
         first_look::first_look,
@@ -47,6 +47,8 @@ pub(super) struct Running {
     restored_at_start: Vec<String>,
     /// Whether the first look (what the policy found here) was said.
     explained: bool,
+    /// The hardware watchdog (`host.watchdog`), fed by the loop; disarmed at an orderly exit.
+    pub watchdog: Option<Watchdog>,
 }
 
 impl Running {
@@ -73,6 +75,16 @@ impl Running {
             lost_events: LostEvents::default(),
             restored_at_start,
             explained: false,
+            watchdog: None,
+        }
+    }
+
+    /// Restarts the hardware watchdog's count (the loop's own timer, beside the events).
+    pub fn feed_watchdog(&mut self) {
+        if let Some(w) = &self.watchdog
+            && let Err(e) = w.keepalive()
+        {
+            tracing::error!(error = %e, "hardware watchdog keepalive failed");
         }
     }
 

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     act::{Actuators, execute::Done, journal::Journal, process::Proc},
     cpulist::CpuList,
-    device::cgroupfs::CgroupFs,
+    device::{cgroupfs::CgroupFs, watchdog::Watchdog},
     report::{metrics, record::Recorder},
     sense::{
         memory::OomEvents,
@@ -49,6 +49,8 @@ pub(super) struct Timers {
     pub workload_triggers: Option<WorkloadTriggers>,
     pub watchdog: Option<Duration>,
     pub kick: tokio::time::Interval,
+    /// Feeds the hardware watchdog (`host.watchdog`), when one is armed.
+    pub feed: tokio::time::Interval,
     pub ticker: tokio::time::Interval,
 }
 
@@ -101,6 +103,8 @@ pub(super) async fn start(
         ),
         None => None,
     };
+    let hardware = arm_watchdog(cfg, &keeper.policy);
+    let period = hardware.as_ref().map(Watchdog::period);
     let sources = Sources {
         sigterm,
         sigint,
@@ -108,10 +112,10 @@ pub(super) async fn start(
         slow_done,
         calls,
         oom_events,
-        timers: timers(cfg, &keeper),
+        timers: timers(cfg, &keeper, period),
         _metrics_server: metrics_server,
     };
-    let running = Running::new(
+    let mut running = Running::new(
         keeper,
         sensor,
         memory_sensor,
@@ -120,7 +124,34 @@ pub(super) async fn start(
         cfg.metrics.map(|_| metrics),
         restored_at_start,
     );
+    running.watchdog = hardware;
     Ok((running, sources))
+}
+
+/// `host.watchdog`: the hardware watchdog opened (armed) and its timeout set, unless this is a
+/// dry run. One that cannot be armed is said loudly, and the keeper goes on without it.
+fn arm_watchdog(cfg: &DaemonConfig, policy: &crate::policy::Policy) -> Option<Watchdog> {
+    let spec = policy.host.watchdog.as_ref()?;
+    if cfg.dry_run {
+        tracing::info!(device = %spec.device.display(), "dry run: the hardware watchdog is not armed");
+        return None;
+    }
+    match Watchdog::arm(&spec.device, spec.timeout) {
+        Ok(w) => {
+            tracing::info!(
+                device = %spec.device.display(),
+                identity = w.identity(),
+                timeout_s = spec.timeout.as_secs(),
+                fed_every_s = w.period().as_secs(),
+                "hardware watchdog armed: a keeper that hangs, or a kernel that freezes, resets this machine"
+            );
+            Some(w)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "host.watchdog: not armed; this machine is NOT reset if the keeper or the kernel hangs");
+            None
+        }
+    }
 }
 
 /// The journal replayed, the policy read, the devices opened, the slow hands started.
@@ -169,7 +200,7 @@ fn keeper(
 }
 
 /// The clocks and triggers the loop waits on besides the sensor and the socket.
-fn timers(cfg: &DaemonConfig, keeper: &Keeper) -> Timers {
+fn timers(cfg: &DaemonConfig, keeper: &Keeper, feed: Option<Duration>) -> Timers {
     // systemd (Type=notify): ready now; the watchdog is kicked by the loop itself, so a hung
     // loop gets the keeper restarted (and the restart undoes what the journal holds).
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -183,6 +214,7 @@ fn timers(cfg: &DaemonConfig, keeper: &Keeper) -> Timers {
         workload_triggers: share.map(WorkloadTriggers::new),
         watchdog,
         kick: tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600))),
+        feed: tokio::time::interval(feed.unwrap_or(Duration::from_secs(3600))),
         ticker,
     }
 }

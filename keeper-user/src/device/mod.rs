@@ -21,3 +21,4 @@ pub mod proxmox;
 pub mod qmp;
 pub mod topology;
 pub mod trust;
+pub mod watchdog;

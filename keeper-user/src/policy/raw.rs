@@ -47,6 +47,20 @@ pub struct RawHost {
     /// `reserve_siblings`: the trading cores' SMT siblings are kept free of intruders too (they
     /// join the trading cores on this host); `as_listed` (the default): as the lists say.
     pub smt: Option<At<super::Smt>>,
+    /// The hardware watchdog: the keeper feeds it while its loop runs, so that a hung keeper
+    /// or a frozen kernel resets the machine (`{device: /dev/watchdog, timeout: 180s}`).
+    pub watchdog: Option<At<RawWatchdog>>,
+}
+
+/// `host.watchdog`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatchdog {
+    /// The watchdog device (default `/dev/watchdog`).
+    pub device: Option<At<String>>,
+    /// How long without a keepalive before the hardware resets the machine (whole seconds,
+    /// 2s to 1h; the design: under 3 minutes).
+    pub timeout: At<String>,
 }
 
 /// Per-class overrides of the default cgroup limits.

@@ -509,3 +509,45 @@ fn a_never_frozen_workload_cannot_be_paused_or_preempted() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn host_watchdog_reads_a_device_and_whole_seconds() {
+    let with = |w: &str| {
+        one_host_with(
+            "housekeeping_cores: \"0\"\n",
+            &format!("housekeeping_cores: \"0\"\n  watchdog: {w}\n"),
+        )
+    };
+    let p = load(with("{ timeout: 180s }").as_bytes(), &HostFacts::default())
+        .unwrap()
+        .policy;
+    assert_eq!(
+        p.host.watchdog,
+        Some(WatchdogSpec {
+            device: "/dev/watchdog".into(),
+            timeout: Duration::from_secs(180)
+        })
+    );
+    assert_eq!(one_host().unwrap().host.watchdog, None);
+    for (w, want) in [
+        (
+            "{ timeout: 1500ms }",
+            "`host.watchdog.timeout`: whole seconds from 2s to 1h",
+        ),
+        (
+            "{ timeout: 2h }",
+            "`host.watchdog.timeout`: whole seconds from 2s to 1h",
+        ),
+        (
+            "{ device: dev/watchdog, timeout: 10s }",
+            "`host.watchdog.device`: an absolute path",
+        ),
+        (
+            "{ device: /dev/watchdog }",
+            "missing key `timeout` in `watchdog`",
+        ),
+    ] {
+        let e = errors(&with(w));
+        assert!(e.iter().any(|m| m.contains(want)), "{w}: {e:#?}");
+    }
+}

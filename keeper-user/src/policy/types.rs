@@ -46,6 +46,15 @@ pub struct Host {
     pub workqueue_guard: bool,
     /// `host.smt`: what the trading cores' SMT siblings are.
     pub smt: Smt,
+    /// `host.watchdog`: the hardware watchdog the loop feeds.
+    pub watchdog: Option<WatchdogSpec>,
+}
+
+/// `host.watchdog`: the device and how long it waits for a keepalive before a reset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchdogSpec {
+    pub device: std::path::PathBuf,
+    pub timeout: Duration,
 }
 
 /// `host.smt`: a trading core's SMT sibling shares its execution units, so whatever runs

@@ -203,6 +203,37 @@ impl<'a> Checker<'a> {
             irq_guard: h.irq_guard.as_ref().is_some_and(|g| g.value),
             workqueue_guard: h.workqueue_guard.as_ref().is_some_and(|g| g.value),
             smt: h.smt.as_ref().map_or(Smt::AsListed, |s| s.value),
+            watchdog: h.watchdog.as_ref().and_then(|w| self.watchdog(w)),
+        })
+    }
+
+    /// `host.watchdog`: an absolute device path and a timeout of whole seconds, 2 s to 1 h.
+    fn watchdog(&mut self, w: &At<RawWatchdog>) -> Option<WatchdogSpec> {
+        let device = match &w.value.device {
+            Some(d) if !d.value.starts_with('/') => {
+                self.err(
+                    d.pos,
+                    "host.watchdog.device",
+                    "an absolute path, e.g. /dev/watchdog",
+                );
+                return None;
+            }
+            Some(d) => d.value.clone(),
+            None => "/dev/watchdog".into(),
+        };
+        let t = &w.value.timeout;
+        let timeout = self.duration(t, "host.watchdog.timeout")?;
+        if timeout.subsec_nanos() != 0 || !(2..=3600).contains(&timeout.as_secs()) {
+            self.err(
+                t.pos,
+                "host.watchdog.timeout",
+                "whole seconds from 2s to 1h (the kernel's watchdog API counts seconds)",
+            );
+            return None;
+        }
+        Some(WatchdogSpec {
+            device: device.into(),
+            timeout,
         })
     }
 

@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+/// /init: mounts what the keeper needs, runs the guest script (`SCRIPT`), powers off.
 const INIT: &str = r#"#!/bin/sh
 mount -t proc none /proc
 mount -t sysfs none /sys
@@ -18,7 +19,7 @@ mount -t tmpfs none /tmp
 mount -t tracefs none /sys/kernel/tracing
 mount -t bpf none /sys/fs/bpf
 mount -t cgroup2 none /sys/fs/cgroup
-/bin/sh /vm/guest.sh
+/bin/sh /vm/SCRIPT
 poweroff -f
 "#;
 
@@ -29,6 +30,55 @@ const APPLETS: &[&str] = &[
 
 /// Builds `out` (gzip'd newc cpio) from the given binaries and the files of tests/vm/.
 pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let stage = keeper_stage(binaries, out)?;
+    for f in ["guest.sh", "policy.yaml"] {
+        std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
+    }
+    pack(&stage, &INIT.replace("SCRIPT", "guest.sh"), out)
+}
+
+/// The watchdog guest: the keeper, tests/vm/watchdog.sh and its policy, and the watchdog
+/// core and i6300esb modules of `modules` (decompressed here: busybox's insmod reads plain
+/// objects).
+pub fn build_watchdog(
+    root: &Path,
+    binaries: &[PathBuf],
+    modules: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let stage = keeper_stage(binaries, out)?;
+    for f in ["watchdog.sh", "watchdog.yaml"] {
+        std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
+    }
+    std::fs::create_dir_all(stage.join("mod"))?;
+    for m in ["watchdog", "i6300esb"] {
+        let dir = modules.join("kernel/drivers/watchdog");
+        let plain = dir.join(format!("{m}.ko"));
+        let dest = stage.join("mod").join(format!("{m}.ko"));
+        if plain.exists() {
+            std::fs::copy(&plain, &dest)?;
+            continue;
+        }
+        let xz = dir.join(format!("{m}.ko.xz"));
+        let out = Command::new("xz")
+            .arg("-dc")
+            .arg(&xz)
+            .output()
+            .with_context(|| format!("xz -dc {} (apt package xz-utils)", xz.display()))?;
+        if !out.status.success() {
+            bail!(
+                "xz -dc {} failed: {}",
+                xz.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::write(&dest, out.stdout)?;
+    }
+    pack(&stage, &INIT.replace("SCRIPT", "watchdog.sh"), out)
+}
+
+/// A stage with busybox, the binaries and the libraries they need.
+fn keeper_stage(binaries: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
     let stage = stage_with_busybox(
         out,
         &["bin", "proc", "sys", "dev", "tmp", "vm", "usr/bin"],
@@ -44,10 +94,7 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
             std::fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
         }
     }
-    for f in ["guest.sh", "policy.yaml"] {
-        std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
-    }
-    pack(&stage, INIT, out)
+    Ok(stage)
 }
 
 /// A fresh staging directory beside `out`, with `dirs` and busybox (and `applets` linked to

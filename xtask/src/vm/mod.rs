@@ -37,6 +37,15 @@ const CHECKS: &[&str] = &[
     "protected-pressure",
 ];
 
+/// The watchdog guest's checks (Debian trixie's 6.12 kernel, an emulated i6300esb).
+const WATCHDOG_CHECKS: &[&str] = &[
+    "ebpf-loads-6.12",
+    "watchdog-armed",
+    "watchdog-fed",
+    "watchdog-disarmed",
+    "watchdog-reset",
+];
+
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
@@ -48,10 +57,74 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let initrd = work.join("initramfs.gz");
     let bins = ["keeper", "keeper-probe"].map(|b| root.join("target/release").join(b));
     initramfs::build(root, &bins, &initrd)?;
+    boot(&kernel, &initrd, &[], None)?.verdict(CHECKS, &kernel.release)?;
+    // The hardware watchdog on an emulated i6300esb, whose firing QEMU turns into a reset
+    // (and -no-reboot into QEMU's exit); QMP says which action the watchdog took.
+    let current = kernel::ensure_suite(kernel::Suite::Trixie)?;
+    let wd_initrd = work.join("watchdog-initramfs.gz");
+    initramfs::build_watchdog(root, &bins, &current.modules, &wd_initrd)?;
+    let qmp = work.join("watchdog.qmp");
+    let _ = std::fs::remove_file(&qmp);
+    let qmp_arg = format!("unix:{},server=on,wait=off", qmp.display());
+    let extra = [
+        "-device",
+        "i6300esb",
+        "-action",
+        "watchdog=reset",
+        "-qmp",
+        &qmp_arg,
+    ];
+    boot(&current, &wd_initrd, &extra, Some(&qmp))?.verdict(WATCHDOG_CHECKS, &current.release)?;
     eprintln!(
-        "xtask: vm-test: booting {} (TCG, 2 CPUs, 1 GiB); prepared in {:.1} s",
-        kernel.release,
+        "xtask: vm-test: {} + {} checks passed in {:.1} s in all",
+        CHECKS.len(),
+        WATCHDOG_CHECKS.len(),
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What a guest reported.
+struct Boot {
+    passed: Vec<String>,
+    failed: Vec<String>,
+    elapsed: f64,
+}
+
+impl Boot {
+    /// Every check passed, or an error naming the ones that did not.
+    fn verdict(&self, checks: &[&str], release: &str) -> anyhow::Result<()> {
+        let missing: Vec<&str> = (checks.iter().copied())
+            .filter(|c| !self.passed.iter().any(|p| p == c))
+            .collect();
+        if !self.failed.is_empty() || !missing.is_empty() {
+            bail!(
+                "vm-test ({release}): failed: {:?}; not passed: {missing:?}",
+                self.failed
+            );
+        }
+        eprintln!(
+            "xtask: vm-test: all {} checks passed on {release} in {:.1} s (guest)",
+            checks.len(),
+            self.elapsed
+        );
+        Ok(())
+    }
+}
+
+/// Boots `kernel` with `initrd` (TCG, 2 CPUs, 1 GiB, `extra` QEMU arguments) and reads the
+/// guest's `VMTEST` lines until `VMTEST DONE`. A guest that said `VMTEST RESET-EXPECTED N`
+/// (seconds of watchdog timeout) must then be reset by its watchdog: QEMU exits (-no-reboot)
+/// within 2N + 30 s, after a WATCHDOG event on `qmp`.
+fn boot(
+    kernel: &kernel::Kernel,
+    initrd: &Path,
+    extra: &[&str],
+    qmp: Option<&Path>,
+) -> anyhow::Result<Boot> {
+    eprintln!(
+        "xtask: vm-test: booting {} (TCG, 2 CPUs, 1 GiB)",
+        kernel.release
     );
     let boot = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
@@ -74,10 +147,11 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             "-serial",
             "stdio",
         ])
+        .args(extra)
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
-        .arg(&initrd)
+        .arg(initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -86,16 +160,24 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         .context("starting qemu-system-x86_64 (apt package qemu-system-x86)")?;
     let out = qemu.stdout.take().context("qemu stdout")?;
     let (tx, rx) = mpsc::channel();
+    let console = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+            if console.send(line).is_err() {
                 break;
             }
         }
     });
-    let mut passed: Vec<String> = Vec::new();
-    let mut failed: Vec<String> = Vec::new();
+    if let Some(qmp) = qmp {
+        qmp_events(qmp.to_path_buf(), tx);
+    }
+    let mut b = Boot {
+        passed: vec![],
+        failed: vec![],
+        elapsed: 0.0,
+    };
     let mut done = None;
+    let mut reset: Option<(Instant, u64)> = None;
     while done.is_none() {
         let left = TIMEOUT.saturating_sub(boot.elapsed());
         match rx.recv_timeout(left) {
@@ -103,9 +185,12 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
                 let line = line.trim_end_matches('\r').to_string();
                 println!("guest| {line}");
                 if let Some(rest) = line.strip_prefix("VMTEST PASS ") {
-                    passed.push(rest.split_whitespace().next().unwrap_or("").to_string());
+                    b.passed
+                        .push(rest.split_whitespace().next().unwrap_or("").to_string());
                 } else if let Some(rest) = line.strip_prefix("VMTEST FAIL ") {
-                    failed.push(rest.to_string());
+                    b.failed.push(rest.to_string());
+                } else if let Some(n) = line.strip_prefix("VMTEST RESET-EXPECTED ") {
+                    reset = Some((Instant::now(), n.trim().parse().unwrap_or(0)));
                 } else if let Some(n) = line.strip_prefix("VMTEST DONE ") {
                     done = Some(n.trim().to_string());
                 }
@@ -113,27 +198,95 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             Err(_) => break, // timeout, or the guest is gone
         }
     }
+    if let Some((since, timeout_s)) = reset.filter(|_| done.is_some()) {
+        b.watch_reset(&mut qemu, &rx, since, timeout_s);
+    }
     let _ = qemu.kill();
     let _ = qemu.wait();
-    let elapsed = boot.elapsed().as_secs_f64();
+    b.elapsed = boot.elapsed().as_secs_f64();
     if done.is_none() {
         bail!(
-            "vm-test: the guest did not finish within {TIMEOUT:?} ({elapsed:.1} s); see its console above"
+            "vm-test: the guest did not finish within {TIMEOUT:?} ({:.1} s); see its console above",
+            b.elapsed
         );
     }
-    let missing: Vec<&str> = CHECKS
-        .iter()
-        .copied()
-        .filter(|c| !passed.iter().any(|p| p == c))
-        .collect();
-    if !failed.is_empty() || !missing.is_empty() {
-        bail!("vm-test: failed: {failed:?}; not passed: {missing:?}");
+    Ok(b)
+}
+
+impl Boot {
+    /// After the guest stopped feeding its watchdog: QEMU must exit (the reset, under
+    /// -no-reboot) within 2 × timeout + 30 s (the i6300esb counts two stages), after QMP's
+    /// WATCHDOG event.
+    fn watch_reset(
+        &mut self,
+        qemu: &mut std::process::Child,
+        rx: &mpsc::Receiver<String>,
+        since: Instant,
+        timeout_s: u64,
+    ) {
+        let limit = Duration::from_secs(2 * timeout_s + 30);
+        let mut event = None;
+        while since.elapsed() < limit {
+            for line in rx.try_iter() {
+                println!("guest| {line}");
+                if line.starts_with("QMP ") && line.contains("WATCHDOG") {
+                    event = Some(line);
+                }
+            }
+            if let Ok(Some(status)) = qemu.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                event = event.or_else(|| rx.try_iter().find(|l| l.contains("WATCHDOG")));
+                let secs = since.elapsed().as_secs_f64();
+                match &event {
+                    Some(e) if e.contains("\"reset\"") => {
+                        self.passed.push("watchdog-reset".to_string())
+                    }
+                    _ => self.failed.push(format!(
+                        "watchdog-reset: QEMU exited ({status}) {secs:.1} s after the keeper stopped, without a WATCHDOG reset event ({event:?})"
+                    )),
+                }
+                if event.is_some() {
+                    println!(
+                        "xtask: vm-test: the watchdog reset the guest {secs:.1} s after the keeper stopped (timeout {timeout_s} s)"
+                    );
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.failed.push(format!(
+            "watchdog-reset: the guest was still up {:.0} s after the keeper stopped (timeout {timeout_s} s)",
+            limit.as_secs_f64()
+        ));
     }
-    eprintln!(
-        "xtask: vm-test: all {} checks passed on {} in {elapsed:.1} s (guest), {:.1} s in all",
-        CHECKS.len(),
-        kernel.release,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+}
+
+/// Connects to QEMU's QMP socket (once it exists), enters command mode, and sends each
+/// event line on `tx` as `QMP <line>`.
+fn qmp_events(path: std::path::PathBuf, tx: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        use std::io::Write as _;
+        let start = Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    let _ = tx.send(format!("QMP connect failed: {e}"));
+                    return;
+                }
+            }
+        };
+        let Ok(mut w) = stream.try_clone() else {
+            return;
+        };
+        let _ = w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n");
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if line.contains("\"event\"") && tx.send(format!("QMP {line}")).is_err() {
+                return;
+            }
+        }
+    });
 }

@@ -1,0 +1,77 @@
+#!/bin/sh
+# The guest half of `cargo xtask vm-test`'s second boot: Debian trixie's 6.12 cloud kernel,
+# an emulated i6300esb whose action is a reset (QEMU runs with -no-reboot, so the reset ends
+# QEMU and the host side times it and reads QMP's WATCHDOG event). One line per check:
+# `VMTEST PASS name` or `VMTEST FAIL name: why`; `VMTEST RESET-EXPECTED <timeout s>` before
+# the keeper is stopped for good; then `VMTEST DONE <failures>`.
+K=/usr/bin/keeper
+LOG=/tmp/keeper.log
+FAILS=0
+
+pass() { echo "VMTEST PASS $1"; }
+fail() {
+    echo "VMTEST FAIL $1: $2"
+    FAILS=$((FAILS + 1))
+    [ -f "$LOG" ] && tail -20 "$LOG" | sed 's/^/  keeper: /'
+}
+wait_for() {
+    t=$(($1 * 10)); shift
+    while [ $t -gt 0 ]; do
+        "$@" && return 0
+        sleep 0.1; t=$((t - 1))
+    done
+    return 1
+}
+has() { grep -q "$2" "$1" 2>/dev/null; }
+uptime_s() { cut -d. -f1 /proc/uptime; }
+
+echo "VMTEST kernel $(uname -r)"
+
+# The same embedded eBPF object loads on a current kernel, keeper_arrive included.
+if $K watch --cpus 1 --for 2s --format json > /tmp/watch.json 2> "$LOG" \
+   && has /tmp/watch.json '"cpu": 1' && has "$LOG" "read from the task (keeper_arrive)"; then
+    pass ebpf-loads-6.12
+else
+    fail ebpf-loads-6.12 "keeper watch failed, printed no CPU 1, or could not read arrivals from the task"
+fi
+
+insmod /mod/watchdog.ko && insmod /mod/i6300esb.ko
+if ! wait_for 5 test -c /dev/watchdog; then
+    fail watchdog-armed "no /dev/watchdog after insmod i6300esb"
+    echo "VMTEST DONE $FAILS"
+    exit
+fi
+mkdir -p /sys/fs/cgroup/banker
+start_keeper() {
+    $K run --policy /vm/watchdog.yaml --state-dir /tmp/keeper-state --socket /tmp/keeper.sock \
+        > "$LOG" 2>&1 &
+    KEEPER=$!
+    wait_for 30 has "$LOG" "hardware watchdog armed"
+}
+
+# Armed, and fed by the loop: the guest outlives the timeout three times over.
+if start_keeper; then
+    pass "watchdog-armed ($(grep -o 'identity="[^"]*"' "$LOG" | head -1))"
+else
+    fail watchdog-armed "no 'hardware watchdog armed' in the keeper's log"
+fi
+t0=$(uptime_s)
+sleep 30
+pass "watchdog-fed (up $(( $(uptime_s) - t0 )) s with a 10 s timeout while the keeper runs)"
+
+# An orderly exit disarms it (the magic close): the guest stays up.
+kill -TERM $KEEPER; wait $KEEPER
+if has "$LOG" "hardware watchdog disarmed"; then
+    sleep 30
+    pass "watchdog-disarmed (up 30 s after the keeper's exit)"
+else
+    fail watchdog-disarmed "no 'hardware watchdog disarmed' in the keeper's log"
+fi
+
+# Armed again, then the keeper hangs (SIGSTOP): the hardware resets the guest.
+start_keeper || fail watchdog-reset "not armed the second time"
+echo "VMTEST RESET-EXPECTED 10"
+echo "VMTEST DONE $FAILS"
+kill -STOP $KEEPER
+sleep 120
+echo "VMTEST FAIL watchdog-reset: still up 120 s after the keeper stopped"
