@@ -19,7 +19,7 @@ use crate::{
     act::{Actuators, execute::Done, journal::Journal, process::Proc},
     cpulist::CpuList,
     device::{cgroupfs::CgroupFs, watchdog::Watchdog},
-    report::{metrics, record::Recorder},
+    report::{metrics, oom_history::OomHistory, record::Recorder},
     sense::{
         memory::OomEvents,
         pressure::WorkloadTriggers,
@@ -115,12 +115,16 @@ pub(super) async fn start(
         timers: timers(cfg, &keeper, period),
         _metrics_server: metrics_server,
     };
+    let mut recorder = Recorder::new(started);
+    // OOM kills counted over a rolling week across restarts (kept on disk unless a dry run).
+    let history = cfg.state_dir.join("oom-kills.jsonl");
+    recorder.keep_history(OomHistory::open(&history, !cfg.dry_run, started));
     let mut running = Running::new(
         keeper,
         sensor,
         memory_sensor,
         cg,
-        Recorder::new(started),
+        recorder,
         cfg.metrics.map(|_| metrics),
         restored_at_start,
     );

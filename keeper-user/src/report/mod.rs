@@ -10,6 +10,7 @@ pub mod first_look;
 pub mod host_advice;
 pub mod html;
 pub mod metrics;
+pub mod oom_history;
 pub mod record;
 pub mod sizing;
 mod svg;

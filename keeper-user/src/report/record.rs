@@ -16,7 +16,9 @@ use crate::{
     policy::Policy,
     report::{
         ActionRecord, EvictionLatency, MAX_ACTIONS, MAX_SAMPLES, OomKillRecord, RECORD_VERSION,
-        ReclaimRecord, RunRecord, Sample, SloVerdict, quantile,
+        ReclaimRecord, RunRecord, Sample, SloVerdict,
+        oom_history::{Kill, OomHistory, WEEK},
+        quantile,
         view::{CpuView, IntruderView},
     },
     sense::{
@@ -40,6 +42,8 @@ pub struct Recorder {
     eviction_us: VecDeque<f64>,
     preemption_ms: VecDeque<f64>,
     oom_kills: Vec<OomKillRecord>,
+    /// The rolling week's OOM kills, across restarts (`None`: this run's only).
+    history: Option<OomHistory>,
 }
 
 impl Recorder {
@@ -55,6 +59,7 @@ impl Recorder {
             eviction_us: VecDeque::new(),
             preemption_ms: VecDeque::new(),
             oom_kills: Vec::new(),
+            history: None,
         }
     }
 
@@ -132,7 +137,20 @@ impl Recorder {
     }
 
     /// An OOM kill the memory sensor saw.
+    /// Counts the OOM kills of the week before this run too, and keeps this run's.
+    pub fn keep_history(&mut self, history: OomHistory) {
+        self.history = Some(history);
+    }
+
     pub fn oom_kill(&mut self, pid: u32, comm: String, cgroup: String, workload: Option<String>) {
+        if let (Some(h), Some(w)) = (&mut self.history, &workload) {
+            h.record(Kill {
+                at: jiff::Timestamp::now(),
+                workload: w.clone(),
+                comm: comm.clone(),
+                cgroup: cgroup.clone(),
+            });
+        }
         if self.oom_kills.len() < MAX_TIMINGS {
             let t_s = self.since_start();
             self.oom_kills.push(OomKillRecord {
@@ -171,13 +189,34 @@ impl Recorder {
             evictions: run.evictions,
             eviction_latency: EvictionLatency::of(&evictions),
             errors: run.errors,
-            sizing: crate::report::sizing::advise(run.policy, &self.oom_kills, self.since_start()),
+            sizing: self.sizing(run.policy),
             oom_kills: self.oom_kills.clone(),
             reclaim: sensed.reclaim,
             samples: self.samples.clone(),
             actions: self.actions.iter().cloned().collect(),
             actions_dropped: self.actions_dropped,
         }
+    }
+}
+
+impl Recorder {
+    /// The sizing advice: over the rolling week where the history is kept, else this run.
+    fn sizing(&self, policy: &Policy) -> Vec<crate::report::SizingAdvice> {
+        let (kills, span_s): (Vec<&str>, f64) = match &self.history {
+            Some(h) => (
+                h.last_week(jiff::Timestamp::now())
+                    .map(|k| k.workload.as_str())
+                    .collect(),
+                WEEK.as_secs_f64(),
+            ),
+            None => (
+                (self.oom_kills.iter())
+                    .filter_map(|k| k.workload.as_deref())
+                    .collect(),
+                self.since_start(),
+            ),
+        };
+        crate::report::sizing::advise(policy, &kills, span_s)
     }
 }
 

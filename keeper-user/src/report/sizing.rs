@@ -1,7 +1,8 @@
 //! Seed 003, the sizing advisor: a workload of a class that is OOM-killed more than once a week
-//! should move to the next class up.
+//! should move to the next class up, or be isolated with limits of its own. The kills counted
+//! are the rolling week's, kept across restarts ([`super::oom_history`]).
 
-use super::{OomKillRecord, SizingAdvice};
+use super::SizingAdvice;
 use crate::policy::types::{Class, Policy};
 
 /// The class above `c`, if there is one.
@@ -14,40 +15,42 @@ pub fn next_up(c: Class) -> Option<Class> {
     }
 }
 
-fn name(c: Class) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{c:?}"))
+/// The class as the policy writes it.
+fn name(c: Class) -> &'static str {
+    match c {
+        Class::Micro => "micro",
+        Class::LightBrowser => "light-browser",
+        Class::HeavyBrowser => "heavy-browser",
+        Class::Batch => "batch",
+        Class::Experimental => "experimental",
+    }
 }
 
-/// Advice for every classed workload killed more than once a week over `span_s` seconds
-/// (a run shorter than a week counts as a week: two kills in an hour are already too many).
-pub fn advise(policy: &Policy, kills: &[OomKillRecord], span_s: f64) -> Vec<SizingAdvice> {
+/// Advice for every classed workload killed more than once a week: `kills` names the workload
+/// of each kill over `span_s` seconds (a span shorter than a week counts as a week: two kills
+/// in an hour are already too many).
+pub fn advise(policy: &Policy, kills: &[&str], span_s: f64) -> Vec<SizingAdvice> {
     let weeks = (span_s / (7.0 * 86400.0)).max(1.0);
     policy
         .workloads
         .iter()
         .filter_map(|w| {
             let class = w.class?;
-            let n = kills
-                .iter()
-                .filter(|k| k.workload.as_deref() == Some(&w.name))
-                .count() as u32;
+            let n = kills.iter().filter(|k| **k == w.name).count() as u32;
             let per_week = n as f64 / weeks;
             (per_week > 1.0).then(|| SizingAdvice {
                 workload: w.name.clone(),
-                class: name(class),
+                class: name(class).to_string(),
                 oom_kills: n,
                 per_week,
                 advice: match next_up(class) {
                     Some(up) => format!(
-                        "{} was OOM-killed {n} times ({per_week:.1} a week): move it to class {}",
+                        "{} was OOM-killed {n} times ({per_week:.1} a week): move it to class {}, or isolate it with limits of its own",
                         w.name,
                         name(up)
                     ),
                     None => format!(
-                        "{} was OOM-killed {n} times ({per_week:.1} a week) and {} is the largest class: give it its own limits",
+                        "{} was OOM-killed {n} times ({per_week:.1} a week) and {} is the largest class: isolate it with limits of its own",
                         w.name,
                         name(class)
                     ),
@@ -64,10 +67,7 @@ mod tests {
     #[test]
     fn two_kills_in_a_short_run_mean_the_next_class_up() {
         let policy = crate::policy::parse_str(crate::policy::ONE_HOST_YAML).expect("one-host");
-        let kill = |w: &str| OomKillRecord {
-            workload: Some(w.into()),
-            ..OomKillRecord::default()
-        };
+        let kill = |w: &'static str| w;
         // Sentinel is light-browser in the one-host policy; one kill is not advice, two are.
         assert!(advise(&policy, &[kill("sentinel")], 3600.0).is_empty());
         let a = advise(&policy, &[kill("sentinel"), kill("sentinel")], 3600.0);
