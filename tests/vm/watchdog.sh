@@ -35,6 +35,30 @@ else
     fail ebpf-loads-6.12 "keeper watch failed, printed no CPU 1, or could not read arrivals from the task"
 fi
 
+# The keeper inside the GPU VM (policies/brain-vm.yaml, no trading cores) on the fake NVML
+# library: research (the lowest-ranked GPU user) runs on a GPU at 85 °C; the thermal guard
+# freezes it, and the exit thaws it. No host keeper is there, and none is needed.
+mkdir -p /sys/fs/cgroup/research.slice
+sh -c "echo \$\$ > /sys/fs/cgroup/research.slice/cgroup.procs; exec /usr/bin/keeper-probe spin 120 vm_research" &
+RESEARCH=$!
+echo "{\"devices\":[{\"temperature_c\":85,\"utilization_gpu\":97,\"compute_processes\":[{\"pid\":$RESEARCH,\"used_memory_bytes\":1000000000}]}]}" > /tmp/nvml.json
+FAKE_NVML_STATE=/tmp/nvml.json $K run --policy /vm/brain-vm.yaml --nvml-lib /usr/bin/libnvidia_ml_fake.so \
+    --state-dir /tmp/brain-state --socket /tmp/brain.sock > "$LOG" 2>&1 &
+BRAIN=$!
+if wait_for 30 has /sys/fs/cgroup/research.slice/cgroup.events "^frozen 1" \
+   && has "$LOG" "no trading cores on this machine" && has "$LOG" "GPU rules active"; then
+    pass "brain-vm-thermal-guard (research frozen at 85 °C; $(grep -o 'gpu="[^"]*"' "$LOG" | head -1))"
+else
+    fail brain-vm-thermal-guard "research.slice: $(cat /sys/fs/cgroup/research.slice/cgroup.events | tr '\n' ' ')"
+fi
+kill -TERM $BRAIN; wait $BRAIN
+if has /sys/fs/cgroup/research.slice/cgroup.events "^frozen 0"; then
+    pass brain-vm-undone
+else
+    fail brain-vm-undone "research still frozen after the keeper's exit"
+fi
+kill -9 $RESEARCH 2>/dev/null
+
 insmod /mod/watchdog.ko && insmod /mod/i6300esb.ko
 if ! wait_for 5 test -c /dev/watchdog; then
     fail watchdog-armed "no /dev/watchdog after insmod i6300esb"

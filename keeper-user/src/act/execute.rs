@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     act::{ActError, Actuators, Effect},
@@ -22,7 +22,7 @@ pub fn cpu_max_value(p: Percent, totals: HostTotals) -> String {
 }
 
 /// One action as carried out.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Done {
     pub at: String,
     #[serde(flatten)]

@@ -1,14 +1,18 @@
 //! `keeper status`, `keeper interaction start|stop`, `keeper reload`: clients of the running
-//! daemon's control socket.
+//! daemon's control socket, typed end to end ([`crate::interface`]).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
+use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Format, run::DEFAULT_SOCKET};
 use crate::{
-    daemon::control,
-    interface::{InteractionState, Request},
+    act::execute::Done,
+    interface::{
+        Answer, Interaction, InteractionState, Mode, Reloaded, Request, Status, client,
+        frame::ActionLine,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -31,53 +35,114 @@ pub struct InteractionArgs {
 }
 
 pub fn status(args: &SocketArgs) -> anyhow::Result<ExitCode> {
-    send(args, &Request::Status)
+    send(args, &Request::Status, |o, s: &Status| write_status(o, s))
 }
 
 pub fn interaction(args: &InteractionArgs) -> anyhow::Result<ExitCode> {
-    send(&args.socket, &Request::Interaction { state: args.state })
-}
-
-pub fn reload(args: &SocketArgs) -> anyhow::Result<ExitCode> {
-    send(args, &Request::Reload)
-}
-
-fn send(args: &SocketArgs, request: &Request) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let answer = rt
-        .block_on(control::call(&args.socket, request))
-        .with_context(|| "is `keeper run` running? (see --socket)")?;
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
-        Format::Text => print_text(&answer),
-    }
-    Ok(if answer["ok"] == true {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    let request = Request::Interaction { state: args.state };
+    send(&args.socket, &request, |o, i: &Interaction| {
+        let state = if i.interaction { "on" } else { "off" };
+        writeln!(o, "interaction {state} ({:.1} ms)", i.elapsed_ms)?;
+        write_done(o, "actions", &i.actions)?;
+        for a in &i.pending {
+            writeln!(o, "  pending: {} [{}] {}", a.kind, a.rule, a.reason)?;
+        }
+        Ok(())
     })
 }
 
-fn print_text(v: &serde_json::Value) {
-    if let Some(err) = v["error"].as_str() {
-        println!("error: {err}");
-        return;
-    }
-    if let Some(obj) = v.as_object() {
-        for (k, val) in obj {
-            match val {
-                serde_json::Value::Array(a)
-                    if k == "last_actions" || k == "actions" || k == "workloads" =>
-                {
-                    println!("{k}:");
-                    for item in a {
-                        println!("  {item}");
-                    }
-                }
-                other => println!("{k}: {other}"),
-            }
+pub fn reload(args: &SocketArgs) -> anyhow::Result<ExitCode> {
+    send(args, &Request::Reload, |o, r: &Reloaded| {
+        writeln!(o, "policy reloaded: {}", r.policy)
+    })
+}
+
+/// Asks, prints the answer (JSON as the keeper wrote it, or text), exits 1 on a refusal.
+fn send<T: DeserializeOwned + Serialize>(
+    args: &SocketArgs,
+    request: &Request,
+    text: impl Fn(&mut dyn Write, &T) -> std::io::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let answer = client::call::<T>(&args.socket, request)
+        .with_context(|| "is `keeper run` running? (see --socket)")?;
+    let mut out = std::io::stdout().lock();
+    let code = match (&answer, args.format) {
+        (Answer::Granted(t), Format::Json) => print_json(&mut out, t, ExitCode::SUCCESS),
+        (Answer::Refused(r), Format::Json) => print_json(&mut out, r, ExitCode::from(1)),
+        (Answer::Granted(t), Format::Text) => text(&mut out, t).map(|()| ExitCode::SUCCESS),
+        (Answer::Refused(r), Format::Text) => {
+            writeln!(out, "error: {}", r.error).map(|()| ExitCode::from(1))
         }
+    }?;
+    Ok(code)
+}
+
+fn print_json(
+    out: &mut dyn Write,
+    v: &impl Serialize,
+    code: ExitCode,
+) -> std::io::Result<ExitCode> {
+    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+    writeln!(out, "{text}")?;
+    Ok(code)
+}
+
+/// `keeper status --format text`.
+fn write_status(o: &mut dyn Write, s: &Status) -> std::io::Result<()> {
+    let mode = match s.mode {
+        Mode::Enforcing => "enforcing",
+        Mode::DryRun => "dry run",
+    };
+    writeln!(
+        o,
+        "{mode} · policy {} · trading cores {} for {} · housekeeping {} · interaction {}",
+        s.policy,
+        s.trading_cores,
+        s.trading_cores_owner.as_deref().unwrap_or("nobody"),
+        s.housekeeping_cores,
+        if s.interaction { "on" } else { "off" }
+    )?;
+    writeln!(o, "evictions {} · errors {}", s.evictions, s.errors)?;
+    writeln!(o, "workloads:")?;
+    for w in &s.workloads {
+        let held = [(w.frozen, "frozen"), (w.throttled, "throttled")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let found = if w.present {
+            w.cgroups
+                .iter()
+                .map(|c| format!("/{c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            "absent".into()
+        };
+        writeln!(o, "  {:<16} rank {:<3} {found} {held}", w.name, w.rank)?;
     }
+    match &s.gpu {
+        Some(g) => writeln!(
+            o,
+            "gpu: {} {}°C {}%",
+            g.name, g.temperature_c, g.utilization_pct
+        )?,
+        None => writeln!(o, "gpu: none")?,
+    }
+    for e in &s.undo_pending {
+        writeln!(o, "undo pending: {e:?}")?;
+    }
+    for a in &s.pending {
+        writeln!(o, "pending: {} [{}] {}", a.kind, a.rule, a.reason)?;
+    }
+    write_done(o, "last actions", &s.last_actions)
+}
+
+fn write_done(o: &mut dyn Write, title: &str, done: &[Done]) -> std::io::Result<()> {
+    writeln!(o, "{title}:")?;
+    for d in done {
+        writeln!(o, "  {}", super::top::action_text(&ActionLine::from(d)))?;
+    }
+    Ok(())
 }

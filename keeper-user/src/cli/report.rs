@@ -7,8 +7,7 @@ use anyhow::{Context as _, bail};
 
 use super::run::DEFAULT_SOCKET;
 use crate::{
-    daemon::control,
-    interface::Request,
+    interface::{Answer, Record, Request, client},
     report::{self, RunRecord},
 };
 
@@ -62,20 +61,14 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn live(socket: &std::path::Path) -> anyhow::Result<RunRecord> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let answer = rt
-        .block_on(control::call(socket, &Request::Report))
-        .with_context(|| {
-            format!(
-                "is `keeper run` running? (control socket {})",
-                socket.display()
-            )
-        })?;
-    if answer["ok"] != true {
-        bail!("the keeper refused: {}", answer["error"]);
+    let answer = client::call::<Record>(socket, &Request::Report).with_context(|| {
+        format!(
+            "is `keeper run` running? (control socket {})",
+            socket.display()
+        )
+    })?;
+    match answer {
+        Answer::Granted(r) => Ok(r.record),
+        Answer::Refused(r) => bail!("the keeper refused: {}", r.error),
     }
-    let bytes = serde_json::to_vec(&answer["record"])?;
-    Ok(report::parse(&socket.display().to_string(), &bytes)?)
 }

@@ -145,23 +145,3 @@ async fn write_line(write: &mut OwnedWriteHalf, answer: &Reply) -> io::Result<()
 fn refusal(error: String) -> Reply {
     Reply::refused(error)
 }
-
-/// Client side: sends one request and returns the answer.
-pub async fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
-    let io_err = |source| ControlError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let stream = UnixStream::connect(path).await.map_err(io_err)?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(request).expect("requests serialize");
-    line.push('\n');
-    write.write_all(line.as_bytes()).await.map_err(io_err)?;
-    let mut answer = String::new();
-    BufReader::new(read)
-        .read_line(&mut answer)
-        .await
-        .map_err(io_err)?;
-    serde_json::from_str(&answer)
-        .map_err(|e| io_err(io::Error::other(format!("bad answer {answer:?}: {e}"))))
-}

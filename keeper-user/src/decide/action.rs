@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cpulist::CpuList;
 use crate::policy::{Amount, Class, Limits, Percent};
@@ -26,7 +26,7 @@ impl fmt::Display for RuleId {
 }
 
 /// One action, with the rule that fired and a sentence saying why.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Action {
     #[serde(flatten)]
     pub kind: ActionKind,
@@ -38,8 +38,13 @@ fn cpu_list_text<S: Serializer>(c: &CpuList, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(c)
 }
 
+fn cpu_list_from_text<'de, D: Deserializer<'de>>(d: D) -> Result<CpuList, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
 /// What to do. Names follow the policy's words.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ActionKind {
     /// Freeze the workload's cgroup (`cgroup.freeze` = 1).
@@ -83,9 +88,15 @@ pub enum ActionKind {
     /// Pin the trading workload to the trading cores and everything else off them.
     ProtectTradingCores {
         workload: String,
-        #[serde(serialize_with = "cpu_list_text")]
+        #[serde(
+            serialize_with = "cpu_list_text",
+            deserialize_with = "cpu_list_from_text"
+        )]
         cpus: CpuList,
-        #[serde(serialize_with = "cpu_list_text")]
+        #[serde(
+            serialize_with = "cpu_list_text",
+            deserialize_with = "cpu_list_from_text"
+        )]
         housekeeping: CpuList,
     },
     /// Stop reserving the trading cores.
@@ -94,13 +105,19 @@ pub enum ActionKind {
     MoveIrq {
         irq: u32,
         name: String,
-        #[serde(serialize_with = "cpu_list_text")]
+        #[serde(
+            serialize_with = "cpu_list_text",
+            deserialize_with = "cpu_list_from_text"
+        )]
         to: CpuList,
     },
     /// Let the kernel's unbound workqueues run only on `to` (the housekeeping cores):
     /// `host.workqueue_guard`.
     SetWorkqueueCpus {
-        #[serde(serialize_with = "cpu_list_text")]
+        #[serde(
+            serialize_with = "cpu_list_text",
+            deserialize_with = "cpu_list_from_text"
+        )]
         to: CpuList,
     },
     /// Move an intruder off a trading core.
@@ -109,7 +126,10 @@ pub enum ActionKind {
         comm: String,
         cgroup: String,
         cpu: u32,
-        #[serde(serialize_with = "cpu_list_text")]
+        #[serde(
+            serialize_with = "cpu_list_text",
+            deserialize_with = "cpu_list_from_text"
+        )]
         to: CpuList,
         /// Its event's instant ([`super::Intruder::seen_ns`]).
         #[serde(skip)]

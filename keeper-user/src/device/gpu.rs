@@ -16,7 +16,7 @@ use nvml_wrapper::{
     Device, Nvml, enum_wrappers::device::TemperatureSensor, enums::device::UsedGpuMemory,
     error::NvmlError, struct_wrappers::device::ProcessInfo,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Environment variable naming the NVML library (the `--nvml-lib` flag wins).
 pub const LIB_ENV: &str = "KEEPER_NVML_LIB";
@@ -97,11 +97,11 @@ impl std::fmt::Debug for Gpu {
 }
 
 /// One process with a context on the GPU.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GpuProcess {
     pub pid: u32,
     /// `compute` (CUDA) or `graphics`.
-    pub kind: &'static str,
+    pub kind: std::borrow::Cow<'static, str>,
     /// VRAM it holds; `None` where the driver does not say.
     pub used_memory_bytes: Option<u64>,
     /// The workload it belongs to (pid → cgroup → policy match).
@@ -109,7 +109,7 @@ pub struct GpuProcess {
 }
 
 /// Power management limits, milliwatts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PowerLimits {
     pub limit_mw: u32,
     pub default_mw: u32,
@@ -119,7 +119,7 @@ pub struct PowerLimits {
 }
 
 /// What `keeper gpu` prints and the daemon observes.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GpuReadout {
     pub library: String,
     pub driver_version: String,
@@ -332,7 +332,7 @@ impl Gpu {
         for (kind, list) in [("compute", compute), ("graphics", graphics)] {
             processes.extend(list.into_iter().map(|p: ProcessInfo| GpuProcess {
                 pid: p.pid,
-                kind,
+                kind: kind.into(),
                 used_memory_bytes: match p.used_gpu_memory {
                     UsedGpuMemory::Used(b) => Some(b),
                     UsedGpuMemory::Unavailable => None,
@@ -385,9 +385,9 @@ mod tests {
 
     #[test]
     fn users_count_distinct_pids_per_workload() {
-        let p = |pid, kind| GpuProcess {
+        let p = |pid, kind: &'static str| GpuProcess {
             pid,
-            kind,
+            kind: kind.into(),
             used_memory_bytes: None,
             workload: None,
         };

@@ -4,6 +4,7 @@
 //! and a refusal says why in `error`. `watch` is the one request answered by a stream: a
 //! [`frame::Frame`] line a second until the client hangs up.
 
+pub mod client;
 pub mod frame;
 
 use std::collections::BTreeMap;
@@ -91,8 +92,16 @@ impl Reply {
     }
 }
 
+/// What a client reads back: the answer it asked for, or the keeper's refusal.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Answer<T> {
+    Refused(Refused),
+    Granted(T),
+}
+
 /// `{"ok": false, "error": …}`: the request was not carried out.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Refused {
     pub ok: bool,
     pub error: String,
@@ -107,7 +116,7 @@ pub enum Mode {
 }
 
 /// `keeper status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     pub ok: bool,
     pub mode: Mode,
@@ -135,7 +144,7 @@ pub struct Status {
 }
 
 /// One workload in `keeper status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WorkloadStatus {
     pub name: String,
     pub rank: u32,
@@ -148,7 +157,7 @@ pub struct WorkloadStatus {
 }
 
 /// `keeper interaction start|stop`: what it caused at once, and what waits.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Interaction {
     pub ok: bool,
     pub interaction: bool,
@@ -159,14 +168,14 @@ pub struct Interaction {
 }
 
 /// `keeper reload`: the policy now in force.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Reloaded {
     pub ok: bool,
     pub policy: String,
 }
 
 /// `keeper report --live`: the run record so far.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Record {
     pub ok: bool,
     pub record: RunRecord,
@@ -221,5 +230,64 @@ mod tests {
         assert!(e.contains("unknown command `explode`"), "{e}");
         let e = Request::parse("{nope").unwrap_err();
         assert!(e.starts_with("request line 1, column 2"), "{e}");
+    }
+
+    /// What the keeper writes, a client reads back as the same types: an interaction's
+    /// actions (CPU lists as text, a flattened action kind) survive the trip unchanged.
+    #[test]
+    fn answers_read_back_as_the_types_they_were_written_from() {
+        use crate::{
+            act::execute::Done,
+            decide::{Action, ActionKind, RuleId, Step},
+        };
+        let action = |kind| Action {
+            kind,
+            rule: RuleId::new("banker.owns_trading_cores"),
+            reason: "why".into(),
+        };
+        let answer = Reply::Interaction(Interaction {
+            ok: true,
+            interaction: true,
+            elapsed_ms: 1.5,
+            actions: vec![
+                Done::new(
+                    action(ActionKind::ProtectTradingCores {
+                        workload: "banker".into(),
+                        cpus: "2-5".parse().unwrap(),
+                        housekeeping: "0-1,6".parse().unwrap(),
+                    }),
+                    vec![Step::Done {
+                        detail: "cpuset".into(),
+                    }],
+                    0.2,
+                ),
+                Done::new(
+                    action(ActionKind::EvictIntruder {
+                        pid: 7,
+                        comm: "rsync".into(),
+                        cgroup: "system.slice/backup.service".into(),
+                        cpu: 2,
+                        to: "0-1".parse().unwrap(),
+                        seen_ns: None,
+                        start: None,
+                    }),
+                    vec![Step::Failed {
+                        error: "gone".into(),
+                        retryable: false,
+                    }],
+                    0.1,
+                ),
+            ],
+            pending: vec![],
+        });
+        let line = serde_json::to_string(&answer).unwrap();
+        let back: Answer<Interaction> = serde_json::from_str(&line).unwrap();
+        let Answer::Granted(i) = back else {
+            panic!("read as a refusal: {line}")
+        };
+        assert_eq!(serde_json::to_string(&Reply::Interaction(i)).unwrap(), line);
+        let refused = serde_json::to_string(&Reply::refused("no")).unwrap();
+        let back: Answer<Interaction> = serde_json::from_str(&refused).unwrap();
+        assert!(matches!(back, Answer::Refused(r) if r.error == "no"));
     }
 }

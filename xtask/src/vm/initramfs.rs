@@ -37,9 +37,9 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
     pack(&stage, &INIT.replace("SCRIPT", "guest.sh"), out)
 }
 
-/// The watchdog guest: the keeper, tests/vm/watchdog.sh and its policy, and the watchdog
-/// core and i6300esb modules of `modules` (decompressed here: busybox's insmod reads plain
-/// objects).
+/// The second guest: the keeper, tests/vm/watchdog.sh and its policy, the watchdog core and
+/// i6300esb modules of `modules` (decompressed here: busybox's insmod reads plain objects),
+/// policies/brain-vm.yaml, and whatever else is in `binaries` (the fake NVML library).
 pub fn build_watchdog(
     root: &Path,
     binaries: &[PathBuf],
@@ -50,6 +50,11 @@ pub fn build_watchdog(
     for f in ["watchdog.sh", "watchdog.yaml"] {
         std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
     }
+    // The keeper inside the GPU VM: its policy as shipped, and the fake NVML library.
+    std::fs::copy(
+        root.join("policies/brain-vm.yaml"),
+        stage.join("vm/brain-vm.yaml"),
+    )?;
     std::fs::create_dir_all(stage.join("mod"))?;
     for m in ["watchdog", "i6300esb"] {
         let dir = modules.join("kernel/drivers/watchdog");

@@ -37,9 +37,12 @@ const CHECKS: &[&str] = &[
     "protected-pressure",
 ];
 
-/// The watchdog guest's checks (Debian trixie's 6.12 kernel, an emulated i6300esb).
+/// The second guest's checks (Debian trixie's 6.12 kernel, an emulated i6300esb, the fake
+/// NVML library for the keeper inside the GPU VM).
 const WATCHDOG_CHECKS: &[&str] = &[
     "ebpf-loads-6.12",
+    "brain-vm-thermal-guard",
+    "brain-vm-undone",
     "watchdog-armed",
     "watchdog-fed",
     "watchdog-disarmed",
@@ -62,7 +65,11 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     // (and -no-reboot into QEMU's exit); QMP says which action the watchdog took.
     let current = kernel::ensure_suite(kernel::Suite::Trixie)?;
     let wd_initrd = work.join("watchdog-initramfs.gz");
-    initramfs::build_watchdog(root, &bins, &current.modules, &wd_initrd)?;
+    // The keeper inside the GPU VM runs there too, on the fake NVML library.
+    crate::run(cargo().args(["build", "--release", "-p", "fake-nvml"]))?;
+    let mut with_gpu = bins.to_vec();
+    with_gpu.push(root.join("target/release/libnvidia_ml_fake.so"));
+    initramfs::build_watchdog(root, &with_gpu, &current.modules, &wd_initrd)?;
     let qmp = work.join("watchdog.qmp");
     let _ = std::fs::remove_file(&qmp);
     let qmp_arg = format!("unix:{},server=on,wait=off", qmp.display());

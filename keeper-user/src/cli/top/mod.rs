@@ -7,6 +7,8 @@ mod draw;
 mod model;
 mod text;
 
+pub use text::action as action_text;
+
 use std::{
     io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
     os::unix::net::UnixStream,
@@ -17,10 +19,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde::Deserialize;
 
 use super::run::DEFAULT_SOCKET;
-use crate::interface::frame::Frame;
+use crate::interface::{Answer, frame::Frame};
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
@@ -40,14 +41,6 @@ pub struct TopArgs {
 pub enum Feed {
     Frame(Box<Frame>),
     Ended(String),
-}
-
-/// One line of the `watch` stream.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Line {
-    Frame(Box<Frame>),
-    Refused { error: String },
 }
 
 pub fn run(args: &TopArgs) -> anyhow::Result<ExitCode> {
@@ -85,9 +78,9 @@ fn subscribe(socket: &Path) -> std::io::Result<mpsc::Receiver<Feed>> {
             let feed = match reader.read_line(&mut line) {
                 Ok(0) => Feed::Ended("the keeper closed the feed (stopped?)".into()),
                 Err(e) => Feed::Ended(format!("reading the feed: {e}")),
-                Ok(_) => match serde_json::from_str::<Line>(&line) {
-                    Ok(Line::Frame(f)) => Feed::Frame(f),
-                    Ok(Line::Refused { error }) => Feed::Ended(format!("the keeper said: {error}")),
+                Ok(_) => match serde_json::from_str::<Answer<Box<Frame>>>(&line) {
+                    Ok(Answer::Granted(f)) => Feed::Frame(f),
+                    Ok(Answer::Refused(r)) => Feed::Ended(format!("the keeper said: {}", r.error)),
                     Err(e) => {
                         Feed::Ended(format!("a frame it could not read ({e}): {}", line.trim()))
                     }
