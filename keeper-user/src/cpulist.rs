@@ -40,6 +40,9 @@ impl CpuList {
     pub fn difference(&self, other: &CpuList) -> CpuList {
         CpuList(self.0.difference(&other.0).copied().collect())
     }
+    pub fn union(&self, other: &CpuList) -> CpuList {
+        CpuList(self.0.union(&other.0).copied().collect())
+    }
     /// The kernel's hex mask form (`3`, `ffffffff,00000001`: 32-bit groups, highest first), as
     /// in `/sys/devices/virtual/workqueue/cpumask`.
     pub fn to_mask(&self) -> String {

@@ -166,7 +166,7 @@ impl Actuators {
 
     /// Gives thread `tid` the affinity `target` asks for its current one (`None`: left as it
     /// is), journaling the original first; whether it moved. A thread gone meanwhile is not.
-    fn move_thread(
+    pub(super) fn move_thread(
         &mut self,
         tid: u32,
         target: impl FnOnce(&CpuList) -> Option<CpuList>,

@@ -166,7 +166,11 @@ impl Actuators {
 
     /// Gives `cpus` to cgroup `rel` alone: a cpuset partition (`isolated` where the kernel
     /// allows, else `root`), which takes the CPUs out of every other cgroup's effective cpuset.
-    /// Needs the cpuset controller in cgroup v2 and the parent to be a partition root.
+    /// Needs the cpuset controller in cgroup v2. A local partition needs the parent to be a
+    /// partition root (a child of the root cgroup); deeper, such as Proxmox's
+    /// `qemu.slice/<vmid>.scope`, kernels from 6.7 make a remote one: the CPUs are handed down
+    /// through `cpuset.cpus.exclusive` of every ancestor below the root, and no parent has to
+    /// become a partition itself.
     pub fn partition(&mut self, rel: &str, cpus: &CpuList) -> Result<Effect, ActError> {
         self.check_scope_cgroup(rel)?;
         let rel = normalize(rel);
@@ -176,14 +180,15 @@ impl Actuators {
         }
         self.enable_cpuset_above(&rel)?;
         self.write_file(&rel, "cpuset.cpus", &cpus.to_string())?;
-        for mode in ["isolated", "root"] {
-            self.write_file(&rel, "cpuset.cpus.partition", mode)?;
-            let state = self.read_file(&rel, "cpuset.cpus.partition")?;
-            if !state.contains("invalid") {
-                return Ok(Effect::Done(format!(
-                    "partition /{rel} = {state} on CPUs {cpus}"
-                )));
-            }
+        if let Some(state) = self.try_partition(&rel)? {
+            return Ok(Effect::Done(format!(
+                "partition /{rel} = {state} on CPUs {cpus}"
+            )));
+        }
+        if let Some(state) = self.remote_partition(&rel, cpus)? {
+            return Ok(Effect::Done(format!(
+                "remote partition /{rel} = {state} on CPUs {cpus} (cpuset.cpus.exclusive handed down from the root; its parents stay members)"
+            )));
         }
         let state = self.read_file(&rel, "cpuset.cpus.partition")?;
         self.write_file(&rel, "cpuset.cpus.partition", "member")?;
@@ -191,6 +196,62 @@ impl Actuators {
             cgroup: format!("/{rel}"),
             state,
         })
+    }
+
+    /// `isolated`, else `root`: the state read back when one is valid.
+    fn try_partition(&mut self, rel: &str) -> Result<Option<String>, ActError> {
+        for mode in ["isolated", "root"] {
+            self.write_file(rel, "cpuset.cpus.partition", mode)?;
+            let state = self.read_file(rel, "cpuset.cpus.partition")?;
+            if !state.contains("invalid") {
+                return Ok(Some(state));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A remote partition (kernel 6.7+, where `cpuset.cpus.exclusive` exists): `cpus` added to
+    /// the exclusive CPUs of each ancestor below the root and of `rel`, then the partition
+    /// tried again. Not possible: the exclusive CPUs written are taken back at once.
+    fn remote_partition(&mut self, rel: &str, cpus: &CpuList) -> Result<Option<String>, ActError> {
+        let Some((parent, _)) = rel.rsplit_once('/') else {
+            return Ok(None); // a child of the root: only a local partition
+        };
+        if !self.cg.dir(rel)?.join("cpuset.cpus.exclusive").exists() {
+            return Ok(None); // before 6.7
+        }
+        self.write_file(rel, "cpuset.cpus.partition", "member")?;
+        let parts: Vec<&str> = parent.split('/').collect();
+        let chain: Vec<String> = (1..=parts.len())
+            .map(|n| parts[..n].join("/"))
+            .chain(std::iter::once(rel.to_string()))
+            .collect();
+        let mut written: Vec<(String, String)> = Vec::new();
+        for c in &chain {
+            let before = self.read_file(c, "cpuset.cpus.exclusive")?;
+            let had: CpuList = before.trim().parse().unwrap_or_default();
+            let want = had.union(cpus);
+            if let Err(e) = self.write_file(c, "cpuset.cpus.exclusive", &want.to_string()) {
+                tracing::debug!(cgroup = %c, error = %e, "cpuset.cpus.exclusive refused");
+                self.take_back_exclusive(&written);
+                return Ok(None);
+            }
+            written.push((c.clone(), before.trim().to_string()));
+        }
+        let state = self.try_partition(rel)?;
+        if state.is_none() {
+            self.write_file(rel, "cpuset.cpus.partition", "member")?;
+            self.take_back_exclusive(&written);
+        }
+        Ok(state)
+    }
+
+    /// Writes back the exclusive CPUs of a remote partition that could not be made, deepest
+    /// first (a parent's exclusive CPUs must hold its children's).
+    fn take_back_exclusive(&mut self, written: &[(String, String)]) {
+        for (c, before) in written.iter().rev() {
+            let _ = self.write_file(c, "cpuset.cpus.exclusive", before);
+        }
     }
 
     /// The cpuset controller is in the v2 hierarchy (not so on hybrid hosts), else `file` of it

@@ -194,10 +194,10 @@ pub fn execute(
     }
 }
 
-/// The trading cores for `workload` alone: a cpuset partition where the kernel allows one (its
-/// parent must be a partition root: true for a child of the root cgroup, not for Proxmox's
-/// `qemu.slice/<vmid>.scope`), and in every case every other workload's `cpuset.cpus` set to
-/// the housekeeping cores, so that the trading cores stay clear even without a partition.
+/// The trading cores for `workload` alone: a cpuset partition where the kernel allows one (a
+/// local one for a child of the root cgroup, a remote one deeper on 6.7+), and in every case
+/// every other workload's `cpuset.cpus` set to the housekeeping cores, so that the trading
+/// cores stay clear even without a partition; a VM owner's vCPU threads pinned one to one.
 fn protect_trading_cores(
     act: &mut Actuators,
     placements: &BTreeMap<String, Placement>,
@@ -237,6 +237,8 @@ fn protect_trading_cores(
     if !partitioned {
         out.push(act.keep_tasks_off(cpus, housekeeping, (&owner.cgroups, &owner.pids)));
     }
+    // A VM's own threads: its vCPUs one to one on the trading cores, the rest off them.
+    out.push(act.pin_vm_threads((&owner.cgroups, &owner.pids), cpus, housekeeping));
     out
 }
 

@@ -26,6 +26,7 @@ pub mod process;
 pub mod queue;
 pub mod slow;
 pub mod vm_stop;
+pub mod vm_threads;
 pub mod workqueue;
 
 use std::{

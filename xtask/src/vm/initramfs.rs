@@ -37,17 +37,17 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
     pack(&stage, &INIT.replace("SCRIPT", "guest.sh"), out)
 }
 
-/// The second guest: the keeper, tests/vm/watchdog.sh and its policy, the watchdog core and
+/// The second guest: the keeper, tests/vm/current.sh and its policy, the watchdog core and
 /// i6300esb modules of `modules` (decompressed here: busybox's insmod reads plain objects),
 /// policies/brain-vm.yaml, and whatever else is in `binaries` (the fake NVML library).
-pub fn build_watchdog(
+pub fn build_current(
     root: &Path,
     binaries: &[PathBuf],
     modules: &Path,
     out: &Path,
 ) -> anyhow::Result<()> {
     let stage = keeper_stage(binaries, out)?;
-    for f in ["watchdog.sh", "watchdog.yaml"] {
+    for f in ["current.sh", "watchdog.yaml", "remote.yaml"] {
         std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
     }
     // The keeper inside the GPU VM: its policy as shipped, and the fake NVML library.
@@ -79,7 +79,7 @@ pub fn build_watchdog(
         }
         std::fs::write(&dest, out.stdout)?;
     }
-    pack(&stage, &INIT.replace("SCRIPT", "watchdog.sh"), out)
+    pack(&stage, &INIT.replace("SCRIPT", "current.sh"), out)
 }
 
 /// A stage with busybox, the binaries and the libraries they need.

@@ -37,12 +37,14 @@ const CHECKS: &[&str] = &[
     "protected-pressure",
 ];
 
-/// The second guest's checks (Debian trixie's 6.12 kernel, an emulated i6300esb, the fake
-/// NVML library for the keeper inside the GPU VM).
+/// The second guest's checks (Debian trixie's 6.12 kernel: the keeper inside the GPU VM on the
+/// fake NVML library, a remote cpuset partition, an emulated i6300esb).
 const WATCHDOG_CHECKS: &[&str] = &[
     "ebpf-loads-6.12",
     "brain-vm-thermal-guard",
     "brain-vm-undone",
+    "remote-partition",
+    "remote-partition-undone",
     "watchdog-armed",
     "watchdog-fed",
     "watchdog-disarmed",
@@ -69,7 +71,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     crate::run(cargo().args(["build", "--release", "-p", "fake-nvml"]))?;
     let mut with_gpu = bins.to_vec();
     with_gpu.push(root.join("target/release/libnvidia_ml_fake.so"));
-    initramfs::build_watchdog(root, &with_gpu, &current.modules, &wd_initrd)?;
+    initramfs::build_current(root, &with_gpu, &current.modules, &wd_initrd)?;
     let qmp = work.join("watchdog.qmp");
     let _ = std::fs::remove_file(&qmp);
     let qmp_arg = format!("unix:{},server=on,wait=off", qmp.display());

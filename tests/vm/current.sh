@@ -1,6 +1,7 @@
 #!/bin/sh
-# The guest half of `cargo xtask vm-test`'s second boot: Debian trixie's 6.12 cloud kernel,
-# an emulated i6300esb whose action is a reset (QEMU runs with -no-reboot, so the reset ends
+# The guest half of `cargo xtask vm-test`'s second boot: Debian trixie's 6.12 cloud kernel (the
+# keeper inside the GPU VM, a remote cpuset partition for a VM below qemu.slice), and an
+# emulated i6300esb whose action is a reset (QEMU runs with -no-reboot, so the reset ends
 # QEMU and the host side times it and reads QMP's WATCHDOG event). One line per check:
 # `VMTEST PASS name` or `VMTEST FAIL name: why`; `VMTEST RESET-EXPECTED <timeout s>` before
 # the keeper is stopped for good; then `VMTEST DONE <failures>`.
@@ -45,9 +46,12 @@ echo "{\"devices\":[{\"temperature_c\":85,\"utilization_gpu\":97,\"compute_proce
 FAKE_NVML_STATE=/tmp/nvml.json $K run --policy /vm/brain-vm.yaml --nvml-lib /usr/bin/libnvidia_ml_fake.so \
     --state-dir /tmp/brain-state --socket /tmp/brain.sock > "$LOG" 2>&1 &
 BRAIN=$!
-if wait_for 30 has /sys/fs/cgroup/research.slice/cgroup.events "^frozen 1" \
-   && has "$LOG" "no trading cores on this machine" && has "$LOG" "GPU rules active"; then
-    pass "brain-vm-thermal-guard (research frozen at 85 °C; $(grep -o 'gpu="[^"]*"' "$LOG" | head -1))"
+brain_acted() {
+    has /sys/fs/cgroup/research.slice/cgroup.events "^frozen 1" \
+        && has "$LOG" "no trading cores on this machine" && has "$LOG" "GPU rules active"
+}
+if wait_for 30 brain_acted; then
+    pass "brain-vm-thermal-guard (research frozen at 85 °C; $(grep -o 'gpu=[^=]* uuid' "$LOG" | head -1 | sed 's/ uuid$//'))"
 else
     fail brain-vm-thermal-guard "research.slice: $(cat /sys/fs/cgroup/research.slice/cgroup.events | tr '\n' ' ')"
 fi
@@ -58,6 +62,36 @@ else
     fail brain-vm-undone "research still frozen after the keeper's exit"
 fi
 kill -9 $RESEARCH 2>/dev/null
+
+# A remote partition (6.7+): the Banker's VM scope below qemu.slice, which is no partition
+# root, gets CPU 1 through cpuset.cpus.exclusive; qemu.slice stays a member; the exit puts
+# every file back.
+CG=/sys/fs/cgroup
+mkdir -p $CG/qemu.slice/200.scope $CG/lab
+sh -c "echo \$\$ > $CG/qemu.slice/200.scope/cgroup.procs; exec sleep 120" & VM=$!
+sh -c "echo \$\$ > $CG/lab/cgroup.procs; exec sleep 120" & LAB=$!
+$K run --policy /vm/remote.yaml --state-dir /tmp/remote-state --socket /tmp/remote.sock > "$LOG" 2>&1 &
+REMOTE=$!
+part() { head -1 $CG/$1/cpuset.cpus.partition 2>/dev/null; }
+remote() {
+    [ "$(part qemu.slice/200.scope)" = isolated ] && [ "$(part qemu.slice)" = member ] \
+        && has $CG/cpuset.cpus.isolated "1"
+}
+if wait_for 30 remote; then
+    pass "remote-partition (qemu.slice/200.scope isolated on CPU $(cat $CG/qemu.slice/200.scope/cpuset.cpus.effective), qemu.slice $(part qemu.slice), exclusive $(cat $CG/qemu.slice/cpuset.cpus.exclusive), lab on $(cat $CG/lab/cpuset.cpus.effective), isolated CPUs $(cat $CG/cpuset.cpus.isolated))"
+else
+    fail remote-partition "200.scope $(part qemu.slice/200.scope); qemu.slice $(part qemu.slice); isolated $(cat $CG/cpuset.cpus.isolated 2>/dev/null); $(grep -i partition "$LOG" | tail -2)"
+fi
+kill -TERM $REMOTE; wait $REMOTE
+# Undone deepest first; the cpuset controller the keeper enabled is disabled again, so the
+# scope's cpuset files may be gone: a member, or no partition at all.
+if [ "$(part qemu.slice/200.scope)" != isolated ] && [ -z "$(cat $CG/qemu.slice/cpuset.cpus.exclusive 2>/dev/null)" ] \
+   && [ -z "$(cat $CG/cpuset.cpus.isolated)" ]; then
+    pass "remote-partition-undone (scope '$(part qemu.slice/200.scope)', qemu.slice exclusive '$(cat $CG/qemu.slice/cpuset.cpus.exclusive 2>/dev/null)', no CPU isolated)"
+else
+    fail remote-partition-undone "200.scope $(part qemu.slice/200.scope), exclusive '$(cat $CG/qemu.slice/cpuset.cpus.exclusive)', isolated '$(cat $CG/cpuset.cpus.isolated)'"
+fi
+kill -9 $VM $LAB 2>/dev/null
 
 insmod /mod/watchdog.ko && insmod /mod/i6300esb.ko
 if ! wait_for 5 test -c /dev/watchdog; then
