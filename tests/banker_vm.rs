@@ -1,13 +1,41 @@
 //! The Banker's own threads (root): a real QEMU (TCG, its threads named with
 //! `debug-threads=on`) in the trading-core owner's cgroup; the keeper pins its vCPU thread to
-//! the trading core and keeps its other threads on the housekeeping core, and puts every
-//! thread back at exit.
+//! the trading core, in SCHED_FIFO 1 (`vcpu_priority: fifo:1`; this kernel's RT throttling is
+//! on, the guard), keeps its other threads on the housekeeping core, and puts every thread's
+//! affinity and policy back at exit.
 
 mod support;
 
 use std::time::Duration;
 
 use support::{rig::*, *};
+
+/// A thread's scheduling policy and real-time priority (/proc/<pid>/task/<tid>/stat fields 41
+/// and 40).
+fn scheduler(pid: u32, tid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields from 3 on: rt_priority is field 40, policy 41.
+    let at = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX)
+    };
+    (at(41), at(40))
+}
+
+/// The thread of `pid` named `name`.
+fn tid_named(pid: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
+        })
+}
 
 /// Each thread of `pid`: its name and its CPU affinity.
 fn threads(pid: u32) -> Vec<(String, String)> {
@@ -31,6 +59,19 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
         return;
     }
     let rig = Rig::new("vcpu");
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+        "owns_trading_cores: true }",
+        "owns_trading_cores: true, vcpu_priority: \"fifo:1\" }",
+        1,
+    );
+    std::fs::write(&policy, text).unwrap();
+    let rt_runtime = std::fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us").unwrap();
+    assert_ne!(
+        rt_runtime.trim(),
+        "-1",
+        "this test needs the kernel's RT throttling on"
+    );
     let banker = TestCgroup {
         rel: rig.rel("banker"),
         dir: rig.cg("banker"),
@@ -63,6 +104,8 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
         "{:?}",
         threads(pid)
     );
+    let vcpu_tid = tid_named(pid, "CPU 0/TCG").unwrap();
+    assert_eq!(scheduler(pid, vcpu_tid), (0, 0), "SCHED_OTHER before");
     let keeper = rig.keeper(&["--for", "5s"]);
     let placed = |t: &[(String, String)]| {
         t.iter()
@@ -73,11 +116,23 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
         "vCPU not on 1 or other threads not on 0: {:?}",
         threads(pid)
     );
+    assert_eq!(
+        scheduler(pid, vcpu_tid),
+        (1, 1),
+        "SCHED_FIFO 1 while protected"
+    );
     let log = keeper.finish();
     assert!(
-        log.iter()
-            .any(|l| l.contains("pinned 1 vCPU threads one to one on the trading cores 1")),
+        log.iter().any(
+            |l| l.contains("pinned 1 vCPU threads one to one on the trading cores 1")
+                && l.contains("1 vCPUs at SCHED_FIFO 1")
+        ),
         "{log:#?}"
+    );
+    assert_eq!(
+        scheduler(pid, vcpu_tid),
+        (0, 0),
+        "SCHED_OTHER again after the exit"
     );
     // At exit every thread has its own affinity back.
     let after = threads(pid);

@@ -43,7 +43,9 @@ pub fn compacted(entries: &[Entry], alive: impl Fn(u32, u64) -> bool) -> Vec<Ent
                 }
                 continue;
             }
-            Entry::Stop { pid, start } | Entry::Affinity { pid, start, .. }
+            Entry::Stop { pid, start }
+            | Entry::Affinity { pid, start, .. }
+            | Entry::Scheduler { pid, start, .. }
                 if !alive(*pid, *start) =>
             {
                 continue;
@@ -65,6 +67,7 @@ pub(super) fn key(e: &Entry) -> String {
         Entry::Freeze { cgroup } => format!("freeze {}", cgroup.display()),
         Entry::Stop { pid, start } => format!("stop {pid} {start}"),
         Entry::Affinity { pid, start, .. } => format!("affinity {pid} {start}"),
+        Entry::Scheduler { pid, start, .. } => format!("scheduler {pid} {start}"),
         Entry::Balloon { socket, .. } => format!("balloon {}", socket.display()),
         Entry::GpuPowerLimit { uuid, .. } => format!("power {uuid}"),
         Entry::GpuClockOffset { uuid, .. } => format!("clock {uuid}"),

@@ -140,7 +140,11 @@ pub fn execute(
             workload,
             cpus,
             housekeeping,
-        } => protect_trading_cores(act, placements, workload, cpus, housekeeping),
+            vcpu_fifo,
+        } => {
+            let cores = (cpus, housekeeping);
+            protect_trading_cores(act, placements, workload, cores, *vcpu_fifo)
+        }
         ActionKind::MoveIrq { irq, name, to } => vec![act.move_irq(*irq, name, to)],
         ActionKind::SetWorkqueueCpus { to } => vec![act.set_workqueue_cpus(to)],
         ActionKind::ReleaseTradingCores { workload } => {
@@ -202,8 +206,8 @@ fn protect_trading_cores(
     act: &mut Actuators,
     placements: &BTreeMap<String, Placement>,
     workload: &str,
-    cpus: &CpuList,
-    housekeeping: &CpuList,
+    (cpus, housekeeping): (&CpuList, &CpuList),
+    vcpu_fifo: Option<u8>,
 ) -> Report {
     let mut out: Report = Vec::new();
     let owner = placements.get(workload).cloned().unwrap_or_default();
@@ -238,7 +242,8 @@ fn protect_trading_cores(
         out.push(act.keep_tasks_off(cpus, housekeeping, (&owner.cgroups, &owner.pids)));
     }
     // A VM's own threads: its vCPUs one to one on the trading cores, the rest off them.
-    out.push(act.pin_vm_threads((&owner.cgroups, &owner.pids), cpus, housekeeping));
+    let owner = (&owner.cgroups[..], &owner.pids[..]);
+    out.push(act.pin_vm_threads(owner, (cpus, housekeeping), vcpu_fifo));
     out
 }
 

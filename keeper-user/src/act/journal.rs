@@ -40,6 +40,14 @@ pub enum Entry {
         start: u64,
         original: String,
     },
+    /// A thread whose scheduling policy the keeper changed (a vCPU made SCHED_FIFO), and the
+    /// policy and real-time priority it had.
+    Scheduler {
+        pid: u32,
+        start: u64,
+        policy: i32,
+        priority: i32,
+    },
     /// A VM whose balloon the keeper moved (QMP socket), and the guest memory it had.
     Balloon { socket: PathBuf, original: u64 },
     /// The GPU power limit before the keeper changed it (set back through NVML at `lib`).

@@ -529,6 +529,20 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             Err(ActError::Vanished { .. }) => Ok(None),
             Err(e) => Err(e),
         },
+        Entry::Scheduler {
+            pid,
+            start,
+            policy,
+            priority,
+        } => match Proc::open_thread(*pid, Some(*start))
+            .and_then(|p| p.set_scheduler(*policy, *priority))
+        {
+            Ok(()) => Ok(Some(format!(
+                "pid {pid} back to scheduling policy {policy}"
+            ))),
+            Err(ActError::Vanished { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
         Entry::Balloon { socket, original } => balloon::restore(socket, *original),
         Entry::GpuPowerLimit {
             lib,

@@ -184,6 +184,32 @@ impl Proc {
         Ok(())
     }
 
+    /// The task's scheduling policy and real-time priority (`SCHED_OTHER` is 0, priority 0).
+    pub fn scheduler(&self) -> Result<(i32, i32), ActError> {
+        // SAFETY: plain syscalls on a thread id, `param` filled by the kernel.
+        let policy = unsafe { libc::sched_getscheduler(self.pid as i32) };
+        if policy < 0 {
+            return Err(self.os_err("sched_getscheduler"));
+        }
+        let mut param = libc::sched_param { sched_priority: 0 };
+        if unsafe { libc::sched_getparam(self.pid as i32, &mut param) } != 0 {
+            return Err(self.os_err("sched_getparam"));
+        }
+        Ok((policy, param.sched_priority))
+    }
+
+    /// Sets the task's scheduling policy and real-time priority.
+    pub fn set_scheduler(&self, policy: i32, priority: i32) -> Result<(), ActError> {
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        // SAFETY: sched_setscheduler on a thread id with a valid param.
+        if unsafe { libc::sched_setscheduler(self.pid as i32, policy, &param) } != 0 {
+            return Err(self.os_err("sched_setscheduler"));
+        }
+        Ok(())
+    }
+
     fn os_err(&self, op: &'static str) -> ActError {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ESRCH) {

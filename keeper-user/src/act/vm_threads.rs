@@ -1,10 +1,33 @@
 //! The trading VM's own threads: each vCPU thread (QEMU names them `CPU n/KVM`, `CPU n/TCG`
 //! under TCG) pinned to one trading core, and the VM's other threads (the main loop, I/O
 //! threads, workers) on the housekeeping cores, so that only guest code runs on the trading
-//! cores. Journaled per thread like every affinity change, put back at exit.
+//! cores; optionally the vCPUs in SCHED_FIFO (`vcpu_priority`), guarded by the kernel's RT
+//! throttling. Journaled per thread, put back at exit.
 
-use super::{ActError, Actuators, Effect, process, task_cgroup, under};
+use super::{
+    ActError, Actuators, Effect,
+    journal::Entry,
+    process::{self, Proc},
+    task_cgroup, under,
+};
 use crate::{cpulist::CpuList, device::procfs};
+
+/// Where the kernel says how much of each period real-time tasks may take.
+const RT_RUNTIME: &str = "/proc/sys/kernel/sched_rt_runtime_us";
+
+/// The guard against a SCHED_FIFO vCPU starving its core: the kernel's RT throttling must be
+/// on (`sched_rt_runtime_us` not -1), so that every period leaves time (50 ms in 1 s by
+/// default) to the core's other tasks, its kernel threads among them. `None`: guarded.
+pub fn rt_unguarded(runtime_us: &str) -> Option<String> {
+    match runtime_us.trim().parse::<i64>() {
+        Ok(-1) => Some(
+            "RT throttling is off (sched_rt_runtime_us = -1): a SCHED_FIFO vCPU that spins would starve its core's kernel threads"
+                .into(),
+        ),
+        Ok(_) => None,
+        Err(_) => Some(format!("{RT_RUNTIME} unreadable (`{}`)", runtime_us.trim())),
+    }
+}
 
 /// The vCPU index a thread name gives (`CPU 3/KVM` → 3).
 pub fn vcpu_index(comm: &str) -> Option<usize> {
@@ -22,8 +45,8 @@ impl Actuators {
     pub fn pin_vm_threads(
         &mut self,
         owner: (&[String], &[u32]),
-        trading: &CpuList,
-        housekeeping: &CpuList,
+        (trading, housekeeping): (&CpuList, &CpuList),
+        fifo: Option<u8>,
     ) -> Result<Effect, ActError> {
         let cores: Vec<u32> = trading.iter().collect();
         if cores.is_empty() {
@@ -34,7 +57,20 @@ impl Actuators {
                 "pin the VM's vCPU threads to the trading cores".into(),
             ));
         }
-        let (mut vcpus, mut others) = (0, 0);
+        let fifo = match fifo.map(|n| {
+            (
+                n,
+                rt_unguarded(&std::fs::read_to_string(RT_RUNTIME).unwrap_or_default()),
+            )
+        }) {
+            Some((_, Some(why))) => {
+                tracing::warn!("vcpu_priority not applied: {why}");
+                None
+            }
+            Some((n, None)) => Some(n),
+            None => None,
+        };
+        let (mut vcpus, mut others, mut rt) = (0, 0, 0);
         for pid in owner_processes(owner) {
             let threads: Vec<(u32, Option<usize>)> = process::threads(pid)
                 .into_iter()
@@ -48,6 +84,9 @@ impl Actuators {
                     Some(n) => CpuList::new([cores[n % cores.len()]]),
                     None => housekeeping.clone(),
                 };
+                if let (Some(_), Some(n)) = (vcpu, fifo) {
+                    rt += u32::from(self.make_fifo(tid, n)?);
+                }
                 match self.move_thread(tid, |now| (now != &to).then(|| to.clone())) {
                     Ok(true) if vcpu.is_some() => vcpus += 1,
                     Ok(true) => others += 1,
@@ -58,13 +97,46 @@ impl Actuators {
                 }
             }
         }
-        Ok(if vcpus + others == 0 {
+        let fifo_note = match fifo {
+            Some(n) if rt > 0 => format!(", {rt} vCPUs at SCHED_FIFO {n}"),
+            _ => String::new(),
+        };
+        Ok(if vcpus + others + rt == 0 {
             Effect::Unchanged("the VM's threads are where they belong".into())
         } else {
             Effect::Done(format!(
-                "pinned {vcpus} vCPU threads one to one on the trading cores {trading}, {others} other VM threads on {housekeeping}"
+                "pinned {vcpus} vCPU threads one to one on the trading cores {trading}, {others} other VM threads on {housekeeping}{fifo_note}"
             ))
         })
+    }
+
+    /// A vCPU thread in SCHED_FIFO at `priority`, its policy journaled first; whether it
+    /// changed. A thread gone meanwhile did not.
+    fn make_fifo(&mut self, tid: u32, priority: u8) -> Result<bool, ActError> {
+        let task = match Proc::open_thread(tid, None) {
+            Ok(t) => t,
+            Err(ActError::Vanished { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let (policy, prio) = match task.scheduler() {
+            Ok(p) => p,
+            Err(ActError::Vanished { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if (policy, prio) == (libc::SCHED_FIFO, i32::from(priority)) {
+            return Ok(false);
+        }
+        self.journal().record(&Entry::Scheduler {
+            pid: task.pid,
+            start: task.start,
+            policy,
+            priority: prio,
+        })?;
+        match task.set_scheduler(libc::SCHED_FIFO, i32::from(priority)) {
+            Ok(()) => Ok(true),
+            Err(ActError::Vanished { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -86,6 +158,17 @@ fn owner_processes((cgroups, pids): (&[String], &[u32])) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sched_fifo_needs_the_kernels_rt_throttling() {
+        assert_eq!(rt_unguarded("950000\n"), None);
+        assert!(
+            rt_unguarded("-1\n")
+                .unwrap()
+                .contains("RT throttling is off")
+        );
+        assert!(rt_unguarded("").unwrap().contains("unreadable"));
+    }
 
     #[test]
     fn vcpu_threads_are_told_by_qemus_names() {

@@ -98,6 +98,9 @@ pub enum ActionKind {
             deserialize_with = "cpu_list_from_text"
         )]
         housekeeping: CpuList,
+        /// A VM owner's vCPU threads at this SCHED_FIFO priority (`vcpu_priority`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vcpu_fifo: Option<u8>,
     },
     /// Stop reserving the trading cores.
     ReleaseTradingCores { workload: String },
@@ -227,11 +230,16 @@ impl fmt::Display for ActionKind {
                 workload,
                 cpus,
                 housekeeping,
+                vcpu_fifo,
             } => {
                 write!(
                     f,
                     "protect trading cores {cpus} for {workload} (others on {housekeeping})"
-                )
+                )?;
+                match vcpu_fifo {
+                    Some(n) => write!(f, ", its vCPUs at SCHED_FIFO {n}"),
+                    None => Ok(()),
+                }
             }
             ReleaseTradingCores { workload } => write!(f, "release trading cores of {workload}"),
             MoveIrq { irq, name, to } => write!(f, "move IRQ {irq} ({name}) to CPUs {to}"),

@@ -328,10 +328,12 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         {
             applied.trading = Some(want.value.clone());
             applied.trading_cores = Some(cores);
+            let vcpu_fifo = policy.workload(&want.value).and_then(|w| w.vcpu_fifo);
             let kind = ActionKind::ProtectTradingCores {
                 workload: want.value,
                 cpus: policy.host.trading_cores.clone(),
                 housekeeping: policy.host.housekeeping_cores.clone(),
+                vcpu_fifo,
             };
             push(kind, &want.rule, want.reason);
         }

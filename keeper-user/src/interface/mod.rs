@@ -255,6 +255,7 @@ mod tests {
                         workload: "banker".into(),
                         cpus: "2-5".parse().unwrap(),
                         housekeeping: "0-1,6".parse().unwrap(),
+                        vcpu_fifo: Some(1),
                     }),
                     vec![Step::Done {
                         detail: "cpuset".into(),

@@ -115,6 +115,9 @@ pub struct RawWorkload {
     pub preempt: Option<At<RawPreempt>>,
     /// This workload owns the host's trading cores while active; intruders there are evicted.
     pub owns_trading_cores: Option<At<bool>>,
+    /// `fifo:N` (1-98): the owner of the trading cores, a VM, gets its vCPU threads in
+    /// SCHED_FIFO at priority N (the kernel's RT throttling must be on: the keeper checks).
+    pub vcpu_priority: Option<At<String>>,
     /// Never frozen, stopped or paused by any rule (a security VM); it may still be throttled.
     /// Rank 1 is never frozen without it.
     pub never_frozen: Option<At<bool>>,

@@ -125,6 +125,7 @@ fn protected_workload() -> Workload {
         preempt: None,
         owns_trading_cores: true,
         never_frozen: false,
+        vcpu_fifo: None,
         gpu_handoff: None,
     }
 }

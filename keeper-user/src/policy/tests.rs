@@ -551,3 +551,34 @@ fn host_watchdog_reads_a_device_and_whole_seconds() {
         assert!(e.iter().any(|m| m.contains(want)), "{w}: {e:#?}");
     }
 }
+
+#[test]
+fn vcpu_priority_is_fifo_n_on_the_trading_core_owner_only() {
+    let with = |line: &str| HIVE_YAML.replacen("    pauses: [k8s-lab]\n", line, 1);
+    let p = load(
+        with("    pauses: [k8s-lab]\n    vcpu_priority: \"fifo:1\"\n").as_bytes(),
+        &HostFacts::default(),
+    )
+    .unwrap()
+    .policy;
+    assert_eq!(p.workload("banker").unwrap().vcpu_fifo, Some(1));
+    assert_eq!(hive().unwrap().workload("banker").unwrap().vcpu_fifo, None);
+    let e = errors(&with("    vcpu_priority: \"rr:5\"\n"));
+    assert!(
+        e.iter()
+            .any(|m| m
+                .contains("`banker.vcpu_priority`: `rr:5` is not `fifo:N` with N from 1 to 98")),
+        "{e:#?}"
+    );
+    let e = errors(&HIVE_YAML.replacen(
+        "match: { vmid: 100 }",
+        "match: { vmid: 100 }\n    vcpu_priority: \"fifo:1\"",
+        1,
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m
+                .contains("`brain.vcpu_priority`: only the workload that owns the trading cores")),
+        "{e:#?}"
+    );
+}

@@ -193,6 +193,8 @@ pub struct Workload {
     pub owns_trading_cores: bool,
     /// Never frozen, stopped or paused (a security VM); rank 1 is never frozen without it.
     pub never_frozen: bool,
+    /// `vcpu_priority: fifo:N`: the trading-core owner's vCPU threads in SCHED_FIFO at N.
+    pub vcpu_fifo: Option<u8>,
     pub gpu_handoff: Option<GpuHandoff>,
 }
 

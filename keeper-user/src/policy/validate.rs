@@ -455,8 +455,40 @@ impl<'a> Checker<'a> {
             preempt,
             owns_trading_cores: w.owns_trading_cores.as_ref().is_some_and(|o| o.value),
             never_frozen: w.never_frozen.as_ref().is_some_and(|n| n.value),
+            vcpu_fifo: w
+                .vcpu_priority
+                .as_ref()
+                .and_then(|v| self.vcpu_priority(v, &format!("{}.vcpu_priority", w.name.value), w)),
             gpu_handoff,
         })
+    }
+
+    /// `fifo:N`, 1 to 98, on the workload that owns the trading cores.
+    fn vcpu_priority(&mut self, v: &At<String>, key: &str, w: &RawWorkload) -> Option<u8> {
+        if !w.owns_trading_cores.as_ref().is_some_and(|o| o.value) {
+            self.err(
+                v.pos,
+                key,
+                "only the workload that owns the trading cores (a VM) has vCPUs pinned there",
+            );
+            return None;
+        }
+        let n = v
+            .value
+            .trim()
+            .strip_prefix("fifo:")
+            .and_then(|n| n.parse::<u8>().ok());
+        match n {
+            Some(n @ 1..=98) => Some(n),
+            _ => {
+                self.err(
+                    v.pos,
+                    key,
+                    format!("`{}` is not `fifo:N` with N from 1 to 98", v.value),
+                );
+                None
+            }
+        }
     }
 
     /// Checks references to other workloads: known, not self, lower-ranked, never rank 1 nor
