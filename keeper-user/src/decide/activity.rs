@@ -141,6 +141,7 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
         .find(|w| w.owns_trading_cores && t.is_active(&w.name));
     let Some(owner) = owner else {
         state.evicted.clear();
+        state.repeat_frozen.clear();
         report_slo(t, state, false);
         return;
     };
@@ -165,6 +166,14 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
     });
     if state.observed_only.len() > MAX_OBSERVED_ONLY {
         state.observed_only.clear();
+    }
+    let held = RuleId::new("rules.intruders");
+    for w in state.repeat_frozen.clone() {
+        let reason = format!(
+            "a task of {w} kept coming back to the trading cores (rules.intruders.then: freeze); held while {} holds them",
+            owner.name
+        );
+        t.claim(&w, &held, reason);
     }
     for i in &t.obs.intruders {
         if !host.trading_cores.contains(i.cpu) || owner.matcher.owns_cgroup(&i.cgroup) {
@@ -197,6 +206,21 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
             let returns = state.returns.entry(i.pid).or_default();
             returns.push(now);
             let n = returns.len() as u32;
+            if n >= repeat.repeat
+                && repeat.then == RepeatAction::Freeze
+                && let Some(w) = workload_of(policy, &i.cgroup, &owner.name)
+                && state.repeat_frozen.insert(w.clone())
+            {
+                let reason = format!(
+                    "{}[{}] of {w} came back to trading core {} {n} times within {} (repeat: {})",
+                    i.comm,
+                    i.pid,
+                    i.cpu,
+                    crate::policy::amount::format_duration(repeat.within),
+                    repeat.repeat
+                );
+                t.claim(&w, &held, reason);
+            }
             if n >= repeat.repeat && repeat.then == RepeatAction::Stop {
                 state.stopped.insert(i.pid);
                 let rule = RuleId::new("rules.intruders");
@@ -241,6 +265,15 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
         t.event(kind, &rule, reason);
     }
     report_slo(t, state, true);
+}
+
+/// The workload a cgroup belongs to (the deepest match), unless it is the owner's.
+fn workload_of(policy: &crate::policy::Policy, cgroup: &str, owner: &str) -> Option<String> {
+    (policy.workloads.iter())
+        .filter(|w| w.name != owner)
+        .filter_map(|w| w.matcher.depth_of(cgroup).map(|d| (d, &w.name)))
+        .max_by_key(|(d, _)| *d)
+        .map(|(_, n)| n.clone())
 }
 
 /// Whether the trading-core latency SLO is breached now (only while the cores are protected).

@@ -37,6 +37,10 @@ pub struct EngineState {
     /// Repeat offenders stopped (`rules.intruders.then: stop`), by pid.
     #[serde(default)]
     pub stopped: BTreeSet<u32>,
+    /// Workloads frozen because a task of theirs kept coming back to a trading core
+    /// (`rules.intruders.then: freeze`): held while the trading cores are protected.
+    #[serde(default)]
+    pub repeat_frozen: BTreeSet<String>,
     /// Intruders outside `--scope`, pid → the cgroup they were seen in: observed once, not
     /// again until they move (at most [`MAX_OBSERVED_ONLY`], then forgotten all at once).
     #[serde(default)]

@@ -98,6 +98,68 @@ fn seed_matrix_table() {
 }
 
 #[test]
+fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() {
+    let mut p = one_host().unwrap();
+    p.rules.intruders = crate::policy::IntruderRule {
+        repeat: 2,
+        within: std::time::Duration::from_secs(10),
+        then: crate::policy::RepeatAction::Freeze,
+    };
+    let mut state = EngineState::default();
+    let mut run = |state: &mut EngineState, cgroup: &str, secs: i64| {
+        let mut obs = all_present(&ALL);
+        obs.intruders.push(Intruder {
+            pid: 9,
+            comm: "pinner".into(),
+            cgroup: cgroup.into(),
+            cpu: 1,
+            ran_ns: 0,
+            arrived: true,
+            seen_ns: None,
+            start: None,
+        });
+        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+        decide(&p, state, &obs, now)
+            .into_iter()
+            .filter_map(|a| match a.kind {
+                ActionKind::EvictIntruder { .. } => Some("evict".to_string()),
+                // Freezes by this rule (the Banker's window pauses muse and research too).
+                ActionKind::Freeze { workload } if a.rule.0 == "rules.intruders" => {
+                    Some(format!("freeze {workload}"))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // A task of sentinel re-pins itself: evicted, evicted, then sentinel is frozen (and the
+    // task evicted once more); the hold stays while the Banker holds the cores.
+    let task = "system.slice/sentinel.service/pinner";
+    assert_eq!(run(&mut state, task, 0), ["evict"]);
+    assert_eq!(run(&mut state, task, 1), ["evict"]);
+    assert_eq!(run(&mut state, task, 2), ["freeze sentinel", "evict"]);
+    assert!(state.repeat_frozen.contains("sentinel"));
+    assert_eq!(
+        run(&mut state, task, 3),
+        ["evict"],
+        "held, not frozen again"
+    );
+    // Market closed: the Banker lets its cores go, and sentinel is thawed (after the
+    // hysteresis).
+    let thawed = (0..3).any(|k| {
+        let now = at("2026-03-09T23:00") + jiff::SignedDuration::from_secs(k * 20);
+        decide(&p, &mut state, &all_present(&ALL), now)
+            .iter()
+            .any(|a| matches!(&a.kind, ActionKind::Thaw { workload } if workload == "sentinel"))
+    });
+    assert!(thawed && state.repeat_frozen.is_empty());
+    // A task outside every workload is evicted at each return, nothing frozen.
+    let mut state = EngineState::default();
+    for s in 0..4 {
+        assert_eq!(run(&mut state, "system.slice/pinner.service", s), ["evict"]);
+    }
+}
+
+#[test]
 fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
     let mut p = one_host().unwrap();
     p.rules.intruders = crate::policy::IntruderRule {

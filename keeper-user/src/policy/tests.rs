@@ -372,7 +372,7 @@ fn rules_intruders_has_defaults_and_checks_its_values() {
     let e = errors(&format!("{ONE_HOST_YAML}\n  intruders: {{ then: kill }}\n"));
     assert!(
         e.iter()
-            .any(|m| m.contains("unknown value `kill`; expected one of: evict, stop")),
+            .any(|m| m.contains("unknown value `kill`; expected one of: evict, freeze, stop")),
         "{e:#?}"
     );
     let e = errors(&format!(
@@ -554,16 +554,20 @@ fn host_watchdog_reads_a_device_and_whole_seconds() {
 
 #[test]
 fn vcpu_priority_is_fifo_n_on_the_trading_core_owner_only() {
-    let with = |line: &str| HIVE_YAML.replacen("    pauses: [k8s-lab]\n", line, 1);
+    // The map asks for it ([design] "the trading VM in real-time priority").
+    assert_eq!(
+        hive().unwrap().workload("banker").unwrap().vcpu_fifo,
+        Some(1)
+    );
+    let with = |v: &str| HIVE_YAML.replacen("vcpu_priority: \"fifo:1\"", v, 1);
     let p = load(
-        with("    pauses: [k8s-lab]\n    vcpu_priority: \"fifo:1\"\n").as_bytes(),
+        with("vcpu_priority: \"fifo:20\"").as_bytes(),
         &HostFacts::default(),
     )
     .unwrap()
     .policy;
-    assert_eq!(p.workload("banker").unwrap().vcpu_fifo, Some(1));
-    assert_eq!(hive().unwrap().workload("banker").unwrap().vcpu_fifo, None);
-    let e = errors(&with("    vcpu_priority: \"rr:5\"\n"));
+    assert_eq!(p.workload("banker").unwrap().vcpu_fifo, Some(20));
+    let e = errors(&with("vcpu_priority: \"rr:5\""));
     assert!(
         e.iter()
             .any(|m| m

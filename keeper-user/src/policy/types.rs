@@ -302,6 +302,26 @@ impl Match {
         vms.into_iter().chain(cts).collect()
     }
 
+    /// How deep the cgroup this match owns `path` through is (the length of its path): the
+    /// deepest owner is the workload a cgroup belongs to. `None`: not this match's.
+    pub fn depth_of(&self, path: &str) -> Option<usize> {
+        let path = path.trim_matches('/');
+        let fixed = self.cgroups().into_iter().filter(|c| {
+            path == c
+                || path
+                    .strip_prefix(c.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        });
+        let guests = self.guests().into_iter().filter(|g| g.owns(path)).map(|g| {
+            let child = path[g.parent.len() + 1..]
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            format!("{}/{child}", g.parent)
+        });
+        fixed.chain(guests).map(|c| c.len()).max()
+    }
+
     /// Whether a cgroup path (as the sensors report it) lies inside this match's cgroups.
     pub fn owns_cgroup(&self, path: &str) -> bool {
         let path = path.trim_matches('/');
@@ -383,6 +403,9 @@ pub enum RepeatAction {
     /// Evicted again at each return.
     #[default]
     Evict,
+    /// Its workload frozen while the trading cores stay protected (a task outside every
+    /// workload is evicted again instead).
+    Freeze,
     /// Its process (and its children) stopped with SIGSTOP until the keeper exits.
     Stop,
 }
