@@ -106,7 +106,7 @@ fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() 
         then: crate::policy::RepeatAction::Freeze,
     };
     let mut state = EngineState::default();
-    let mut run = |state: &mut EngineState, cgroup: &str, secs: i64| {
+    let run = |state: &mut EngineState, cgroup: &str, secs: i64| {
         let mut obs = all_present(&ALL);
         obs.intruders.push(Intruder {
             pid: 9,
