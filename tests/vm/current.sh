@@ -5,25 +5,7 @@
 # QEMU and the host side times it and reads QMP's WATCHDOG event). One line per check:
 # `VMTEST PASS name` or `VMTEST FAIL name: why`; `VMTEST RESET-EXPECTED <timeout s>` before
 # the keeper is stopped for good; then `VMTEST DONE <failures>`.
-K=/usr/bin/keeper
-LOG=/tmp/keeper.log
-FAILS=0
-
-pass() { echo "VMTEST PASS $1"; }
-fail() {
-    echo "VMTEST FAIL $1: $2"
-    FAILS=$((FAILS + 1))
-    [ -f "$LOG" ] && tail -20 "$LOG" | sed 's/^/  keeper: /'
-}
-wait_for() {
-    t=$(($1 * 10)); shift
-    while [ $t -gt 0 ]; do
-        "$@" && return 0
-        sleep 0.1; t=$((t - 1))
-    done
-    return 1
-}
-has() { grep -q "$2" "$1" 2>/dev/null; }
+. /vm/checks.sh
 uptime_s() { cut -d. -f1 /proc/uptime; }
 
 echo "VMTEST kernel $(uname -r)"
@@ -81,6 +63,21 @@ if wait_for 30 remote; then
     pass "remote-partition (qemu.slice/200.scope isolated on CPU $(cat $CG/qemu.slice/200.scope/cpuset.cpus.effective), qemu.slice $(part qemu.slice), exclusive $(cat $CG/qemu.slice/cpuset.cpus.exclusive), lab on $(cat $CG/lab/cpuset.cpus.effective), isolated CPUs $(cat $CG/cpuset.cpus.isolated))"
 else
     fail remote-partition "200.scope $(part qemu.slice/200.scope); qemu.slice $(part qemu.slice); isolated $(cat $CG/cpuset.cpus.isolated 2>/dev/null); $(grep -i partition "$LOG" | tail -2)"
+fi
+# A CPU going offline and back: the partition goes invalid, the keeper says so and protects
+# the cores again every 10 s until the partition reads isolated again.
+echo 0 > /sys/devices/system/cpu/cpu1/online
+if wait_for 20 has "$LOG" "the partition went invalid"; then
+    went="$(part qemu.slice/200.scope)"
+    echo 1 > /sys/devices/system/cpu/cpu1/online
+    if wait_for 30 remote; then
+        pass "partition-repaired (offline: '$went'; back: $(part qemu.slice/200.scope))"
+    else
+        fail partition-repaired "CPU 1 back, partition '$(part qemu.slice/200.scope)'"
+    fi
+else
+    fail partition-repaired "no repair after CPU 1 went offline: '$(part qemu.slice/200.scope)'"
+    echo 1 > /sys/devices/system/cpu/cpu1/online
 fi
 kill -TERM $REMOTE; wait $REMOTE
 # Undone deepest first; the cpuset controller the keeper enabled is disabled again, so the

@@ -2,33 +2,13 @@
 # The guest half of `cargo xtask vm-test`, run by /init in the Debian 6.1 cloud kernel with full
 # cgroup v2. One line per check: `VMTEST PASS name` or `VMTEST FAIL name: why`; then
 # `VMTEST DONE <failures>`. The host side (xtask/src/vm/) checks that every check passed.
-K=/usr/bin/keeper
-P=/usr/bin/keeper-probe
+. /vm/checks.sh
 CG=/sys/fs/cgroup
 # The guest is the test's own machine: the workloads are children of the root cgroup (so the
 # Banker's can become a cpuset partition) and the keeper runs without --scope.
 S=$CG
 STATE=/tmp/keeper-state
 SOCK=/tmp/keeper.sock
-LOG=/tmp/keeper.log
-FAILS=0
-
-pass() { echo "VMTEST PASS $1"; }
-fail() {
-    echo "VMTEST FAIL $1: $2"
-    FAILS=$((FAILS + 1))
-    [ -f "$LOG" ] && tail -20 "$LOG" | sed 's/^/  keeper: /'
-}
-# wait_for SECONDS COMMAND...: polls every 0.1 s.
-wait_for() {
-    t=$(($1 * 10)); shift
-    while [ $t -gt 0 ]; do
-        "$@" && return 0
-        sleep 0.1; t=$((t - 1))
-    done
-    return 1
-}
-has() { grep -q "$2" "$1" 2>/dev/null; }
 is() { [ "$(cat "$1" 2>/dev/null)" = "$2" ]; }
 frozen() { has "$S/$1/cgroup.events" "^frozen 1"; }
 thawed() { has "$S/$1/cgroup.events" "^frozen 0"; }

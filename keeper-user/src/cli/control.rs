@@ -88,7 +88,8 @@ fn print_json(
 }
 
 /// `keeper status --format text`.
-fn write_status(o: &mut dyn Write, s: &Status) -> std::io::Result<()> {
+fn write_status(o: &mut dyn Write, status: &Status) -> std::io::Result<()> {
+    let s = &status.summary;
     let mode = match s.mode {
         Mode::Enforcing => "enforcing",
         Mode::DryRun => "dry run",
@@ -104,6 +105,7 @@ fn write_status(o: &mut dyn Write, s: &Status) -> std::io::Result<()> {
     )?;
     writeln!(o, "evictions {} · errors {}", s.evictions, s.errors)?;
     writeln!(o, "workloads:")?;
+    let s = status;
     for w in &s.workloads {
         let held = [(w.frozen, "frozen"), (w.throttled, "throttled")]
             .iter()

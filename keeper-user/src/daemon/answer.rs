@@ -104,17 +104,11 @@ impl Running {
         intruders.truncate(TOP_INTRUDERS);
         let keeper = &self.keeper;
         let last = keeper.observer.last();
-        let status = keeper.status();
         Frame {
             ok: true,
             at_unix_ms: jiff::Timestamp::now().as_millisecond(),
             run_s,
-            mode: status.mode,
-            policy: status.policy,
-            trading_cores: status.trading_cores,
-            housekeeping_cores: status.housekeeping_cores,
-            trading_cores_owner: status.trading_cores_owner,
-            interaction: keeper.interaction,
+            summary: keeper.summary(),
             cpus: readouts.iter().map(view::cpu_view).collect(),
             intruders,
             workloads: self.workload_lines(),
@@ -125,8 +119,6 @@ impl Running {
                 loadavg: o.loadavg,
             }),
             gpu: keeper.observer.gpu_readout.as_ref().map(GpuLine::from),
-            evictions: keeper.evictions,
-            errors: keeper.errors,
             undo_pending: keeper.act.undo_pending().len(),
             last_actions: (keeper.last.iter().rev().take(LAST_ACTIONS))
                 .map(ActionLine::from)

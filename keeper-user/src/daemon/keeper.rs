@@ -16,7 +16,7 @@ use crate::{
         gpu::{self as gpu_dev, Gpu},
         procfs::HostTotals,
     },
-    interface::{Mode, Status, WorkloadStatus},
+    interface::{Mode, Status, Summary, WorkloadStatus},
     policy::{Policy, PolicySource},
     report::{first_look::Abilities, record::RunFacts},
     sense::observer::{Observer, Reading},
@@ -309,6 +309,24 @@ impl Keeper {
     }
 
     /// The answer to `keeper status`.
+    /// Mode, policy, cores and counters: the head of `status` and of each `watch` frame.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            mode: if self.act.dry_run() {
+                Mode::DryRun
+            } else {
+                Mode::Enforcing
+            },
+            policy: self.source.name(),
+            trading_cores: self.policy.host.trading_cores.to_string(),
+            housekeeping_cores: self.policy.host.housekeeping_cores.to_string(),
+            trading_cores_owner: self.state.applied.trading.clone(),
+            interaction: self.interaction,
+            evictions: self.evictions,
+            errors: self.errors,
+        }
+    }
+
     pub fn status(&self) -> Status {
         let a = &self.state.applied;
         let throttled = |w: &str| a.knobs.get(w).is_some_and(|k| !k.is_empty());
@@ -331,24 +349,13 @@ impl Keeper {
             .collect();
         Status {
             ok: true,
-            mode: if self.act.dry_run() {
-                Mode::DryRun
-            } else {
-                Mode::Enforcing
-            },
-            policy: self.source.name(),
-            trading_cores: self.policy.host.trading_cores.to_string(),
-            housekeeping_cores: self.policy.host.housekeeping_cores.to_string(),
-            trading_cores_owner: a.trading.clone(),
-            interaction: self.interaction,
+            summary: self.summary(),
             workloads,
             frozen: a.frozen.keys().cloned().collect(),
             throttled: a.knobs.keys().filter(|w| throttled(w)).cloned().collect(),
             gpu: self.observer.gpu_readout.clone(),
             gpu_checkpointed: a.gpu_checkpointed.keys().cloned().collect(),
             handoff: self.state.handoff.clone(),
-            evictions: self.evictions,
-            errors: self.errors,
             undo_pending: self.act.undo_pending().to_vec(),
             pending: self.pending().into_iter().cloned().collect(),
             last_actions: self.last.iter().rev().take(20).cloned().collect(),

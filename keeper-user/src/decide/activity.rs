@@ -142,18 +142,23 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
     let Some(owner) = owner else {
         state.evicted.clear();
         state.repeat_frozen.clear();
+        state.partition_broken = None;
         report_slo(t, state, false);
         return;
     };
     let rule = RuleId::new(format!("{}.owns_trading_cores", owner.name));
+    let mut reason = format!(
+        "{} is active ({}) and owns the trading cores",
+        owner.name,
+        window_text(owner)
+    );
+    if let Some(why) = repair_partition(t, state, &owner.name) {
+        reason = format!("{why}: protected again");
+    }
     t.trading = Some(Want {
         value: owner.name.clone(),
         rule: rule.clone(),
-        reason: format!(
-            "{} is active ({}) and owns the trading cores",
-            owner.name,
-            window_text(owner)
-        ),
+        reason,
     });
     let now = t.now;
     let repeat = &policy.rules.intruders;
@@ -265,6 +270,38 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
         t.event(kind, &rule, reason);
     }
     report_slo(t, state, true);
+}
+
+/// How often a partition that stays invalid is repaired.
+pub const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The owner's cpuset partition went invalid while the cores are protected for it (a CPU
+/// went offline, someone changed a parent): the protection is carried out again, the
+/// partition written anew, at most every [`REPAIR_EVERY`], until it reads valid. A partition
+/// that was never made (a `member` from the start: no cpuset partition on this kernel) is
+/// not one to repair. Returns why, when it is repaired now.
+fn repair_partition(t: &Tick<'_>, state: &mut EngineState, owner: &str) -> Option<String> {
+    let now = t.obs.workloads.get(owner)?.partition.as_deref()?;
+    if !now.contains("invalid") && !now.ends_with(": member") {
+        state.partition_broken = None; // valid
+        return None;
+    }
+    if now.contains("invalid") && state.partition_broken.is_none() {
+        state.partition_broken = Some(now.to_string());
+    }
+    let broken = state.partition_broken.clone()?;
+    if state.applied.trading.as_deref() != Some(owner)
+        || state
+            .partition_repaired_at
+            .is_some_and(|at| elapsed(at, t.now) < REPAIR_EVERY)
+    {
+        return None;
+    }
+    state.partition_repaired_at = Some(t.now);
+    state.applied.trading_cores = None; // reconcile protects them again
+    Some(format!(
+        "the partition went invalid ({broken}), it reads `{now}` now"
+    ))
 }
 
 /// The workload a cgroup belongs to (the deepest match), unless it is the owner's.

@@ -29,6 +29,11 @@ pub struct WorkloadObs {
     /// It has runnable work (uses CPU); an idle or frozen workload is not running.
     pub running: bool,
     pub memory_pressure: Psi,
+    /// What its cgroups' `cpuset.cpus.partition` say, the most telling first: one gone
+    /// invalid (`/x: isolated invalid (…)`: a CPU went offline, someone changed a parent),
+    /// else a partition (`/x: isolated`), else `member`; `None` without cpuset files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
 }
 
 impl Default for WorkloadObs {
@@ -36,6 +41,7 @@ impl Default for WorkloadObs {
         Self {
             running: true,
             memory_pressure: Psi::default(),
+            partition: None,
         }
     }
 }

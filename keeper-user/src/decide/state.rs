@@ -37,6 +37,13 @@ pub struct EngineState {
     /// Repeat offenders stopped (`rules.intruders.then: stop`), by pid.
     #[serde(default)]
     pub stopped: BTreeSet<u32>,
+    /// The owner's partition went invalid (what the kernel said), and is not valid again yet.
+    #[serde(default)]
+    pub partition_broken: Option<String>,
+    /// When the trading cores were last protected again for it (one repair each
+    /// `REPAIR_EVERY`, not one a tick).
+    #[serde(default)]
+    pub partition_repaired_at: Option<Timestamp>,
     /// Workloads frozen because a task of theirs kept coming back to a trading core
     /// (`rules.intruders.then: freeze`): held while the trading cores are protected.
     #[serde(default)]

@@ -98,6 +98,70 @@ fn seed_matrix_table() {
 }
 
 #[test]
+fn an_invalid_partition_is_protected_again_at_most_every_ten_seconds() {
+    let p = one_host().unwrap();
+    let mut state = EngineState::default();
+    let protects = |state: &mut EngineState, partition: &str, secs: i64| {
+        let mut obs = all_present(&ALL);
+        obs.workloads.get_mut("banker").unwrap().partition =
+            Some(format!("/qemu.slice/200.scope: {partition}"));
+        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+        decide(&p, state, &obs, now)
+            .into_iter()
+            .filter(|a| matches!(a.kind, ActionKind::ProtectTradingCores { .. }))
+            .map(|a| a.reason)
+            .collect::<Vec<_>>()
+    };
+    let invalid = "isolated invalid (Cpu list in cpuset.cpus not exclusive)";
+    assert_eq!(
+        protects(&mut state, "member", 0).len(),
+        1,
+        "the first protection"
+    );
+    assert!(protects(&mut state, "isolated", 5).is_empty());
+    let again = protects(&mut state, invalid, 6);
+    assert_eq!(again.len(), 1);
+    assert!(
+        again[0].starts_with("the partition went invalid (/qemu.slice/200.scope: isolated invalid"),
+        "{}",
+        again[0]
+    );
+    assert!(
+        protects(&mut state, invalid, 11).is_empty(),
+        "not again within 10 s"
+    );
+    // A repair that fell back to the affinity path left a member: still broken, tried again.
+    assert_eq!(
+        protects(&mut state, "member", 17).len(),
+        1,
+        "again after 10 s"
+    );
+    assert!(
+        protects(&mut state, "isolated", 30).is_empty(),
+        "valid again"
+    );
+    assert!(state.partition_broken.is_none());
+    // A member from the start (no partition on this kernel) is nothing to repair.
+    let mut state = EngineState::default();
+    assert_eq!(protects(&mut state, "member", 0).len(), 1);
+    assert!(protects(&mut state, "member", 20).is_empty());
+}
+
+/// A task that pins itself to trading core 1, seen on it (`arrived`: at a switch-in).
+fn pinner(pid: u32, cgroup: &str, arrived: bool) -> Intruder {
+    Intruder {
+        pid,
+        comm: "pinner".into(),
+        cgroup: cgroup.into(),
+        cpu: 1,
+        ran_ns: 0,
+        arrived,
+        seen_ns: None,
+        start: None,
+    }
+}
+
+#[test]
 fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() {
     let mut p = one_host().unwrap();
     p.rules.intruders = crate::policy::IntruderRule {
@@ -108,16 +172,7 @@ fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() 
     let mut state = EngineState::default();
     let run = |state: &mut EngineState, cgroup: &str, secs: i64| {
         let mut obs = all_present(&ALL);
-        obs.intruders.push(Intruder {
-            pid: 9,
-            comm: "pinner".into(),
-            cgroup: cgroup.into(),
-            cpu: 1,
-            ran_ns: 0,
-            arrived: true,
-            seen_ns: None,
-            start: None,
-        });
+        obs.intruders.push(pinner(9, cgroup, true));
         let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
         decide(&p, state, &obs, now)
             .into_iter()
@@ -170,16 +225,8 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
     let mut state = EngineState::default();
     let kinds = |state: &mut EngineState, arrived: bool, secs: i64| {
         let mut obs = all_present(&ALL);
-        obs.intruders.push(Intruder {
-            pid: 7,
-            comm: "pinner".into(),
-            cgroup: "system.slice/pinner.service".into(),
-            cpu: 1,
-            ran_ns: 0,
-            arrived,
-            seen_ns: None,
-            start: None,
-        });
+        obs.intruders
+            .push(pinner(7, "system.slice/pinner.service", arrived));
         let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
         decide(&p, state, &obs, now)
             .into_iter()
@@ -207,16 +254,8 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
     let mut state = EngineState::default();
     for s in 0..5 {
         let mut obs = all_present(&ALL);
-        obs.intruders.push(Intruder {
-            pid: 8,
-            comm: "pinner".into(),
-            cgroup: "system.slice/pinner.service".into(),
-            cpu: 1,
-            ran_ns: 0,
-            arrived: true,
-            seen_ns: None,
-            start: None,
-        });
+        obs.intruders
+            .push(pinner(8, "system.slice/pinner.service", true));
         let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(s);
         let acts = decide(&p2, &mut state, &obs, now);
         assert!(

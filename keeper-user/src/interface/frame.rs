@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Mode;
+use super::Summary;
 use crate::{
     act::execute::Done,
     decide::Outcome,
@@ -20,13 +20,8 @@ pub struct Frame {
     pub at_unix_ms: i64,
     /// How long the keeper has been running, in seconds.
     pub run_s: f64,
-    pub mode: Mode,
-    pub policy: String,
-    pub trading_cores: String,
-    pub housekeeping_cores: String,
-    /// The workload the trading cores are protected for now.
-    pub trading_cores_owner: Option<String>,
-    pub interaction: bool,
+    #[serde(flatten)]
+    pub summary: Summary,
     /// Per trading core since the run began: wakeup-latency histograms, time by kind.
     pub cpus: Vec<CpuView>,
     /// Tasks that ran on the trading cores without being protected, most time first
@@ -36,8 +31,6 @@ pub struct Frame {
     pub pressure: PressureLine,
     /// `None`: no GPU, or unreadable.
     pub gpu: Option<GpuLine>,
-    pub evictions: u64,
-    pub errors: u64,
     pub undo_pending: usize,
     /// The last actions carried out or tried, newest first (at most [`LAST_ACTIONS`]);
     /// those observed only (outside `--scope`) are left to the intruders table.

@@ -115,10 +115,10 @@ pub enum Mode {
     DryRun,
 }
 
-/// `keeper status`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Status {
-    pub ok: bool,
+/// What every view of the running keeper starts with: its mode, policy, cores and counters
+/// (flattened into `status` and each `watch` frame).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
     pub mode: Mode,
     pub policy: String,
     pub trading_cores: String,
@@ -126,6 +126,16 @@ pub struct Status {
     /// The workload the trading cores are protected for now.
     pub trading_cores_owner: Option<String>,
     pub interaction: bool,
+    pub evictions: u64,
+    pub errors: u64,
+}
+
+/// `keeper status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub ok: bool,
+    #[serde(flatten)]
+    pub summary: Summary,
     pub workloads: Vec<WorkloadStatus>,
     pub frozen: Vec<String>,
     pub throttled: Vec<String>,
@@ -133,8 +143,6 @@ pub struct Status {
     pub gpu: Option<GpuReadout>,
     pub gpu_checkpointed: Vec<String>,
     pub handoff: BTreeMap<String, Handoff>,
-    pub evictions: u64,
-    pub errors: u64,
     /// Changes of an earlier run whose undo failed, retried with a backoff.
     pub undo_pending: Vec<Entry>,
     /// Actions decided and not carried out yet (behind a slow one: a VM or GPU call).

@@ -42,8 +42,20 @@ pub fn observe_workload(p: &Placement, cg: &CgroupFs) -> WorkloadObs {
     let mut frozen = !p.cgroups.is_empty();
     let mut procs = !p.pids.is_empty();
     let mut pressure = Psi::default();
+    let mut partition: Option<(u8, String)> = None;
     for c in &p.cgroups {
         let Ok(dir) = cg.dir(c) else { continue };
+        if let Ok(state) = fs::read_to_string(dir.join("cpuset.cpus.partition")) {
+            let state = state.trim();
+            let rank = match state {
+                s if s.contains("invalid") => 2,
+                "member" => 0,
+                _ => 1,
+            };
+            if partition.as_ref().is_none_or(|(r, _)| rank > *r) {
+                partition = Some((rank, format!("/{c}: {state}")));
+            }
+        }
         let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
         frozen &= events.lines().any(|l| l == "frozen 1");
         procs |= events.lines().any(|l| l == "populated 1");
@@ -54,6 +66,7 @@ pub fn observe_workload(p: &Placement, cg: &CgroupFs) -> WorkloadObs {
     WorkloadObs {
         running: procs && !frozen,
         memory_pressure: pressure,
+        partition: partition.map(|(_, s)| s),
     }
 }
 

@@ -44,6 +44,7 @@ const WATCHDOG_CHECKS: &[&str] = &[
     "brain-vm-thermal-guard",
     "brain-vm-undone",
     "remote-partition",
+    "partition-repaired",
     "remote-partition-undone",
     "watchdog-armed",
     "watchdog-fed",

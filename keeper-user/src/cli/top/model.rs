@@ -231,7 +231,7 @@ mod tests {
     use super::*;
     use crate::{
         interface::{
-            Mode,
+            Mode, Summary,
             frame::{PressureLine, WorkloadLine},
         },
         report::view::LatencyView,
@@ -259,12 +259,16 @@ mod tests {
             ok: true,
             at_unix_ms: 0,
             run_s,
-            mode: Mode::Enforcing,
-            policy: "p".into(),
-            trading_cores: "1".into(),
-            housekeeping_cores: "0".into(),
-            trading_cores_owner: None,
-            interaction: false,
+            summary: Summary {
+                mode: Mode::Enforcing,
+                policy: "p".into(),
+                trading_cores: "1".into(),
+                housekeeping_cores: "0".into(),
+                trading_cores_owner: None,
+                interaction: false,
+                evictions: 0,
+                errors: 0,
+            },
             cpus,
             intruders: (intruders.into_iter())
                 .map(|(pid, ns)| IntruderView {
@@ -280,8 +284,6 @@ mod tests {
             workloads: vec![],
             pressure: PressureLine::default(),
             gpu: None,
-            evictions: 0,
-            errors: 0,
             undo_pending: 0,
             last_actions: vec![],
         }

@@ -67,7 +67,7 @@ pub fn screen(h: &History, sort: Sort) -> Vec<String> {
 
 /// `keeper top · enforcing · up 0:12:03 · policy hive.yaml`
 pub fn header(f: &Frame) -> String {
-    let mode = match f.mode {
+    let mode = match f.summary.mode {
         Mode::Enforcing => "enforcing",
         Mode::DryRun => "dry run",
     };
@@ -77,21 +77,22 @@ pub fn header(f: &Frame) -> String {
         up / 3600,
         up / 60 % 60,
         up % 60,
-        f.policy,
+        f.summary.policy,
     )
 }
 
 /// Trading cores, their owner, and the keeper's counters.
 pub fn counters(f: &Frame) -> String {
+    let s = &f.summary;
     format!(
         "trading {} → {} · housekeeping {} · evictions {} · errors {} · undo {}{}",
-        f.trading_cores,
-        f.trading_cores_owner.as_deref().unwrap_or("nobody"),
-        f.housekeeping_cores,
-        f.evictions,
-        f.errors,
+        s.trading_cores,
+        s.trading_cores_owner.as_deref().unwrap_or("nobody"),
+        s.housekeeping_cores,
+        s.evictions,
+        s.errors,
         f.undo_pending,
-        if f.interaction { " · interaction" } else { "" }
+        if s.interaction { " · interaction" } else { "" }
     )
 }
 
