@@ -54,7 +54,7 @@ enum Cmd {
     },
     /// The whole suite: rustfmt, clippy (host and eBPF), unit and privileged tests, vm-test.
     Test,
-    /// Boot the Debian 6.1 cloud kernel in QEMU (TCG) with full cgroup v2 and run the guest tests.
+    /// Boot Debian's 6.1 and trixie's 6.12 cloud kernels in QEMU (TCG) with full cgroup v2 and run the guest tests.
     VmTest,
     /// Build a Debian package (binary, systemd unit, default policy, docs) in target/deb/.
     Package,
@@ -240,7 +240,7 @@ fn test() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ]))?;
-    eprintln!("xtask: vm-test (Debian 6.1 cloud kernel in QEMU, full cgroup v2)");
+    eprintln!("xtask: vm-test (Debian 6.1 and trixie 6.12 cloud kernels in QEMU, full cgroup v2)");
     if setup::is_root() {
         vm::run(&workspace_root())
     } else {
