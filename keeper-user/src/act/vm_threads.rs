@@ -57,19 +57,15 @@ impl Actuators {
                 "pin the VM's vCPU threads to the trading cores".into(),
             ));
         }
-        let fifo = match fifo.map(|n| {
-            (
-                n,
-                rt_unguarded(&std::fs::read_to_string(RT_RUNTIME).unwrap_or_default()),
-            )
-        }) {
-            Some((_, Some(why))) => {
-                tracing::warn!("vcpu_priority not applied: {why}");
-                None
+        let fifo = fifo.and_then(|n| {
+            match rt_unguarded(&std::fs::read_to_string(RT_RUNTIME).unwrap_or_default()) {
+                Some(why) => {
+                    tracing::warn!("vcpu_priority not applied: {why}");
+                    None
+                }
+                None => Some(n),
             }
-            Some((n, None)) => Some(n),
-            None => None,
-        };
+        });
         let (mut vcpus, mut others, mut rt) = (0, 0, 0);
         for pid in owner_processes(owner) {
             let threads: Vec<(u32, Option<usize>)> = process::threads(pid)

@@ -10,8 +10,7 @@ use super::{Format, run::DEFAULT_SOCKET};
 use crate::{
     act::execute::Done,
     interface::{
-        Answer, Interaction, InteractionState, Mode, Reloaded, Request, Status, client,
-        frame::ActionLine,
+        Answer, Interaction, InteractionState, Reloaded, Request, Status, client, frame::ActionLine,
     },
 };
 
@@ -90,10 +89,7 @@ fn print_json(
 /// `keeper status --format text`.
 fn write_status(o: &mut dyn Write, status: &Status) -> std::io::Result<()> {
     let s = &status.summary;
-    let mode = match s.mode {
-        Mode::Enforcing => "enforcing",
-        Mode::DryRun => "dry run",
-    };
+    let mode = s.mode.name();
     writeln!(
         o,
         "{mode} · policy {} · trading cores {} for {} · housekeeping {} · interaction {}",

@@ -20,9 +20,8 @@ impl Running {
         let reply = match call.request {
             Request::Status => Reply::Status(Box::new(self.keeper.status())),
             Request::Report => {
-                let record = self
-                    .recorder
-                    .build(&self.keeper.run_facts(), self.sensed(), true);
+                let sensed = self.sensed();
+                let record = self.recorder.build(&self.keeper.run_facts(), sensed, true);
                 Reply::Record(Box::new(interface::Record { ok: true, record }))
             }
             Request::Interaction { state } => self.interaction(state == InteractionState::Start),
@@ -87,20 +86,8 @@ impl Running {
     /// One frame of `watch`: what `keeper top` shows, counters since the run began.
     fn frame(&mut self) -> Frame {
         let readouts = self.sensor.cpu_readouts().unwrap_or_default();
-        let run_s = (jiff::Timestamp::now().duration_since(self.recorder.started_at()))
-            .as_secs_f64()
-            .max(0.0);
-        let span_ns = run_s * 1e9 * self.sensor.trading_cpus().len() as f64;
-        let mut intruders = match self.sensor.intruders() {
-            Ok(list) => {
-                let index = self.cgroup_index(list.iter().map(|i| i.cgroup_id));
-                view::intruder_views(list, index, span_ns).0
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "intruders unreadable for a frame");
-                vec![]
-            }
-        };
+        let run_s = self.run_s();
+        let mut intruders = self.intruder_views(run_s);
         intruders.truncate(TOP_INTRUDERS);
         let keeper = &self.keeper;
         let last = keeper.observer.last();
@@ -142,7 +129,7 @@ impl Running {
                     WorkloadState::Frozen
                 } else if a.balloons.contains_key(name) {
                     WorkloadState::Ballooned
-                } else if a.knobs.get(name).is_some_and(|k| !k.is_empty()) {
+                } else if a.throttled(name) {
                     WorkloadState::Throttled
                 } else {
                     WorkloadState::Active

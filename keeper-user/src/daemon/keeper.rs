@@ -308,7 +308,6 @@ impl Keeper {
         }
     }
 
-    /// The answer to `keeper status`.
     /// Mode, policy, cores and counters: the head of `status` and of each `watch` frame.
     pub fn summary(&self) -> Summary {
         Summary {
@@ -327,9 +326,9 @@ impl Keeper {
         }
     }
 
+    /// The answer to `keeper status`.
     pub fn status(&self) -> Status {
         let a = &self.state.applied;
-        let throttled = |w: &str| a.knobs.get(w).is_some_and(|k| !k.is_empty());
         let workloads = self
             .policy
             .workloads
@@ -343,7 +342,7 @@ impl Keeper {
                     cgroups: p.map(|p| p.cgroups.clone()).unwrap_or_default(),
                     pids: p.map(|p| p.pids.clone()).unwrap_or_default(),
                     frozen: a.frozen.contains_key(&w.name),
-                    throttled: throttled(&w.name),
+                    throttled: a.throttled(&w.name),
                 }
             })
             .collect();
@@ -352,7 +351,7 @@ impl Keeper {
             summary: self.summary(),
             workloads,
             frozen: a.frozen.keys().cloned().collect(),
-            throttled: a.knobs.keys().filter(|w| throttled(w)).cloned().collect(),
+            throttled: a.knobs.keys().filter(|w| a.throttled(w)).cloned().collect(),
             gpu: self.observer.gpu_readout.clone(),
             gpu_checkpointed: a.gpu_checkpointed.keys().cloned().collect(),
             handoff: self.state.handoff.clone(),

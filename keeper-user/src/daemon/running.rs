@@ -245,12 +245,28 @@ impl Running {
         out
     }
 
-    /// Cgroup id → path, read again when one of `ids` is not in it.
-    pub fn cgroup_index(&mut self, mut ids: impl Iterator<Item = u64>) -> &HashMap<u64, String> {
-        if ids.any(|id| !self.index.contains_key(&id)) {
+    /// How long the keeper has been running, in seconds.
+    pub fn run_s(&self) -> f64 {
+        (jiff::Timestamp::now().duration_since(self.recorder.started_at()))
+            .as_secs_f64()
+            .max(0.0)
+    }
+
+    /// The tasks that ran on the trading cores unprotected over the `run_s` seconds of the
+    /// run, most time first (the cgroup index read again when one names a cgroup it lacks).
+    pub fn intruder_views(&mut self, run_s: f64) -> Vec<view::IntruderView> {
+        let span_ns = run_s * 1e9 * self.sensor.trading_cpus().len() as f64;
+        let list = match self.sensor.intruders() {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::debug!(error = %e, "intruders unreadable");
+                return vec![];
+            }
+        };
+        if list.iter().any(|i| !self.index.contains_key(&i.cgroup_id)) {
             self.index = self.cg.id_index();
         }
-        &self.index
+        view::intruder_views(list, &self.index, span_ns).0
     }
 
     /// The event's cgroup path; `None` for an arrival already gone.
@@ -332,8 +348,7 @@ impl Running {
                 .iter()
                 .map(|w| {
                     let frozen = applied.frozen.contains_key(&w.name);
-                    let throttled = applied.knobs.get(&w.name).is_some_and(|k| !k.is_empty());
-                    (w.name.clone(), (frozen, throttled))
+                    (w.name.clone(), (frozen, applied.throttled(&w.name)))
                 })
                 .collect();
             m.trading_p99_seconds = p99.map(|ns| ns as f64 / 1e9);
@@ -359,21 +374,11 @@ impl Running {
     }
 
     /// Per-CPU views, the intruders table and the reclaim stalls, as the sensors have them.
-    pub fn sensed(&self) -> Sensed {
-        let sensor = &self.sensor;
-        let cpus: Vec<_> = sensor
-            .cpu_readouts()
+    pub fn sensed(&mut self) -> Sensed {
+        let cpus: Vec<_> = (self.sensor.cpu_readouts())
             .map(|r| r.iter().map(view::cpu_view).collect())
             .unwrap_or_default();
-        let span_s = jiff::Timestamp::now()
-            .duration_since(self.recorder.started_at())
-            .as_secs_f64()
-            .max(0.0);
-        let span_ns = span_s * 1e9 * sensor.trading_cpus().len() as f64;
-        let intruders = sensor
-            .intruders()
-            .map(|list| view::intruder_views(list, &self.cg.id_index(), span_ns).0)
-            .unwrap_or_default();
+        let intruders = self.intruder_views(self.run_s());
         let placements = &self.keeper.observer.placements;
         Sensed {
             cpus,

@@ -170,6 +170,13 @@ pub struct Applied {
     pub workqueues: Option<String>,
 }
 
+impl Applied {
+    /// Whether the workload has a throttle on (cpu.weight, cpu.max or memory.high lowered).
+    pub fn throttled(&self, workload: &str) -> bool {
+        self.knobs.get(workload).is_some_and(|k| !k.is_empty())
+    }
+}
+
 /// `now - since`, never negative (a clock going back counts as no time).
 pub fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)

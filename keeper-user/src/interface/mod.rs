@@ -115,6 +115,16 @@ pub enum Mode {
     DryRun,
 }
 
+impl Mode {
+    /// In words, for the text views.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforcing => "enforcing",
+            Mode::DryRun => "dry run",
+        }
+    }
+}
+
 /// What every view of the running keeper starts with: its mode, policy, cores and counters
 /// (flattened into `status` and each `watch` frame).
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -324,13 +324,7 @@ impl Match {
 
     /// Whether a cgroup path (as the sensors report it) lies inside this match's cgroups.
     pub fn owns_cgroup(&self, path: &str) -> bool {
-        let path = path.trim_matches('/');
-        self.cgroups().iter().any(|c| {
-            path == c
-                || path
-                    .strip_prefix(c.as_str())
-                    .is_some_and(|r| r.starts_with('/'))
-        }) || self.guests().iter().any(|g| g.owns(path))
+        self.depth_of(path).is_some()
     }
 }
 

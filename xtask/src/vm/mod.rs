@@ -1,7 +1,9 @@
-//! `cargo xtask vm-test`: the second kernel, with full cgroup v2. Boots Debian's 6.1 cloud
+//! `cargo xtask vm-test`: the other kernels, with full cgroup v2. Boots Debian's 6.1 cloud
 //! kernel in QEMU (TCG; KVM hangs on these machines) with an initramfs carrying the keeper,
 //! and runs tests/vm/guest.sh there: the same eBPF object loads, the trading core becomes a
 //! cpuset partition, cpu.max and memory.high take effect, freeze/thaw, restore after `kill -9`.
+//! Then trixie's 6.12 runs tests/vm/current.sh: the keeper inside the GPU VM, a remote
+//! partition and its repair, and the hardware watchdog on an emulated i6300esb.
 
 pub mod initramfs;
 pub mod kernel;
@@ -39,7 +41,7 @@ const CHECKS: &[&str] = &[
 
 /// The second guest's checks (Debian trixie's 6.12 kernel: the keeper inside the GPU VM on the
 /// fake NVML library, a remote cpuset partition, an emulated i6300esb).
-const WATCHDOG_CHECKS: &[&str] = &[
+const CURRENT_CHECKS: &[&str] = &[
     "ebpf-loads-6.12",
     "brain-vm-thermal-guard",
     "brain-vm-undone",
@@ -67,12 +69,12 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     // The hardware watchdog on an emulated i6300esb, whose firing QEMU turns into a reset
     // (and -no-reboot into QEMU's exit); QMP says which action the watchdog took.
     let current = kernel::ensure_suite(kernel::Suite::Trixie)?;
-    let wd_initrd = work.join("watchdog-initramfs.gz");
+    let current_initrd = work.join("current-initramfs.gz");
     // The keeper inside the GPU VM runs there too, on the fake NVML library.
     crate::run(cargo().args(["build", "--release", "-p", "fake-nvml"]))?;
     let mut with_gpu = bins.to_vec();
     with_gpu.push(root.join("target/release/libnvidia_ml_fake.so"));
-    initramfs::build_current(root, &with_gpu, &current.modules, &wd_initrd)?;
+    initramfs::build_current(root, &with_gpu, &current.modules, &current_initrd)?;
     let qmp = work.join("watchdog.qmp");
     let _ = std::fs::remove_file(&qmp);
     let qmp_arg = format!("unix:{},server=on,wait=off", qmp.display());
@@ -84,11 +86,12 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         "-qmp",
         &qmp_arg,
     ];
-    boot(&current, &wd_initrd, &extra, Some(&qmp))?.verdict(WATCHDOG_CHECKS, &current.release)?;
+    boot(&current, &current_initrd, &extra, Some(&qmp))?
+        .verdict(CURRENT_CHECKS, &current.release)?;
     eprintln!(
         "xtask: vm-test: {} + {} checks passed in {:.1} s in all",
         CHECKS.len(),
-        WATCHDOG_CHECKS.len(),
+        CURRENT_CHECKS.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -9,10 +9,7 @@ use super::{
 };
 use crate::{
     decide::Outcome,
-    interface::{
-        Mode,
-        frame::{ActionLine, Frame, WorkloadLine},
-    },
+    interface::frame::{ActionLine, Frame, WorkloadLine},
 };
 
 /// Prints a block a frame until `frames` have come (`None`) or the feed ends (why).
@@ -67,10 +64,7 @@ pub fn screen(h: &History, sort: Sort) -> Vec<String> {
 
 /// `keeper top · enforcing · up 0:12:03 · policy hive.yaml`
 pub fn header(f: &Frame) -> String {
-    let mode = match f.summary.mode {
-        Mode::Enforcing => "enforcing",
-        Mode::DryRun => "dry run",
-    };
+    let mode = f.summary.mode.name();
     let up = f.run_s as u64;
     format!(
         "keeper top · {mode} · up {}:{:02}:{:02} · policy {}",
