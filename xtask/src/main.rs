@@ -33,6 +33,10 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     // Drives `keeper top` in a real terminal (send-keys, capture-pane).
     "tmux",
+    // dockerd, containerd, runc and the docker CLI for the Docker matcher's test, which starts
+    // its own engine (tests/docker.rs). On a systemd host the package also enables and starts
+    // the system's docker.service; the test does not use it.
+    "docker.io",
 ];
 
 #[derive(Parser)]

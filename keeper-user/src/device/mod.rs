@@ -5,6 +5,7 @@
 //! - [`cgroupfs`]: cgroup v2 paths, ids and control files;
 //! - [`procfs`]: what /proc says about a task (one parser of `/proc/<pid>/stat`), host totals;
 //! - [`placement`]: where each workload of the policy lives, and whose a process or cgroup is;
+//! - [`docker`]: the Docker Engine API (running containers, their names, labels and cgroups);
 //! - [`qmp`]: a VM's QMP socket (balloon, status), Proxmox's socket layout;
 //! - [`irq`]: interrupt lines, their names and affinities;
 //! - [`gpu`]: the GPU through NVML (readouts, power limit, clock offset);
@@ -13,6 +14,7 @@
 
 pub mod cgroupfs;
 pub mod clock;
+pub mod docker;
 pub mod gpu;
 pub mod irq;
 pub mod placement;

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use super::{cgroupfs::CgroupFs, procfs::task_cgroup};
+use super::{cgroupfs::CgroupFs, docker::Container, procfs::task_cgroup};
 use crate::policy::{GuestIds, Policy, Workload};
 
 /// Where a workload was found.
@@ -21,8 +21,23 @@ impl Placement {
     }
 }
 
-/// Finds every workload of the policy on this host.
+/// Finds every workload of the policy on this host (Docker containers as the engine's watcher
+/// last saw them, asked only when a workload matches by `docker`).
 pub fn place_workloads(policy: &Policy, cg: &CgroupFs) -> BTreeMap<String, Placement> {
+    let containers = if policy.workloads.iter().any(|w| w.matcher.docker.is_some()) {
+        super::docker::containers()
+    } else {
+        Vec::new()
+    };
+    place_among(policy, cg, &containers)
+}
+
+/// [`place_workloads`] with these running Docker containers.
+pub fn place_among(
+    policy: &Policy,
+    cg: &CgroupFs,
+    containers: &[Container],
+) -> BTreeMap<String, Placement> {
     let comms = if policy.workloads.iter().any(|w| w.matcher.process.is_some()) {
         process_names()
     } else {
@@ -31,7 +46,7 @@ pub fn place_workloads(policy: &Policy, cg: &CgroupFs) -> BTreeMap<String, Place
     let mut placed: BTreeMap<String, Placement> = policy
         .workloads
         .iter()
-        .map(|w| (w.name.clone(), place(w, cg, &comms)))
+        .map(|w| (w.name.clone(), place(w, cg, &comms, containers)))
         .filter(|(_, p)| !p.is_empty())
         .collect();
     // A process of the rank-1 or trading-core workload is never another's (a pid file or a
@@ -74,7 +89,12 @@ pub fn place_workloads(policy: &Policy, cg: &CgroupFs) -> BTreeMap<String, Place
     placed
 }
 
-fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
+fn place(
+    w: &Workload,
+    cg: &CgroupFs,
+    comms: &[(u32, String)],
+    containers: &[Container],
+) -> Placement {
     let mut cgroups: Vec<String> = w
         .matcher
         .cgroups()
@@ -83,6 +103,18 @@ fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
         .collect();
     for guests in w.matcher.guests() {
         cgroups.extend(guest_cgroups(cg, &guests));
+    }
+    if let Some(d) = &w.matcher.docker {
+        for c in containers.iter().filter(|c| d.matches(&c.name, &c.labels)) {
+            if let Err(why) = container_cgroup(c) {
+                say_once(format!(
+                    "{}.match.docker: container {}: {why}; ignored",
+                    w.name, c.name
+                ));
+            } else if cg.dir(&c.cgroup).is_ok_and(|d| d.is_dir()) && !cgroups.contains(&c.cgroup) {
+                cgroups.push(c.cgroup.clone());
+            }
+        }
     }
     let mut pids = Vec::new();
     if let Some(name) = &w.matcher.process {
@@ -100,6 +132,20 @@ fn place(w: &Workload, cg: &CgroupFs, comms: &[(u32, String)]) -> Placement {
         task_cgroup(*p).is_none_or(|tc| !cgroups.iter().any(|c| super::cgroupfs::under(&tc, c)))
     });
     Placement { cgroups, pids }
+}
+
+/// A container's cgroup is its own: not the root, and not one that holds the keeper (a
+/// container sharing the host's cgroup namespace and cgroup).
+fn container_cgroup(c: &Container) -> Result<(), String> {
+    if c.cgroup.trim_matches('/').is_empty() {
+        return Err("its cgroup is the root".into());
+    }
+    match task_cgroup(std::process::id()) {
+        Some(mine) if super::cgroupfs::under(&mine, &c.cgroup) => {
+            Err(format!("its cgroup /{} holds the keeper itself", c.cgroup))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The cgroups of the guests in a range that exist now (`qemu.slice/301.scope`, `lxc/301`),
@@ -329,5 +375,45 @@ mod tests {
             ["qemu.slice/500.scope", "qemu.slice/502.scope"]
         );
         assert_eq!(placed["workers"].cgroups, ["lxc/301"]);
+    }
+
+    #[test]
+    fn docker_containers_are_placed_by_name_or_label_in_their_cgroups() {
+        let root = std::env::temp_dir().join(format!("keeper-docker-pl-{}", std::process::id()));
+        for d in ["docker/aaa", "docker/bbb"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let c = |id: &str, name: &str, role: &str| Container {
+            id: id.into(),
+            name: name.into(),
+            labels: [("role".to_string(), role.to_string())].into(),
+            cgroup: format!("docker/{id}"),
+        };
+        let containers = [
+            c("aaa", "eva-core", "assistant"),
+            c("bbb", "scraper-1", "worker"),
+            c("ccc", "scraper-2", "worker"), // its cgroup is gone: it just stopped
+            Container {
+                cgroup: String::new(),
+                ..c("ddd", "rooted", "worker")
+            },
+        ];
+        let policy = crate::policy::parse_str(
+            "version: 1\nhost: { trading_cores: \"1\", housekeeping_cores: \"0\" }\nworkloads:\n\
+             \x20 - { name: eva, rank: 2, match: { docker: { name: eva-core } } }\n\
+             \x20 - { name: workers, rank: 3, match: { docker: { label: role=worker } } }\n\
+             \x20 - { name: none, rank: 4, match: { docker: { name: eva-core, label: role=worker } } }\n",
+        )
+        .unwrap();
+        let placed = place_among(&policy, &CgroupFs::at(&root), &containers);
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(placed["eva"].cgroups, ["docker/aaa"]);
+        assert_eq!(placed["workers"].cgroups, ["docker/bbb"]);
+        assert!(!placed.contains_key("none"), "{placed:?}");
+        // A container task belongs to its workload like any task of a cgroup it holds.
+        assert_eq!(
+            owner_of_cgroup(&placed, "docker/bbb/init").as_deref(),
+            Some("workers")
+        );
     }
 }

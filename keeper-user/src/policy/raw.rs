@@ -152,6 +152,18 @@ pub struct RawMatch {
     pub process: Option<At<String>>,
     /// File holding the pid of the workload's main process.
     pub pid_file: Option<At<String>>,
+    /// Docker containers, by name or label (the Docker Engine API on its unix socket).
+    pub docker: Option<At<RawDocker>>,
+}
+
+/// Docker containers of a workload; a running container matches when it has every key given.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocker {
+    /// The container's name (`eva-core`, as `docker ps` shows it).
+    pub name: Option<At<String>>,
+    /// A label: `KEY` (any value) or `KEY=VALUE` (`keeper.workload=muse`).
+    pub label: Option<At<String>>,
 }
 
 /// An activity window: days and hours in a time zone. `23:00-07:00` runs overnight and

@@ -266,8 +266,51 @@ pub struct Match {
     pub ctids: Option<IdRange>,
     pub process: Option<String>,
     pub pid_file: Option<String>,
+    /// Docker containers by name or label; their cgroups come from the engine at run time
+    /// (device/docker), so they are placements, not paths of this match.
+    pub docker: Option<DockerMatch>,
     /// Further cgroups given by `keeper run --protect` (not a policy key).
     pub protect: Vec<String>,
+}
+
+/// `match.docker`: the running containers with every key given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DockerMatch {
+    /// The container's name, without the engine's leading `/`.
+    pub name: Option<String>,
+    /// A label key, and the value it must have (`None`: any value).
+    pub label: Option<(String, Option<String>)>,
+}
+
+impl DockerMatch {
+    /// Whether a container with this name and these labels is one of this match's.
+    pub fn matches(&self, name: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        let name_ok = self
+            .name
+            .as_ref()
+            .is_none_or(|n| n == name.trim_start_matches('/'));
+        let label_ok = self.label.as_ref().is_none_or(|(k, v)| {
+            labels
+                .get(k)
+                .is_some_and(|have| v.as_ref().is_none_or(|want| want == have))
+        });
+        name_ok && label_ok
+    }
+}
+
+impl std::fmt::Display for DockerMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys = Vec::new();
+        if let Some(n) = &self.name {
+            keys.push(format!("name {n}"));
+        }
+        match &self.label {
+            Some((k, Some(v))) => keys.push(format!("label {k}={v}")),
+            Some((k, None)) => keys.push(format!("label {k}")),
+            None => {}
+        }
+        write!(f, "{}", keys.join(" and "))
+    }
 }
 
 impl Match {
@@ -457,4 +500,30 @@ pub struct Slo {
     pub trading_p99_wakeup: Option<Duration>,
     /// Share of the trading cores' time intruders may take.
     pub trading_intruder_share: Option<Percent>,
+}
+
+#[cfg(test)]
+mod docker_tests {
+    use super::DockerMatch;
+
+    #[test]
+    fn a_container_matches_when_it_has_every_key_given() {
+        let labels = [("keeper.workload".to_string(), "muse".to_string())].into();
+        let m = |name: Option<&str>, label: Option<(&str, Option<&str>)>| DockerMatch {
+            name: name.map(Into::into),
+            label: label.map(|(k, v)| (k.into(), v.map(Into::into))),
+        };
+        assert!(m(Some("eva-core"), None).matches("/eva-core", &labels));
+        assert!(!m(Some("eva"), None).matches("/eva-core", &labels));
+        assert!(m(None, Some(("keeper.workload", None))).matches("x", &labels));
+        assert!(m(None, Some(("keeper.workload", Some("muse")))).matches("x", &labels));
+        assert!(!m(None, Some(("keeper.workload", Some("eva")))).matches("x", &labels));
+        assert!(!m(None, Some(("role", None))).matches("x", &labels));
+        let both = m(Some("eva-core"), Some(("keeper.workload", Some("muse"))));
+        assert!(both.matches("eva-core", &labels) && !both.matches("other", &labels));
+        assert_eq!(
+            both.to_string(),
+            "name eva-core and label keeper.workload=muse"
+        );
+    }
 }

@@ -5,8 +5,8 @@ use jiff::tz::TimeZone;
 
 use super::at::At;
 use super::raw::RawWorkload;
-use super::raw::{RawConditions, RawGpuHandoff, RawIds, RawMatch, RawWindow};
-use super::types::{Conditions, GpuHandoff, Host, IdRange, Match, Workload};
+use super::raw::{RawConditions, RawDocker, RawGpuHandoff, RawIds, RawMatch, RawWindow};
+use super::types::{Conditions, DockerMatch, GpuHandoff, Host, IdRange, Match, Workload};
 use super::validate::{Checker, DEFAULT_TIME_ZONE, Refs};
 use super::window::{DaySet, Window};
 
@@ -22,7 +22,8 @@ fn contains(outer: &str, inner: &str) -> bool {
 impl Checker<'_> {
     /// A workload's cgroup must not contain the keeper's own cgroup, nor a cgroup of the
     /// workload that owns the trading cores or has rank 1 (`cgroup: system.slice`,
-    /// `cgroup: qemu.slice`): freezing or throttling it would hit them too.
+    /// `cgroup: qemu.slice`): freezing or throttling it would hit them too. The owner of the
+    /// trading cores is not matched through Docker (its cgroups must be known without it).
     pub(super) fn containment(
         &mut self,
         raw: &[At<RawWorkload>],
@@ -45,6 +46,13 @@ impl Checker<'_> {
                 continue;
             };
             let key = format!("{}.match", w.name);
+            if let (true, Some(d)) = (w.owns_trading_cores, &r.value.matcher.value.docker) {
+                self.err(
+                    d.pos,
+                    &format!("{key}.docker"),
+                    "the workload that owns the trading cores is matched by cgroup paths the eviction path knows without asking the engine: give the containers' cgroup parent as `cgroup` (`dockerd --cgroup-parent`) instead",
+                );
+            }
             // A `systemd_unit` that is the keeper's own is reported by `matcher` already.
             let own_unit =
                 host.is_some_and(|h| w.matcher.systemd_unit.as_ref() == Some(&h.keeper_unit));
@@ -115,13 +123,17 @@ impl Checker<'_> {
             ctids: cts,
             process: r.process.as_ref().map(|v| v.value.clone()),
             pid_file: r.pid_file.as_ref().map(|v| v.value.clone()),
+            docker: r
+                .docker
+                .as_ref()
+                .and_then(|d| self.docker(d, &format!("{key}.docker"))),
             protect: vec![],
         };
-        if out == Match::default() && r.vmid.is_none() && r.ctid.is_none() {
+        if out == Match::default() && r.vmid.is_none() && r.ctid.is_none() && r.docker.is_none() {
             self.err(
                 m.pos,
                 &key,
-                "no match key; give one of cgroup, systemd_unit, vmid, ctid, process, pid_file",
+                "no match key; give one of cgroup, systemd_unit, vmid, ctid, process, pid_file, docker",
             );
         }
         if let Some(p) = &r.process
@@ -161,6 +173,52 @@ impl Checker<'_> {
             );
         }
         Some(out)
+    }
+
+    /// `match.docker`: a name as Docker writes them, a label `KEY` or `KEY=VALUE`; one at least.
+    fn docker(&mut self, d: &At<RawDocker>, key: &str) -> Option<DockerMatch> {
+        let r = &d.value;
+        if r.name.is_none() && r.label.is_none() {
+            self.err(d.pos, key, "no key; give `name`, `label` or both");
+            return None;
+        }
+        let mut ok = true;
+        if let Some(n) = &r.name {
+            let valid = n.value.len() <= 255
+                && n.value
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+                && (n.value.chars()).all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !valid {
+                let msg = format!(
+                    "`{}` is not a Docker container name (a letter or digit, then letters, digits, `_`, `.`, `-`)",
+                    n.value
+                );
+                self.err(n.pos, &format!("{key}.name"), msg);
+                ok = false;
+            }
+        }
+        let label = r.label.as_ref().and_then(|l| {
+            let (k, v) = match l.value.split_once('=') {
+                Some((k, v)) => (k, Some(v.to_string())),
+                None => (l.value.as_str(), None),
+            };
+            if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                let msg = format!(
+                    "`{}` is not a label: `KEY` or `KEY=VALUE`, the key not empty and without spaces",
+                    l.value
+                );
+                self.err(l.pos, &format!("{key}.label"), msg);
+                ok = false;
+                return None;
+            }
+            Some((k.to_string(), v))
+        });
+        ok.then(|| DockerMatch {
+            name: r.name.as_ref().map(|n| n.value.clone()),
+            label,
+        })
     }
 
     pub(super) fn window(

@@ -95,6 +95,9 @@ fn why_not(m: &Match) -> String {
     if let Some(f) = &m.pid_file {
         looked.push(format!("no live process in pid file {f}"));
     }
+    if let Some(d) = &m.docker {
+        looked.push(format!("no running Docker container with {d}"));
+    }
     looked.extend(
         m.protect
             .iter()
