@@ -225,6 +225,17 @@ impl Actuators {
         slow
     }
 
+    /// Actuators for the eviction thread: the same journal and scope, and nothing else (it
+    /// only moves tasks off the trading cores).
+    pub fn split_fast(&self) -> Actuators {
+        let mut fast = Actuators {
+            journal: Arc::clone(&self.journal),
+            ..Actuators::new(self.cg.clone(), Journal::disabled(), self.dry_run, None)
+        };
+        fast.scope = self.scope.clone();
+        fast
+    }
+
     /// Takes back what [`Actuators::split_slow`] handed over, once its thread has ended.
     pub fn take_back(&mut self, slow: Actuators) {
         self.proxmox = slow.proxmox;

@@ -183,6 +183,21 @@ impl Keeper {
         self.after(carried, &obs)
     }
 
+    /// Evictions the eviction thread carried out on arrival: the engine told what each came
+    /// to (a failed one is asked again by the engine), then counted and kept like any other.
+    pub fn evicted_on_arrival(&mut self, done: Vec<Done>) -> Vec<Done> {
+        for d in &done {
+            let mut batch = decide::Batch::default();
+            decide::acknowledge(&mut self.state, &mut batch, &d.action, d.outcome);
+        }
+        let carried = Carried {
+            done,
+            rollback: false,
+        };
+        let obs = self.observer.last().cloned().unwrap_or_default();
+        self.after(carried, &obs)
+    }
+
     /// An interaction starts or ends; a start times the preemption it causes.
     pub fn interact(&mut self, start: bool) {
         self.interaction = start;

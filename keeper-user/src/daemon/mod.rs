@@ -5,6 +5,7 @@
 
 mod answer;
 pub mod control;
+mod fast;
 mod keeper;
 mod running;
 mod sources;
@@ -97,12 +98,7 @@ async fn serve(r: &mut running::Running, src: &mut start::Sources) -> Result<(),
             _ = src.sigint.recv() => break,
             _ = src.sigterm.recv() => break,
             _ = sources::until(t.deadline) => break,
-            guard = src.events.readable_mut() => {
-                let mut guard = guard?;
-                let events = guard.get_inner_mut().drain();
-                guard.clear_ready();
-                r.events(events);
-            }
+            Some(batch) = src.events.recv() => r.events(batch),
             Some(done) = src.slow_done.recv() => r.slow_done(done),
             Some(call) = src.calls.recv() => r.answer(call),
             guard = sources::ready(&mut src.oom_events) => {

@@ -3,16 +3,19 @@
 //! (read the host, decide, act, sample), a slow action coming back, OOM kills, and the exit.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
 use keeper_common::{IntruderEvent, event};
 
-use super::{DaemonError, Keeper};
+use super::{
+    DaemonError, Keeper,
+    fast::{Batch, FastHands},
+};
 use crate::{
     act::execute::Done,
-    decide::{ActionKind, Intruder, Observations, Outcome},
+    decide::{ActionKind, Intruder, Observations, Outcome, fast::FastEvictions},
     device::{cgroupfs::CgroupFs, procfs, watchdog::Watchdog},
     report::{
         RunRecord,
@@ -49,6 +52,9 @@ pub(super) struct Running {
     explained: bool,
     /// The hardware watchdog (`host.watchdog`), fed by the loop; disarmed at an orderly exit.
     pub watchdog: Option<Watchdog>,
+    /// The eviction thread, and the filter it was last given.
+    pub fast: Option<FastHands>,
+    fast_filter: Option<FastEvictions>,
 }
 
 impl Running {
@@ -76,6 +82,8 @@ impl Running {
             restored_at_start,
             explained: false,
             watchdog: None,
+            fast: None,
+            fast_filter: None,
         }
     }
 
@@ -111,7 +119,7 @@ impl Running {
             self.last_prune = Instant::now();
         }
         let lost = self.lost_events.rescan(&self.sensor);
-        let intruders = self.intruders(lost);
+        let intruders = self.intruders(lost, &HashSet::new());
         self.full_pass(intruders, true, triggers);
         if !self.explained {
             self.explained = true;
@@ -130,20 +138,53 @@ impl Running {
         }
     }
 
-    /// Intruder events: decided on the last tick's readings (nothing is read from the host
-    /// before an eviction). A burst may have overflowed the ring or the programs' rate limit:
-    /// then the trading cores' run queues are read too.
-    pub fn events(&mut self, mut events: Vec<IntruderEvent>) {
+    /// Intruder events, some evicted already by the eviction thread: those are counted and
+    /// recorded, and the engine decides on all of them with the last tick's readings (nothing
+    /// is read from the host before an eviction). A burst may have overflowed the ring or the
+    /// programs' rate limit: then the trading cores' run queues are read too.
+    pub fn events(&mut self, batch: Batch) {
+        let mut events = batch.events;
         if events.len() >= 64 {
             events.extend(self.lost_events.rescan(&self.sensor));
         }
-        let intruders = self.intruders(events);
-        if intruders.is_empty() {
+        let moved: HashSet<u32> = batch.evicted.iter().filter_map(Done::evicted).collect();
+        let known = self.index.len();
+        let intruders = self.intruders(events, &moved);
+        if !batch.evicted.is_empty() {
+            let done = self.keeper.evicted_on_arrival(batch.evicted);
+            self.after(&done);
+        }
+        if !intruders.is_empty() {
+            let obs = self.keeper.observe_intruders(intruders);
+            let done = self.keeper.tick(&obs);
+            self.after(&done);
+        }
+        // A cgroup new to the index: the eviction thread learns it now, not at the next tick.
+        if self.index.len() != known {
+            self.refresh_fast();
+        }
+    }
+
+    /// Hands the eviction thread the engine's filter for its present state (only when it
+    /// changed). A dry run evicts nothing, on arrival or later.
+    fn refresh_fast(&mut self) {
+        let Some(fast) = &self.fast else { return };
+        if self.keeper.act.dry_run() {
             return;
         }
-        let obs = self.keeper.observe_intruders(intruders);
-        let done = self.keeper.tick(&obs);
-        self.after(&done);
+        let protected: HashSet<u64> = protected_ids(&self.keeper, &self.cg).into_iter().collect();
+        let k = &self.keeper;
+        let filter = crate::decide::fast::compile(
+            &k.policy,
+            &k.state,
+            &self.index,
+            &protected,
+            k.act.scope(),
+        );
+        if filter != self.fast_filter {
+            fast.set(filter.clone());
+            self.fast_filter = filter;
+        }
     }
 
     /// A PSI trigger fired: the host read and decided on at once.
@@ -164,6 +205,7 @@ impl Running {
         let obs = self.keeper.observe(intruders, p99);
         let done = self.keeper.tick(&obs);
         self.after(&done);
+        self.refresh_fast();
         if !ticked {
             return;
         }
@@ -198,10 +240,11 @@ impl Running {
         record::oom_kills(events, &self.cg, placements, &mut self.recorder);
     }
 
-    /// The engine's intruders from kernel events, each stay's start noted. Nothing is read
-    /// from /proc where the programs could tell (a newcomer's cgroup and flags come from its
-    /// task in `keeper_arrive`); else an arrival's cgroup, and kernel threads' flags, are.
-    fn intruders(&mut self, events: Vec<IntruderEvent>) -> Vec<Intruder> {
+    /// The engine's intruders from kernel events, each stay's start noted; those in `moved`
+    /// were evicted on arrival by the eviction thread. Nothing is read from /proc where the
+    /// programs could tell (a newcomer's cgroup and flags come from its task in
+    /// `keeper_arrive`); else an arrival's cgroup, and kernel threads' flags, are.
+    fn intruders(&mut self, events: Vec<IntruderEvent>, moved: &HashSet<u32>) -> Vec<Intruder> {
         let mut out = Vec::new();
         for ev in events {
             tracing::trace!(
@@ -240,6 +283,7 @@ impl Running {
                 seen_ns: Some(ev.timestamp_ns),
                 start: (ev.start_boottime_ns != 0)
                     .then(|| procfs::boottime_to_ticks(ev.start_boottime_ns)),
+                evicted: ev.kind != event::SLICE && moved.contains(&ev.pid),
             });
         }
         out
@@ -394,6 +438,9 @@ impl Running {
         tracing::info!("stopping: undoing every change");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let mut sensed = self.sensed();
+        if let Some(fast) = self.fast.take() {
+            fast.stop();
+        }
         drop(self.sensor);
         self.keeper.stop_slow_hands();
         sensed.restored_at_exit = self.keeper.act.restore_all()?;

@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use tokio::{
-    io::{Interest, unix::AsyncFd},
+    io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
     sync::mpsc,
 };
 
 use super::{
     DaemonConfig, DaemonError, Keeper, attach_gpu, attach_proxmox, control,
+    fast::{Batch, FastHands},
     running::{Running, protected_ids},
     sources,
 };
@@ -24,7 +25,7 @@ use crate::{
         memory::OomEvents,
         pressure::WorkloadTriggers,
         psi::PsiTrigger,
-        sched::{IntruderEvents, SchedConfig, SchedSensor},
+        sched::{SchedConfig, SchedSensor},
         tracefs::Tracefs,
     },
 };
@@ -33,7 +34,8 @@ use crate::{
 pub(super) struct Sources {
     pub sigterm: Signal,
     pub sigint: Signal,
-    pub events: AsyncFd<IntruderEvents>,
+    /// What the eviction thread read from the sensor's ring buffer, and evicted at once.
+    pub events: mpsc::UnboundedReceiver<Batch>,
     pub slow_done: mpsc::UnboundedReceiver<Done>,
     pub calls: mpsc::Receiver<control::Call>,
     pub oom_events: Option<AsyncFd<OomEvents>>,
@@ -79,10 +81,15 @@ pub(super) async fn start(
             intruder_event_interval: Duration::from_millis(20),
         },
     )?;
-    // SAFETY: IntruderEvents owns the ring buffer's fd and keeps it open while the AsyncFd lives.
-    let events =
-        unsafe { AsyncFd::register_with_interest(sensor.take_events()?, Interest::READABLE) }
-            .map_err(std::io::Error::from)?;
+    // The eviction thread waits on the ring itself: an arrival is moved off the trading
+    // cores there, never behind the loop's other work.
+    let (batches, events) = mpsc::unbounded_channel();
+    let fast = FastHands::start(
+        sensor.take_events()?,
+        keeper.act.split_fast(),
+        keeper.totals,
+        batches,
+    )?;
     let (memory_sensor, oom_events) = sources::attach(&tracefs);
     crate::sense::ebpf::release_load_memory();
     let calls = control::serve(&cfg.socket, cfg.allowed_uids.clone())?;
@@ -129,6 +136,7 @@ pub(super) async fn start(
         restored_at_start,
     );
     running.watchdog = hardware;
+    running.fast = Some(fast);
     Ok((running, sources))
 }
 

@@ -249,6 +249,9 @@ pub fn trading(t: &mut Tick<'_>, state: &mut EngineState) {
             }
         }
         state.evicted.insert(i.pid, now);
+        if i.evicted {
+            continue; // moved on arrival by the eviction thread: its action is recorded there
+        }
         let reason = format!(
             "{}[{}] from `{}` ran {}us on trading core {} owned by {}",
             i.comm,

@@ -12,6 +12,7 @@
 mod action;
 mod activity;
 mod escalation;
+pub mod fast;
 mod gpu;
 mod handoff;
 mod kernel;

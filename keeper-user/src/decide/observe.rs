@@ -67,6 +67,11 @@ pub struct Intruder {
     /// from the task at its arrival: the eviction needs no read of /proc first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<u64>,
+    /// Already moved off the trading cores by the eviction thread, on the filter the engine
+    /// compiled ([`super::fast`]): the engine keeps count (returns, repeat offenders) and asks
+    /// for no eviction of its own.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub evicted: bool,
 }
 
 /// An interrupt line allowed on a trading core (read each tick with `host.irq_guard`).

@@ -57,6 +57,7 @@ fn intruder(pid: u32, cgroup: &str, arrived: bool) -> Intruder {
         arrived,
         seen_ns: None,
         start: None,
+        evicted: false,
     }
 }
 

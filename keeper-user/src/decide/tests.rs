@@ -158,6 +158,7 @@ fn pinner(pid: u32, cgroup: &str, arrived: bool) -> Intruder {
         arrived,
         seen_ns: None,
         start: None,
+        evicted: false,
     }
 }
 
@@ -305,6 +306,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         arrived: false,
         seen_ns: None,
         start: None,
+        evicted: false,
     });
     obs.intruders.push(Intruder {
         pid: 8,
@@ -315,6 +317,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         arrived: false,
         seen_ns: None,
         start: None,
+        evicted: false,
     });
     obs.intruders.push(Intruder {
         pid: 9,
@@ -325,6 +328,7 @@ fn banker_owns_the_trading_cores_and_evicts_intruders() {
         arrived: false,
         seen_ns: None,
         start: None,
+        evicted: false,
     });
     let mut state = EngineState::default();
     let actions = decide(&p, &mut state, &obs, at("2026-03-09T10:00"));
@@ -437,6 +441,7 @@ fn arb_obs() -> impl Strategy<Value = Observations> {
                         arrived: false,
                         seen_ns: None,
                         start: None,
+                        evicted: false,
                     }],
                     trading_p99_wakeup_ns: p99,
                     irqs_on_trading_cores: vec![IrqObs {
@@ -470,4 +475,37 @@ proptest! {
             prop_assert!(again.is_empty(), "second tick acted: {:#?}", again);
         }
     }
+}
+
+#[test]
+fn an_intruder_evicted_on_arrival_is_counted_and_not_evicted_again() {
+    let mut p = one_host().unwrap();
+    p.rules.intruders = crate::policy::IntruderRule {
+        repeat: 3,
+        within: std::time::Duration::from_secs(10),
+        then: crate::policy::RepeatAction::Stop,
+    };
+    let mut state = EngineState::default();
+    let kinds = |state: &mut EngineState, secs: i64| {
+        let mut obs = all_present(&ALL);
+        let mut i = pinner(7, "system.slice/pinner.service", true);
+        i.evicted = true; // moved by the eviction thread
+        obs.intruders.push(i);
+        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+        decide(&p, state, &obs, now)
+            .into_iter()
+            .filter_map(|a| match a.kind {
+                ActionKind::EvictIntruder { .. } => Some("evict"),
+                ActionKind::StopIntruder { .. } => Some("stop"),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // Its eviction is done: the engine asks for none, but counts it, so that its returns
+    // escalate exactly as if the engine had evicted it.
+    assert_eq!(kinds(&mut state, 0), Vec::<&str>::new());
+    assert!(state.evicted.contains_key(&7));
+    assert_eq!(kinds(&mut state, 1), Vec::<&str>::new());
+    assert_eq!(kinds(&mut state, 2), Vec::<&str>::new());
+    assert_eq!(kinds(&mut state, 3), ["stop"]);
 }

@@ -1,0 +1,176 @@
+//! The eviction thread: it waits on the scheduler sensor's ring buffer itself and moves an
+//! intruder off the trading cores the moment its arrival comes out of the kernel, on the
+//! filter the engine compiled ([`decide::fast`]), before the loop hears of it. Then every
+//! event goes to the loop, with what was done, for the engine to count and decide the rest
+//! (repeat offenders, tasks the filter does not know, the record, the metrics).
+//!
+//! Nothing on this thread waits on anything but the kernel: no policy, no /proc read before
+//! the move, no device; it runs on the housekeeping cores one real-time priority above the
+//! loop, so that a tick in progress does not hold an eviction up.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use keeper_common::{IntruderEvent, event};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{
+    act::{
+        Actuators,
+        execute::{Done, execute, steps},
+    },
+    decide::fast::{Arrival, FastEvictions},
+    device::procfs::{self, HostTotals},
+    sense::sched::{IntruderEvents, comm_str},
+};
+
+/// What one wake-up of the thread read and did.
+pub struct Batch {
+    pub events: Vec<IntruderEvent>,
+    /// The evictions carried out on arrival, one per task at most.
+    pub evicted: Vec<Done>,
+}
+
+/// The filter as the engine last compiled it (`None`: evict nothing on arrival).
+pub type Filter = Arc<Mutex<Option<Arc<FastEvictions>>>>;
+
+/// The eviction thread and the way to stop it.
+pub struct FastHands {
+    filter: Filter,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long the thread waits on the ring before it looks at the stop flag.
+const POLL_MS: i32 = 100;
+
+impl FastHands {
+    /// Starts the thread on `ring` with `act` (from [`Actuators::split_fast`]); each wake-up
+    /// is sent to `to_loop`.
+    pub fn start(
+        mut ring: IntruderEvents,
+        mut act: Actuators,
+        totals: HostTotals,
+        to_loop: UnboundedSender<Batch>,
+    ) -> std::io::Result<FastHands> {
+        let filter: Filter = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s) = (Arc::clone(&filter), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("keeper-evict".into())
+            .spawn(move || {
+                above_the_loop();
+                while !s.load(Ordering::Relaxed) {
+                    if !readable(&ring) {
+                        continue;
+                    }
+                    let events = ring.drain();
+                    if events.is_empty() {
+                        continue;
+                    }
+                    let now = f.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let evicted = match &now {
+                        Some(filter) => evict(&mut act, totals, filter, &events),
+                        None => vec![],
+                    };
+                    if to_loop.send(Batch { events, evicted }).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(FastHands {
+            filter,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands the thread the engine's new filter.
+    pub fn set(&self, filter: Option<FastEvictions>) {
+        *self.filter.lock().unwrap_or_else(|e| e.into_inner()) = filter.map(Arc::new);
+    }
+
+    /// Ends the thread (within one poll interval).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The loop runs at SCHED_FIFO 1 on the housekeeping cores; at the same priority the thread
+/// would wait for the loop's tick to end (FIFO does not preempt its equal), so it takes
+/// priority 2 where the loop got real-time priority (it inherits the loop's otherwise).
+fn above_the_loop() {
+    // SAFETY: sched_getscheduler/sched_setscheduler on the calling thread (0), a valid param.
+    unsafe {
+        if libc::sched_getscheduler(0) == libc::SCHED_FIFO {
+            let param = libc::sched_param { sched_priority: 2 };
+            libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
+        }
+    }
+}
+
+/// Waits until the ring has events (or the poll interval passed); whether it has.
+fn readable(ring: &IntruderEvents) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, owned by this frame, for the ring's open fd.
+    let n = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// The evictions the filter asks for among `events`, carried out now (one per task).
+fn evict(
+    act: &mut Actuators,
+    totals: HostTotals,
+    filter: &FastEvictions,
+    events: &[IntruderEvent],
+) -> Vec<Done> {
+    let mut done = Vec::new();
+    let mut seen = HashSet::new();
+    let placements = BTreeMap::new();
+    for ev in events {
+        let Some(action) = arrival(ev).and_then(|a| filter.eviction(&a)) else {
+            continue;
+        };
+        if !seen.insert(ev.pid) {
+            continue;
+        }
+        let started = Instant::now();
+        let report = execute(act, &placements, totals, &action);
+        let steps = steps(act, report);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut d = Done::new(action, steps, ms);
+        d.moved_ns = act.first_move_ns.take();
+        done.push(d);
+    }
+    done
+}
+
+/// An arrival read from the task by the programs (its start time known), else `None`.
+fn arrival(ev: &IntruderEvent) -> Option<Arrival> {
+    if ev.kind != event::ARRIVAL || ev.cgroup_id == 0 || ev.start_boottime_ns == 0 {
+        return None;
+    }
+    Some(Arrival {
+        pid: ev.pid,
+        comm: comm_str(&ev.comm),
+        cpu: ev.cpu,
+        cgroup_id: ev.cgroup_id,
+        seen_ns: ev.timestamp_ns,
+        start: Some(procfs::boottime_to_ticks(ev.start_boottime_ns)),
+    })
+}
