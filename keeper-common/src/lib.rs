@@ -53,6 +53,10 @@ pub mod globals {
     pub const INTRUDER_EVENT_INTERVAL_NS: &str = "INTRUDER_EVENT_INTERVAL_NS";
     /// Offset of `pid` in oom:mark_victim.
     pub const OOM_VICTIM_PID_OFF: &str = "OOM_VICTIM_PID_OFF";
+    /// `irq:irq_handler_exit`: offset of `irq`; `irq:softirq_exit`: offset of `vec` (0:
+    /// unknown, and the noise programs stay detached).
+    pub const IRQ_EXIT_IRQ_OFF: &str = "IRQ_EXIT_IRQ_OFF";
+    pub const SOFTIRQ_VEC_OFF: &str = "SOFTIRQ_VEC_OFF";
 }
 
 /// Names of the maps in the object, as userspace looks them up.
@@ -82,6 +86,11 @@ pub mod maps {
     pub const RECLAIM_STATS: &str = "RECLAIM_STATS";
     /// `RingBuf` of `OomEvent`.
     pub const OOM_EVENTS: &str = "OOM_EVENTS";
+    /// `PerCpuHashMap<u32, NoiseTotal>`: hard IRQ time on the trading cores, by IRQ number.
+    pub const NOISE_IRQ: &str = "NOISE_IRQ";
+    /// `PerCpuArray<NoiseTotal>` indexed by softirq vector: net softirq time on the trading
+    /// cores (hard IRQs that interrupted it subtracted, as the osnoise tracer counts).
+    pub const NOISE_SOFTIRQ: &str = "NOISE_SOFTIRQ";
 }
 
 /// Names of the programs in the object (at most 15 characters: the kernel's limit).
@@ -99,6 +108,37 @@ pub mod programs {
     pub const RECLAIM_END: &str = "keeper_rcl_end";
     pub const OOM_VICTIM: &str = "keeper_oom";
     pub const MEMORY: [&str; 3] = [RECLAIM_BEGIN, RECLAIM_END, OOM_VICTIM];
+    /// irq:irq_handler_entry / _exit, irq:softirq_entry / _exit: kernel noise on the
+    /// trading cores, by name.
+    pub const IRQ_ENTRY: &str = "keeper_irq_in";
+    pub const IRQ_EXIT: &str = "keeper_irq_out";
+    pub const SOFTIRQ_ENTRY: &str = "keeper_sirq_in";
+    pub const SOFTIRQ_EXIT: &str = "keeper_sirq_out";
+    /// Each with its tracepoint (category `irq`).
+    pub const NOISE: [(&str, &str); 4] = [
+        (IRQ_ENTRY, "irq_handler_entry"),
+        (IRQ_EXIT, "irq_handler_exit"),
+        (SOFTIRQ_ENTRY, "softirq_entry"),
+        (SOFTIRQ_EXIT, "softirq_exit"),
+    ];
+}
+
+/// Softirq vectors (`NR_SOFTIRQS`, include/linux/interrupt.h; the same since 4.x), named as
+/// /proc/softirqs names them.
+pub const SOFTIRQ_NAMES: [&str; 10] = [
+    "HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU",
+];
+
+/// Interrupt time on the trading cores of one IRQ line or softirq vector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoiseTotal {
+    /// Net time in the handler (ns).
+    pub ns: u64,
+    /// Handler runs.
+    pub count: u64,
+    /// The longest run (ns).
+    pub max_ns: u64,
 }
 
 /// Direct-reclaim stalls of one cgroup: a log2 histogram of their durations (µs buckets, as
@@ -222,6 +262,7 @@ mod pod {
     unsafe impl aya::Pod for super::IntruderEvent {}
     unsafe impl aya::Pod for super::ReclaimStats {}
     unsafe impl aya::Pod for super::OomEvent {}
+    unsafe impl aya::Pod for super::NoiseTotal {}
 }
 
 /// Index of the log2 bucket for a latency in nanoseconds (shared so both sides agree).

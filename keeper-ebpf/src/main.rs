@@ -81,6 +81,7 @@ static ARRIVALS_BY_TASK: u32 = 0;
 static INTRUDER_EVENT_INTERVAL_NS: u64 = 100_000_000;
 
 mod memory;
+mod noise;
 
 #[inline(always)]
 fn global_u32(g: &'static u32) -> usize {

@@ -1,5 +1,6 @@
 //! `keeper watch`: a runqlat for the trading cores. Attaches the scheduler sensor, waits for
-//! `--for` or Ctrl-C, detaches, then prints per-CPU latency histograms and the intruders table.
+//! `--for` or Ctrl-C, detaches, then prints per-CPU latency histograms, the intruders table and
+//! the kernel noise (IRQ and softirq time) on the watched CPUs.
 
 use std::{
     io::Write as _,
@@ -19,8 +20,8 @@ use crate::{
     cpulist::CpuList,
     device::cgroupfs::CgroupFs,
     report::view::{
-        CpuView, EventCounts, IntruderView, cpu_view, intruder_views, write_histogram,
-        write_intruders,
+        CpuView, EventCounts, IntruderView, NoiseView, cpu_view, intruder_views, noise_views,
+        write_histogram, write_intruders, write_noise,
     },
     sense::{
         sched::{SchedConfig, SchedSensor},
@@ -58,6 +59,8 @@ pub struct WatchReport {
     pub cpus: Vec<CpuView>,
     pub intruders: Vec<IntruderView>,
     pub kernel_threads: Vec<IntruderView>,
+    /// IRQ and softirq time on the watched CPUs, most first (`None`: not measured here).
+    pub noise: Option<Vec<NoiseView>>,
     pub events: EventCounts,
 }
 
@@ -126,6 +129,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<WatchReport> {
     received += events.get_mut().drain().len() as u64;
     let readouts = sensor.cpu_readouts()?;
     let intruders = sensor.intruders()?;
+    let noise = sensor.noise();
     drop(events);
     drop(sensor); // detaches and unloads every program before we print
     tracing::info!(elapsed = ?elapsed, "detached");
@@ -144,6 +148,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<WatchReport> {
         cpus: readouts.iter().map(cpu_view).collect(),
         intruders: users,
         kernel_threads: kernel,
+        noise: noise.map(|n| noise_views(&n, span_ns)),
         events,
     })
 }
@@ -195,6 +200,10 @@ fn write_text(out: &mut impl std::io::Write, r: &WatchReport) -> std::io::Result
     if !r.kernel_threads.is_empty() {
         writeln!(out)?;
         write_intruders(out, "Kernel threads (not evictable)", &r.kernel_threads)?;
+    }
+    if let Some(noise) = &r.noise {
+        writeln!(out)?;
+        write_noise(out, noise)?;
     }
     writeln!(
         out,

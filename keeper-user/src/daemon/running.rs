@@ -120,10 +120,17 @@ impl Running {
         }
         let lost = self.lost_events.rescan(&self.sensor);
         let intruders = self.intruders(lost, &HashSet::new());
+        let started = Instant::now();
         self.full_pass(intruders, true, triggers);
         if !self.explained {
             self.explained = true;
             self.explain();
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(
+                took_ms = format!("{ms:.1}"),
+                evict_on_arrival = self.fast_filter.is_some(),
+                "first pass done: the policy is enforced"
+            );
         }
         Ok(())
     }
@@ -380,8 +387,11 @@ impl Running {
         };
         let keeper = &self.keeper;
         let applied = &keeper.state.applied;
+        let span_ns = self.run_s() * 1e9 * self.sensor.trading_cpus().len() as f64;
+        let noise = (self.sensor.noise()).map(|n| view::noise_views(&n, span_ns));
         metrics.update(|m| {
             m.cpus = readouts.iter().map(view::cpu_view).collect();
+            m.noise = noise.unwrap_or_default();
             m.events_sent = readouts.iter().map(|r| r.events_sent).sum();
             m.events_lost = readouts.iter().map(|r| r.events_lost).sum();
             m.evictions = keeper.evictions;
@@ -422,11 +432,15 @@ impl Running {
         let cpus: Vec<_> = (self.sensor.cpu_readouts())
             .map(|r| r.iter().map(view::cpu_view).collect())
             .unwrap_or_default();
-        let intruders = self.intruder_views(self.run_s());
+        let run_s = self.run_s();
+        let intruders = self.intruder_views(run_s);
+        let span_ns = run_s * 1e9 * self.sensor.trading_cpus().len() as f64;
+        let noise = (self.sensor.noise()).map_or_else(Vec::new, |n| view::noise_views(&n, span_ns));
         let placements = &self.keeper.observer.placements;
         Sensed {
             cpus,
             intruders,
+            noise,
             reclaim: record::reclaim_records(self.memory_sensor.as_ref(), &self.cg, placements),
             ..Sensed::default()
         }

@@ -42,6 +42,21 @@ fn dir(irq: u32) -> PathBuf {
 /// Every numbered IRQ with its name and affinity (those whose files cannot be read, gone
 /// between the two reads, are left out).
 pub fn list() -> Vec<Irq> {
+    names()
+        .into_iter()
+        .filter_map(|(number, name)| {
+            let affinity = affinity(number).ok()?;
+            Some(Irq {
+                number,
+                name,
+                affinity,
+            })
+        })
+        .collect()
+}
+
+/// Every numbered IRQ's name, from `/proc/interrupts` alone.
+pub fn names() -> std::collections::BTreeMap<u32, String> {
     let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
     let cpus = text
         .lines()
@@ -52,12 +67,7 @@ pub fn list() -> Vec<Irq> {
         .filter_map(|line| {
             let (label, rest) = line.split_once(':')?;
             let number = label.trim().parse().ok()?;
-            let affinity = affinity(number).ok()?;
-            Some(Irq {
-                number,
-                name: name_of(rest, cpus),
-                affinity,
-            })
+            Some((number, name_of(rest, cpus)))
         })
         .collect()
 }

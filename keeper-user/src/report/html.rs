@@ -79,6 +79,7 @@ pub fn render(r: &RunRecord) -> String {
     trading_cores(&mut h, r);
     over_time(&mut h, r);
     intruders(&mut h, r);
+    noise(&mut h, r);
     memory(&mut h, r);
     actions(&mut h, r);
     h.push_str("</body></html>\n");
@@ -269,6 +270,31 @@ fn over_time(h: &mut String, r: &RunRecord) {
     } else {
         h.push_str("<p class=\"small\">No GPU readings in this run.</p>");
     }
+}
+
+fn noise(h: &mut String, r: &RunRecord) {
+    if r.noise.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Kernel noise on the trading cores</h2>");
+    h.push_str("<table><tr><th>kind</th><th>source</th><th>runs</th><th>time (ms)</th><th>longest (µs)</th><th>share</th></tr>");
+    for n in r.noise.iter().take(20) {
+        let source = match n.irq {
+            Some(irq) => format!("{irq}: {}", n.name),
+            None => n.name.clone(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.1}</td><td>{:.2} %</td></tr>",
+            esc(&n.kind),
+            esc(&source),
+            n.count,
+            n.time_ns as f64 / 1e6,
+            n.max_us,
+            100.0 * n.share
+        );
+    }
+    h.push_str("</table>");
 }
 
 fn intruders(h: &mut String, r: &RunRecord) {

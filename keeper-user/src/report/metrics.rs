@@ -24,7 +24,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::report::view::CpuView;
+use crate::report::view::{CpuView, NoiseView};
 
 /// Everything a scrape shows, as of the last tick.
 #[derive(Debug, Default, Clone)]
@@ -57,6 +57,8 @@ pub struct Snapshot {
     /// Interactions' preemptions done, and those over the tightest `preempt.deadline`.
     pub preemptions: u64,
     pub preemptions_late: u64,
+    /// IRQ and softirq time on the trading cores since the start, by source.
+    pub noise: Vec<NoiseView>,
 }
 
 /// The snapshot, shared between the loop (writer) and the HTTP server (reader).
@@ -119,6 +121,34 @@ fn gauge(
     Ok(())
 }
 
+/// Interrupt time on the trading cores by source: `kind` irq (with its number) or softirq,
+/// `name` the device's action or the vector.
+fn noise(enc: &mut DescriptorEncoder, list: &[NoiseView]) -> Result<(), std::fmt::Error> {
+    let labels = |n: &NoiseView| -> Labels {
+        let mut l = vec![("kind", n.kind.clone()), ("name", n.name.clone())];
+        if let Some(irq) = n.irq {
+            l.push(("irq", irq.to_string()));
+        }
+        l
+    };
+    let mut m = enc.encode_descriptor(
+        "keeper_noise_seconds",
+        "Interrupt handler time on the trading cores (a softirq's net of the IRQs inside it)",
+        None,
+        MetricType::Counter,
+    )?;
+    for n in list {
+        ConstCounter::new(n.time_ns as f64 * 1e-9).encode(m.encode_family(&labels(n))?)?;
+    }
+    let runs: Vec<(Labels, u64)> = list.iter().map(|n| (labels(n), n.count)).collect();
+    counter(
+        enc,
+        "keeper_noise_runs",
+        "Interrupt handler runs on the trading cores",
+        &runs,
+    )
+}
+
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = match self.0.lock() {
@@ -177,6 +207,7 @@ impl Collector for Metrics {
         for (labels, v) in &time {
             ConstCounter::new(*v as f64 * ns).encode(m.encode_family(labels)?)?;
         }
+        noise(&mut enc, &s.noise)?;
         counter(
             &mut enc,
             "keeper_evictions",

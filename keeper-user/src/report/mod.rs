@@ -21,7 +21,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use view::{CpuView, IntruderView};
+use view::{CpuView, IntruderView, NoiseView};
 
 /// The record format's version, bumped on an incompatible change.
 pub const RECORD_VERSION: u32 = 1;
@@ -49,6 +49,10 @@ pub struct RunRecord {
     /// Tasks that ran on the trading cores outside the protected set, most time stolen first.
     #[serde(default)]
     pub intruders: Vec<IntruderView>,
+    /// IRQ and softirq time on the trading cores, by source, most first (empty where it
+    /// was not measured: no irq tracepoints).
+    #[serde(default)]
+    pub noise: Vec<NoiseView>,
     pub evictions: u64,
     pub eviction_latency: EvictionLatency,
     pub errors: u64,

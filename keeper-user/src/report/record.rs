@@ -19,7 +19,7 @@ use crate::{
         ReclaimRecord, RunRecord, Sample, SloVerdict,
         oom_history::{Kill, OomHistory, WEEK},
         quantile,
-        view::{CpuView, IntruderView},
+        view::{CpuView, IntruderView, NoiseView},
     },
     sense::{
         latency::Histogram,
@@ -186,6 +186,7 @@ impl Recorder {
             slo: verdicts(run.policy, &sensed.cpus, &self.preemption_ms, &self.samples),
             cpus: sensed.cpus,
             intruders: sensed.intruders,
+            noise: sensed.noise,
             evictions: run.evictions,
             eviction_latency: EvictionLatency::of(&evictions),
             errors: run.errors,
@@ -235,6 +236,7 @@ pub struct RunFacts<'a> {
 pub struct Sensed {
     pub cpus: Vec<CpuView>,
     pub intruders: Vec<IntruderView>,
+    pub noise: Vec<NoiseView>,
     pub restored_at_start: Vec<String>,
     pub restored_at_exit: Vec<String>,
     pub reclaim: Vec<ReclaimRecord>,

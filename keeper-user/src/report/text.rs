@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use super::{
     RunRecord,
-    view::{write_histogram, write_intruders},
+    view::{write_histogram, write_intruders, write_noise},
 };
 
 pub fn write(out: &mut impl Write, r: &RunRecord) -> io::Result<()> {
@@ -64,6 +64,10 @@ pub fn write(out: &mut impl Write, r: &RunRecord) -> io::Result<()> {
     writeln!(out)?;
     let top: Vec<_> = r.intruders.iter().take(10).cloned().collect();
     write_intruders(out, "Top intruders", &top)?;
+    if !r.noise.is_empty() {
+        let top: Vec<_> = r.noise.iter().take(10).cloned().collect();
+        write_noise(out, &top)?;
+    }
     let e = &r.eviction_latency;
     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2} ms", v / 1000.0));
     writeln!(

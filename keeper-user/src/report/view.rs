@@ -1,5 +1,6 @@
 //! The views shared by `keeper watch`, the run record and `keeper report`: per-CPU latency
-//! histograms, intruders, event counts, and their text renderings.
+//! histograms, intruders, kernel noise (IRQ and softirq time), event counts, and their text
+//! renderings.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,6 +8,7 @@ use std::collections::HashMap;
 
 use crate::sense::{
     latency::Histogram,
+    noise::{Noise, NoiseCount},
     sched::{CpuReadout, IntruderTime},
 };
 
@@ -181,6 +183,77 @@ pub fn write_intruders(
             i.cgroup,
             i.stolen_ns as f64 / 1e6,
             100.0 * i.share
+        )?;
+    }
+    Ok(())
+}
+
+/// One interrupt source's time on the watched (trading) cores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseView {
+    /// `irq` (a hard interrupt line) or `softirq` (a vector).
+    pub kind: String,
+    /// The IRQ number (hard interrupts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irq: Option<u32>,
+    /// The device's action name (`virtio1-req.0`) or the softirq vector (`TIMER`).
+    pub name: String,
+    /// Net handler time (a softirq's without the hard IRQs inside it).
+    pub time_ns: u64,
+    pub count: u64,
+    pub max_us: f64,
+    /// time_ns / (duration × number of watched CPUs).
+    pub share: f64,
+}
+
+/// Noise as views, most time first; IRQs named from /proc/interrupts. `span_ns`: the time
+/// watched × the number of CPUs watched.
+pub fn noise_views(noise: &Noise, span_ns: f64) -> Vec<NoiseView> {
+    let names = crate::device::irq::names();
+    let view = |kind: &str, irq: Option<u32>, name: String, c: &NoiseCount| NoiseView {
+        kind: kind.into(),
+        irq,
+        name,
+        time_ns: c.ns,
+        count: c.count,
+        max_us: c.max_ns as f64 / 1000.0,
+        share: c.ns as f64 / span_ns.max(1.0),
+    };
+    let irqs = noise.irqs.iter().map(|(n, c)| {
+        let name = names.get(n).cloned().unwrap_or_else(|| format!("irq {n}"));
+        view("irq", Some(*n), name, c)
+    });
+    let softirqs = (noise.softirqs.iter()).map(|(v, c)| view("softirq", None, v.clone(), c));
+    let mut out: Vec<NoiseView> = irqs.chain(softirqs).collect();
+    out.sort_by_key(|v| std::cmp::Reverse(v.time_ns));
+    out
+}
+
+/// The noise table (`keeper watch`, `keeper report`).
+pub fn write_noise(out: &mut impl std::io::Write, list: &[NoiseView]) -> std::io::Result<()> {
+    writeln!(out, "Kernel noise (interrupt time, net of nested IRQs):")?;
+    if list.is_empty() {
+        return writeln!(out, "  (none measured)");
+    }
+    writeln!(
+        out,
+        "  {:<8} {:<28} {:>9} {:>12} {:>10} {:>7}",
+        "KIND", "SOURCE", "COUNT", "TIME", "MAX", "SHARE"
+    )?;
+    for n in list {
+        let source = match n.irq {
+            Some(irq) => format!("{irq}: {}", n.name),
+            None => n.name.clone(),
+        };
+        writeln!(
+            out,
+            "  {:<8} {:<28} {:>9} {:>9.3} ms {:>7.1} µs {:>6.2}%",
+            n.kind,
+            source,
+            n.count,
+            n.time_ns as f64 / 1e6,
+            n.max_us,
+            100.0 * n.share
         )?;
     }
     Ok(())

@@ -8,6 +8,7 @@
 //! - [`host`]: load average, PSI, whether a workload runs;
 //! - [`psi`] and [`pressure`]: PSI triggers, on the host and on each workload;
 //! - [`memory`]: reclaim stalls and OOM kills (eBPF);
+//! - [`noise`]: IRQ and softirq time on the trading cores, by name (eBPF);
 //! - [`gpu`]: a GPU readout turned into the engine's observation;
 //! - [`vms`]: the VMs on this host through their QMP sockets;
 //! - [`observer`]: one tick's observations gathered from all of the above.
@@ -18,6 +19,7 @@ pub mod gpu;
 pub mod host;
 pub mod latency;
 pub mod memory;
+pub mod noise;
 pub mod observer;
 pub mod pressure;
 pub mod psi;

@@ -23,6 +23,7 @@ use super::{
     btf::TaskOffsets,
     ebpf,
     latency::Histogram,
+    noise::{self, Noise, NoiseOffsets},
     tracefs::{Tracefs, TracefsError},
 };
 use crate::cpulist::CpuList;
@@ -63,6 +64,8 @@ pub struct SchedOffsets {
     pub prev_state: u32,
     pub next_pid: u32,
     pub next_comm: u32,
+    /// The noise programs' offsets (irq events); `None` where tracefs lacks them.
+    pub noise: Option<NoiseOffsets>,
 }
 
 impl SchedOffsets {
@@ -82,6 +85,9 @@ impl SchedOffsets {
             prev_state: switch.offset("prev_state", 8)?,
             next_pid: switch.offset("next_pid", 4)?,
             next_comm: switch.offset("next_comm", COMM_LEN)?,
+            noise: NoiseOffsets::from_tracefs(tracefs)
+                .inspect_err(|e| tracing::info!(error = %e, "no irq tracepoints: IRQ and softirq time on the trading cores is not measured"))
+                .ok(),
         })
     }
 }
@@ -153,6 +159,8 @@ pub struct SchedSensor {
     sampler_links: BTreeMap<u32, PerfEventLinkId>,
     /// Where the programs read tasks' fields (what they can tell by themselves).
     task: TaskOffsets,
+    /// Whether the noise programs (IRQ and softirq time) run.
+    noise: bool,
 }
 
 impl SchedSensor {
@@ -189,7 +197,10 @@ impl SchedSensor {
     ) -> Result<Self, SenseError> {
         let interval_ns = config.intruder_event_interval.as_nanos() as u64;
         let by_task = u32::from(task.arrivals());
-        let ebpf = EbpfLoader::new()
+        // The noise programs' offsets (0: unknown, and they stay detached).
+        let (irq, vec) = offsets.noise.map_or((0, 0), |o| (o.irq, o.vec));
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(globals::WAKEUP_PID_OFF, &offsets.wakeup_pid, true)
             .override_global(globals::WAKEUP_CPU_OFF, &offsets.wakeup_cpu, true)
             .override_global(globals::WAKEUP_NEW_PID_OFF, &offsets.wakeup_new_pid, true)
@@ -209,13 +220,16 @@ impl SchedSensor {
             .override_global(globals::KERNFS_NODE_ID_OFF, &task.kn_id, true)
             .override_global(globals::ARRIVALS_BY_TASK, &by_task, true)
             .override_global(globals::INTRUDER_EVENT_INTERVAL_NS, &interval_ns, true)
-            .load(ebpf::object()?)?;
+            .override_global(globals::IRQ_EXIT_IRQ_OFF, &irq, true)
+            .override_global(globals::SOFTIRQ_VEC_OFF, &vec, true);
+        let ebpf = loader.load(ebpf::object()?)?;
         // Configure the maps before attaching so the first events already see the right sets.
         let mut sensor = Self {
             ebpf,
             trading_cpus: CpuList::default(),
             sampler_links: BTreeMap::new(),
             task,
+            noise: false,
         };
         sensor.set_protected(&config.protected_cgroups)?;
         let name = programs::SAMPLE;
@@ -241,11 +255,12 @@ impl SchedSensor {
             prog.load().map_err(err)?;
             prog.attach("sched_switch").map_err(err)?;
         }
+        sensor.noise = noise::attach(&mut sensor.ebpf, offsets.noise.as_ref());
         let arrivals = match task.arrivals() {
             true => "read from the task (keeper_arrive)",
             false => "from the classic tracepoint",
         };
-        tracing::info!(trading_cpus = %config.trading_cpus, protected = config.protected_cgroups.len(), arrivals, "scheduler sensor attached");
+        tracing::info!(trading_cpus = %config.trading_cpus, protected = config.protected_cgroups.len(), arrivals, noise = sensor.noise, "scheduler sensor attached");
         Ok(sensor)
     }
 
@@ -255,6 +270,16 @@ impl SchedSensor {
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, SenseError> {
         self.ebpf.map(name).ok_or(SenseError::MissingMap(name))
+    }
+
+    /// IRQ and softirq time on the trading cores since attach (`None`: not measured here).
+    pub fn noise(&self) -> Option<Noise> {
+        if !self.noise {
+            return None;
+        }
+        noise::read(&self.ebpf)
+            .inspect_err(|e| tracing::debug!(error = %e, "noise maps unreadable"))
+            .ok()
     }
 
     /// Whether the programs leave kernel threads out by themselves (their flags' offset

@@ -184,8 +184,10 @@ impl Daemon {
         let stderr = child.stderr.take().context("stderr")?;
         let guard = ChildGuard(Some(child));
         let mut lines = BufReader::new(stderr).lines();
+        // Ready once its first pass is done (the trading cores held, the eviction thread's
+        // filter set): the conditions measure a keeper at work, not its start-up.
         for line in lines.by_ref() {
-            if line?.contains("keeper running") {
+            if line?.contains("first pass done") {
                 break;
             }
         }
