@@ -12,10 +12,11 @@ echo "VMTEST kernel $(uname -r)"
 
 # The same embedded eBPF object loads on a current kernel, keeper_arrive included.
 if $K watch --cpus 1 --for 2s --format json > /tmp/watch.json 2> "$LOG" \
-   && has /tmp/watch.json '"cpu": 1' && has "$LOG" "read from the task (keeper_arrive)"; then
+   && has /tmp/watch.json '"cpu": 1' && has "$LOG" "read from the task (keeper_arrive)" \
+   && has /tmp/watch.json '"noise": \[' && has "$LOG" "noise=true"; then
     pass ebpf-loads-6.12
 else
-    fail ebpf-loads-6.12 "keeper watch failed, printed no CPU 1, or could not read arrivals from the task"
+    fail ebpf-loads-6.12 "keeper watch failed, printed no CPU 1, could not read arrivals from the task, or measured no IRQ time"
 fi
 
 # The keeper inside the GPU VM (policies/brain-vm.yaml, no trading cores) on the fake NVML

@@ -27,6 +27,12 @@ if has "$LOG" "read from the task (keeper_arrive)"; then
 else
     fail arrivals-from-the-task "$(grep -i 'arrivals\|keeper_arrive\|BTF' "$LOG" | head -3)"
 fi
+# The irq tracepoint programs (kernel noise by source) load and attach here too.
+if has /tmp/watch.json '"noise": \[' && has "$LOG" "noise=true"; then
+    pass noise-measured
+else
+    fail noise-measured "$(grep -i 'noise\|irq' "$LOG" | head -3)"
+fi
 
 # The workloads' cgroups, with every controller delegated.
 echo "+cpuset +cpu +memory" > $CG/cgroup.subtree_control

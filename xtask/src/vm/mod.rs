@@ -24,6 +24,7 @@ use crate::cargo;
 const CHECKS: &[&str] = &[
     "ebpf-loads",
     "arrivals-from-the-task",
+    "noise-measured",
     "partition",
     "cpu.max+memory.high",
     "freeze",
