@@ -4,7 +4,9 @@
 //! (CPU 1; this VM's disk and network lines fire there) is moved to the housekeeping core while
 //! the keeper protects it, moved again when something puts it back (a driver reset,
 //! irqbalance), a managed line that refuses (EIO) is named once and left, and at exit each
-//! line is allowed where it was before. The test puts every line back itself, even failing.
+//! line is allowed where it was before. Block I/O completes on the submitting CPU meanwhile
+//! (`queue/rq_affinity` 2), put back at exit. The test puts every line and disk back itself,
+//! even failing.
 //!
 //! `host.workqueue_guard`: the unbound workqueues run on the housekeeping core while the keeper
 //! runs; a keeper killed with -9 leaves the mask to the next start, which puts it back.
@@ -36,9 +38,18 @@ fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_
         "no IRQ may fire on CPU 1 here: {:?}",
         saved.0
     );
+    let disks = SavedCompletions::now();
+    assert!(!disks.0.is_empty(), "no disk here");
     let rig = Rig::new("irq");
     rig.with_host("irq_guard: true");
     let mut keeper = rig.keeper(&["--tick", "200ms"]);
+    // Block I/O completes on the submitting CPU: a managed disk line's completion work (the
+    // BLOCK softirq) leaves the trading core with it.
+    assert!(
+        eventually(Duration::from_secs(3), || disks.now_all("2")),
+        "rq_affinity: {:?}",
+        disks.current()
+    );
 
     // Each line is moved, or named once as managed.
     let managed = |lines: &[String], irq: u32| {
@@ -84,6 +95,7 @@ fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_
         assert!(managed(&log, *i) <= 1, "IRQ {i} reported again: {log:#?}");
         assert_eq!(affinity(*i), saved.0[i], "IRQ {i} not put back at exit");
     }
+    assert_eq!(disks.current(), disks.0, "rq_affinity not put back at exit");
     eprintln!(
         "moved {moved:?}, managed {:?}",
         on_cpu1
@@ -91,6 +103,53 @@ fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_
             .filter(|i| managed(&log, **i) == 1)
             .collect::<Vec<_>>()
     );
+}
+
+/// Each disk's `queue/rq_affinity` at the start, written back on drop.
+struct SavedCompletions(Vec<(std::path::PathBuf, String)>);
+
+impl SavedCompletions {
+    fn now() -> Self {
+        let mut paths: Vec<_> = std::fs::read_dir("/sys/block")
+            .unwrap()
+            .flatten()
+            .map(|d| d.path().join("queue/rq_affinity"))
+            .filter(|p| p.exists())
+            .collect();
+        paths.sort();
+        SavedCompletions(
+            paths
+                .into_iter()
+                .map(|p| {
+                    let v = std::fs::read_to_string(&p).unwrap().trim().to_string();
+                    (p, v)
+                })
+                .collect(),
+        )
+    }
+
+    fn current(&self) -> Vec<(std::path::PathBuf, String)> {
+        (self.0.iter())
+            .map(|(p, _)| {
+                (
+                    p.clone(),
+                    std::fs::read_to_string(p).unwrap().trim().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn now_all(&self, v: &str) -> bool {
+        self.current().iter().all(|(_, c)| c == v)
+    }
+}
+
+impl Drop for SavedCompletions {
+    fn drop(&mut self) {
+        for (p, v) in &self.0 {
+            let _ = std::fs::write(p, v);
+        }
+    }
 }
 
 const CPUMASK: &str = "/sys/devices/virtual/workqueue/cpumask";

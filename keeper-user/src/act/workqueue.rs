@@ -1,5 +1,6 @@
-//! The unbound workqueues' CPUs (`host.workqueue_guard`), journaled like any file: kernel work
-//! that may run anywhere (writeback, crypto, most `queue_work` callers) leaves the trading cores.
+//! Kernel work off the trading cores, journaled like any file: the unbound workqueues' CPUs
+//! (`host.workqueue_guard`: writeback, crypto, most `queue_work` callers), and block I/O
+//! completed on the CPU that submitted it (`host.irq_guard`: `queue/rq_affinity` = 2).
 
 use std::path::Path;
 
@@ -43,6 +44,55 @@ impl Actuators {
             "{what} (were on {was}){}",
             kernel_already()
         )))
+    }
+}
+
+/// Where each disk's I/O completes (`1`: the submitter's CPU group, `2`: the submitting CPU).
+const BLOCK: &str = "/sys/block";
+
+impl Actuators {
+    /// Every disk completes I/O on the submitting CPU (`queue/rq_affinity` = 2), each
+    /// original journaled before: one step per disk.
+    pub fn complete_io_on_submitter(&mut self) -> Vec<Result<Effect, ActError>> {
+        let Ok(disks) = std::fs::read_dir(BLOCK) else {
+            return vec![];
+        };
+        let mut paths: Vec<_> = (disks.flatten())
+            .map(|d| d.path().join("queue/rq_affinity"))
+            .filter(|p| p.exists())
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| self.rq_affinity(p)).collect()
+    }
+
+    fn rq_affinity(&mut self, path: &Path) -> Result<Effect, ActError> {
+        let io = |source| ActError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let current = std::fs::read_to_string(path)
+            .map_err(io)?
+            .trim()
+            .to_string();
+        let disk = (path.ancestors().nth(2))
+            .and_then(|d| d.file_name())
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let what = format!("{disk} completes I/O on the submitting CPU");
+        if current == "2" {
+            return Ok(Effect::Unchanged(what));
+        }
+        if self.dry_run {
+            return Ok(Effect::WouldDo(what));
+        }
+        if !self.originals.contains_key(path) {
+            self.journal().record(&Entry::File {
+                path: path.to_path_buf(),
+                original: current.clone(),
+            })?;
+            self.originals.insert(path.to_path_buf(), current.clone());
+        }
+        std::fs::write(path, "2").map_err(io)?;
+        Ok(Effect::Done(format!("{what} (rq_affinity was {current})")))
     }
 }
 

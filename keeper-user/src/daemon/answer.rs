@@ -89,6 +89,8 @@ impl Running {
         let run_s = self.run_s();
         let mut intruders = self.intruder_views(run_s);
         intruders.truncate(TOP_INTRUDERS);
+        let span_ns = run_s * 1e9 * self.sensor.trading_cpus().len() as f64;
+        let noise = (self.sensor.noise()).map_or_else(Vec::new, |n| view::noise_views(&n, span_ns));
         let keeper = &self.keeper;
         let last = keeper.observer.last();
         Frame {
@@ -98,6 +100,7 @@ impl Running {
             summary: keeper.summary(),
             cpus: readouts.iter().map(view::cpu_view).collect(),
             intruders,
+            noise,
             workloads: self.workload_lines(),
             pressure: last.map_or_else(PressureLine::default, |o| PressureLine {
                 cpu_some_percent: o.cpu_pressure.some_avg10,

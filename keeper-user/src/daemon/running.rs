@@ -273,10 +273,14 @@ impl Running {
                 continue;
             }
             // An arrival starts a new stay (a return after an eviction too); a slice dates
-            // its own start.
+            // its own start, unless it is the last slice of a task evicted already (reported
+            // at its switch-out after the move): that stay is over, and its start would be
+            // taken for the next one's.
             if ev.kind == event::SLICE {
-                let began = ev.timestamp_ns.saturating_sub(ev.ran_ns);
-                self.first_run.entry(ev.pid).or_insert(began);
+                if !self.keeper.state.evicted.contains_key(&ev.pid) {
+                    let began = ev.timestamp_ns.saturating_sub(ev.ran_ns);
+                    self.first_run.entry(ev.pid).or_insert(began);
+                }
             } else {
                 self.first_run.insert(ev.pid, ev.timestamp_ns);
             }

@@ -114,6 +114,11 @@ pub enum ActionKind {
         )]
         to: CpuList,
     },
+    /// Complete block I/O on the CPU that submitted it (every disk's `queue/rq_affinity` =
+    /// 2), not where the disk's interrupt fired: a managed IRQ left on a trading core keeps
+    /// its hard IRQ there, and its completion work (the BLOCK softirq) goes to the
+    /// submitter. `host.irq_guard`.
+    CompleteIoOnSubmitter,
     /// Let the kernel's unbound workqueues run only on `to` (the housekeeping cores):
     /// `host.workqueue_guard`.
     SetWorkqueueCpus {
@@ -177,6 +182,7 @@ impl ActionKind {
             ActionKind::ReleaseTradingCores { .. } => "release_trading_cores",
             ActionKind::MoveIrq { .. } => "move_irq",
             ActionKind::SetWorkqueueCpus { .. } => "set_workqueue_cpus",
+            ActionKind::CompleteIoOnSubmitter => "complete_io_on_submitter",
             ActionKind::EvictIntruder { .. } => "evict_intruder",
             ActionKind::StopIntruder { .. } => "stop_intruder",
             ActionKind::SloBreach { .. } => "slo_breach",
@@ -244,6 +250,7 @@ impl fmt::Display for ActionKind {
             ReleaseTradingCores { workload } => write!(f, "release trading cores of {workload}"),
             MoveIrq { irq, name, to } => write!(f, "move IRQ {irq} ({name}) to CPUs {to}"),
             SetWorkqueueCpus { to } => write!(f, "run unbound workqueues on CPUs {to}"),
+            CompleteIoOnSubmitter => write!(f, "complete block I/O on the submitting CPU"),
             EvictIntruder {
                 pid, comm, cpu, to, ..
             } => write!(f, "evict intruder {comm}[{pid}] from CPU {cpu} to {to}"),

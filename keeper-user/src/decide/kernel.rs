@@ -36,6 +36,25 @@ pub fn workqueues(policy: &Policy, state: &mut EngineState) -> Option<Action> {
     })
 }
 
+/// Block I/O completed on the CPU that submitted it, asked for once while the cores are
+/// protected under `host.irq_guard`: the completion work of a disk whose interrupt stays on a
+/// trading core (a managed line cannot be moved at run time) leaves it with the submitter.
+pub fn io_on_submitter(policy: &Policy, state: &mut EngineState) -> Option<Action> {
+    let a = &mut state.applied;
+    if !policy.host.irq_guard || a.trading.is_none() || a.io_on_submitter {
+        return None;
+    }
+    a.io_on_submitter = true;
+    Some(Action {
+        kind: ActionKind::CompleteIoOnSubmitter,
+        rule: RuleId::new("host.irq_guard"),
+        reason: format!(
+            "the trading cores {} are protected: block I/O completes on the CPU that submitted it, not where its disk's interrupt fires",
+            policy.host.trading_cores
+        ),
+    })
+}
+
 /// The IRQ moves of this decision (after `reconcile`, which says whether the cores are
 /// protected now).
 pub fn irqs(
@@ -153,6 +172,33 @@ mod tests {
             ))
             .is_empty()
         );
+    }
+
+    #[test]
+    fn io_completes_on_its_submitter_once_the_cores_are_protected_under_the_irq_guard() {
+        let io = |a: &[Action]| {
+            (a.iter())
+                .filter(|a| matches!(a.kind, ActionKind::CompleteIoOnSubmitter))
+                .count()
+        };
+        let p = policy("irq_guard: true");
+        let mut s = EngineState::default();
+        assert_eq!(io(&decide(&p, &mut s, &obs(false, &[]), t(0))), 0);
+        let first = decide(&p, &mut s, &obs(true, &[]), t(100));
+        assert_eq!(io(&first), 1);
+        assert_eq!(
+            first
+                .iter()
+                .find(|a| io(&[(*a).clone()]) == 1)
+                .unwrap()
+                .rule
+                .0,
+            "host.irq_guard"
+        );
+        assert_eq!(io(&decide(&p, &mut s, &obs(true, &[]), t(200))), 0);
+        let mut s = EngineState::default();
+        let unguarded = policy("irq_guard: false");
+        assert_eq!(io(&decide(&unguarded, &mut s, &obs(true, &[]), t(0))), 0);
     }
 
     #[test]

@@ -67,5 +67,6 @@ pub fn decide(
     let mut actions = reconcile::run(tick, state);
     actions.extend(kernel::workqueues(policy, state));
     actions.extend(kernel::irqs(policy, obs, state, now));
+    actions.extend(kernel::io_on_submitter(policy, state));
     retry::hold_back(state, actions, now)
 }

@@ -195,6 +195,7 @@ pub(super) fn forget(state: &mut EngineState, action: &Action) {
         }
         ActionKind::ProtectTradingCores { .. } => a.trading = None,
         ActionKind::SetWorkqueueCpus { .. } => a.workqueues = None,
+        ActionKind::CompleteIoOnSubmitter => a.io_on_submitter = false,
         ActionKind::EvictIntruder { pid, .. } => {
             state.evicted.remove(pid);
         }

@@ -106,7 +106,8 @@ fn backs_off(kind: &ActionKind) -> bool {
         | ActionKind::StopVm { .. }
         | ActionKind::StartVm { .. }
         | ActionKind::MoveIrq { .. }
-        | ActionKind::SetWorkqueueCpus { .. } => true,
+        | ActionKind::SetWorkqueueCpus { .. }
+        | ActionKind::CompleteIoOnSubmitter => true,
         _ => false,
     }
 }

@@ -168,6 +168,9 @@ pub struct Applied {
     /// Where the unbound workqueues were asked to run (`host.workqueue_guard`).
     #[serde(default)]
     pub workqueues: Option<String>,
+    /// Block I/O asked to complete on its submitting CPU (`host.irq_guard`).
+    #[serde(default)]
+    pub io_on_submitter: bool,
 }
 
 impl Applied {

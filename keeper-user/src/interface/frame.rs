@@ -9,7 +9,7 @@ use crate::{
     act::execute::Done,
     decide::Outcome,
     device::gpu::GpuReadout,
-    report::view::{CpuView, IntruderView},
+    report::view::{CpuView, IntruderView, NoiseView},
 };
 
 /// One frame of the live feed.
@@ -27,6 +27,10 @@ pub struct Frame {
     /// Tasks that ran on the trading cores without being protected, most time first
     /// (at most [`TOP_INTRUDERS`]).
     pub intruders: Vec<IntruderView>,
+    /// Interrupt time on the trading cores by source since the run began (empty where it is
+    /// not measured).
+    #[serde(default)]
+    pub noise: Vec<NoiseView>,
     pub workloads: Vec<WorkloadLine>,
     pub pressure: PressureLine,
     /// `None`: no GPU, or unreadable.

@@ -91,9 +91,11 @@ fn draw(s: &mut Screen, h: &History, v: &View) {
         return;
     };
     let cores = model::cores(h);
-    let [top, cpus, pressure, work, intr, acts, keys] = Layout::vertical([
+    let noise = model::noise(h);
+    let [top, cpus, noise_line, pressure, work, intr, acts, keys] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(2 * cores.len().max(1) as u16),
+        Constraint::Length(u16::from(noise.is_some())),
         Constraint::Length(1),
         Constraint::Min(3),
         Constraint::Length(5),
@@ -110,6 +112,9 @@ fn draw(s: &mut Screen, h: &History, v: &View) {
         .map(Line::from)
         .collect();
     s.render_widget(Paragraph::new(core_lines), cpus);
+    if let Some((share, rows)) = &noise {
+        s.render_widget(Paragraph::new(text::noise(*share, rows)), noise_line);
+    }
     s.render_widget(Paragraph::new(text::pressure(f)), pressure);
     let rows = model::workloads(f, v.sort).into_iter().map(|w| {
         let line = Line::from(text::workload(w));

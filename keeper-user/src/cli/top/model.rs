@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use crate::{
     interface::frame::{Frame, WorkloadState},
-    report::view::{CpuView, IntruderView},
+    report::view::{CpuView, IntruderView, NoiseView},
     sense::latency::Histogram,
 };
 
@@ -154,6 +154,36 @@ fn latency(buckets: &[u64]) -> Latency {
     }
 }
 
+/// Interrupt time on the trading cores over the window: its share of the cores' time, and
+/// each source's (`36 virtio1-req.0`, `TIMER`), most first.
+pub fn noise(h: &History) -> Option<(f64, Vec<(String, f64)>)> {
+    let new = h.newest()?;
+    if new.noise.is_empty() {
+        return None;
+    }
+    let old = h.window_start();
+    let span_s = new.run_s - old.map_or(0.0, |o| o.run_s);
+    let span_ns = span_s * 1e9 * new.cpus.len().max(1) as f64;
+    if span_ns <= 0.0 {
+        return None;
+    }
+    let key = |n: &NoiseView| match n.irq {
+        Some(irq) => format!("{irq} {}", n.name),
+        None => n.name.clone(),
+    };
+    let before = |n: &NoiseView| {
+        let k = key(n);
+        old.and_then(|o| o.noise.iter().find(|b| key(b) == k))
+            .map_or(0, |b| b.time_ns)
+    };
+    let mut rows: Vec<(String, f64)> = (new.noise.iter())
+        .map(|n| (key(n), n.time_ns.saturating_sub(before(n)) as f64 / span_ns))
+        .filter(|(_, share)| *share > 0.0)
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Some((rows.iter().map(|r| r.1).sum(), rows))
+}
+
 /// The intruders, most time in the window first, then most over the run.
 pub fn intruders(h: &History) -> Vec<IntruderRow> {
     let Some(new) = h.newest() else {
@@ -270,6 +300,7 @@ mod tests {
                 errors: 0,
             },
             cpus,
+            noise: vec![],
             intruders: (intruders.into_iter())
                 .map(|(pid, ns)| IntruderView {
                     pid,
@@ -370,5 +401,42 @@ mod tests {
         assert_eq!(names(Sort::Rank), ["banker", "eva", "muse"]);
         assert_eq!(names(Sort::State), ["muse", "banker", "eva"]);
         assert_eq!(names(Sort::Name), ["banker", "eva", "muse"]);
+    }
+
+    #[test]
+    fn noise_over_the_window_is_named_by_source_most_first() {
+        let n = |irq: Option<u32>, name: &str, ms: u64| NoiseView {
+            kind: if irq.is_some() { "irq" } else { "softirq" }.into(),
+            irq,
+            name: name.into(),
+            time_ns: ms * 1_000_000,
+            count: 1,
+            max_us: 1.0,
+            share: 0.0,
+        };
+        let mut h = History::default();
+        for s in 0..=6u64 {
+            let mut f = frame(
+                s as f64,
+                vec![cpu(vec![0; 12], 0, s * 1_000_000_000)],
+                vec![],
+            );
+            // The disk's IRQ: 10 ms a second; TIMER: 1 ms a second from second 2 on.
+            f.noise = vec![
+                n(Some(36), "virtio1-req.0", 10 * s),
+                n(None, "TIMER", s.saturating_sub(2)),
+            ];
+            h.push(f);
+        }
+        let (share, rows) = noise(&h).unwrap();
+        assert_eq!(rows[0].0, "36 virtio1-req.0");
+        assert!((rows[0].1 - 0.01).abs() < 1e-9, "{rows:?}");
+        assert_eq!(rows[1].0, "TIMER");
+        // TIMER: 4 ms over the window (from second 1 to 6: 0 ms then 4 ms).
+        assert!((share - 0.0108).abs() < 1e-9, "{share}");
+        // Not measured: no line.
+        let mut h = History::default();
+        h.push(frame(1.0, vec![], vec![]));
+        assert_eq!(noise(&h), None);
     }
 }

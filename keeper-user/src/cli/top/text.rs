@@ -42,6 +42,9 @@ pub fn screen(h: &History, sort: Sort) -> Vec<String> {
     };
     let mut out = vec![header(f), counters(f)];
     out.extend(model::cores(h).iter().flat_map(core_lines));
+    if let Some((share, rows)) = model::noise(h) {
+        out.push(noise(share, &rows));
+    }
     out.push(pressure(f));
     out.push(String::new());
     out.push(workload_title());
@@ -112,6 +115,19 @@ pub fn core_lines(c: &Core) -> [String; 2] {
             model::histogram_line(&c.buckets)
         ),
     ]
+}
+
+/// The interrupt time on the trading cores over the window, and its largest sources.
+pub fn noise(share: f64, rows: &[(String, f64)]) -> String {
+    let mut line = format!("noise 5s {:.2}%", share * 100.0);
+    for (source, s) in rows {
+        let next = format!(" · {source} {:.2}%", s * 100.0);
+        if line.chars().count() + next.chars().count() > 80 {
+            break;
+        }
+        line.push_str(&next);
+    }
+    line
 }
 
 /// PSI and load, and the GPU.

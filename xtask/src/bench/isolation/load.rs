@@ -42,6 +42,9 @@ pub enum Load {
     Repin,
     /// 4 shells forking `/bin/true` as fast as they can.
     ForkStorm,
+    /// A reader of a file with O_DIRECT (`dd iflag=direct`, 4 KiB at a time) on `cpus`:
+    /// every read is a disk interrupt, where the disk's IRQ fires (CPU 1 on this VM).
+    DiskIo,
 }
 
 impl Load {
@@ -97,9 +100,49 @@ impl Load {
                     out.push(shell("/bin/true".into())?);
                 }
             }
+            Load::DiskIo => {
+                let file = disk_file();
+                out.push(shell(format!(
+                    "dd if={} of=/dev/null bs=4k iflag=direct 2>/dev/null",
+                    file.display()
+                ))?);
+            }
         }
         Ok(out)
     }
+}
+
+/// A 16 MiB file on the root disk for [`Load::DiskIo`], written around the page cache once.
+fn disk_file() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(format!("/var/tmp/keeper-bench-io-{}", std::process::id()));
+    if !path.exists() {
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "count=16", "oflag=direct"])
+            .arg(format!("of={}", path.display()))
+            .output();
+    }
+    path
+}
+
+/// Removes [`disk_file`]'s file (the bench's end).
+pub fn remove_disk_file() {
+    let _ = std::fs::remove_file(format!("/var/tmp/keeper-bench-io-{}", std::process::id()));
+}
+
+/// Interrupts of each numbered IRQ on CPU 1 so far (`/proc/interrupts`' second column).
+pub fn cpu1_interrupts() -> std::collections::BTreeMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (label, rest) = l.split_once(':')?;
+            label.trim().parse::<u32>().ok()?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let count = fields.get(1)?.parse().ok()?;
+            let name = fields.last().copied().unwrap_or("?");
+            Some((format!("{}: {name}", label.trim()), count))
+        })
+        .collect()
 }
 
 fn guard(c: Child) -> Killed {

@@ -19,6 +19,7 @@ mod load;
 mod rig;
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     thread::sleep,
     time::{Duration, Instant},
@@ -43,6 +44,8 @@ struct Condition {
     keeper: bool,
     /// Fresh 30 ms spinners every 50 ms besides the load.
     newcomers: bool,
+    /// The keeper's policy asks for the IRQ guard (`host.irq_guard: true`).
+    irq_guard: bool,
 }
 
 const STATIC: Condition = Condition {
@@ -52,6 +55,7 @@ const STATIC: Condition = Condition {
     cpus: &[0],
     keeper: false,
     newcomers: true,
+    irq_guard: false,
 };
 const UNPROTECTED: Condition = Condition {
     key: "unprotected",
@@ -60,6 +64,7 @@ const UNPROTECTED: Condition = Condition {
     cpus: &[0, 1],
     keeper: false,
     newcomers: true,
+    irq_guard: false,
 };
 const KEEPER: Condition = Condition {
     key: "keeper",
@@ -68,6 +73,7 @@ const KEEPER: Condition = Condition {
     cpus: &[0, 1],
     keeper: true,
     newcomers: true,
+    irq_guard: false,
 };
 const WATCHING: Condition = Condition {
     key: "sensing",
@@ -76,6 +82,7 @@ const WATCHING: Condition = Condition {
     cpus: &[0],
     keeper: true,
     newcomers: true,
+    irq_guard: false,
 };
 const CHURN: Condition = Condition {
     key: "churn",
@@ -84,6 +91,7 @@ const CHURN: Condition = Condition {
     cpus: &[0, 1],
     keeper: true,
     newcomers: false,
+    irq_guard: false,
 };
 const KWORKER: Condition = Condition {
     key: "kworker",
@@ -92,6 +100,7 @@ const KWORKER: Condition = Condition {
     cpus: &[0],
     keeper: true,
     newcomers: false,
+    irq_guard: false,
 };
 const REPIN: Condition = Condition {
     key: "repin",
@@ -100,6 +109,7 @@ const REPIN: Condition = Condition {
     cpus: &[1],
     keeper: true,
     newcomers: false,
+    irq_guard: false,
 };
 const FORKS: Condition = Condition {
     key: "forks",
@@ -108,8 +118,36 @@ const FORKS: Condition = Condition {
     cpus: &[0, 1],
     keeper: true,
     newcomers: false,
+    irq_guard: false,
 };
-const ALL: [Condition; 8] = [
+const IO_STATIC: Condition = Condition {
+    key: "io-static",
+    label: "static isolation + disk I/O (reader on CPU 0)",
+    load: Load::DiskIo,
+    cpus: &[0],
+    keeper: false,
+    newcomers: false,
+    irq_guard: false,
+};
+const IO_KEEPER: Condition = Condition {
+    key: "io-keeper",
+    label: "keeper + disk I/O, no IRQ guard",
+    load: Load::DiskIo,
+    cpus: &[0],
+    keeper: true,
+    newcomers: false,
+    irq_guard: false,
+};
+const IO_GUARD: Condition = Condition {
+    key: "io-guard",
+    label: "keeper + disk I/O, IRQ guard on",
+    load: Load::DiskIo,
+    cpus: &[0],
+    keeper: true,
+    newcomers: false,
+    irq_guard: true,
+};
+const ALL: [Condition; 11] = [
     STATIC,
     UNPROTECTED,
     KEEPER,
@@ -118,6 +156,9 @@ const ALL: [Condition; 8] = [
     KWORKER,
     REPIN,
     FORKS,
+    IO_STATIC,
+    IO_KEEPER,
+    IO_GUARD,
 ];
 
 /// What one condition measured in one round.
@@ -127,9 +168,15 @@ struct Row {
     share: f64,
     evictions: u64,
     eviction_us: Vec<f64>,
+    /// Interrupts on CPU 1 per second during the probe, by IRQ (`N: name`).
+    irqs_per_s: BTreeMap<String, f64>,
 }
 
 impl Row {
+    fn irqs_total(&self) -> f64 {
+        self.irqs_per_s.values().fold(0.0, |a, b| a + b)
+    }
+
     fn q(&self, q: f64) -> f64 {
         quantile(&self.ticks, q).unwrap_or(0.0)
     }
@@ -140,6 +187,8 @@ struct Bench<'a> {
     probe: &'a str,
     scope: &'a Scope,
     policy: &'a Path,
+    /// The same with `host.irq_guard: true`.
+    guarded: &'a Path,
     work: &'a Path,
     secs: u64,
 }
@@ -149,7 +198,11 @@ impl Bench<'_> {
         let daemon = match c.keeper {
             true => Some(Daemon::start(
                 self.keeper,
-                self.policy,
+                if c.irq_guard {
+                    self.guarded
+                } else {
+                    self.policy
+                },
                 self.scope,
                 self.work,
                 round,
@@ -165,8 +218,19 @@ impl Bench<'_> {
         };
         sleep(Duration::from_millis(500));
         let share = ShareSampler::start(self.scope);
+        let (irqs, t0) = (load::cpu1_interrupts(), std::time::Instant::now());
         let ticks = trading_probe(self.scope, self.probe, self.secs)?;
+        let (after, secs) = (load::cpu1_interrupts(), t0.elapsed().as_secs_f64());
         let share = share.finish();
+        let irqs_per_s = (after.iter())
+            .map(|(k, n)| {
+                (
+                    k.clone(),
+                    n.saturating_sub(irqs.get(k).copied().unwrap_or(0)) as f64 / secs,
+                )
+            })
+            .filter(|(_, r)| *r > 0.0)
+            .collect();
         drop(load);
         drop(fresh);
         let (evictions, eviction_us) = match daemon {
@@ -182,6 +246,7 @@ impl Bench<'_> {
             share,
             evictions,
             eviction_us,
+            irqs_per_s,
         })
     }
 }
@@ -195,7 +260,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     if let Some(k) = only.iter().find(|k| !ALL.iter().any(|c| c.key == *k)) {
         bail!(
-            "--only: no condition {k:?} (known: static, unprotected, keeper, sensing, churn, kworker, repin, forks)"
+            "--only: no condition {k:?} (known: static, unprotected, keeper, sensing, churn, kworker, repin, forks, io-static, io-keeper, io-guard)"
         );
     }
     let chosen: Vec<Condition> = ALL
@@ -209,12 +274,14 @@ pub fn run(
     let scope = Scope::new()?;
     let work = std::env::temp_dir().join(format!("keeper-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let policy = policy(&scope, &work)?;
+    let guarded = policy(&scope, &work, true)?;
+    let policy = policy(&scope, &work, false)?;
     let bench = Bench {
         keeper: &keeper,
         probe,
         scope: &scope,
         policy: &policy,
+        guarded: &guarded,
         work: &work,
         secs,
     };
@@ -229,6 +296,7 @@ pub fn run(
     let (preempt_ms, idle_cpu_pct, rss_kib, hwm_kib) =
         preemption_and_footprint(&bench, preemptions)?;
     let _ = std::fs::remove_dir_all(&work);
+    load::remove_disk_file();
     print_tables(&rows, &chosen, rounds, secs);
     let pq = |q| quantile(&preempt_ms, q).map_or("-".into(), |v| format!("{v:.2}"));
     println!("\n| measure | count | p50 | p99 | max | target |\n|---|---|---|---|---|---|");
@@ -257,9 +325,9 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
         load::WORK_US
     );
     println!(
-        "| condition | ticks | p50 µs | p99 µs | p99.9 µs | max µs | p99 vs static | load's share of CPU 1 | evictions | eviction p50 / p99 µs |"
+        "| condition | ticks | p50 µs | p99 µs | p99.9 µs | max µs | p99 vs static | load's share of CPU 1 | evictions | eviction p50 / p99 µs | IRQs/s on CPU 1 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let of = |label: &str| rows.iter().filter(|r| r.label == label).collect::<Vec<_>>();
     let med = |rs: &[&Row], f: &dyn Fn(&Row) -> f64| {
         median(&rs.iter().map(|r| f(r)).collect::<Vec<_>>()).unwrap_or(0.0)
@@ -270,7 +338,7 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
         let ev: Vec<f64> = rs.iter().flat_map(|r| r.eviction_us.clone()).collect();
         let eq = |q| quantile(&ev, q).map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2} % | {} | {} / {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2} % | {} | {} / {} | {:.0} |",
             c.label,
             rs.iter().map(|r| r.ticks.len()).sum::<usize>(),
             med(&rs, &|r| r.q(0.5)),
@@ -282,6 +350,25 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
             rs.iter().map(|r| r.evictions).sum::<u64>(),
             eq(0.5),
             eq(0.99),
+            med(&rs, &|r| r.irqs_total()),
+        );
+    }
+    for &c in chosen.iter().filter(|c| c.load == Load::DiskIo) {
+        let rs = of(c.label);
+        let mut names: Vec<&String> = rs.iter().flat_map(|r| r.irqs_per_s.keys()).collect();
+        names.sort();
+        names.dedup();
+        let each: Vec<String> = (names.into_iter())
+            .map(|n| {
+                let rate = med(&rs, &|r| r.irqs_per_s.get(n).copied().unwrap_or(0.0));
+                format!("{n} {rate:.0}/s")
+            })
+            .collect();
+        println!(
+            "
+interrupts on CPU 1 (median per second), {}: {}",
+            c.label,
+            each.join(", ")
         );
     }
     for &c in chosen

@@ -90,14 +90,19 @@ pub fn spawn_in(
     cmd.spawn().with_context(|| format!("starting {program}"))
 }
 
-pub fn policy(scope: &Scope, dir: &Path) -> anyhow::Result<PathBuf> {
+/// The bench's policy; `irq_guard`: with `host.irq_guard: true` (every movable IRQ off CPU 1
+/// while the keeper runs, put back at its exit).
+pub fn policy(scope: &Scope, dir: &Path, irq_guard: bool) -> anyhow::Result<PathBuf> {
     let s = &scope.rel;
-    let path = dir.join("bench-policy.yaml");
+    let path = dir.join(match irq_guard {
+        true => "bench-policy-irq-guard.yaml",
+        false => "bench-policy.yaml",
+    });
     std::fs::write(
         &path,
         format!(
             "version: 1\n\
-             host: {{ name: bench, time_zone: UTC, trading_cores: \"1\", housekeeping_cores: \"0\" }}\n\
+             host: {{ name: bench, time_zone: UTC, trading_cores: \"1\", housekeeping_cores: \"0\", irq_guard: {irq_guard} }}\n\
              workloads:\n\
              \x20 - {{ name: banker, rank: 1, match: {{ cgroup: {s}/banker }}, owns_trading_cores: true }}\n\
              \x20 - name: eva\n\
