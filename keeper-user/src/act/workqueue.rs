@@ -31,14 +31,7 @@ impl Actuators {
         if self.dry_run {
             return Ok(Effect::WouldDo(what));
         }
-        if !self.originals.contains_key(path) {
-            self.journal().record(&Entry::File {
-                path: path.to_path_buf(),
-                original: current.clone(),
-            })?;
-            self.originals.insert(path.to_path_buf(), current.clone());
-        }
-        std::fs::write(path, to.to_mask()).map_err(io)?;
+        self.write_journaled(path, &current, &to.to_mask())?;
         let was = CpuList::from_mask(&current).map_or(current, |c| c.to_string());
         Ok(Effect::Done(format!(
             "{what} (were on {was}){}",
@@ -84,15 +77,25 @@ impl Actuators {
         if self.dry_run {
             return Ok(Effect::WouldDo(what));
         }
+        self.write_journaled(path, &current, "2")?;
+        Ok(Effect::Done(format!("{what} (rq_affinity was {current})")))
+    }
+
+    /// Writes `value` to a kernel file whose value is `current`, the original journaled
+    /// first (once per run).
+    fn write_journaled(&mut self, path: &Path, current: &str, value: &str) -> Result<(), ActError> {
         if !self.originals.contains_key(path) {
             self.journal().record(&Entry::File {
                 path: path.to_path_buf(),
-                original: current.clone(),
+                original: current.to_string(),
             })?;
-            self.originals.insert(path.to_path_buf(), current.clone());
+            self.originals
+                .insert(path.to_path_buf(), current.to_string());
         }
-        std::fs::write(path, "2").map_err(io)?;
-        Ok(Effect::Done(format!("{what} (rq_affinity was {current})")))
+        std::fs::write(path, value).map_err(|source| ActError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

@@ -97,9 +97,12 @@ impl FastHands {
     pub fn set(&self, filter: Option<FastEvictions>) {
         *self.filter.lock().unwrap_or_else(|e| e.into_inner()) = filter.map(Arc::new);
     }
+}
 
-    /// Ends the thread (within one poll interval).
-    pub fn stop(mut self) {
+/// Dropping the hands ends the thread (within one poll interval), also after a start that
+/// failed half-way.
+impl Drop for FastHands {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

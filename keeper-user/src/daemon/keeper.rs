@@ -194,8 +194,8 @@ impl Keeper {
             done,
             rollback: false,
         };
-        let obs = self.observer.last().cloned().unwrap_or_default();
-        self.after(carried, &obs)
+        // No rollback follows an eviction: the observations are not read.
+        self.after(carried, &Observations::default())
     }
 
     /// An interaction starts or ends; a start times the preemption it causes.

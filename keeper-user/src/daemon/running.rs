@@ -41,8 +41,9 @@ pub(super) struct Running {
     /// The scrape's snapshot (`--metrics`).
     metrics: Option<metrics::Metrics>,
     latency: LatencyWindow,
-    /// Cgroup id → path, refreshed when an unknown id shows up.
+    /// Cgroup id → path, refreshed when an unknown id shows up (`index_gen` counts the reads).
     index: HashMap<u64, String>,
+    index_gen: u64,
     last_prune: Instant,
     /// When each intruder's stay on a trading core began (CLOCK_MONOTONIC ns).
     first_run: HashMap<u32, u64>,
@@ -69,6 +70,7 @@ impl Running {
     ) -> Running {
         Running {
             index: cg.id_index(),
+            index_gen: 0,
             keeper,
             sensor,
             memory_sensor,
@@ -155,7 +157,7 @@ impl Running {
             events.extend(self.lost_events.rescan(&self.sensor));
         }
         let moved: HashSet<u32> = batch.evicted.iter().filter_map(Done::evicted).collect();
-        let known = self.index.len();
+        let (index_was, owner_was) = (self.index_gen, self.keeper.state.applied.trading.clone());
         let intruders = self.intruders(events, &moved);
         if !batch.evicted.is_empty() {
             let done = self.keeper.evicted_on_arrival(batch.evicted);
@@ -166,8 +168,9 @@ impl Running {
             let done = self.keeper.tick(&obs);
             self.after(&done);
         }
-        // A cgroup new to the index: the eviction thread learns it now, not at the next tick.
-        if self.index.len() != known {
+        // A cgroup new to the index, or the cores held for another: the eviction thread
+        // learns it now, not at the next tick.
+        if self.index_gen != index_was || self.keeper.state.applied.trading != owner_was {
             self.refresh_fast();
         }
     }
@@ -319,9 +322,15 @@ impl Running {
             }
         };
         if list.iter().any(|i| !self.index.contains_key(&i.cgroup_id)) {
-            self.index = self.cg.id_index();
+            self.reindex();
         }
         view::intruder_views(list, &self.index, span_ns).0
+    }
+
+    /// Reads the cgroup index again (a cgroup it lacks was named).
+    fn reindex(&mut self) {
+        self.index = self.cg.id_index();
+        self.index_gen += 1;
     }
 
     /// The event's cgroup path; `None` for an arrival already gone.
@@ -330,7 +339,7 @@ impl Running {
             return procfs::task_cgroup(ev.pid);
         }
         if !self.index.contains_key(&ev.cgroup_id) {
-            self.index = self.cg.id_index();
+            self.reindex();
         }
         Some(self.index.get(&ev.cgroup_id).cloned().unwrap_or_default())
     }
@@ -456,9 +465,8 @@ impl Running {
         tracing::info!("stopping: undoing every change");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let mut sensed = self.sensed();
-        if let Some(fast) = self.fast.take() {
-            fast.stop();
-        }
+        // The eviction thread ends before the undo: nothing is moved while it runs.
+        drop(self.fast.take());
         drop(self.sensor);
         self.keeper.stop_slow_hands();
         sensed.restored_at_exit = self.keeper.act.restore_all()?;

@@ -162,14 +162,40 @@ fn pinner(pid: u32, cgroup: &str, arrived: bool) -> Intruder {
     }
 }
 
-#[test]
-fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() {
+/// The one-host policy with `rules.intruders: {repeat, within: 10s, then}`.
+fn repeat_policy(repeat: u32, then: crate::policy::RepeatAction) -> Policy {
     let mut p = one_host().unwrap();
     p.rules.intruders = crate::policy::IntruderRule {
-        repeat: 2,
+        repeat,
         within: std::time::Duration::from_secs(10),
-        then: crate::policy::RepeatAction::Freeze,
+        then,
     };
+    p
+}
+
+/// The intruder actions (evict, stop) decided for `i` on a trading day, `secs` in.
+fn intruder_kinds(
+    p: &Policy,
+    state: &mut EngineState,
+    i: Intruder,
+    secs: i64,
+) -> Vec<&'static str> {
+    let mut obs = all_present(&ALL);
+    obs.intruders.push(i);
+    let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+    decide(p, state, &obs, now)
+        .into_iter()
+        .filter_map(|a| match a.kind {
+            ActionKind::EvictIntruder { .. } => Some("evict"),
+            ActionKind::StopIntruder { .. } => Some("stop"),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() {
+    let p = repeat_policy(2, crate::policy::RepeatAction::Freeze);
     let mut state = EngineState::default();
     let run = |state: &mut EngineState, cgroup: &str, secs: i64| {
         let mut obs = all_present(&ALL);
@@ -217,26 +243,11 @@ fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() 
 
 #[test]
 fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
-    let mut p = one_host().unwrap();
-    p.rules.intruders = crate::policy::IntruderRule {
-        repeat: 3,
-        within: std::time::Duration::from_secs(10),
-        then: crate::policy::RepeatAction::Stop,
-    };
+    let p = repeat_policy(3, crate::policy::RepeatAction::Stop);
     let mut state = EngineState::default();
     let kinds = |state: &mut EngineState, arrived: bool, secs: i64| {
-        let mut obs = all_present(&ALL);
-        obs.intruders
-            .push(pinner(7, "system.slice/pinner.service", arrived));
-        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
-        decide(&p, state, &obs, now)
-            .into_iter()
-            .filter_map(|a| match a.kind {
-                ActionKind::EvictIntruder { .. } => Some("evict"),
-                ActionKind::StopIntruder { .. } => Some("stop"),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+        let i = pinner(7, "system.slice/pinner.service", arrived);
+        intruder_kinds(&p, state, i, secs)
     };
     assert_eq!(kinds(&mut state, true, 0), ["evict"]);
     // A late slice of the evicted task is no news; its return is, at once.
@@ -479,27 +490,12 @@ proptest! {
 
 #[test]
 fn an_intruder_evicted_on_arrival_is_counted_and_not_evicted_again() {
-    let mut p = one_host().unwrap();
-    p.rules.intruders = crate::policy::IntruderRule {
-        repeat: 3,
-        within: std::time::Duration::from_secs(10),
-        then: crate::policy::RepeatAction::Stop,
-    };
+    let p = repeat_policy(3, crate::policy::RepeatAction::Stop);
     let mut state = EngineState::default();
     let kinds = |state: &mut EngineState, secs: i64| {
-        let mut obs = all_present(&ALL);
         let mut i = pinner(7, "system.slice/pinner.service", true);
         i.evicted = true; // moved by the eviction thread
-        obs.intruders.push(i);
-        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
-        decide(&p, state, &obs, now)
-            .into_iter()
-            .filter_map(|a| match a.kind {
-                ActionKind::EvictIntruder { .. } => Some("evict"),
-                ActionKind::StopIntruder { .. } => Some("stop"),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+        intruder_kinds(&p, state, i, secs)
     };
     // Its eviction is done: the engine asks for none, but counts it, so that its returns
     // escalate exactly as if the engine had evicted it.
