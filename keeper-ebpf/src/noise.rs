@@ -90,7 +90,7 @@ pub fn keeper_irq_out(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let irq = irq as u32;
-    match NOISE_IRQ.get_ptr_mut(&irq) {
+    match NOISE_IRQ.get_ptr_mut(irq) {
         Some(t) => add(t, ns),
         None => {
             let t = NoiseTotal {
@@ -98,7 +98,7 @@ pub fn keeper_irq_out(ctx: TracePointContext) -> u32 {
                 count: 1,
                 max_ns: ns,
             };
-            let _ = NOISE_IRQ.insert(&irq, &t, 0);
+            let _ = NOISE_IRQ.insert(irq, t, 0);
         }
     }
     0

@@ -34,6 +34,40 @@ else
     fail noise-measured "$(grep -i 'noise\|irq' "$LOG" | head -3)"
 fi
 
+# 1b. The IRQ guard on a line of this guest: the serial port's, pinned to CPU 1, fires there
+#     while the console writes and `keeper watch` names it; a keeper with host.irq_guard moves
+#     it to CPU 0 (its count on CPU 1 stops growing) and allows it on CPU 1 again at exit.
+SER=$(grep -m1 'ttyS0' /proc/interrupts | cut -d: -f1 | tr -d ' ')
+on_cpu1() { set -- $(grep "^ *$SER:" /proc/interrupts); echo "$3"; }
+talk() { i=0; while [ $i -lt 60 ]; do echo "serial line $i for the IRQ check"; i=$((i + 1)); done; }
+ORIG_AFFINITY=$(cat /proc/irq/$SER/smp_affinity_list)
+echo 1 > /proc/irq/$SER/smp_affinity_list
+$K watch --cpus 1 --for 3s --format json > /tmp/irq-watch.json 2>/dev/null &
+WATCH=$!
+sleep 1.5; talk; wait $WATCH
+if has /tmp/irq-watch.json '"name": "ttyS0"'; then
+    pass "irq-named (IRQ $SER ttyS0 in keeper watch's noise)"
+else
+    fail irq-named "IRQ $SER not in $(grep -A3 '"noise"' /tmp/irq-watch.json | tr -d '\n ' | head -c 300)"
+fi
+mkdir -p $S/banker
+$K run --policy /vm/irq.yaml --state-dir /tmp/irq-state --socket /tmp/irq.sock --for 6s > /tmp/irq.log 2>&1 &
+IRQ_KEEPER=$!
+if wait_for 20 is /proc/irq/$SER/smp_affinity_list 0; then
+    talk; sleep 0.5; c0=$(on_cpu1); talk; sleep 0.5; c1=$(on_cpu1)
+    wait $IRQ_KEEPER
+    after=$(cat /proc/irq/$SER/smp_affinity_list)
+    if [ "$c1" = "$c0" ] && [ "$after" = 1 ]; then
+        pass "irq-guard (IRQ $SER moved to CPU 0, CPU 1 count held at $c0 while the console wrote; allowed on $after again at exit)"
+    else
+        fail irq-guard "CPU 1 count $c0 -> $c1 while moved; affinity after exit $after"
+    fi
+else
+    fail irq-guard "IRQ $SER still on $(cat /proc/irq/$SER/smp_affinity_list): $(tail -5 /tmp/irq.log)"
+    wait $IRQ_KEEPER
+fi
+echo "$ORIG_AFFINITY" > /proc/irq/$SER/smp_affinity_list
+
 # The workloads' cgroups, with every controller delegated.
 echo "+cpuset +cpu +memory" > $CG/cgroup.subtree_control
 mkdir -p $S/banker $S/eva $S/muse $S/lab

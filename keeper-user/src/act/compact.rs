@@ -72,6 +72,7 @@ pub(super) fn key(e: &Entry) -> String {
         Entry::GpuPowerLimit { uuid, .. } => format!("power {uuid}"),
         Entry::GpuClockOffset { uuid, .. } => format!("clock {uuid}"),
         Entry::IrqAffinity { irq, .. } => format!("irq {irq}"),
+        Entry::IrqbalanceBan { dir } => format!("irqbalance {}", dir.display()),
         other => format!("{other:?}"),
     }
 }

@@ -148,6 +148,7 @@ pub fn execute(
         ActionKind::MoveIrq { irq, name, to } => vec![act.move_irq(*irq, name, to)],
         ActionKind::SetWorkqueueCpus { to } => vec![act.set_workqueue_cpus(to)],
         ActionKind::CompleteIoOnSubmitter => act.complete_io_on_submitter(),
+        ActionKind::KeepIrqbalanceOff { cpus } => vec![act.keep_irqbalance_off(cpus)],
         ActionKind::ReleaseTradingCores { workload } => {
             let mut out = each_cgroup(act, &place(workload), |a, c| {
                 match a.read_file(c, "cpuset.cpus.partition") {

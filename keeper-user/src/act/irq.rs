@@ -1,13 +1,40 @@
-//! Interrupt affinity, journaled: `host.irq_guard` moves a line off the trading cores; the
-//! exit (or the next start) puts back where it was allowed before.
+//! Interrupt affinity, journaled: `host.irq_guard` moves a line off the trading cores, and
+//! tells a running irqbalance to leave them alone; the exit (or the next start) puts each
+//! line back where it was allowed before and lifts the ban.
+
+use std::path::Path;
 
 use super::{ActError, Actuators, Effect, journal::Entry};
 use crate::{
     cpulist::CpuList,
-    device::irq::{self, IrqError},
+    device::{
+        irq::{self, IrqError},
+        irqbalance,
+    },
 };
 
 impl Actuators {
+    /// Tells a running irqbalance to leave `cpus` out of its balancing, journaled first (the
+    /// exit lifts the ban). No irqbalance running: nothing to tell.
+    pub fn keep_irqbalance_off(&mut self, cpus: &CpuList) -> Result<Effect, ActError> {
+        let dir = Path::new(irqbalance::SOCKET_DIR);
+        let Some(socket) = irqbalance::socket_in(dir) else {
+            return Ok(Effect::Unchanged("irqbalance is not running".into()));
+        };
+        let what = format!("irqbalance ({}) leaves CPUs {cpus} alone", socket.display());
+        if self.dry_run {
+            return Ok(Effect::WouldDo(what));
+        }
+        self.journal().record(&Entry::IrqbalanceBan {
+            dir: dir.to_path_buf(),
+        })?;
+        irqbalance::ban(&socket, cpus).map_err(|source| ActError::Io {
+            path: socket.clone(),
+            source,
+        })?;
+        Ok(Effect::Done(what))
+    }
+
     /// Lets `irq` fire only on `to`, journaling where it was allowed before (once per run: a
     /// line put back by a driver or irqbalance is moved again without a new record). A managed
     /// line refuses (EPERM or EIO): [`IrqError::Managed`], read as "skipped" by the engine.
@@ -72,4 +99,20 @@ pub fn restore(number: u32, original: &str) -> Result<Option<String>, ActError> 
         Err(IrqError::Managed { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Journal replay: the irqbalance running now (if any) balances every CPU again. One that
+/// restarted since holds no ban of ours, and one not running needs nothing.
+pub fn lift_irqbalance_ban(dir: &Path) -> Result<Option<String>, ActError> {
+    let Some(socket) = irqbalance::socket_in(dir) else {
+        return Ok(None);
+    };
+    irqbalance::unban(&socket).map_err(|source| ActError::Io {
+        path: socket.clone(),
+        source,
+    })?;
+    Ok(Some(format!(
+        "irqbalance ({}) balances every CPU again",
+        socket.display()
+    )))
 }

@@ -68,6 +68,8 @@ pub enum Entry {
     GpuRestored { pid: u32, start: u64 },
     /// An interrupt line the keeper moved (`host.irq_guard`), and where it was allowed before.
     IrqAffinity { irq: u32, original: String },
+    /// irqbalance was told (on its socket in `dir`) to leave CPUs alone: the ban is lifted.
+    IrqbalanceBan { dir: PathBuf },
     /// A VM the keeper hibernated through the Proxmox API described by the file `api`.
     VmStopped { vmid: u32, api: PathBuf },
     /// That VM was started again (or its hibernation refused): nothing to undo.

@@ -569,6 +569,7 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
         Entry::GpuRestored { .. } | Entry::VmStarted { .. } => Ok(None),
         Entry::VmStopped { vmid, api } => vm_stop::restore(*vmid, api),
         Entry::IrqAffinity { irq, original } => irq::restore(*irq, original),
+        Entry::IrqbalanceBan { dir } => irq::lift_irqbalance_ban(dir),
     }
 }
 

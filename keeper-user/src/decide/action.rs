@@ -119,6 +119,15 @@ pub enum ActionKind {
     /// its hard IRQ there, and its completion work (the BLOCK softirq) goes to the
     /// submitter. `host.irq_guard`.
     CompleteIoOnSubmitter,
+    /// Tell a running irqbalance to leave `cpus` (the trading cores) out of its balancing
+    /// (its control socket; lifted at exit). `host.irq_guard`.
+    KeepIrqbalanceOff {
+        #[serde(
+            serialize_with = "cpu_list_text",
+            deserialize_with = "cpu_list_from_text"
+        )]
+        cpus: CpuList,
+    },
     /// Let the kernel's unbound workqueues run only on `to` (the housekeeping cores):
     /// `host.workqueue_guard`.
     SetWorkqueueCpus {
@@ -183,6 +192,7 @@ impl ActionKind {
             ActionKind::MoveIrq { .. } => "move_irq",
             ActionKind::SetWorkqueueCpus { .. } => "set_workqueue_cpus",
             ActionKind::CompleteIoOnSubmitter => "complete_io_on_submitter",
+            ActionKind::KeepIrqbalanceOff { .. } => "keep_irqbalance_off",
             ActionKind::EvictIntruder { .. } => "evict_intruder",
             ActionKind::StopIntruder { .. } => "stop_intruder",
             ActionKind::SloBreach { .. } => "slo_breach",
@@ -251,6 +261,7 @@ impl fmt::Display for ActionKind {
             MoveIrq { irq, name, to } => write!(f, "move IRQ {irq} ({name}) to CPUs {to}"),
             SetWorkqueueCpus { to } => write!(f, "run unbound workqueues on CPUs {to}"),
             CompleteIoOnSubmitter => write!(f, "complete block I/O on the submitting CPU"),
+            KeepIrqbalanceOff { cpus } => write!(f, "keep irqbalance off CPUs {cpus}"),
             EvictIntruder {
                 pid, comm, cpu, to, ..
             } => write!(f, "evict intruder {comm}[{pid}] from CPU {cpu} to {to}"),

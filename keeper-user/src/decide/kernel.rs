@@ -55,6 +55,23 @@ pub fn io_on_submitter(policy: &Policy, state: &mut EngineState) -> Option<Actio
     })
 }
 
+/// A running irqbalance told to leave the trading cores out of its balancing, asked for once
+/// while they are protected under `host.irq_guard` (the guard moves its lines back anyway;
+/// this keeps it from putting them there every pass).
+pub fn irqbalance_off(policy: &Policy, state: &mut EngineState) -> Option<Action> {
+    let a = &mut state.applied;
+    if !policy.host.irq_guard || a.trading.is_none() || a.irqbalance_off {
+        return None;
+    }
+    a.irqbalance_off = true;
+    let cpus = policy.host.trading_cores.clone();
+    Some(Action {
+        reason: format!("the trading cores {cpus} are protected: irqbalance leaves them alone"),
+        kind: ActionKind::KeepIrqbalanceOff { cpus },
+        rule: RuleId::new("host.irq_guard"),
+    })
+}
+
 /// The IRQ moves of this decision (after `reconcile`, which says whether the cores are
 /// protected now).
 pub fn irqs(
@@ -175,25 +192,33 @@ mod tests {
     }
 
     #[test]
-    fn io_completes_on_its_submitter_once_the_cores_are_protected_under_the_irq_guard() {
+    fn io_completes_on_its_submitter_and_irqbalance_is_told_once_under_the_irq_guard() {
+        // One of each, as a pair: the I/O completions and the irqbalance ban.
         let io = |a: &[Action]| {
-            (a.iter())
-                .filter(|a| matches!(a.kind, ActionKind::CompleteIoOnSubmitter))
-                .count()
+            let n = |f: fn(&ActionKind) -> bool| a.iter().filter(|a| f(&a.kind)).count();
+            let io = n(|k| matches!(k, ActionKind::CompleteIoOnSubmitter));
+            let ban = n(
+                |k| matches!(k, ActionKind::KeepIrqbalanceOff { cpus } if cpus.to_string() == "1"),
+            );
+            assert_eq!(io, ban, "{a:#?}");
+            io
         };
         let p = policy("irq_guard: true");
         let mut s = EngineState::default();
         assert_eq!(io(&decide(&p, &mut s, &obs(false, &[]), t(0))), 0);
         let first = decide(&p, &mut s, &obs(true, &[]), t(100));
         assert_eq!(io(&first), 1);
-        assert_eq!(
+        let guard = |a: &&Action| {
+            matches!(
+                a.kind,
+                ActionKind::CompleteIoOnSubmitter | ActionKind::KeepIrqbalanceOff { .. }
+            )
+        };
+        assert!(
             first
                 .iter()
-                .find(|a| io(&[(*a).clone()]) == 1)
-                .unwrap()
-                .rule
-                .0,
-            "host.irq_guard"
+                .filter(guard)
+                .all(|a| a.rule.0 == "host.irq_guard")
         );
         assert_eq!(io(&decide(&p, &mut s, &obs(true, &[]), t(200))), 0);
         let mut s = EngineState::default();

@@ -68,5 +68,6 @@ pub fn decide(
     actions.extend(kernel::workqueues(policy, state));
     actions.extend(kernel::irqs(policy, obs, state, now));
     actions.extend(kernel::io_on_submitter(policy, state));
+    actions.extend(kernel::irqbalance_off(policy, state));
     retry::hold_back(state, actions, now)
 }

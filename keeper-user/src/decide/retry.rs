@@ -107,7 +107,8 @@ fn backs_off(kind: &ActionKind) -> bool {
         | ActionKind::StartVm { .. }
         | ActionKind::MoveIrq { .. }
         | ActionKind::SetWorkqueueCpus { .. }
-        | ActionKind::CompleteIoOnSubmitter => true,
+        | ActionKind::CompleteIoOnSubmitter
+        | ActionKind::KeepIrqbalanceOff { .. } => true,
         _ => false,
     }
 }

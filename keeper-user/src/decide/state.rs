@@ -168,9 +168,12 @@ pub struct Applied {
     /// Where the unbound workqueues were asked to run (`host.workqueue_guard`).
     #[serde(default)]
     pub workqueues: Option<String>,
-    /// Block I/O asked to complete on its submitting CPU (`host.irq_guard`).
+    /// Block I/O asked to complete on its submitting CPU, and irqbalance asked to leave the
+    /// trading cores alone (`host.irq_guard`).
     #[serde(default)]
     pub io_on_submitter: bool,
+    #[serde(default)]
+    pub irqbalance_off: bool,
 }
 
 impl Applied {

@@ -7,7 +7,7 @@
 //! - [`placement`]: where each workload of the policy lives, and whose a process or cgroup is;
 //! - [`docker`]: the Docker Engine API (running containers, their names, labels and cgroups);
 //! - [`qmp`]: a VM's QMP socket (balloon, status), Proxmox's socket layout;
-//! - [`irq`]: interrupt lines, their names and affinities;
+//! - [`irq`]: interrupt lines, their names and affinities; [`irqbalance`]: its control socket;
 //! - [`gpu`]: the GPU through NVML (readouts, power limit, clock offset);
 //! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernate/start);
 //! - [`trust`]: whether a library or tool the keeper would load or run is root's alone.
@@ -17,6 +17,7 @@ pub mod clock;
 pub mod docker;
 pub mod gpu;
 pub mod irq;
+pub mod irqbalance;
 pub mod placement;
 pub mod procfs;
 pub mod proxmox;

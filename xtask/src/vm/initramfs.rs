@@ -31,7 +31,7 @@ const APPLETS: &[&str] = &[
 /// Builds `out` (gzip'd newc cpio) from the given binaries and the files of tests/vm/.
 pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     let stage = keeper_stage(binaries, out)?;
-    for f in ["checks.sh", "guest.sh", "policy.yaml"] {
+    for f in ["checks.sh", "guest.sh", "policy.yaml", "irq.yaml"] {
         std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
     }
     pack(&stage, &INIT.replace("SCRIPT", "guest.sh"), out)

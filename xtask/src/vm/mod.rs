@@ -25,6 +25,8 @@ const CHECKS: &[&str] = &[
     "ebpf-loads",
     "arrivals-from-the-task",
     "noise-measured",
+    "irq-named",
+    "irq-guard",
     "partition",
     "cpu.max+memory.high",
     "freeze",
