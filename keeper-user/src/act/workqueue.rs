@@ -16,14 +16,7 @@ impl Actuators {
     /// Lets unbound workqueues run only on `to`, journaling the mask before.
     pub fn set_workqueue_cpus(&mut self, to: &CpuList) -> Result<Effect, ActError> {
         let path = Path::new(CPUMASK);
-        let io = |source| ActError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let current = std::fs::read_to_string(path)
-            .map_err(io)?
-            .trim()
-            .to_string();
+        let current = read_trimmed(path)?;
         let what = format!("unbound workqueues on CPUs {to}");
         if CpuList::from_mask(&current).as_ref() == Some(to) {
             return Ok(Effect::Unchanged(what));
@@ -59,14 +52,7 @@ impl Actuators {
     }
 
     fn rq_affinity(&mut self, path: &Path) -> Result<Effect, ActError> {
-        let io = |source| ActError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let current = std::fs::read_to_string(path)
-            .map_err(io)?
-            .trim()
-            .to_string();
+        let current = read_trimmed(path)?;
         let disk = (path.ancestors().nth(2))
             .and_then(|d| d.file_name())
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -97,6 +83,16 @@ impl Actuators {
             source,
         })
     }
+}
+
+/// A kernel file's value, without its newline.
+fn read_trimmed(path: &Path) -> Result<String, ActError> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_string())
+        .map_err(|source| ActError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// What the kernel already keeps off its isolated CPUs, said beside the change.
