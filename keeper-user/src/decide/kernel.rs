@@ -36,40 +36,41 @@ pub fn workqueues(policy: &Policy, state: &mut EngineState) -> Option<Action> {
     })
 }
 
-/// Block I/O completed on the CPU that submitted it, asked for once while the cores are
-/// protected under `host.irq_guard`: the completion work of a disk whose interrupt stays on a
-/// trading core (a managed line cannot be moved at run time) leaves it with the submitter.
-pub fn io_on_submitter(policy: &Policy, state: &mut EngineState) -> Option<Action> {
+/// What `host.irq_guard` asks for once while the cores are protected, besides moving lines:
+/// block I/O completed on the CPU that submitted it (the completion work of a disk whose
+/// interrupt stays on a trading core, a managed line that cannot move at run time, leaves
+/// with the submitter), and a running irqbalance told to leave the trading cores out of its
+/// balancing (the guard moves its lines back anyway; this keeps it from putting them there
+/// every pass). Each is asked again after its own failure.
+pub fn irq_guard_once(policy: &Policy, state: &mut EngineState) -> Vec<Action> {
     let a = &mut state.applied;
-    if !policy.host.irq_guard || a.trading.is_none() || a.io_on_submitter {
-        return None;
+    if !policy.host.irq_guard || a.trading.is_none() {
+        return vec![];
     }
-    a.io_on_submitter = true;
-    Some(Action {
-        kind: ActionKind::CompleteIoOnSubmitter,
-        rule: RuleId::new("host.irq_guard"),
-        reason: format!(
-            "the trading cores {} are protected: block I/O completes on the CPU that submitted it, not where its disk's interrupt fires",
-            policy.host.trading_cores
-        ),
-    })
-}
-
-/// A running irqbalance told to leave the trading cores out of its balancing, asked for once
-/// while they are protected under `host.irq_guard` (the guard moves its lines back anyway;
-/// this keeps it from putting them there every pass).
-pub fn irqbalance_off(policy: &Policy, state: &mut EngineState) -> Option<Action> {
-    let a = &mut state.applied;
-    if !policy.host.irq_guard || a.trading.is_none() || a.irqbalance_off {
-        return None;
+    let cores = &policy.host.trading_cores;
+    let rule = RuleId::new("host.irq_guard");
+    let mut out = Vec::new();
+    if !std::mem::replace(&mut a.io_on_submitter, true) {
+        out.push(Action {
+            kind: ActionKind::CompleteIoOnSubmitter,
+            rule: rule.clone(),
+            reason: format!(
+                "the trading cores {cores} are protected: block I/O completes on the CPU that submitted it, not where its disk's interrupt fires"
+            ),
+        });
     }
-    a.irqbalance_off = true;
-    let cpus = policy.host.trading_cores.clone();
-    Some(Action {
-        reason: format!("the trading cores {cpus} are protected: irqbalance leaves them alone"),
-        kind: ActionKind::KeepIrqbalanceOff { cpus },
-        rule: RuleId::new("host.irq_guard"),
-    })
+    if !std::mem::replace(&mut a.irqbalance_off, true) {
+        out.push(Action {
+            kind: ActionKind::KeepIrqbalanceOff {
+                cpus: cores.clone(),
+            },
+            rule,
+            reason: format!(
+                "the trading cores {cores} are protected: irqbalance leaves them alone"
+            ),
+        });
+    }
+    out
 }
 
 /// The IRQ moves of this decision (after `reconcile`, which says whether the cores are

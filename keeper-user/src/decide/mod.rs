@@ -67,7 +67,6 @@ pub fn decide(
     let mut actions = reconcile::run(tick, state);
     actions.extend(kernel::workqueues(policy, state));
     actions.extend(kernel::irqs(policy, obs, state, now));
-    actions.extend(kernel::io_on_submitter(policy, state));
-    actions.extend(kernel::irqbalance_off(policy, state));
+    actions.extend(kernel::irq_guard_once(policy, state));
     retry::hold_back(state, actions, now)
 }
