@@ -89,8 +89,7 @@ impl Running {
         let run_s = self.run_s();
         let mut intruders = self.intruder_views(run_s);
         intruders.truncate(TOP_INTRUDERS);
-        let span_ns = run_s * 1e9 * self.sensor.trading_cpus().len() as f64;
-        let noise = (self.sensor.noise()).map_or_else(Vec::new, |n| view::noise_views(&n, span_ns));
+        let noise = self.noise_views(run_s);
         let keeper = &self.keeper;
         let last = keeper.observer.last();
         Frame {

@@ -313,7 +313,7 @@ impl Running {
     /// The tasks that ran on the trading cores unprotected over the `run_s` seconds of the
     /// run, most time first (the cgroup index read again when one names a cgroup it lacks).
     pub fn intruder_views(&mut self, run_s: f64) -> Vec<view::IntruderView> {
-        let span_ns = run_s * 1e9 * self.sensor.trading_cpus().len() as f64;
+        let span_ns = self.span_ns(run_s);
         let list = match self.sensor.intruders() {
             Ok(list) => list,
             Err(e) => {
@@ -331,6 +331,17 @@ impl Running {
     fn reindex(&mut self) {
         self.index = self.cg.id_index();
         self.index_gen += 1;
+    }
+
+    /// The trading cores' time over `run_s` seconds (ns): what shares are of.
+    fn span_ns(&self, run_s: f64) -> f64 {
+        run_s * 1e9 * self.sensor.trading_cpus().len() as f64
+    }
+
+    /// Interrupt time on the trading cores over the run, by source, most first (empty where
+    /// it is not measured).
+    pub fn noise_views(&self, run_s: f64) -> Vec<view::NoiseView> {
+        (self.sensor.noise()).map_or_else(Vec::new, |n| view::noise_views(&n, self.span_ns(run_s)))
     }
 
     /// The event's cgroup path; `None` for an arrival already gone.
@@ -400,11 +411,10 @@ impl Running {
         };
         let keeper = &self.keeper;
         let applied = &keeper.state.applied;
-        let span_ns = self.run_s() * 1e9 * self.sensor.trading_cpus().len() as f64;
-        let noise = (self.sensor.noise()).map(|n| view::noise_views(&n, span_ns));
+        let noise = self.noise_views(self.run_s());
         metrics.update(|m| {
             m.cpus = readouts.iter().map(view::cpu_view).collect();
-            m.noise = noise.unwrap_or_default();
+            m.noise = noise;
             m.events_sent = readouts.iter().map(|r| r.events_sent).sum();
             m.events_lost = readouts.iter().map(|r| r.events_lost).sum();
             m.evictions = keeper.evictions;
@@ -447,8 +457,7 @@ impl Running {
             .unwrap_or_default();
         let run_s = self.run_s();
         let intruders = self.intruder_views(run_s);
-        let span_ns = run_s * 1e9 * self.sensor.trading_cpus().len() as f64;
-        let noise = (self.sensor.noise()).map_or_else(Vec::new, |n| view::noise_views(&n, span_ns));
+        let noise = self.noise_views(run_s);
         let placements = &self.keeper.observer.placements;
         Sensed {
             cpus,
