@@ -1,7 +1,7 @@
 //! The stage folders import only downwards: each top-level module names the modules it may
 //! use, and this test reads the sources (outside their tests) and fails on any other
 //! `crate::` import. Layers, lowest first: cpulist → policy → decide → device → sense, act,
-//! simulate → report → interface → daemon → cli.
+//! simulate → enforcer → report → interface → daemon → cli.
 
 use std::{collections::BTreeSet, fs, path::Path};
 
@@ -15,13 +15,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("act", &["cpulist", "policy", "decide", "device"]),
     ("simulate", &["cpulist", "policy", "decide"]),
     (
-        "report",
+        "enforcer",
         &["cpulist", "policy", "decide", "device", "sense", "act"],
+    ),
+    (
+        "report",
+        &[
+            "cpulist", "policy", "decide", "device", "sense", "act", "enforcer",
+        ],
     ),
     (
         "interface",
         &[
-            "cpulist", "policy", "decide", "device", "sense", "act", "report",
+            "cpulist", "policy", "decide", "device", "sense", "act", "enforcer", "report",
         ],
     ),
     (
@@ -33,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "device",
             "sense",
             "act",
+            "enforcer",
             "report",
             "interface",
         ],
@@ -47,6 +54,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "sense",
             "act",
             "simulate",
+            "enforcer",
             "report",
             "interface",
             "daemon",

@@ -46,10 +46,39 @@ else
 fi
 kill -9 $RESEARCH 2>/dev/null
 
+# The kernel-work guards on a current kernel: while the Banker's cores are protected, the
+# unbound workqueues run on CPU 0 (the kernel itself keeps them off an isolated partition
+# since 6.10, its cpumask_isolated, which the keeper's step names; the guard also covers a
+# partition refused or not made), the serial line's interrupt is moved off CPU 1; the exit
+# puts both back.
+CG=/sys/fs/cgroup
+WQ=/sys/devices/virtual/workqueue/cpumask
+WQ_ISOLATED=/sys/devices/virtual/workqueue/cpumask_isolated
+SER=$(grep -m1 'ttyS0' /proc/interrupts | cut -d: -f1 | tr -d ' ')
+WQ_BEFORE=$(cat $WQ)
+IRQ_BEFORE=$(cat /proc/irq/$SER/smp_affinity_list)
+echo 1 > /proc/irq/$SER/smp_affinity_list
+mkdir -p $CG/banker
+$K run --policy /vm/guards.yaml --state-dir /tmp/guards-state --socket /tmp/guards.sock > "$LOG" 2>&1 &
+GUARDS=$!
+guarded() { [ "$(cat $WQ)" = 1 ] && [ "$(cat /proc/irq/$SER/smp_affinity_list)" = 0 ]; }
+if wait_for 30 guarded; then
+    pass "kernel-work-guarded-6.12 (workqueues on mask $(cat $WQ), was $WQ_BEFORE; banker $(head -1 $CG/banker/cpuset.cpus.partition 2>/dev/null), the kernel's isolated mask $(cat $WQ_ISOLATED 2>/dev/null); IRQ $SER on CPU $(cat /proc/irq/$SER/smp_affinity_list); keeper: $(grep -o 'unbound workqueues on CPUs[^"]*' "$LOG" | head -1))"
+else
+    fail kernel-work-guarded-6.12 "workqueue mask $(cat $WQ), IRQ $SER on $(cat /proc/irq/$SER/smp_affinity_list), partition $(head -1 $CG/banker/cpuset.cpus.partition 2>/dev/null)"
+fi
+kill -TERM $GUARDS; wait $GUARDS
+if [ "$(cat $WQ)" = "$WQ_BEFORE" ] && [ "$(cat /proc/irq/$SER/smp_affinity_list)" = 1 ]; then
+    pass "kernel-work-undone-6.12 (workqueue mask $(cat $WQ), IRQ $SER allowed on CPU 1 again)"
+else
+    fail kernel-work-undone-6.12 "workqueue mask $(cat $WQ) (was $WQ_BEFORE), IRQ $SER on $(cat /proc/irq/$SER/smp_affinity_list)"
+fi
+echo "$IRQ_BEFORE" > /proc/irq/$SER/smp_affinity_list
+rmdir $CG/banker 2>/dev/null
+
 # A remote partition (6.7+): the Banker's VM scope below qemu.slice, which is no partition
 # root, gets CPU 1 through cpuset.cpus.exclusive; qemu.slice stays a member; the exit puts
 # every file back.
-CG=/sys/fs/cgroup
 mkdir -p $CG/qemu.slice/200.scope $CG/lab
 sh -c "echo \$\$ > $CG/qemu.slice/200.scope/cgroup.procs; exec sleep 120" & VM=$!
 sh -c "echo \$\$ > $CG/lab/cgroup.procs; exec sleep 120" & LAB=$!

@@ -34,7 +34,7 @@ const TEST_PACKAGES: &[&str] = &[
     // Drives `keeper top` in a real terminal (send-keys, capture-pane).
     "tmux",
     // dockerd, containerd, runc and the docker CLI for the Docker matcher's test, which starts
-    // its own engine (tests/docker.rs). On a systemd host the package also enables and starts
+    // its own engine (tests/tests/docker.rs). On a systemd host the package also enables and starts
     // the system's docker.service; the test does not use it.
     "docker.io",
 ];
@@ -59,7 +59,11 @@ enum Cmd {
     /// The whole suite: rustfmt, clippy (host and eBPF), unit and privileged tests, vm-test.
     Test,
     /// Boot Debian's 6.1 and trixie's 6.12 cloud kernels in QEMU (TCG) with full cgroup v2 and run the guest tests.
-    VmTest,
+    VmTest {
+        /// Boot only this guest: `6.1` (tests/vm/guest.sh) or `6.12` (tests/vm/current.sh).
+        #[arg(long, value_parser = ["6.1", "6.12"])]
+        only: Option<String>,
+    },
     /// Build a Debian package (binary, systemd unit, default policy, docs) in target/deb/.
     Package,
     /// The chaos suite for MINUTES (a keeper killed at random under churn, then checked for
@@ -108,16 +112,17 @@ fn main() -> anyhow::Result<()> {
             setup::ensure_ebpf_toolchain()?;
             package::deb(&root).map(|p| println!("{}", p.display()))
         }
-        Cmd::VmTest => {
+        Cmd::VmTest { only } => {
             setup::ensure_ebpf_toolchain()?;
             setup::ensure_apt(TEST_PACKAGES)?;
-            vm::run(&root)
+            vm::run(&root, only.as_deref())
         }
         Cmd::Chaos { minutes, seed } => {
             setup::ensure_ebpf_toolchain()?;
             setup::ensure_apt(TEST_PACKAGES)?;
+            run(cargo().args(["build", "-p", "keeper-user", "--bins"]))?;
             let mut c = cargo();
-            c.args(["test", "-p", "keeper-user", "--test", "chaos", "--"])
+            c.args(["test", "-p", "integration-test", "--test", "chaos", "--"])
                 .args(["--nocapture", "--test-threads=1"])
                 .env("KEEPER_CHAOS_SECONDS", (minutes * 60.0).to_string());
             if let Some(seed) = seed {
@@ -235,6 +240,9 @@ fn test() -> anyhow::Result<()> {
         vm::initramfs::balloon_guest(&k.modules, &vm::initramfs::cached_balloon_guest())?;
     }
     eprintln!("xtask: tests");
+    // The end-to-end tests (tests/, the integration-test crate) run keeper-user's binaries,
+    // which cargo builds for another package only when asked.
+    run(cargo().args(["build", "-p", "keeper-user", "--bins"]))?;
     // Privileged tests share CPU 1 and the kernel's tracepoints: one at a time.
     run(cargo().args([
         "test",
@@ -246,7 +254,7 @@ fn test() -> anyhow::Result<()> {
     ]))?;
     eprintln!("xtask: vm-test (Debian 6.1 and trixie 6.12 cloud kernels in QEMU, full cgroup v2)");
     if setup::is_root() {
-        vm::run(&workspace_root())
+        vm::run(&workspace_root(), None)
     } else {
         // Not reached under CI=true (refused above).
         eprintln!("xtask: NOT ROOT — vm-test SKIPPED (it downloads the guest kernel with apt)");

@@ -15,6 +15,7 @@
 //! - [`execute`]: one engine action carried out through the above, workload by workload.
 
 pub mod affinity;
+mod attach;
 pub mod balloon;
 pub mod cgroup;
 mod compact;

@@ -115,14 +115,10 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<WatchReport> {
                 }
                 guard.clear_ready();
             }
-            _ = rescan.tick() => {
-                sensor.prune_runnable(Duration::from_secs(60))?;
-                // New child cgroups of a protected cgroup are protected too.
-                match protected_subtrees(&cgroups, &args.protect) {
-                    Ok(ids) => sensor.set_protected(&ids)?,
-                    Err(e) => tracing::warn!(error = %e, "protected cgroup rescan failed"),
-                }
-            }
+            _ = rescan.tick() => match protected_subtrees(&cgroups, &args.protect) {
+                Ok(ids) => sensor.upkeep(&ids)?,
+                Err(e) => tracing::warn!(error = %e, "protected cgroup rescan failed"),
+            },
         }
     }
     let elapsed = started.elapsed();

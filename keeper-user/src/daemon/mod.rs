@@ -4,16 +4,12 @@
 //! (`running`, `answer`). On SIGINT/SIGTERM or `--for` it undoes its changes.
 
 mod answer;
-pub mod control;
 mod fast;
-mod keeper;
 mod running;
 mod sources;
 mod start;
 
 use std::{path::PathBuf, time::Duration, time::Instant};
-
-pub use keeper::{Keeper, attach_gpu, attach_proxmox};
 
 pub use crate::policy::PolicySource;
 use crate::report::RunRecord;
@@ -33,7 +29,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Cgroup(#[from] crate::device::cgroupfs::CgroupError),
     #[error(transparent)]
-    Control(#[from] control::ControlError),
+    Control(#[from] crate::interface::server::ControlError),
     #[error("--proxmox: {0}")]
     Proxmox(#[from] crate::device::proxmox::ProxmoxError),
     #[error("{0}")]
@@ -110,7 +106,7 @@ async fn serve(r: &mut running::Running, src: &mut start::Sources) -> Result<(),
             fired = sources::trigger_fired(&mut t.memory_trigger) => match fired {
                 Ok(pct) => {
                     tracing::debug!(share = pct, "memory pressure trigger fired");
-                    r.keeper.observer.pressure_hint = Some((pct, Instant::now()));
+                    r.enforcer.observer.pressure_hint = Some((pct, Instant::now()));
                     r.trigger(&mut t.workload_triggers);
                 }
                 Err(e) => {
@@ -120,7 +116,7 @@ async fn serve(r: &mut running::Running, src: &mut start::Sources) -> Result<(),
             },
             Some((workload, pct)) = sources::workload_fired(&mut t.workload_triggers) => {
                 tracing::info!(%workload, share = pct, "memory pressure trigger fired on a workload's memory.pressure");
-                r.keeper.observer.workload_hints.insert(workload, (pct, Instant::now()));
+                r.enforcer.observer.workload_hints.insert(workload, (pct, Instant::now()));
                 r.trigger(&mut t.workload_triggers);
             }
             _ = t.kick.tick(), if t.watchdog.is_some() => {

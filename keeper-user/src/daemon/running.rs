@@ -3,37 +3,40 @@
 //! (read the host, decide, act, sample), a slow action coming back, OOM kills, and the exit.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
-use keeper_common::{IntruderEvent, event};
+use keeper_common::IntruderEvent;
 
 use super::{
-    DaemonError, Keeper,
+    DaemonError,
     fast::{Batch, FastHands},
 };
 use crate::{
     act::execute::Done,
     decide::{ActionKind, Intruder, Observations, Outcome, fast::FastEvictions},
-    device::{cgroupfs::CgroupFs, procfs, watchdog::Watchdog},
+    device::{cgroupfs::CgroupFs, watchdog::Watchdog},
+    enforcer::Enforcer,
     report::{
         RunRecord,
         first_look::first_look,
         metrics,
         record::{self, Recorder, Sensed},
-        view,
+        scrape, view,
     },
+    report::{first_look::Abilities, record::RunFacts},
     sense::{
         latency::LatencyWindow,
         memory::{MemorySensor, OomEvents},
         pressure::WorkloadTriggers,
-        sched::{CpuReadout, LostEvents, SchedSensor, comm_str, monotonic_ns},
+        sched::{CpuReadout, LostEvents, SchedSensor, monotonic_ns},
+        stays::Stays,
     },
 };
 
 pub(super) struct Running {
-    pub keeper: Keeper,
+    pub enforcer: Enforcer,
     pub sensor: SchedSensor,
     pub memory_sensor: Option<MemorySensor>,
     pub cg: CgroupFs,
@@ -41,12 +44,9 @@ pub(super) struct Running {
     /// The scrape's snapshot (`--metrics`).
     metrics: Option<metrics::Metrics>,
     latency: LatencyWindow,
-    /// Cgroup id → path, refreshed when an unknown id shows up (`index_gen` counts the reads).
-    index: HashMap<u64, String>,
-    index_gen: u64,
+    /// The intruders' stays, and the cgroup index their events are read with.
+    stays: Stays,
     last_prune: Instant,
-    /// When each intruder's stay on a trading core began (CLOCK_MONOTONIC ns).
-    first_run: HashMap<u32, u64>,
     lost_events: LostEvents,
     restored_at_start: Vec<String>,
     /// Whether the first look (what the policy found here) was said.
@@ -60,7 +60,7 @@ pub(super) struct Running {
 
 impl Running {
     pub fn new(
-        keeper: Keeper,
+        enforcer: Enforcer,
         sensor: SchedSensor,
         memory_sensor: Option<MemorySensor>,
         cg: CgroupFs,
@@ -69,9 +69,8 @@ impl Running {
         restored_at_start: Vec<String>,
     ) -> Running {
         Running {
-            index: cg.id_index(),
-            index_gen: 0,
-            keeper,
+            stays: Stays::new(&cg),
+            enforcer,
             sensor,
             memory_sensor,
             cg,
@@ -79,7 +78,6 @@ impl Running {
             metrics,
             latency: LatencyWindow::default(),
             last_prune: Instant::now(),
-            first_run: HashMap::new(),
             lost_events: LostEvents::default(),
             restored_at_start,
             explained: false,
@@ -106,18 +104,15 @@ impl Running {
     /// The ticker: pending undos retried, the sensor's maps pruned every 5 s, then a full
     /// pass.
     pub fn tick(&mut self, triggers: &mut Option<WorkloadTriggers>) -> Result<(), DaemonError> {
-        match self.keeper.act.retry_undo() {
+        match self.enforcer.act.retry_undo() {
             Ok(done) => done
                 .iter()
                 .for_each(|r| tracing::info!(restored = %r, "undid a change that was pending")),
             Err(e) => tracing::warn!(error = %e, "retrying pending undos failed"),
         }
         if self.last_prune.elapsed() > Duration::from_secs(5) {
-            let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-            self.first_run.retain(|pid, _| alive(pid));
-            self.sensor.prune_runnable(Duration::from_secs(60))?;
-            self.sensor
-                .set_protected(&protected_ids(&self.keeper, &self.cg))?;
+            self.stays.prune();
+            (self.sensor).upkeep(&protected_ids(&self.enforcer, &self.cg))?;
             self.last_prune = Instant::now();
         }
         let lost = self.lost_events.rescan(&self.sensor);
@@ -140,9 +135,9 @@ impl Running {
     /// The first look, once the host has been read: what the policy found, what this host
     /// allows, and what the keeper will therefore do.
     fn explain(&self) {
-        let abilities = self.keeper.abilities(&self.cg);
-        let placements = &self.keeper.observer.placements;
-        for line in first_look(&self.keeper.policy, placements, &abilities) {
+        let abilities = Abilities::of(&self.enforcer, &self.cg);
+        let placements = &self.enforcer.observer.placements;
+        for line in first_look(&self.enforcer.policy, placements, &abilities) {
             tracing::info!(target: "keeper::first_look", "{line}");
         }
     }
@@ -157,20 +152,22 @@ impl Running {
             events.extend(self.lost_events.rescan(&self.sensor));
         }
         let moved: HashSet<u32> = batch.evicted.iter().filter_map(Done::evicted).collect();
-        let (index_was, owner_was) = (self.index_gen, self.keeper.state.applied.trading.clone());
+        let index_was = self.stays.generation();
+        let owner_was = self.enforcer.state.applied.trading.clone();
         let intruders = self.intruders(events, &moved);
         if !batch.evicted.is_empty() {
-            let done = self.keeper.evicted_on_arrival(batch.evicted);
+            let done = self.enforcer.evicted_on_arrival(batch.evicted);
             self.after(&done);
         }
         if !intruders.is_empty() {
-            let obs = self.keeper.observe_intruders(intruders);
-            let done = self.keeper.tick(&obs);
+            let obs = self.enforcer.observe_intruders(intruders);
+            let done = self.enforcer.tick(&obs);
             self.after(&done);
         }
         // A cgroup new to the index, or the cores held for another: the eviction thread
         // learns it now, not at the next tick.
-        if self.index_gen != index_was || self.keeper.state.applied.trading != owner_was {
+        if self.stays.generation() != index_was || self.enforcer.state.applied.trading != owner_was
+        {
             self.refresh_fast();
         }
     }
@@ -179,15 +176,17 @@ impl Running {
     /// changed). A dry run evicts nothing, on arrival or later.
     fn refresh_fast(&mut self) {
         let Some(fast) = &self.fast else { return };
-        if self.keeper.act.dry_run() {
+        if self.enforcer.act.dry_run() {
             return;
         }
-        let protected: HashSet<u64> = protected_ids(&self.keeper, &self.cg).into_iter().collect();
-        let k = &self.keeper;
+        let protected: HashSet<u64> = protected_ids(&self.enforcer, &self.cg)
+            .into_iter()
+            .collect();
+        let k = &self.enforcer;
         let filter = crate::decide::fast::compile(
             &k.policy,
             &k.state,
-            &self.index,
+            self.stays.index(),
             &protected,
             k.act.scope(),
         );
@@ -212,8 +211,8 @@ impl Running {
     ) {
         let readouts = self.sensor.cpu_readouts().ok();
         let p99 = self.latency.p99(readouts.as_deref());
-        let obs = self.keeper.observe(intruders, p99);
-        let done = self.keeper.tick(&obs);
+        let obs = self.enforcer.observe(intruders, p99);
+        let done = self.enforcer.tick(&obs);
         self.after(&done);
         self.refresh_fast();
         if !ticked {
@@ -221,86 +220,40 @@ impl Running {
         }
         // New cgroups get their trigger within a tick; intruder events do not wait for it.
         if let Some(w) = triggers {
-            let armed = w.sync(&self.keeper.observer.placements, &self.cg);
+            let armed = w.sync(&self.enforcer.observer.placements, &self.cg);
             if !armed.is_empty() {
                 tracing::info!(?armed, "memory pressure triggers armed on workloads");
             }
         }
-        if let Err(e) = self.keeper.act.sync_journal() {
+        if let Err(e) = self.enforcer.act.sync_journal() {
             tracing::warn!(error = %e, "could not sync the journal to disk");
         }
         let intruder_ns = readouts
             .as_ref()
             .map(|r| r.iter().map(|c| c.intruder_ns).sum());
-        let gpu_w = self.keeper.observer.gpu_power_w();
-        let applied = &self.keeper.state.applied;
+        let gpu_w = self.enforcer.observer.gpu_power_w();
+        let applied = &self.enforcer.state.applied;
         self.recorder.sample(applied, gpu_w, &obs, p99, intruder_ns);
         self.refresh_metrics(readouts.as_deref().unwrap_or_default(), &obs, p99);
     }
 
     /// A slow action came back from the slow hands.
     pub fn slow_done(&mut self, d: Done) {
-        let done = self.keeper.slow_done(d);
+        let done = self.enforcer.slow_done(d);
         self.after(&done);
     }
 
     /// OOM kills waiting in the memory sensor's ring buffer, logged and recorded.
     pub fn oom_kills(&mut self, events: &mut OomEvents) {
-        let placements = &self.keeper.observer.placements;
+        let placements = &self.enforcer.observer.placements;
         record::oom_kills(events, &self.cg, placements, &mut self.recorder);
     }
 
-    /// The engine's intruders from kernel events, each stay's start noted; those in `moved`
-    /// were evicted on arrival by the eviction thread. Nothing is read from /proc where the
-    /// programs could tell (a newcomer's cgroup and flags come from its task in
-    /// `keeper_arrive`); else an arrival's cgroup, and kernel threads' flags, are.
+    /// The engine's intruders from kernel events (`moved`: evicted on arrival already).
     fn intruders(&mut self, events: Vec<IntruderEvent>, moved: &HashSet<u32>) -> Vec<Intruder> {
-        let mut out = Vec::new();
-        for ev in events {
-            tracing::trace!(
-                pid = ev.pid,
-                comm = %comm_str(&ev.comm),
-                cpu = ev.cpu,
-                ran_ns = ev.ran_ns,
-                age_us = monotonic_ns().saturating_sub(ev.timestamp_ns) / 1000,
-                "intruder event"
-            );
-            let Some(cgroup) = self.cgroup_of(&ev) else {
-                continue;
-            };
-            // The programs leave kernel threads out by their flags; without BTF they cannot,
-            // and /proc tells (the eviction itself reads the task once, and checks again).
-            if !self.sensor.tells_kernel_threads()
-                && procfs::task_stat(ev.pid).is_some_and(|s| s.is_kernel_thread())
-            {
-                continue;
-            }
-            // An arrival starts a new stay (a return after an eviction too); a slice dates
-            // its own start, unless it is the last slice of a task evicted already (reported
-            // at its switch-out after the move): that stay is over, and its start would be
-            // taken for the next one's.
-            if ev.kind == event::SLICE {
-                if !self.keeper.state.evicted.contains_key(&ev.pid) {
-                    let began = ev.timestamp_ns.saturating_sub(ev.ran_ns);
-                    self.first_run.entry(ev.pid).or_insert(began);
-                }
-            } else {
-                self.first_run.insert(ev.pid, ev.timestamp_ns);
-            }
-            out.push(Intruder {
-                pid: ev.pid,
-                comm: comm_str(&ev.comm),
-                cgroup,
-                cpu: ev.cpu,
-                ran_ns: ev.ran_ns,
-                arrived: ev.kind != event::SLICE,
-                seen_ns: Some(ev.timestamp_ns),
-                start: (ev.start_boottime_ns != 0)
-                    .then(|| procfs::boottime_to_ticks(ev.start_boottime_ns)),
-                evicted: ev.kind != event::SLICE && moved.contains(&ev.pid),
-            });
-        }
-        out
+        let evicted = &self.enforcer.state.evicted;
+        let was_evicted = |pid| evicted.contains_key(&pid);
+        (self.stays).intruders(events, moved, was_evicted, &self.sensor)
     }
 
     /// How long the keeper has been running, in seconds.
@@ -321,16 +274,13 @@ impl Running {
                 return vec![];
             }
         };
-        if list.iter().any(|i| !self.index.contains_key(&i.cgroup_id)) {
-            self.reindex();
+        if let Some(new) = list
+            .iter()
+            .find(|i| !self.stays.index().contains_key(&i.cgroup_id))
+        {
+            self.stays.know(new.cgroup_id);
         }
-        view::intruder_views(list, &self.index, span_ns).0
-    }
-
-    /// Reads the cgroup index again (a cgroup it lacks was named).
-    fn reindex(&mut self) {
-        self.index = self.cg.id_index();
-        self.index_gen += 1;
+        view::intruder_views(list, self.stays.index(), span_ns).0
     }
 
     /// The trading cores' time over `run_s` seconds (ns): what shares are of.
@@ -344,46 +294,22 @@ impl Running {
         (self.sensor.noise()).map_or_else(Vec::new, |n| view::noise_views(&n, self.span_ns(run_s)))
     }
 
-    /// The event's cgroup path; `None` for an arrival already gone.
-    fn cgroup_of(&mut self, ev: &IntruderEvent) -> Option<String> {
-        if ev.kind == event::ARRIVAL && ev.cgroup_id == 0 {
-            return procfs::task_cgroup(ev.pid);
-        }
-        if !self.index.contains_key(&ev.cgroup_id) {
-            self.reindex();
-        }
-        Some(self.index.get(&ev.cgroup_id).cloned().unwrap_or_default())
-    }
-
     /// What follows actions done: recorded and counted, evictions timed, evicted tasks'
     /// arrival reports re-armed.
     pub fn after(&mut self, done: &[Done]) {
         self.recorder.actions(done);
-        let preempted = self.keeper.preempted(done);
+        let preempted = self.enforcer.preempted(done);
         if let Some(ms) = preempted {
             self.recorder.preemption(ms);
         }
-        let deadline_ms = (self.keeper.policy.workloads.iter())
-            .filter_map(|w| w.preempt.as_ref())
-            .map(|p| p.deadline.as_secs_f64() * 1000.0)
-            .fold(f64::INFINITY, f64::min);
         if let Some(m) = &self.metrics {
-            m.update(|m| {
-                if let Some(ms) = preempted {
-                    m.preemptions += 1;
-                    m.preemptions_late += u64::from(ms > deadline_ms);
-                }
-                for d in done {
-                    let kind = d.action.kind.name().to_string();
-                    *m.actions.entry((kind, d.ok())).or_default() += 1;
-                }
-            });
+            m.done(&self.enforcer.policy, done, preempted);
         }
         for d in done {
             let ActionKind::EvictIntruder { pid, .. } = d.action.kind else {
                 continue;
             };
-            if let Some(first) = d.evicted().and_then(|pid| self.first_run.remove(&pid)) {
+            if let Some(first) = d.evicted().and_then(|pid| self.stays.end(pid)) {
                 self.recorder
                     .eviction(moved_ns(d).saturating_sub(first) as f64 / 1000.0);
             }
@@ -397,7 +323,7 @@ impl Running {
                 }
                 // Outside the scope: its time there is no eviction's latency.
                 Outcome::ObservedOnly => {
-                    self.first_run.remove(&pid);
+                    self.stays.end(pid);
                 }
                 _ => {}
             }
@@ -409,44 +335,18 @@ impl Running {
         let Some(metrics) = &self.metrics else {
             return;
         };
-        let keeper = &self.keeper;
-        let applied = &keeper.state.applied;
-        let noise = self.noise_views(self.run_s());
-        metrics.update(|m| {
-            m.cpus = readouts.iter().map(view::cpu_view).collect();
-            m.noise = noise;
-            m.events_sent = readouts.iter().map(|r| r.events_sent).sum();
-            m.events_lost = readouts.iter().map(|r| r.events_lost).sum();
-            m.evictions = keeper.evictions;
-            m.errors = keeper.errors;
-            m.workloads = keeper
-                .policy
-                .workloads
-                .iter()
-                .map(|w| {
-                    let frozen = applied.frozen.contains_key(&w.name);
-                    (w.name.clone(), (frozen, applied.throttled(&w.name)))
-                })
-                .collect();
-            m.trading_p99_seconds = p99.map(|ns| ns as f64 / 1e9);
-            m.loadavg = obs.loadavg;
-            m.cpu_pressure_some = obs.cpu_pressure.some_avg10;
-            m.memory_pressure_some = obs.memory_pressure.some_avg10;
-            m.memory_pressure_full = obs.memory_pressure.full_avg10;
-            m.gpu_temperature_celsius = obs.gpu.as_ref().map(|g| g.temperature_c);
-            m.gpu_power_watts = keeper.observer.gpu_power_w();
-            m.undo_pending = keeper.act.undo_pending().len() as u64;
-            m.thermal_guard_active = !keeper.state.thermal.frozen.is_empty();
-            m.last_tick_unix_s = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
-            let slo = keeper.policy.rules.slo.as_ref();
-            let owned = keeper.policy.workloads.iter().any(|w| w.owns_trading_cores);
-            let slo = slo.filter(|_| owned);
-            m.slo_trading_p99_seconds = slo
-                .and_then(|s| s.trading_p99_wakeup)
-                .map(|d| d.as_secs_f64());
-            m.slo_trading_intruder_share_ratio = slo
-                .and_then(|s| s.trading_intruder_share)
-                .map(|p| p.get() / 100.0);
+        let k = &self.enforcer;
+        metrics.tick(scrape::Tick {
+            policy: &k.policy,
+            state: &k.state,
+            obs,
+            readouts,
+            noise: self.noise_views(self.run_s()),
+            p99_ns: p99,
+            evictions: k.evictions,
+            errors: k.errors,
+            gpu_power_w: k.observer.gpu_power_w(),
+            undo_pending: k.act.undo_pending().len(),
         });
     }
 
@@ -458,7 +358,7 @@ impl Running {
         let run_s = self.run_s();
         let intruders = self.intruder_views(run_s);
         let noise = self.noise_views(run_s);
-        let placements = &self.keeper.observer.placements;
+        let placements = &self.enforcer.observer.placements;
         Sensed {
             cpus,
             intruders,
@@ -477,18 +377,20 @@ impl Running {
         // The eviction thread ends before the undo: nothing is moved while it runs.
         drop(self.fast.take());
         drop(self.sensor);
-        self.keeper.stop_slow_hands();
-        sensed.restored_at_exit = self.keeper.act.restore_all()?;
+        self.enforcer.stop_slow_hands();
+        sensed.restored_at_exit = self.enforcer.act.restore_all()?;
         sensed.restored_at_start = self.restored_at_start;
-        Ok(self.recorder.build(&self.keeper.run_facts(), sensed, false))
+        Ok(self
+            .recorder
+            .build(&RunFacts::of(&self.enforcer), sensed, false))
     }
 }
 
 /// Cgroup ids the sensor treats as protected: the subtrees of the trading-core owner's cgroups
 /// (those its match names, and those found for it, such as a VM in a range).
-pub(super) fn protected_ids(keeper: &Keeper, cg: &CgroupFs) -> Vec<u64> {
-    let placements = &keeper.observer.placements;
-    let mut cgroups: Vec<String> = (keeper.policy.workloads.iter())
+pub(super) fn protected_ids(enforcer: &Enforcer, cg: &CgroupFs) -> Vec<u64> {
+    let placements = &enforcer.observer.placements;
+    let mut cgroups: Vec<String> = (enforcer.policy.workloads.iter())
         .filter(|w| w.owns_trading_cores)
         .flat_map(|w| {
             let found = placements.get(&w.name).map(|p| p.cgroups.clone());

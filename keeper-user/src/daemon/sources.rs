@@ -5,30 +5,9 @@
 
 use std::time::Duration;
 
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::io::unix::AsyncFd;
 
-use crate::sense::{
-    memory::{MemorySensor, OomEvents},
-    pressure::WorkloadTriggers,
-    psi::{PsiTrigger, Stall},
-    tracefs::Tracefs,
-};
-
-/// Attaches the memory sensor and registers its OOM ring buffer for polling.
-pub fn attach(tracefs: &Tracefs) -> (Option<MemorySensor>, Option<AsyncFd<OomEvents>>) {
-    let mut sensor = match MemorySensor::attach(tracefs) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "no memory sensor: OOM kills and reclaim stalls are not watched");
-            return (None, None);
-        }
-    };
-    let events = sensor.take_oom_events().ok().and_then(|e| {
-        // SAFETY: OomEvents owns the ring buffer's fd and keeps it open while the AsyncFd lives.
-        unsafe { AsyncFd::register_with_interest(e, Interest::READABLE) }.ok()
-    });
-    (Some(sensor), events)
-}
+use crate::sense::{memory::OomEvents, pressure::WorkloadTriggers, psi::PsiTrigger};
 
 /// Waits until OOM events are waiting (forever without the sensor).
 pub async fn ready(
@@ -37,32 +16,6 @@ pub async fn ready(
     match events {
         Some(e) => e.readable_mut().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The memory rules' lowest `some` threshold (%), where PSI triggers are armed.
-pub fn memory_share(policy: &crate::policy::Policy) -> Option<f64> {
-    let m = policy.rules.memory.as_ref()?;
-    let pct = [m.high_above, m.balloon_above]
-        .into_iter()
-        .flatten()
-        .fold(f64::INFINITY, f64::min);
-    pct.is_finite().then_some(pct)
-}
-
-/// A PSI trigger on the memory pressure the memory rules read, at `pct` % `some`: a spike is
-/// acted on when the kernel reports it, not at the next tick. Where no trigger can be
-/// registered (a plain file, an old kernel), the rules read PSI every tick.
-pub fn memory_trigger(pct: f64, path: &std::path::Path) -> Option<(PsiTrigger, f64)> {
-    match PsiTrigger::register_share(path, Stall::Some, pct) {
-        Ok(t) => {
-            tracing::info!(trigger = %t.describe(), "memory pressure trigger armed");
-            Some((t, pct))
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "no memory pressure trigger; the memory rules read PSI every tick");
-            None
-        }
     }
 }
 

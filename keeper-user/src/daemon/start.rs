@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use super::{
-    DaemonConfig, DaemonError, Keeper, attach_gpu, attach_proxmox, control,
+    DaemonConfig, DaemonError,
     fast::{Batch, FastHands},
     running::{Running, protected_ids},
     sources,
@@ -20,10 +20,12 @@ use crate::{
     act::{Actuators, execute::Done, journal::Journal, process::Proc},
     cpulist::CpuList,
     device::{cgroupfs::CgroupFs, watchdog::Watchdog},
+    enforcer::Enforcer,
+    interface::server,
     report::{metrics, oom_history::OomHistory, record::Recorder},
     sense::{
-        memory::OomEvents,
-        pressure::WorkloadTriggers,
+        memory::{self, OomEvents},
+        pressure::{self, WorkloadTriggers},
         psi::PsiTrigger,
         sched::{SchedConfig, SchedSensor},
         tracefs::Tracefs,
@@ -37,7 +39,7 @@ pub(super) struct Sources {
     /// What the eviction thread read from the sensor's ring buffer, and evicted at once.
     pub events: mpsc::UnboundedReceiver<Batch>,
     pub slow_done: mpsc::UnboundedReceiver<Done>,
-    pub calls: mpsc::Receiver<control::Call>,
+    pub calls: mpsc::Receiver<server::Call>,
     pub oom_events: Option<AsyncFd<OomEvents>>,
     pub timers: Timers,
     /// Serves /metrics while it lives.
@@ -71,13 +73,13 @@ pub(super) async fn start(
 ) -> Result<(Running, Sources), DaemonError> {
     let started = jiff::Timestamp::now();
     let cg = CgroupFs::discover()?;
-    let (keeper, restored_at_start, slow_done) = keeper(cfg, &cg)?;
+    let (enforcer, restored_at_start, slow_done) = enforcer(cfg, &cg)?;
     let tracefs = Tracefs::find_or_mount()?;
     let mut sensor = SchedSensor::attach(
         &tracefs,
         &SchedConfig {
-            trading_cpus: keeper.policy.host.trading_cores.clone(),
-            protected_cgroups: protected_ids(&keeper, &cg),
+            trading_cpus: enforcer.policy.host.trading_cores.clone(),
+            protected_cgroups: protected_ids(&enforcer, &cg),
             intruder_event_interval: Duration::from_millis(20),
         },
     )?;
@@ -86,17 +88,17 @@ pub(super) async fn start(
     let (batches, events) = mpsc::unbounded_channel();
     let fast = FastHands::start(
         sensor.take_events()?,
-        keeper.act.split_fast(),
-        keeper.totals,
+        enforcer.act.split_fast(),
+        enforcer.totals,
         batches,
     )?;
-    let (memory_sensor, oom_events) = sources::attach(&tracefs);
+    let (memory_sensor, oom_events) = memory::attach_polled(&tracefs);
     crate::sense::ebpf::release_load_memory();
-    let calls = control::serve(&cfg.socket, cfg.allowed_uids.clone())?;
+    let calls = server::serve(&cfg.socket, cfg.allowed_uids.clone())?;
     tracing::info!(
         mode = if cfg.dry_run { "dry-run" } else { "enforcing" },
-        policy = %keeper.source.name(),
-        trading_cores = %keeper.policy.host.trading_cores,
+        policy = %enforcer.source.name(),
+        trading_cores = %enforcer.policy.host.trading_cores,
         scope = ?cfg.scope,
         socket = %cfg.socket.display(),
         "keeper running"
@@ -110,7 +112,7 @@ pub(super) async fn start(
         ),
         None => None,
     };
-    let hardware = arm_watchdog(cfg, &keeper.policy);
+    let hardware = arm_watchdog(cfg, &enforcer.policy);
     let period = hardware.as_ref().map(Watchdog::period);
     let sources = Sources {
         sigterm,
@@ -119,7 +121,7 @@ pub(super) async fn start(
         slow_done,
         calls,
         oom_events,
-        timers: timers(cfg, &keeper, period),
+        timers: timers(cfg, &enforcer, period),
         _metrics_server: metrics_server,
     };
     let mut recorder = Recorder::new(started);
@@ -127,7 +129,7 @@ pub(super) async fn start(
     let history = cfg.state_dir.join("oom-kills.jsonl");
     recorder.keep_history(OomHistory::open(&history, !cfg.dry_run, started));
     let mut running = Running::new(
-        keeper,
+        enforcer,
         sensor,
         memory_sensor,
         cg,
@@ -167,10 +169,10 @@ fn arm_watchdog(cfg: &DaemonConfig, policy: &crate::policy::Policy) -> Option<Wa
 }
 
 /// The journal replayed, the policy read, the devices opened, the slow hands started.
-fn keeper(
+fn enforcer(
     cfg: &DaemonConfig,
     cg: &CgroupFs,
-) -> Result<(Keeper, Vec<String>, mpsc::UnboundedReceiver<Done>), DaemonError> {
+) -> Result<(Enforcer, Vec<String>, mpsc::UnboundedReceiver<Done>), DaemonError> {
     let journal = if cfg.dry_run {
         Journal::disabled()
     } else {
@@ -192,37 +194,33 @@ fn keeper(
         );
     }
     let policy = load_policy(&cfg.source).map_err(DaemonError::Policy)?;
-    attach_gpu(
-        &mut act,
-        cfg.nvml_lib.as_deref(),
-        cfg.cuda_checkpoint.as_deref(),
-    );
-    attach_proxmox(&mut act, cfg.proxmox.as_deref(), &policy)?;
+    act.attach_gpu(cfg.nvml_lib.as_deref(), cfg.cuda_checkpoint.as_deref());
+    act.attach_proxmox(cfg.proxmox.as_deref(), &policy)?;
     pin_self(&policy.host.housekeeping_cores);
-    let mut keeper = Keeper::new(cfg.source.clone(), policy, act);
-    keeper.observer.memory_psi = cfg.memory_psi.clone();
-    keeper.act.qmp_dir = cfg.qmp_dir.clone();
-    keeper.set_balloon_floor();
+    let mut enforcer = Enforcer::new(cfg.source.clone(), policy, act);
+    enforcer.observer.memory_psi = cfg.memory_psi.clone();
+    enforcer.act.qmp_dir = cfg.qmp_dir.clone();
+    enforcer.set_balloon_floor();
     // VM, GPU and Proxmox calls run on a thread of their own: nothing on the loop waits on them.
     let (slow_tx, slow_done) = mpsc::unbounded_channel();
     if !cfg.dry_run {
-        keeper.start_slow_hands(slow_tx)?;
+        enforcer.start_slow_hands(slow_tx)?;
     }
-    Ok((keeper, restored_at_start, slow_done))
+    Ok((enforcer, restored_at_start, slow_done))
 }
 
 /// The clocks and triggers the loop waits on besides the sensor and the socket.
-fn timers(cfg: &DaemonConfig, keeper: &Keeper, feed: Option<Duration>) -> Timers {
+fn timers(cfg: &DaemonConfig, enforcer: &Enforcer, feed: Option<Duration>) -> Timers {
     // systemd (Type=notify): ready now; the watchdog is kicked by the loop itself, so a hung
     // loop gets the keeper restarted (and the restart undoes what the journal holds).
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let watchdog = sources::systemd_watchdog();
-    let share = sources::memory_share(&keeper.policy);
+    let share = pressure::memory_share(&enforcer.policy);
     let mut ticker = tokio::time::interval(cfg.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     Timers {
         deadline: cfg.duration.map(|d| tokio::time::Instant::now() + d),
-        memory_trigger: share.and_then(|pct| sources::memory_trigger(pct, &cfg.memory_psi)),
+        memory_trigger: share.and_then(|pct| pressure::host_trigger(pct, &cfg.memory_psi)),
         workload_triggers: share.map(WorkloadTriggers::new),
         watchdog,
         kick: tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600))),

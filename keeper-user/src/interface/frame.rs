@@ -2,13 +2,16 @@
 //! any client that wants a live feed). Counters are cumulative since the run began, the way
 //! Prometheus counters are: a client takes windows (the last 5 s) as differences of frames.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::Summary;
 use crate::{
     act::execute::Done,
-    decide::Outcome,
-    device::gpu::GpuReadout,
+    decide::{Applied, Outcome},
+    device::{gpu::GpuReadout, placement::Placement},
+    policy::Policy,
     report::view::{CpuView, IntruderView, NoiseView},
 };
 
@@ -144,5 +147,53 @@ impl From<&Done> for ActionLine {
             reason: d.action.reason.clone(),
             outcome: d.outcome,
         }
+    }
+}
+
+/// Each workload of the policy and what the keeper holds it in.
+pub fn workload_lines(
+    policy: &Policy,
+    a: &Applied,
+    placements: &BTreeMap<String, Placement>,
+) -> Vec<WorkloadLine> {
+    (policy.workloads.iter())
+        .map(|w| {
+            let found = placements.get(&w.name);
+            let name = &w.name;
+            let state = if a.stopped_vms.contains_key(name) {
+                WorkloadState::Stopped
+            } else if found.is_none() {
+                WorkloadState::Absent
+            } else if a.frozen.contains_key(name) {
+                WorkloadState::Frozen
+            } else if a.balloons.contains_key(name) {
+                WorkloadState::Ballooned
+            } else if a.throttled(name) {
+                WorkloadState::Throttled
+            } else {
+                WorkloadState::Active
+            };
+            WorkloadLine {
+                name: name.clone(),
+                rank: w.rank,
+                state,
+                found_at: found.and_then(where_found),
+            }
+        })
+        .collect()
+}
+
+/// Where a workload was found: its first cgroup, else its processes.
+fn where_found(p: &Placement) -> Option<String> {
+    match (p.cgroups.first(), p.pids.as_slice()) {
+        (Some(c), _) => Some(format!("/{c}")),
+        (None, []) => None,
+        (None, pids) => Some(format!(
+            "pid {}",
+            pids.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod server;
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use crate::{
     act::{execute::Done, journal::Entry},
     decide::{Action, Handoff},
     device::gpu::GpuReadout,
+    enforcer::Enforcer,
     report::RunRecord,
 };
 
@@ -140,6 +142,26 @@ pub struct Summary {
     pub errors: u64,
 }
 
+impl Summary {
+    /// Mode, policy, cores and counters: the head of `status` and of each `watch` frame.
+    pub fn of(e: &Enforcer) -> Summary {
+        Summary {
+            mode: if e.act.dry_run() {
+                Mode::DryRun
+            } else {
+                Mode::Enforcing
+            },
+            policy: e.source.name(),
+            trading_cores: e.policy.host.trading_cores.to_string(),
+            housekeeping_cores: e.policy.host.housekeeping_cores.to_string(),
+            trading_cores_owner: e.state.applied.trading.clone(),
+            interaction: e.interaction,
+            evictions: e.evictions,
+            errors: e.errors,
+        }
+    }
+}
+
 /// `keeper status`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -159,6 +181,43 @@ pub struct Status {
     pub pending: Vec<Action>,
     /// The last actions, newest first.
     pub last_actions: Vec<Done>,
+}
+
+impl Status {
+    /// The answer to `keeper status`.
+    pub fn of(e: &Enforcer) -> Status {
+        let a = &e.state.applied;
+        let workloads = e
+            .policy
+            .workloads
+            .iter()
+            .map(|w| {
+                let p = e.observer.placements.get(&w.name);
+                WorkloadStatus {
+                    name: w.name.clone(),
+                    rank: w.rank,
+                    present: p.is_some(),
+                    cgroups: p.map(|p| p.cgroups.clone()).unwrap_or_default(),
+                    pids: p.map(|p| p.pids.clone()).unwrap_or_default(),
+                    frozen: a.frozen.contains_key(&w.name),
+                    throttled: a.throttled(&w.name),
+                }
+            })
+            .collect();
+        Status {
+            ok: true,
+            summary: Summary::of(e),
+            workloads,
+            frozen: a.frozen.keys().cloned().collect(),
+            throttled: a.knobs.keys().filter(|w| a.throttled(w)).cloned().collect(),
+            gpu: e.observer.gpu_readout.clone(),
+            gpu_checkpointed: a.gpu_checkpointed.keys().cloned().collect(),
+            handoff: e.state.handoff.clone(),
+            undo_pending: e.act.undo_pending().to_vec(),
+            pending: e.pending().into_iter().cloned().collect(),
+            last_actions: e.last.iter().rev().take(20).cloned().collect(),
+        }
+    }
 }
 
 /// One workload in `keeper status`.

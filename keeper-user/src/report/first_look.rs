@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    device::placement::Placement,
+    device::{cgroupfs::CgroupFs, placement::Placement},
+    enforcer::Enforcer,
     policy::{Match, Policy, Workload},
 };
 
@@ -28,6 +29,28 @@ pub struct Abilities {
     pub scope: Option<String>,
     /// `--dry-run`.
     pub dry_run: bool,
+}
+
+impl Abilities {
+    /// What this host lets the keeper sense and do, for the first look.
+    pub fn of(e: &Enforcer, cg: &CgroupFs) -> Abilities {
+        let act = &e.act;
+        let qmp_sockets = std::fs::read_dir(&act.qmp_dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "qmp"))
+                .count()
+        });
+        Abilities {
+            cpuset_v2: cg.has_controller("cpuset"),
+            freezer: cg.has_freezer(),
+            psi: std::path::Path::new("/proc/pressure/memory").exists(),
+            gpu: act.gpu().map(|g| g.name.clone()),
+            qmp_sockets,
+            proxmox: act.proxmox.is_some(),
+            scope: act.scope().map(str::to_string),
+            dry_run: act.dry_run(),
+        }
+    }
 }
 
 /// The lines, in order: the workloads, the host, the plan, how to look.

@@ -12,6 +12,7 @@ pub mod html;
 pub mod metrics;
 pub mod oom_history;
 pub mod record;
+pub mod scrape;
 pub mod sizing;
 mod svg;
 pub mod text;

@@ -13,6 +13,7 @@ use crate::{
         cgroupfs::CgroupFs,
         placement::{Placement, owner_of_cgroup},
     },
+    enforcer::Enforcer,
     policy::Policy,
     report::{
         ActionRecord, EvictionLatency, MAX_ACTIONS, MAX_SAMPLES, OomKillRecord, RECORD_VERSION,
@@ -229,6 +230,20 @@ pub struct RunFacts<'a> {
     pub scope: Option<String>,
     pub evictions: u64,
     pub errors: u64,
+}
+
+impl<'a> RunFacts<'a> {
+    /// What the run record says of this enforcer.
+    pub fn of(e: &'a Enforcer) -> RunFacts<'a> {
+        RunFacts {
+            policy: &e.policy,
+            policy_name: e.source.name(),
+            dry_run: e.act.dry_run(),
+            scope: e.act.scope().map(str::to_string),
+            evictions: e.evictions,
+            errors: e.errors,
+        }
+    }
 }
 
 /// What the sensor and the actuators contribute to a record.

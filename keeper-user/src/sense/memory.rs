@@ -7,6 +7,7 @@ use aya::{
     programs::TracePoint,
 };
 use keeper_common::{COMM_LEN, OomEvent, ReclaimStats, globals, maps, programs};
+use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     ebpf,
@@ -144,4 +145,20 @@ impl std::os::fd::AsRawFd for OomEvents {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.ring.as_raw_fd()
     }
+}
+
+/// Attaches the memory sensor and registers its OOM ring buffer for polling.
+pub fn attach_polled(tracefs: &Tracefs) -> (Option<MemorySensor>, Option<AsyncFd<OomEvents>>) {
+    let mut sensor = match MemorySensor::attach(tracefs) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no memory sensor: OOM kills and reclaim stalls are not watched");
+            return (None, None);
+        }
+    };
+    let events = sensor.take_oom_events().ok().and_then(|e| {
+        // SAFETY: OomEvents owns the ring buffer's fd and keeps it open while the AsyncFd lives.
+        unsafe { AsyncFd::register_with_interest(e, Interest::READABLE) }.ok()
+    });
+    (Some(sensor), events)
 }

@@ -24,5 +24,6 @@ pub mod observer;
 pub mod pressure;
 pub mod psi;
 pub mod sched;
+pub mod stays;
 pub mod tracefs;
 pub mod vms;

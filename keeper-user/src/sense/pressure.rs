@@ -96,3 +96,29 @@ impl Drop for WorkloadTriggers {
         }
     }
 }
+
+/// The memory rules' lowest `some` threshold (%), where PSI triggers are armed.
+pub fn memory_share(policy: &crate::policy::Policy) -> Option<f64> {
+    let m = policy.rules.memory.as_ref()?;
+    let pct = [m.high_above, m.balloon_above]
+        .into_iter()
+        .flatten()
+        .fold(f64::INFINITY, f64::min);
+    pct.is_finite().then_some(pct)
+}
+
+/// A PSI trigger on the memory pressure the memory rules read, at `pct` % `some`: a spike is
+/// acted on when the kernel reports it, not at the next tick. Where no trigger can be
+/// registered (a plain file, an old kernel), the rules read PSI every tick.
+pub fn host_trigger(pct: f64, path: &std::path::Path) -> Option<(PsiTrigger, f64)> {
+    match PsiTrigger::register_share(path, Stall::Some, pct) {
+        Ok(t) => {
+            tracing::info!(trigger = %t.describe(), "memory pressure trigger armed");
+            Some((t, pct))
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "no memory pressure trigger; the memory rules read PSI every tick");
+            None
+        }
+    }
+}

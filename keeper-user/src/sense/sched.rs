@@ -417,6 +417,14 @@ impl SchedSensor {
             .collect())
     }
 
+    /// The sensor's upkeep, every few seconds, by `keeper run` and `keeper watch` alike: stale
+    /// wakeup entries pruned, and the protected cgroups as they are now (a new child cgroup of
+    /// a protected one is protected too).
+    pub fn upkeep(&mut self, protected: &[u64]) -> Result<(), SenseError> {
+        self.prune_runnable(std::time::Duration::from_secs(60))?;
+        self.set_protected(protected)
+    }
+
     /// Removes the wakeup entries of pids that no longer exist, and timestamps older than
     /// `age` (tasks woken for a trading core that then ran elsewhere). Returns how many.
     pub fn prune_runnable(&mut self, age: std::time::Duration) -> Result<usize, SenseError> {

@@ -10,7 +10,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// /init: mounts what the keeper needs, runs the guest script (`SCRIPT`), powers off.
+/// /init: mounts what the keeper needs, runs the guest script (`SCRIPT`, or the one the
+/// kernel command line names: `vmtest_script=…` reaches /init as a variable), powers off.
 const INIT: &str = r#"#!/bin/sh
 mount -t proc none /proc
 mount -t sysfs none /sys
@@ -19,7 +20,7 @@ mount -t tmpfs none /tmp
 mount -t tracefs none /sys/kernel/tracing
 mount -t bpf none /sys/fs/bpf
 mount -t cgroup2 none /sys/fs/cgroup
-/bin/sh /vm/SCRIPT
+/bin/sh /vm/${vmtest_script:-SCRIPT}
 poweroff -f
 "#;
 
@@ -37,7 +38,7 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
     pack(&stage, &INIT.replace("SCRIPT", "guest.sh"), out)
 }
 
-/// The second guest: the keeper, tests/vm/current.sh and its policy, the watchdog core and
+/// The second guest: the keeper, tests/vm/current.sh (and smt.sh, the third boot's) and their policies, the watchdog core and
 /// i6300esb modules of `modules` (decompressed here: busybox's insmod reads plain objects),
 /// policies/brain-vm.yaml, and whatever else is in `binaries` (the fake NVML library).
 pub fn build_current(
@@ -47,7 +48,16 @@ pub fn build_current(
     out: &Path,
 ) -> anyhow::Result<()> {
     let stage = keeper_stage(binaries, out)?;
-    for f in ["checks.sh", "current.sh", "watchdog.yaml", "remote.yaml"] {
+    for f in [
+        "checks.sh",
+        "current.sh",
+        "watchdog.yaml",
+        "remote.yaml",
+        "guards.yaml",
+        "smt.sh",
+        "smt.yaml",
+        "smt-shared.yaml",
+    ] {
         std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
     }
     // The keeper inside the GPU VM: its policy as shipped, and the fake NVML library.
@@ -165,14 +175,14 @@ fn shared_libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// Where `cargo xtask test` leaves the balloon guest for tests/vm_balloon.rs.
+/// Where `cargo xtask test` leaves the balloon guest for tests/tests/vm_balloon.rs.
 pub fn cached_balloon_guest() -> PathBuf {
     super::kernel::cache_dir().join("balloon-guest.gz")
 }
 
 /// A guest that only loads virtio_balloon (and what it needs, in `modinfo` order), says
 /// `BALLOON READY` on its console, then `MEMTOTAL <kB>` every 200 ms: for the balloon
-/// benchmark and tests/vm_balloon.rs (one guest for both).
+/// benchmark and tests/tests/vm_balloon.rs (one guest for both).
 pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
     let virtio = modules.join("kernel/drivers/virtio");
     let depends = |m: &str| -> anyhow::Result<Vec<String>> {

@@ -2,8 +2,10 @@
 //! kernel in QEMU (TCG; KVM hangs on these machines) with an initramfs carrying the keeper,
 //! and runs tests/vm/guest.sh there: the same eBPF object loads, the trading core becomes a
 //! cpuset partition, cpu.max and memory.high take effect, freeze/thaw, restore after `kill -9`.
-//! Then trixie's 6.12 runs tests/vm/current.sh: the keeper inside the GPU VM, a remote
-//! partition and its repair, and the hardware watchdog on an emulated i6300esb.
+//! Then trixie's 6.12 runs tests/vm/current.sh: the keeper inside the GPU VM, the kernel-work
+//! guards, a remote partition and its repair, and the hardware watchdog on an emulated
+//! i6300esb; and boots once more on an SMT topology for tests/vm/smt.sh (the sibling advice,
+//! `host.smt: reserve_siblings`).
 
 pub mod initramfs;
 pub mod kernel;
@@ -48,6 +50,8 @@ const CURRENT_CHECKS: &[&str] = &[
     "ebpf-loads-6.12",
     "brain-vm-thermal-guard",
     "brain-vm-undone",
+    "kernel-work-guarded-6.12",
+    "kernel-work-undone-6.12",
     "remote-partition",
     "partition-repaired",
     "remote-partition-undone",
@@ -57,18 +61,39 @@ const CURRENT_CHECKS: &[&str] = &[
     "watchdog-reset",
 ];
 
+/// The third boot's checks (6.12 on an SMT topology: two physical cores of two threads).
+const SMT_CHECKS: &[&str] = &["smt-advice", "smt-sibling-reserved", "smt-undone"];
+
+/// How a guest boots: its CPUs (QEMU's `-smp`) and the script /init runs (`None`: the one
+/// its initramfs was built for).
+struct Guest<'a> {
+    smp: &'a str,
+    script: Option<&'a str>,
+}
+
+const PLAIN: Guest = Guest {
+    smp: "2",
+    script: None,
+};
+
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-pub fn run(root: &Path) -> anyhow::Result<()> {
+/// Both guests, or the one `only` names (`6.1` or `6.12`).
+pub fn run(root: &Path, only: Option<&str>) -> anyhow::Result<()> {
     let started = Instant::now();
-    let kernel = kernel::ensure()?;
     crate::run(cargo().args(["build", "--release", "-p", "keeper-user", "--bins"]))?;
     let work = root.join("target/vm-test");
     std::fs::create_dir_all(&work)?;
-    let initrd = work.join("initramfs.gz");
     let bins = ["keeper", "keeper-probe"].map(|b| root.join("target/release").join(b));
-    initramfs::build(root, &bins, &initrd)?;
-    boot(&kernel, &initrd, &[], None)?.verdict(CHECKS, &kernel.release)?;
+    if only != Some("6.12") {
+        let kernel = kernel::ensure()?;
+        let initrd = work.join("initramfs.gz");
+        initramfs::build(root, &bins, &initrd)?;
+        boot(&kernel, &initrd, &PLAIN, &[], None)?.verdict(CHECKS, &kernel.release)?;
+    }
+    if only == Some("6.1") {
+        return Ok(());
+    }
     // The hardware watchdog on an emulated i6300esb, whose firing QEMU turns into a reset
     // (and -no-reboot into QEMU's exit); QMP says which action the watchdog took.
     let current = kernel::ensure_suite(kernel::Suite::Trixie)?;
@@ -89,12 +114,15 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         "-qmp",
         &qmp_arg,
     ];
-    boot(&current, &current_initrd, &extra, Some(&qmp))?
+    boot(&current, &current_initrd, &PLAIN, &extra, Some(&qmp))?
         .verdict(CURRENT_CHECKS, &current.release)?;
+    let smt = Guest {
+        smp: "4,sockets=1,cores=2,threads=2",
+        script: Some("smt.sh"),
+    };
+    boot(&current, &current_initrd, &smt, &[], None)?.verdict(SMT_CHECKS, &current.release)?;
     eprintln!(
-        "xtask: vm-test: {} + {} checks passed in {:.1} s in all",
-        CHECKS.len(),
-        CURRENT_CHECKS.len(),
+        "xtask: vm-test: all checks passed in {:.1} s in all",
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -128,20 +156,27 @@ impl Boot {
     }
 }
 
-/// Boots `kernel` with `initrd` (TCG, 2 CPUs, 1 GiB, `extra` QEMU arguments) and reads the
+/// Boots `kernel` with `initrd` (TCG, `guest`'s CPUs and script, 1 GiB, `extra` QEMU arguments) and reads the
 /// guest's `VMTEST` lines until `VMTEST DONE`. A guest that said `VMTEST RESET-EXPECTED N`
 /// (seconds of watchdog timeout) must then be reset by its watchdog: QEMU exits (-no-reboot)
 /// within 2N + 30 s, after a WATCHDOG event on `qmp`.
 fn boot(
     kernel: &kernel::Kernel,
     initrd: &Path,
+    guest: &Guest,
     extra: &[&str],
     qmp: Option<&Path>,
 ) -> anyhow::Result<Boot> {
     eprintln!(
-        "xtask: vm-test: booting {} (TCG, 2 CPUs, 1 GiB)",
-        kernel.release
+        "xtask: vm-test: booting {} (TCG, -smp {}, 1 GiB{})",
+        kernel.release,
+        guest.smp,
+        guest.script.map_or(String::new(), |s| format!(", {s}"))
     );
+    let append = match guest.script {
+        Some(s) => format!("console=ttyS0 quiet panic=-1 vmtest_script={s}"),
+        None => "console=ttyS0 quiet panic=-1".to_string(),
+    };
     let boot = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
         // Single-threaded TCG: multi-threaded TCG on a busy 2-CPU host stalled guests (RCU
@@ -154,7 +189,7 @@ fn boot(
             "-m",
             "1024",
             "-smp",
-            "2",
+            guest.smp,
         ])
         .args([
             "-nographic",
@@ -168,7 +203,7 @@ fn boot(
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args(["-append", &append])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

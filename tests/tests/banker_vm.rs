@@ -1,0 +1,140 @@
+//! The Banker's own threads (root): a real QEMU (TCG, its threads named with
+//! `debug-threads=on`) in the trading-core owner's cgroup; the keeper pins its vCPU thread to
+//! the trading core, in SCHED_FIFO 1 (`vcpu_priority: fifo:1`; this kernel's RT throttling is
+//! on, the guard), keeps its other threads on the housekeeping core, and puts every thread's
+//! affinity and policy back at exit.
+
+use std::time::Duration;
+
+use integration_test::{rig::*, *};
+
+/// A thread's scheduling policy and real-time priority (/proc/<pid>/task/<tid>/stat fields 41
+/// and 40).
+fn scheduler(pid: u32, tid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields from 3 on: rt_priority is field 40, policy 41.
+    let at = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX)
+    };
+    (at(41), at(40))
+}
+
+/// The thread of `pid` named `name`.
+fn tid_named(pid: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
+        })
+}
+
+/// Each thread of `pid`: its name and its CPU affinity.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+            Some((comm.trim().to_string(), affinity(tid)))
+        })
+        .collect()
+}
+
+#[test]
+fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_core() {
+    if !privileged(
+        "the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_core",
+    ) {
+        return;
+    }
+    let rig = Rig::new("vcpu");
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+        "owns_trading_cores: true }",
+        "owns_trading_cores: true, vcpu_priority: \"fifo:1\" }",
+        1,
+    );
+    std::fs::write(&policy, text).unwrap();
+    let rt_runtime = std::fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us").unwrap();
+    assert_ne!(
+        rt_runtime.trim(),
+        "-1",
+        "this test needs the kernel's RT throttling on"
+    );
+    let banker = TestCgroup {
+        rel: rig.rel("banker"),
+        dir: rig.cg("banker"),
+    };
+    let args = [
+        "-name",
+        "banker,debug-threads=on",
+        "-accel",
+        "tcg",
+        "-smp",
+        "1",
+        "-m",
+        "64",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-S",
+    ];
+    let mut qemu = spawn_on("qemu-system-x86_64", &args, &[0, 1], Some(&banker));
+    std::mem::forget(banker); // the rig's scope removes it
+    let pid = qemu.id();
+    let vcpu = |t: &[(String, String)]| t.iter().find(|(c, _)| c == "CPU 0/TCG").cloned();
+    assert!(
+        eventually(Duration::from_secs(10), || vcpu(&threads(pid)).is_some()),
+        "no `CPU 0/TCG` thread in QEMU: {:?}",
+        threads(pid)
+    );
+    assert!(
+        threads(pid).iter().all(|(_, a)| a == "0-1"),
+        "{:?}",
+        threads(pid)
+    );
+    let vcpu_tid = tid_named(pid, "CPU 0/TCG").unwrap();
+    assert_eq!(scheduler(pid, vcpu_tid), (0, 0), "SCHED_OTHER before");
+    let keeper = rig.keeper(&["--for", "5s"]);
+    let placed = |t: &[(String, String)]| {
+        t.iter()
+            .all(|(c, a)| if c == "CPU 0/TCG" { a == "1" } else { a == "0" })
+    };
+    assert!(
+        eventually(Duration::from_secs(4), || placed(&threads(pid))),
+        "vCPU not on 1 or other threads not on 0: {:?}",
+        threads(pid)
+    );
+    assert_eq!(
+        scheduler(pid, vcpu_tid),
+        (1, 1),
+        "SCHED_FIFO 1 while protected"
+    );
+    let log = keeper.finish();
+    assert!(
+        log.iter().any(
+            |l| l.contains("pinned 1 vCPU threads one to one on the trading cores 1")
+                && l.contains("1 vCPUs at SCHED_FIFO 1")
+        ),
+        "{log:#?}"
+    );
+    assert_eq!(
+        scheduler(pid, vcpu_tid),
+        (0, 0),
+        "SCHED_OTHER again after the exit"
+    );
+    // At exit every thread has its own affinity back.
+    let after = threads(pid);
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert!(after.iter().all(|(_, a)| a == "0-1"), "{after:?}");
+}
