@@ -44,6 +44,7 @@ pub fn compacted(entries: &[Entry], alive: impl Fn(u32, u64) -> bool) -> Vec<Ent
                 continue;
             }
             Entry::Stop { pid, start }
+            | Entry::ServiceCommand { pid, start }
             | Entry::Affinity { pid, start, .. }
             | Entry::Scheduler { pid, start, .. }
                 if !alive(*pid, *start) =>

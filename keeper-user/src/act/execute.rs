@@ -1,7 +1,7 @@
 //! Carries the engine's actions out through the actuators, workload by workload: cgroups
 //! where the workload has them, signals to its processes where it has none.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -190,6 +190,16 @@ pub fn execute(
         } => vec![act.balloon(*vmid, *target, &place(workload).cgroups)],
         ActionKind::StopVm { workload, vmid } => vec![act.stop_vm(*vmid, &place(workload).cgroups)],
         ActionKind::StartVm { vmid, .. } => vec![act.start_vm(*vmid)],
+        ActionKind::StartService {
+            workload,
+            service,
+            deadline_ms,
+        } => vec![act.start_service(workload, service, Duration::from_millis(*deadline_ms))],
+        ActionKind::StopService {
+            workload,
+            service,
+            deadline_ms,
+        } => vec![act.stop_service(workload, service, Duration::from_millis(*deadline_ms))],
         ActionKind::SetGpuPowerLimit { percent } => vec![act.set_gpu_power_limit(*percent)],
         ActionKind::SetGpuClockOffset { mhz } => vec![act.set_gpu_clock_offset(*mhz)],
         ActionKind::GpuCheckpoint { workload } => {
@@ -340,6 +350,7 @@ pub fn retryable(e: &ActError) -> bool {
             | ActError::Journal(_)
             | ActError::Qmp(_)
             | ActError::Irq(_)
+            | ActError::Service { .. }
     ) || matches!(e, ActError::Proxmox(p) if !p.is_auth())
 }
 

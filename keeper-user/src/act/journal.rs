@@ -74,6 +74,11 @@ pub enum Entry {
     VmStopped { vmid: u32, api: PathBuf },
     /// That VM was started again (or its hibernation refused): nothing to undo.
     VmStarted { vmid: u32 },
+    /// A systemd unit a preemption started (`start_on`): stopped if still active.
+    ServiceUnit { unit: String },
+    /// A command a preemption started (`start_on`), leader of its own process group: the group
+    /// is stopped if the leader is still that task.
+    ServiceCommand { pid: u32, start: u64 },
 }
 
 impl Entry {

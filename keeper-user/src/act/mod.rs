@@ -25,6 +25,7 @@ pub mod irq;
 pub mod journal;
 pub mod process;
 pub mod queue;
+mod service;
 pub mod slow;
 pub mod vm_stop;
 pub mod vm_threads;
@@ -90,6 +91,8 @@ pub enum ActError {
     Irq(#[from] crate::device::irq::IrqError),
     #[error("cuda-checkpoint, pid {pid}: {message}")]
     Checkpoint { pid: u32, message: String },
+    #[error("{what}: {message}")]
+    Service { what: String, message: String },
 }
 
 /// What an actuator did.
@@ -146,6 +149,8 @@ pub struct Actuators {
     /// When the last eviction moved its task off the trading cores (CLOCK_MONOTONIC ns):
     /// where an eviction's latency ends, taken by whoever times it.
     pub first_move_ns: Option<u64>,
+    /// Commands started by a preemption (`start_on`), by workload: this keeper's children.
+    pub(crate) services: std::collections::HashMap<String, std::process::Child>,
 }
 
 impl Actuators {
@@ -169,6 +174,7 @@ impl Actuators {
             retry: Backoff::default(),
             syncer: None,
             first_move_ns: None,
+            services: Default::default(),
         }
     }
 
@@ -219,6 +225,7 @@ impl Actuators {
             balloon_floor: self.balloon_floor,
             proxmox: self.proxmox.take(),
             gpu: std::mem::take(&mut self.gpu),
+            services: std::mem::take(&mut self.services),
             ..Actuators::new(self.cg.clone(), Journal::disabled(), self.dry_run, None)
         };
         slow.scope = self.scope.clone();
@@ -241,6 +248,7 @@ impl Actuators {
     pub fn take_back(&mut self, slow: Actuators) {
         self.proxmox = slow.proxmox;
         self.gpu = slow.gpu;
+        self.services.extend(slow.services);
         self.vms_stopped.extend(slow.vms_stopped);
         self.balloons_journaled.extend(slow.balloons_journaled);
     }
@@ -571,6 +579,8 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
         Entry::VmStopped { vmid, api } => vm_stop::restore(*vmid, api),
         Entry::IrqAffinity { irq, original } => irq::restore(*irq, original),
         Entry::IrqbalanceBan { dir } => irq::lift_irqbalance_ban(dir),
+        Entry::ServiceUnit { unit } => service::restore_unit(unit),
+        Entry::ServiceCommand { pid, start } => service::restore_command(*pid, *start),
     }
 }
 

@@ -46,6 +46,8 @@ pub fn is_slow(kind: &ActionKind) -> bool {
             | ActionKind::SetGpuClockOffset { .. }
             | ActionKind::GpuCheckpoint { .. }
             | ActionKind::GpuRestore { .. }
+            | ActionKind::StartService { .. }
+            | ActionKind::StopService { .. }
     )
 }
 

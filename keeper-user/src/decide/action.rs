@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cpulist::CpuList;
-use crate::policy::{Amount, Class, Limits, Percent};
+use crate::policy::{Amount, Class, Limits, Percent, Service};
 
 /// The policy rule that fired, named by its key path: `banker.pauses`, `eva-core.preempt`,
 /// `muse.windows`, `rules.thermal_guard`...
@@ -76,6 +76,19 @@ pub enum ActionKind {
     StopVm { workload: String, vmid: u32 },
     /// Start a VM the keeper stopped (it resumes from its saved state).
     StartVm { workload: String, vmid: u32 },
+    /// `start_on`: start what the workload needs while its preemption holds (after the
+    /// freezes); a start taking longer than `deadline_ms` fails.
+    StartService {
+        workload: String,
+        service: Service,
+        deadline_ms: u64,
+    },
+    /// Stop that service again (before the thaws).
+    StopService {
+        workload: String,
+        service: Service,
+        deadline_ms: u64,
+    },
     /// Set the GPU power limit, as a share of its default limit.
     SetGpuPowerLimit { percent: Percent },
     /// Set the GPU clock offset (eco mode's undervolt), in MHz.
@@ -183,6 +196,8 @@ impl ActionKind {
             ActionKind::Balloon { .. } => "balloon",
             ActionKind::StopVm { .. } => "stop_vm",
             ActionKind::StartVm { .. } => "start_vm",
+            ActionKind::StartService { .. } => "start_service",
+            ActionKind::StopService { .. } => "stop_service",
             ActionKind::SetGpuPowerLimit { .. } => "set_gpu_power_limit",
             ActionKind::SetGpuClockOffset { .. } => "set_gpu_clock_offset",
             ActionKind::GpuCheckpoint { .. } => "gpu_checkpoint",
@@ -236,6 +251,12 @@ impl fmt::Display for ActionKind {
             } => write!(f, "balloon {workload} (vm {vmid}) to {target}"),
             StopVm { workload, vmid } => write!(f, "stop {workload} (vm {vmid}): hibernate it"),
             StartVm { workload, vmid } => write!(f, "start {workload} (vm {vmid}) again"),
+            StartService {
+                workload, service, ..
+            } => write!(f, "start {service} for {workload}"),
+            StopService {
+                workload, service, ..
+            } => write!(f, "stop {service} of {workload}"),
             SetGpuPowerLimit { percent } => write!(f, "set GPU power limit {percent}"),
             SetGpuClockOffset { mhz } => write!(f, "set GPU clock offset {mhz} MHz"),
             GpuCheckpoint { workload } => {

@@ -2,7 +2,7 @@
 
 use super::action::{ActionKind, RuleId};
 use super::state::{EVICT_COOLDOWN, EngineState, MAX_OBSERVED_ONLY, elapsed};
-use super::tick::{Tick, Want};
+use super::tick::{Claim, Tick, Want};
 use crate::policy::{RepeatAction, Trigger, WhenInactive, Workload};
 
 /// Why the start conditions do not hold, or `None` when they do.
@@ -116,6 +116,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
                 && match p.on {
                     Trigger::Interaction => t.obs.interaction,
                 };
+            let mut holds = false;
             for target in &p.targets {
                 let cause = fired.then(|| {
                     format!(
@@ -125,7 +126,24 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
                         crate::policy::amount::format_duration(p.deadline)
                     )
                 });
-                t.hold(state, &rule, target, cause, p.release_after);
+                holds |= t.hold(state, &rule, target, cause, p.release_after);
+            }
+            // What the workload needs runs while its preemption holds: started after the
+            // freezes, stopped before the thaws (reconcile orders them).
+            if holds && w.start_on.is_some() {
+                let reason = format!(
+                    "{} preempts {}: what it needs runs meanwhile",
+                    w.name,
+                    p.targets.join(", ")
+                );
+                t.services.insert(
+                    w.name.clone(),
+                    Claim {
+                        workload: w.name.clone(),
+                        rule: RuleId::new(format!("{}.start_on", w.name)),
+                        reason,
+                    },
+                );
             }
         }
     }

@@ -21,6 +21,7 @@ mod observe;
 mod outcome;
 mod reconcile;
 mod retry;
+mod service;
 mod state;
 mod tick;
 
@@ -30,6 +31,8 @@ mod gpu_tests;
 mod memory_tests;
 #[cfg(test)]
 mod outcome_tests;
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;
 
@@ -42,7 +45,7 @@ pub use outcome::{Outcome, Step, acknowledge, still_wanted};
 pub use retry::{FIRST_RETRY, LAST_RETRY, Retries};
 pub use state::{
     Applied, Batch, EVICT_COOLDOWN, EngineState, EscalationState, Handoff, Hold, Knobs,
-    MAX_OBSERVED_ONLY, Sticky, ThermalState, elapsed,
+    MAX_OBSERVED_ONLY, StartedService, Sticky, ThermalState, elapsed,
 };
 
 use crate::policy::Policy;

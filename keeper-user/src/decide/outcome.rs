@@ -211,6 +211,24 @@ pub(super) fn forget(state: &mut EngineState, action: &Action) {
         ActionKind::StartVm { workload, .. } => {
             a.stopped_vms.insert(workload.clone(), action.rule.clone());
         }
+        // A service that did not start is started again while it is wanted; one that did not
+        // stop still runs, and is stopped again (the thaw behind it goes on: nothing stays
+        // frozen for it).
+        ActionKind::StartService { workload, .. } => {
+            a.services.remove(workload);
+        }
+        ActionKind::StopService {
+            workload,
+            service,
+            deadline_ms,
+        } => {
+            let started = super::StartedService {
+                rule: action.rule.clone(),
+                service: service.clone(),
+                deadline_ms: *deadline_ms,
+            };
+            super::service::still_running(a, workload, started);
+        }
         // A failed inflate is retried; a failed deflate is left to the journal's restore.
         ActionKind::Balloon {
             workload, target, ..

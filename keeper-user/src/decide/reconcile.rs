@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::action::{Action, ActionKind, RuleId};
+use super::service;
 use super::state::{EngineState, Knobs};
 use super::tick::{Claim, Tick};
 use crate::policy::{Amount, Percent};
@@ -21,6 +22,7 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         handback,
         trading,
         released,
+        services,
         events,
         ..
     } = t;
@@ -104,6 +106,14 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
                 c.reason.clone(),
             );
         }
+    }
+    // What a preemption started: after its freezes, stopped before its thaws.
+    let stops = service::stops(&services, applied);
+    for a in service::starts(policy, &services, applied)
+        .into_iter()
+        .chain(stops)
+    {
+        push(a.kind, &a.rule, a.reason);
     }
     // Thaw in reverse: highest rank first.
     for w in &policy.workloads {

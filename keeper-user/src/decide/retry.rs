@@ -105,6 +105,8 @@ fn backs_off(kind: &ActionKind) -> bool {
         | ActionKind::ProtectTradingCores { .. }
         | ActionKind::StopVm { .. }
         | ActionKind::StartVm { .. }
+        | ActionKind::StartService { .. }
+        | ActionKind::StopService { .. }
         | ActionKind::MoveIrq { .. }
         | ActionKind::SetWorkqueueCpus { .. }
         | ActionKind::CompleteIoOnSubmitter

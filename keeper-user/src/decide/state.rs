@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::action::RuleId;
-use crate::policy::{Amount, Percent};
+use crate::policy::{Amount, Percent, Service};
 
 /// Everything `decide` remembers. Start from `EngineState::default()`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -174,6 +174,17 @@ pub struct Applied {
     pub io_on_submitter: bool,
     #[serde(default)]
     pub irqbalance_off: bool,
+    /// Services started by a workload's preemption (`start_on`), by workload.
+    #[serde(default)]
+    pub services: BTreeMap<String, StartedService>,
+}
+
+/// A service the engine started: what stops it, whatever the policy says by then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedService {
+    pub rule: RuleId,
+    pub service: Service,
+    pub deadline_ms: u64,
 }
 
 impl Applied {

@@ -53,6 +53,8 @@ pub struct Tick<'a> {
     pub trading: Option<Want<String>>,
     /// Why a hold ended, by workload (used in the thaw's reason).
     pub released: BTreeMap<String, (RuleId, String)>,
+    /// Workloads whose `start_on` service a preemption wants running.
+    pub services: BTreeMap<String, Claim>,
     /// Actions that are events rather than state (evictions, SLO reports).
     pub events: Vec<Action>,
 }
@@ -74,6 +76,7 @@ impl<'a> Tick<'a> {
             handback: BTreeMap::new(),
             trading: None,
             released: BTreeMap::new(),
+            services: BTreeMap::new(),
             events: Vec::new(),
         }
     }

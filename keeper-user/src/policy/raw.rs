@@ -124,6 +124,9 @@ pub struct RawWorkload {
     /// GPU handoff: when this workload needs the GPU, lower-ranked GPU users give it up
     /// (their VRAM released with cuda-checkpoint where present, then frozen) until it is done.
     pub gpu_handoff: Option<At<RawGpuHandoff>>,
+    /// What this workload needs while its preemption holds (the Llama 3 service EVA talks
+    /// to): started once the targets are frozen, stopped again before they thaw.
+    pub start_on: Option<At<RawStartOn>>,
     /// Free text for operators.
     pub description: Option<String>,
 }
@@ -203,6 +206,19 @@ pub struct RawPreempt {
     pub targets: Option<At<Vec<At<String>>>>,
     /// How long after the trigger stops before thawing (default: `rules.thaw_hysteresis`).
     pub release_after: Option<At<String>>,
+}
+
+/// A service started by a workload's preemption: a systemd unit or a command, one of them.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStartOn {
+    /// A systemd unit (`llama3.service`): `systemctl start` and `systemctl stop`.
+    pub unit: Option<At<String>>,
+    /// A command the keeper runs (`["/usr/bin/llama-server", "--port", "8080"]`), in a
+    /// process group of its own; stopped with SIGTERM, then SIGKILL past the deadline.
+    pub command: Option<At<Vec<At<String>>>>,
+    /// How long a start or a stop may take (default `30s`).
+    pub deadline: Option<At<String>>,
 }
 
 /// The GPU handoff (seed 001 "Freeze" logic): the GPU is one mutex between workloads.

@@ -127,6 +127,7 @@ fn protected_workload() -> Workload {
         never_frozen: false,
         vcpu_fifo: None,
         gpu_handoff: None,
+        start_on: None,
     }
 }
 

@@ -586,3 +586,62 @@ fn vcpu_priority_is_fifo_n_on_the_trading_core_owner_only() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn start_on_is_a_unit_or_a_command_and_needs_the_workloads_preemption() {
+    let on_eva = |start_on: &str| {
+        one_host_with(
+            "      release_after: 20s\n    gpu_handoff:",
+            &format!("      release_after: 20s\n    start_on: {start_on}\n    gpu_handoff:"),
+        )
+    };
+    let p = load(
+        on_eva("{ command: [llama-server, --port, \"8080\"] }").as_bytes(),
+        &HostFacts::default(),
+    )
+    .expect("a command");
+    let s = p
+        .policy
+        .workload("eva-core")
+        .unwrap()
+        .start_on
+        .clone()
+        .unwrap();
+    assert_eq!(
+        s.service,
+        Service::Command(vec!["llama-server".into(), "--port".into(), "8080".into()])
+    );
+    assert_eq!(s.deadline, Duration::from_secs(30));
+    for (start_on, error) in [
+        (
+            "{ unit: llama3.service, command: [x] }",
+            "`eva-core.start_on`: a `unit` or a `command`, not both",
+        ),
+        (
+            "{ command: [] }",
+            "`eva-core.start_on`: needs a `unit` or a `command` (not empty)",
+        ),
+        (
+            "{ unit: llama3.service, deadline: soon }",
+            "`eva-core.start_on.deadline`",
+        ),
+    ] {
+        let found = errors(&on_eva(start_on));
+        assert!(
+            found.iter().any(|e| e.contains(error)),
+            "{start_on}: {found:#?}"
+        );
+    }
+    // On a workload without `preempt`: nothing would start it.
+    let sentinel = one_host_with(
+        "    class: light-browser\n",
+        "    class: light-browser\n    start_on: { unit: x.service }\n",
+    );
+    let found = errors(&sentinel);
+    assert!(
+        found.iter().any(|e| e.contains(
+            "`sentinel.start_on`: it starts with sentinel's preemption, and sentinel has no `preempt`"
+        )),
+        "{found:#?}"
+    );
+}

@@ -196,6 +196,33 @@ pub struct Workload {
     /// `vcpu_priority: fifo:N`: the trading-core owner's vCPU threads in SCHED_FIFO at N.
     pub vcpu_fifo: Option<u8>,
     pub gpu_handoff: Option<GpuHandoff>,
+    /// What the workload's preemption starts (after its freezes) and stops (before its thaws).
+    pub start_on: Option<StartOn>,
+}
+
+/// `start_on`: a service a workload's preemption starts, and how long a start or stop may
+/// take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartOn {
+    pub service: Service,
+    pub deadline: Duration,
+}
+
+/// A service the keeper starts and stops: a systemd unit, or a command it runs itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    Unit(String),
+    Command(Vec<String>),
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Service::Unit(u) => write!(f, "unit {u}"),
+            Service::Command(c) => write!(f, "command `{}`", c.join(" ")),
+        }
+    }
 }
 
 /// An inclusive range of Proxmox guest ids (`300-399`; one id is `301-301`).

@@ -439,6 +439,7 @@ impl<'a> Checker<'a> {
             .gpu_handoff
             .as_ref()
             .map(|h| self.gpu_handoff(&h.value, &name, w.rank.value, refs));
+        let start_on = (w.start_on.as_ref()).and_then(|s| self.start_on(s, &name, w));
         Some(Workload {
             name,
             rank: w.rank.value,
@@ -460,6 +461,7 @@ impl<'a> Checker<'a> {
                 .as_ref()
                 .and_then(|v| self.vcpu_priority(v, &format!("{}.vcpu_priority", w.name.value), w)),
             gpu_handoff,
+            start_on,
         })
     }
 

@@ -1,12 +1,16 @@
-//! A workload's `match`, `windows`, `conditions` and `gpu_handoff` keys: values and checks,
-//! located.
+//! A workload's `match`, `windows`, `conditions`, `gpu_handoff` and `start_on` keys: values
+//! and checks, located.
 
 use jiff::tz::TimeZone;
 
 use super::at::At;
 use super::raw::RawWorkload;
-use super::raw::{RawConditions, RawDocker, RawGpuHandoff, RawIds, RawMatch, RawWindow};
-use super::types::{Conditions, DockerMatch, GpuHandoff, Host, IdRange, Match, Workload};
+use super::raw::{
+    RawConditions, RawDocker, RawGpuHandoff, RawIds, RawMatch, RawStartOn, RawWindow,
+};
+use super::types::{
+    Conditions, DockerMatch, GpuHandoff, Host, IdRange, Match, Service, StartOn, Workload,
+};
 use super::validate::{Checker, DEFAULT_TIME_ZONE, Refs};
 use super::window::{DaySet, Window};
 
@@ -296,5 +300,42 @@ impl Checker<'_> {
             from,
             release_after: release_after.unwrap_or(refs.hysteresis),
         }
+    }
+
+    /// `start_on`: a unit or a command (one of them, not empty), started by the workload's
+    /// own preemption (so it needs one), with a deadline (default 30 s).
+    pub(super) fn start_on(
+        &mut self,
+        s: &At<RawStartOn>,
+        name: &str,
+        w: &RawWorkload,
+    ) -> Option<StartOn> {
+        let key = format!("{name}.start_on");
+        if w.preempt.is_none() {
+            self.err(
+                s.pos,
+                &key,
+                format!("it starts with {name}'s preemption, and {name} has no `preempt`"),
+            );
+        }
+        let deadline = match &s.value.deadline {
+            Some(d) => self.duration(d, &format!("{key}.deadline"))?,
+            None => std::time::Duration::from_secs(30),
+        };
+        let service = match (&s.value.unit, &s.value.command) {
+            (Some(u), None) if !u.value.trim().is_empty() => Service::Unit(u.value.clone()),
+            (None, Some(c)) if c.value.first().is_some_and(|p| !p.value.is_empty()) => {
+                Service::Command(c.value.iter().map(|a| a.value.clone()).collect())
+            }
+            (Some(_), Some(_)) => {
+                self.err(s.pos, &key, "a `unit` or a `command`, not both");
+                return None;
+            }
+            _ => {
+                self.err(s.pos, &key, "needs a `unit` or a `command` (not empty)");
+                return None;
+            }
+        };
+        (w.preempt.is_some()).then_some(StartOn { service, deadline })
     }
 }

@@ -1,0 +1,171 @@
+//! `start_on` through the enforcer (observe → decide → act) with a real command: EVA's
+//! preemption freezes Muse, then starts what EVA needs; when it ends, that command is stopped
+//! before Muse thaws. The command itself writes Muse's state (`/proc/PID/stat`) when it starts
+//! and when it is told to stop, so the order is seen from the outside. A keeper that dies with
+//! the command running leaves it to the next keeper's replay of the journal, which stops it.
+//! No root needed: workloads are child processes matched by pid file, frozen with SIGSTOP.
+
+use std::{path::Path, time::Duration};
+
+use integration_test::{
+    gpu_rig::{Kid, load_policy, policy_text},
+    rig::eventually,
+};
+use keeper::{
+    act::{Actuators, execute::Done, journal::Journal},
+    device::cgroupfs::CgroupFs,
+    enforcer::Enforcer,
+    policy::PolicySource,
+};
+
+/// A scratch directory: pid files, the policy, the journal.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("keeper-start-on-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Actuators on the directory's journal; no cgroups (the workloads are matched by pid file).
+fn actuators(dir: &Path) -> Actuators {
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    Actuators::new(CgroupFs::at(dir.join("no-cgroups")), journal, false, None)
+}
+
+/// A command that says Muse's state (`T`: stopped, frozen) as it starts and as it stops: a
+/// script written in `dir`, run as `[sh, SCRIPT]`.
+fn witness(dir: &Path, log: &Path, muse: u32) -> String {
+    let script = dir.join("witness.sh");
+    let state = format!("$(cut -d' ' -f3 /proc/{muse}/stat)");
+    let log = log.display();
+    std::fs::write(
+        &script,
+        format!(
+            "echo start {state} > {log}\n\
+             stopping() {{ echo stop {state} >> {log}; exit 0; }}\n\
+             trap stopping TERM\n\
+             while :; do sleep 0.05; done\n"
+        ),
+    )
+    .unwrap();
+    format!("[sh, {}]", script.display())
+}
+
+fn enforcer(dir: &Path, command: &str) -> Enforcer {
+    let file = dir.join("policy.yaml");
+    let extra = format!(
+        ", preempt: {{ on: interaction, deadline: 200ms, targets: [muse], release_after: 1s }}, \
+         start_on: {{ command: {command}, deadline: 5s }}"
+    );
+    let text = policy_text(dir, &extra, "");
+    std::fs::write(&file, &text).unwrap();
+    let source = PolicySource {
+        file: Some(file),
+        trading_cores: None,
+        protect: vec![],
+    };
+    Enforcer::new(source, load_policy(&text), actuators(dir))
+}
+
+fn names(done: &[Done]) -> Vec<String> {
+    done.iter().map(|d| d.action.kind.to_string()).collect()
+}
+
+fn state_of(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .trim()
+        .chars()
+        .next()
+        .unwrap()
+}
+
+fn interact(k: &mut Enforcer, on: bool) -> Vec<Done> {
+    k.interaction = on;
+    let obs = k.observe(vec![], None);
+    k.tick(&obs)
+}
+
+#[test]
+fn the_preemption_starts_the_command_after_freezing_and_stops_it_before_thawing() {
+    let dir = Dir::new("order");
+    let (_eva, muse) = (Kid::new(&dir.0, "eva"), Kid::new(&dir.0, "muse"));
+    let log = dir.0.join("witness.log");
+    let mut k = enforcer(&dir.0, &witness(&dir.0, &log, muse.pid()));
+    let done = interact(&mut k, true);
+    let started = names(&done);
+    assert_eq!(started.len(), 2, "{done:#?}");
+    assert_eq!(started[0], "freeze muse");
+    assert!(started[1].starts_with("start command `sh /"), "{started:?}");
+    assert!(done.iter().all(|d| d.ok()), "{done:#?}");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(2), || read() == "start T\n"),
+        "{:?}",
+        read()
+    );
+    // The interaction ends; after the hysteresis (1 s) the command stops, then Muse thaws.
+    assert!(interact(&mut k, false).is_empty());
+    std::thread::sleep(Duration::from_millis(1100));
+    let done = interact(&mut k, false);
+    let ended = names(&done);
+    assert!(ended[0].starts_with("stop command `sh /"), "{ended:?}");
+    assert_eq!(ended[1], "thaw muse");
+    assert!(done.iter().all(|d| d.ok()), "{done:#?}");
+    assert_eq!(
+        read(),
+        "start T\nstop T\n",
+        "the command stopped while Muse was frozen"
+    );
+    assert_ne!(state_of(muse.pid()), 'T', "Muse runs again");
+    // The exit finds no command left to stop.
+    let left = k.act.restore_all().unwrap();
+    assert!(!left.iter().any(|r| r.contains("command")), "{left:?}");
+}
+
+#[test]
+fn a_command_left_running_by_a_dead_keeper_is_stopped_by_the_next_one() {
+    let dir = Dir::new("crash");
+    let (_eva, muse) = (Kid::new(&dir.0, "eva"), Kid::new(&dir.0, "muse"));
+    let log = dir.0.join("witness.log");
+    let mut k = enforcer(&dir.0, &witness(&dir.0, &log, muse.pid()));
+    let done = interact(&mut k, true);
+    assert!(done.iter().all(|d| d.ok()), "{done:#?}");
+    let pid: u32 = (done[1].steps[0].to_string())
+        .split("(pid ")
+        .nth(1)
+        .and_then(|s| s.trim_end_matches(')').parse().ok())
+        .expect("the start names its pid");
+    // The keeper dies: nothing is undone (its journal's lock goes with it), its child keeps
+    // running.
+    drop(k);
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // The next keeper on the same state directory replays the journal: the command stops
+    // (told with SIGTERM: its trap writes), and Muse is set running again.
+    let mut next = actuators(&dir.0);
+    let restored = next.restore_all().unwrap();
+    assert!(
+        restored
+            .iter()
+            .any(|r| r == &format!("the command started as pid {pid} stopped")),
+        "{restored:#?}"
+    );
+    let gone = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z"))
+    };
+    assert!(eventually(Duration::from_secs(2), || gone(pid)));
+    assert!(std::fs::read_to_string(&log).unwrap().ends_with("stop T\n"));
+    assert_ne!(state_of(muse.pid()), 'T');
+}
