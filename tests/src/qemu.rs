@@ -2,7 +2,7 @@
 //! QMP socket at `DIR/<vmid>.qmp`, as Proxmox lays them out. Killed on drop.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -77,4 +77,37 @@ pub fn qemu_in(dir: &std::path::Path, tag: &str, vmid: u32, mem_mib: u32) -> Opt
         std::thread::sleep(Duration::from_millis(20));
     }
     Some(q)
+}
+
+/// The 6.1 cloud kernel `cargo xtask vm-test` keeps in its cache and the balloon guest
+/// `cargo xtask test` builds beside it (xtask/src/vm/initramfs.rs), as (vmlinuz, initrd).
+/// `None`, said loudly, when they are missing, which CI=true refuses.
+pub fn cached_guest(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let cache = PathBuf::from(home).join(".cache/the-keeper/vm-kernel");
+    let found = (|| {
+        let boot = std::fs::read_dir(cache.join("unpacked/boot")).ok()?;
+        let vmlinuz = boot.flatten().find_map(|e| {
+            let name = e.file_name();
+            name.to_str()?.starts_with("vmlinuz-").then(|| e.path())
+        })?;
+        let initrd = cache.join("balloon-guest.gz");
+        initrd.exists().then_some((vmlinuz, initrd))
+    })();
+    if found.is_none() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+            "CI=true: the guest kernel and balloon guest must be in the cache (cargo xtask test makes them)"
+        );
+        eprintln!(
+            "\n!!! SKIPPED {test}: no guest kernel or balloon guest (run cargo xtask test once) !!!\n"
+        );
+    }
+    found
+}
+
+/// The last line of a guest's console log that starts with `prefix`, without it.
+pub fn last_line(console: &Path, prefix: &str) -> Option<String> {
+    let text = std::fs::read_to_string(console).ok()?;
+    (text.lines().rev()).find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
 }

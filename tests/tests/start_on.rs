@@ -3,7 +3,10 @@
 //! before Muse thaws. The command itself writes Muse's state (`/proc/PID/stat`) when it starts
 //! and when it is told to stop, so the order is seen from the outside. A keeper that dies with
 //! the command running leaves it to the next keeper's replay of the journal, which stops it.
-//! No root needed: workloads are child processes matched by pid file, frozen with SIGSTOP.
+//! A unit goes through `systemctl`: no systemd runs on these machines (nor in the test
+//! guests), so a stand-in `systemctl` first on PATH records what it is asked and keeps the
+//! unit's state, the way `is-active` reads it. No root needed: workloads are child processes
+//! matched by pid file, frozen with SIGSTOP.
 
 use std::{path::Path, time::Duration};
 
@@ -43,7 +46,8 @@ fn actuators(dir: &Path) -> Actuators {
 }
 
 /// A command that says Muse's state (`T`: stopped, frozen) as it starts and as it stops: a
-/// script written in `dir`, run as `[sh, SCRIPT]`.
+/// script written in `dir`, run as `[sh, SCRIPT]`; it ends by itself after 30 s, so a failed
+/// test leaves nothing running for long.
 fn witness(dir: &Path, log: &Path, muse: u32) -> String {
     let script = dir.join("witness.sh");
     let state = format!("$(cut -d' ' -f3 /proc/{muse}/stat)");
@@ -54,7 +58,7 @@ fn witness(dir: &Path, log: &Path, muse: u32) -> String {
             "echo start {state} > {log}\n\
              stopping() {{ echo stop {state} >> {log}; exit 0; }}\n\
              trap stopping TERM\n\
-             while :; do sleep 0.05; done\n"
+             i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done\n"
         ),
     )
     .unwrap();
@@ -62,10 +66,15 @@ fn witness(dir: &Path, log: &Path, muse: u32) -> String {
 }
 
 fn enforcer(dir: &Path, command: &str) -> Enforcer {
+    enforcer_with(dir, &format!("command: {command}"))
+}
+
+/// EVA preempts Muse (1 s of hysteresis) and starts `service` (`command: …` or `unit: …`).
+fn enforcer_with(dir: &Path, service: &str) -> Enforcer {
     let file = dir.join("policy.yaml");
     let extra = format!(
         ", preempt: {{ on: interaction, deadline: 200ms, targets: [muse], release_after: 1s }}, \
-         start_on: {{ command: {command}, deadline: 5s }}"
+         start_on: {{ {service}, deadline: 5s }}"
     );
     let text = policy_text(dir, &extra, "");
     std::fs::write(&file, &text).unwrap();
@@ -168,4 +177,71 @@ fn a_command_left_running_by_a_dead_keeper_is_stopped_by_the_next_one() {
     assert!(eventually(Duration::from_secs(2), || gone(pid)));
     assert!(std::fs::read_to_string(&log).unwrap().ends_with("stop T\n"));
     assert_ne!(state_of(muse.pid()), 'T');
+}
+
+/// A stand-in `systemctl` in `dir/bin`, first on PATH: each call appended to
+/// `dir/systemctl.log`; `start` and `stop` set the unit's state, `is-active` reads it.
+fn stand_in_systemctl(dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let (log, units) = (dir.join("systemctl.log"), dir.join("units"));
+    std::fs::create_dir_all(&units).unwrap();
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> {log}\n\
+         case $1 in\n\
+         start) touch {units}/$2 ;;\n\
+         stop) rm -f {units}/$2 ;;\n\
+         is-active) test -e {units}/$3 ;;\n\
+         esac\n",
+        log = log.display(),
+        units = units.display()
+    );
+    let path = bin.join("systemctl");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let old = std::env::var("PATH").unwrap_or_default();
+    // SAFETY: the other tests of this file only add to what PATH finds (`sh`).
+    unsafe { std::env::set_var("PATH", format!("{}:{old}", bin.display())) };
+}
+
+#[test]
+fn a_unit_is_started_and_stopped_with_systemctl_and_stopped_after_a_crash() {
+    let dir = Dir::new("unit");
+    stand_in_systemctl(&dir.0);
+    let (_eva, _muse) = (Kid::new(&dir.0, "eva"), Kid::new(&dir.0, "muse"));
+    let calls = || std::fs::read_to_string(dir.0.join("systemctl.log")).unwrap_or_default();
+    let mut k = enforcer_with(&dir.0, "unit: llama3.service");
+    let done = interact(&mut k, true);
+    assert_eq!(
+        names(&done),
+        ["freeze muse", "start unit llama3.service for eva"]
+    );
+    assert!(done.iter().all(|d| d.ok()), "{done:#?}");
+    assert_eq!(calls(), "start llama3.service\n");
+    assert!(interact(&mut k, false).is_empty());
+    std::thread::sleep(Duration::from_millis(1100));
+    let done = interact(&mut k, false);
+    assert_eq!(
+        names(&done),
+        ["stop unit llama3.service of eva", "thaw muse"]
+    );
+    assert_eq!(calls(), "start llama3.service\nstop llama3.service\n");
+    // Started again, then the keeper dies: the next one stops the unit (it is active).
+    interact(&mut k, true);
+    drop(k);
+    let restored = actuators(&dir.0).restore_all().unwrap();
+    assert!(
+        restored.iter().any(|r| r == "unit llama3.service stopped"),
+        "{restored:#?}"
+    );
+    // Stopped once (each start journaled the unit; the second look finds it inactive).
+    let log = calls();
+    let stop_after_crash =
+        "start llama3.service\nis-active --quiet llama3.service\nstop llama3.service\n";
+    assert!(log.contains(stop_after_crash), "{log}");
+    assert_eq!(log.matches("stop").count(), 2, "{log}");
+    // A unit that is not active is left alone.
+    let again = actuators(&dir.0).restore_all().unwrap();
+    assert!(!again.iter().any(|r| r.contains("llama3")), "{again:#?}");
+    assert_eq!(calls().matches("stop").count(), 2);
 }

@@ -3,14 +3,14 @@
 //! unknown vmid, a dead VM's stale socket, a target above the VM's memory.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use integration_test::{
     KEEPER,
-    qemu::{Qemu, qemu},
+    qemu::{Qemu, cached_guest, last_line, qemu},
 };
 
 fn keeper(args: &[&str], dir: &Path) -> (i32, String, String) {
@@ -91,33 +91,10 @@ fn bad_vm_requests_are_clear_errors() {
     assert!(err.contains("102.qmp: cannot connect"), "{err}");
 }
 
-/// The 6.1 cloud kernel `cargo xtask vm-test` keeps in its cache and the balloon guest
-/// `cargo xtask test` builds beside it (xtask/src/vm/initramfs.rs), as (vmlinuz, initrd).
-fn guest() -> Option<(PathBuf, PathBuf)> {
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    let cache = PathBuf::from(home).join(".cache/the-keeper/vm-kernel");
-    let boot = std::fs::read_dir(cache.join("unpacked/boot")).ok()?;
-    let vmlinuz = boot.flatten().find_map(|e| {
-        let name = e.file_name();
-        name.to_str()?.starts_with("vmlinuz-").then(|| e.path())
-    })?;
-    let initrd = cache.join("balloon-guest.gz");
-    initrd.exists().then_some((vmlinuz, initrd))
-}
-
 /// The guest's last MemTotal in MiB, from its console log.
 fn memtotal_mib(console: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(console).ok()?;
-    text.lines()
-        .rev()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("MEMTOTAL ")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kb| kb / 1024)
+    let kb: u64 = last_line(console, "MEMTOTAL ")?.trim().parse().ok()?;
+    Some(kb / 1024)
 }
 
 fn balloon_actual_mib(dir: &Path) -> u64 {
@@ -135,14 +112,7 @@ fn memory_pressure_balloons_a_real_guest_and_its_end_deflates_it() {
     ) {
         return;
     }
-    let Some((vmlinuz, initrd)) = guest() else {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-            "CI=true: the guest kernel and balloon guest must be in the cache (cargo xtask test makes them)"
-        );
-        eprintln!(
-            "\n!!! SKIPPED the guest balloon test: no guest kernel or balloon guest (run cargo xtask test once) !!!\n"
-        );
+    let Some((vmlinuz, initrd)) = cached_guest("the guest balloon test") else {
         return;
     };
     let rig = Rig::with(

@@ -195,6 +195,21 @@ pub fn execute(
             service,
             deadline_ms,
         } => vec![act.start_service(workload, service, Duration::from_millis(*deadline_ms))],
+        ActionKind::MoveGpu {
+            from_vmid,
+            to_vmid,
+            device,
+            deadline_ms,
+            back,
+            ..
+        } => {
+            let ends = super::passthrough::Ends {
+                from_vmid: *from_vmid,
+                to_vmid: *to_vmid,
+                back: *back,
+            };
+            vec![act.move_gpu(&ends, device, Duration::from_millis(*deadline_ms))]
+        }
         ActionKind::StopService {
             workload,
             service,

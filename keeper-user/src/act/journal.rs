@@ -74,6 +74,13 @@ pub enum Entry {
     VmStopped { vmid: u32, api: PathBuf },
     /// That VM was started again (or its hibernation refused): nothing to undo.
     VmStarted { vmid: u32 },
+    /// The passthrough GPU lent by the VM at QMP socket `holder` to the one at `borrower`
+    /// (`rules.gpu_mutex`): given back if it is not with its holder.
+    GpuLent {
+        holder: PathBuf,
+        borrower: PathBuf,
+        device: std::collections::BTreeMap<String, String>,
+    },
     /// A systemd unit a preemption started (`start_on`): stopped if still active.
     ServiceUnit { unit: String },
     /// A command a preemption started (`start_on`), leader of its own process group: the group

@@ -23,6 +23,7 @@ pub mod execute;
 pub mod gpu;
 pub mod irq;
 pub mod journal;
+pub mod passthrough;
 pub mod process;
 pub mod queue;
 mod service;
@@ -580,6 +581,11 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
         Entry::IrqAffinity { irq, original } => irq::restore(*irq, original),
         Entry::IrqbalanceBan { dir } => irq::lift_irqbalance_ban(dir),
         Entry::ServiceUnit { unit } => service::restore_unit(unit),
+        Entry::GpuLent {
+            holder,
+            borrower,
+            device,
+        } => passthrough::restore_lend(holder, borrower, device),
         Entry::ServiceCommand { pid, start } => service::restore_command(*pid, *start),
     }
 }

@@ -48,6 +48,7 @@ pub fn is_slow(kind: &ActionKind) -> bool {
             | ActionKind::GpuRestore { .. }
             | ActionKind::StartService { .. }
             | ActionKind::StopService { .. }
+            | ActionKind::MoveGpu { .. }
     )
 }
 

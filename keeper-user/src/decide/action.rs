@@ -83,6 +83,17 @@ pub enum ActionKind {
         service: Service,
         deadline_ms: u64,
     },
+    /// `rules.gpu_mutex`: the passthrough GPU unplugged from one VM and plugged into the other
+    /// (QMP), put back where it was when the plug fails; `back`: a return to its holder.
+    MoveGpu {
+        from: String,
+        from_vmid: u32,
+        to: String,
+        to_vmid: u32,
+        device: std::collections::BTreeMap<String, String>,
+        deadline_ms: u64,
+        back: bool,
+    },
     /// Stop that service again (before the thaws).
     StopService {
         workload: String,
@@ -197,6 +208,7 @@ impl ActionKind {
             ActionKind::StopVm { .. } => "stop_vm",
             ActionKind::StartVm { .. } => "start_vm",
             ActionKind::StartService { .. } => "start_service",
+            ActionKind::MoveGpu { .. } => "move_gpu",
             ActionKind::StopService { .. } => "stop_service",
             ActionKind::SetGpuPowerLimit { .. } => "set_gpu_power_limit",
             ActionKind::SetGpuClockOffset { .. } => "set_gpu_clock_offset",
@@ -257,6 +269,18 @@ impl fmt::Display for ActionKind {
             StopService {
                 workload, service, ..
             } => write!(f, "stop {service} of {workload}"),
+            MoveGpu {
+                from,
+                from_vmid,
+                to,
+                to_vmid,
+                device,
+                ..
+            } => write!(
+                f,
+                "move the GPU ({}) from {from} (vm {from_vmid}) to {to} (vm {to_vmid})",
+                device.get("id").map_or("?", String::as_str)
+            ),
             SetGpuPowerLimit { percent } => write!(f, "set GPU power limit {percent}"),
             SetGpuClockOffset { mhz } => write!(f, "set GPU clock offset {mhz} MHz"),
             GpuCheckpoint { workload } => {

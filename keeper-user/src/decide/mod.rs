@@ -14,6 +14,7 @@ mod activity;
 mod escalation;
 pub mod fast;
 mod gpu;
+mod gpu_mutex;
 mod handoff;
 mod kernel;
 mod memory;
@@ -25,6 +26,8 @@ mod service;
 mod state;
 mod tick;
 
+#[cfg(test)]
+mod gpu_mutex_tests;
 #[cfg(test)]
 mod gpu_tests;
 #[cfg(test)]
@@ -67,7 +70,9 @@ pub fn decide(
     escalation::run(&mut tick, state);
     memory::run(&mut tick, state);
     gpu::eco_mode(&mut tick, state);
+    let borrower = gpu_mutex::borrower(&tick);
     let mut actions = reconcile::run(tick, state);
+    actions.extend(gpu_mutex::moves(policy, state, borrower));
     actions.extend(kernel::workqueues(policy, state));
     actions.extend(kernel::irqs(policy, obs, state, now));
     actions.extend(kernel::irq_guard_once(policy, state));

@@ -217,6 +217,9 @@ pub(super) fn forget(state: &mut EngineState, action: &Action) {
         ActionKind::StartService { workload, .. } => {
             a.services.remove(workload);
         }
+        // A lend that failed left the GPU with its holder (the actuator put it back); a return
+        // that failed left it with the borrower. Asked again after the backoff.
+        ActionKind::MoveGpu { from, back, .. } => a.gpu_lent = back.then(|| from.clone()),
         ActionKind::StopService {
             workload,
             service,

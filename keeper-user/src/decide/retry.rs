@@ -107,6 +107,7 @@ fn backs_off(kind: &ActionKind) -> bool {
         | ActionKind::StartVm { .. }
         | ActionKind::StartService { .. }
         | ActionKind::StopService { .. }
+        | ActionKind::MoveGpu { .. }
         | ActionKind::MoveIrq { .. }
         | ActionKind::SetWorkqueueCpus { .. }
         | ActionKind::CompleteIoOnSubmitter

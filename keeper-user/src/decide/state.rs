@@ -174,6 +174,9 @@ pub struct Applied {
     pub io_on_submitter: bool,
     #[serde(default)]
     pub irqbalance_off: bool,
+    /// The VM the passthrough GPU was lent to (`rules.gpu_mutex`); `None`: its holder has it.
+    #[serde(default)]
+    pub gpu_lent: Option<String>,
     /// Services started by a workload's preemption (`start_on`), by workload.
     #[serde(default)]
     pub services: BTreeMap<String, StartedService>,

@@ -161,6 +161,14 @@ impl Qmp {
         }
     }
 
+    /// Whether the machine has a device of that id (`qom-list /machine/peripheral`: the
+    /// devices given an id, on the command line or by `device_add`).
+    pub fn has_device(&mut self, id: &str) -> Result<bool, QmpError> {
+        let list = self.execute("qom-list", Some(json!({ "path": "/machine/peripheral" })))?;
+        let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
+        Ok(items.iter().any(|i| i["name"] == id))
+    }
+
     /// The guest's current memory as the balloon leaves it, in bytes.
     pub fn balloon_actual(&mut self) -> Result<u64, QmpError> {
         let r = self.execute("query-balloon", None)?;

@@ -246,6 +246,24 @@ pub struct RawRules {
     pub memory: Option<At<RawMemory>>,
     pub slo: Option<At<RawSlo>>,
     pub intruders: Option<At<RawIntruders>>,
+    pub gpu_mutex: Option<At<RawGpuMutex>>,
+}
+
+/// The passthrough GPU as one mutex between VMs: it stays with `holder`, and is lent to the
+/// first VM of `lend_to` that is active (its windows, its conditions), by hot-unplug: QMP
+/// `device_del` on the holder, `device_add` on the borrower; given back when it is not.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpuMutex {
+    /// The VM workload (one `vmid`) that holds the GPU by default.
+    pub holder: At<String>,
+    /// VM workloads (one `vmid` each) that take it while they are active, first first.
+    pub lend_to: At<Vec<At<String>>>,
+    /// The QMP device: `device_add`'s properties, `id` and `driver` among them (on Proxmox:
+    /// `{id: hostpci0, driver: vfio-pci, host: "0000:01:00.0"}`).
+    pub device: At<std::collections::BTreeMap<String, At<String>>>,
+    /// How long each unplug and plug may take (default `30s`).
+    pub deadline: Option<At<String>>,
 }
 
 /// Tasks that come back to a trading core after their eviction (they pin themselves there

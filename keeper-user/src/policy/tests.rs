@@ -645,3 +645,49 @@ fn start_on_is_a_unit_or_a_command_and_needs_the_workloads_preemption() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn the_gpu_mutex_names_vms_and_a_device_qmp_can_add() {
+    let base = "version: 1\nhost: { time_zone: UTC, trading_cores: \"1\", housekeeping_cores: \"0\" }\n\
+                workloads:\n\
+                \x20 - { name: brain, rank: 2, match: { vmid: 100 } }\n\
+                \x20 - { name: visual, rank: 3, match: { vmid: 104 } }\n\
+                \x20 - { name: muse, rank: 4, match: { cgroup: muse.slice } }\n\
+                rules:\n  gpu_mutex: ";
+    let ok = format!(
+        "{base}{{ holder: brain, lend_to: [visual], device: {{ id: hostpci0, driver: vfio-pci }} }}\n"
+    );
+    let p = load(ok.as_bytes(), &HostFacts::default())
+        .expect("valid")
+        .policy;
+    let m = p.rules.gpu_mutex.unwrap();
+    assert_eq!(
+        (m.holder.as_str(), m.lend_to.as_slice()),
+        ("brain", &["visual".to_string()][..])
+    );
+    assert_eq!(m.deadline, Duration::from_secs(30));
+    for (rule, error) in [
+        (
+            "{ holder: brain, lend_to: [muse], device: { id: g, driver: d } }",
+            "`rules.gpu_mutex.lend_to`: `muse` is not one VM (`match: {vmid: N}`)",
+        ),
+        (
+            "{ holder: brain, lend_to: [brain], device: { id: g, driver: d } }",
+            "`rules.gpu_mutex.lend_to`: `brain` holds the GPU already",
+        ),
+        (
+            "{ holder: brian, lend_to: [visual], device: { id: g, driver: d } }",
+            "`rules.gpu_mutex.holder`: unknown workload `brian`",
+        ),
+        (
+            "{ holder: brain, lend_to: [visual], device: { id: g } }",
+            "`rules.gpu_mutex.device`: needs `driver` (QMP's device_add)",
+        ),
+    ] {
+        let found = errors(&format!("{base}{rule}\n"));
+        assert!(
+            found.iter().any(|e| e.contains(error)),
+            "{rule}: {found:#?}"
+        );
+    }
+}

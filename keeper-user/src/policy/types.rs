@@ -438,6 +438,18 @@ pub struct Rules {
     pub memory: Option<MemoryRule>,
     pub slo: Option<Slo>,
     pub intruders: IntruderRule,
+    pub gpu_mutex: Option<GpuMutex>,
+}
+
+/// `rules.gpu_mutex`: the passthrough GPU, held by one VM and lent to another while it is
+/// active (QMP hot-unplug and hot-plug of `device`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuMutex {
+    pub holder: String,
+    pub lend_to: Vec<String>,
+    /// `device_add`'s properties (`id` and `driver` at least).
+    pub device: std::collections::BTreeMap<String, String>,
+    pub deadline: Duration,
 }
 
 /// `rules.intruders`: what a task that keeps coming back to a trading core gets.

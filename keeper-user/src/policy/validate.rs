@@ -121,6 +121,9 @@ impl<'a> Checker<'a> {
             .as_ref()
             .map_or(DEFAULT_THAW_HYSTERESIS, |r| r.thaw_hysteresis);
         let workloads = self.workloads(&raw.workloads, host.as_ref(), hysteresis);
+        if let Some(r) = &raw.rules {
+            self.gpu_mutex_workloads(r, &workloads);
+        }
         self.diags.sort_by_key(|d| (d.pos, d.severity));
         if self.diags.iter().any(Diagnostic::is_error) {
             return None;

@@ -24,6 +24,7 @@ impl Checker<'_> {
                 memory: None,
                 slo: None,
                 intruders: IntruderRule::default(),
+                gpu_mutex: None,
             });
         };
         let r = &raw.value;
@@ -61,6 +62,8 @@ impl Checker<'_> {
         };
         let intruders = r.intruders.as_ref().map(|i| self.intruders(&i.value));
         ok &= intruders.as_ref().is_none_or(Option::is_some);
+        let gpu_mutex = r.gpu_mutex.as_ref().map(|m| self.gpu_mutex(m));
+        ok &= gpu_mutex.as_ref().is_none_or(Option::is_some);
         ok.then_some(Rules {
             thaw_hysteresis: hysteresis,
             escalation,
@@ -69,7 +72,75 @@ impl Checker<'_> {
             memory,
             slo,
             intruders: intruders.flatten().unwrap_or_default(),
+            gpu_mutex: gpu_mutex.flatten(),
         })
+    }
+
+    /// `rules.gpu_mutex`'s own values: a device with an `id` and a `driver`, a deadline. Its
+    /// workloads are checked with the workloads ([`Checker::gpu_mutex_workloads`]).
+    fn gpu_mutex(&mut self, m: &At<RawGpuMutex>) -> Option<GpuMutex> {
+        let key = "rules.gpu_mutex";
+        let device: std::collections::BTreeMap<String, String> = (m.value.device.value.iter())
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        let mut ok = true;
+        for needed in ["id", "driver"] {
+            if device.get(needed).is_none_or(|v| v.is_empty()) {
+                let at = format!("{key}.device");
+                self.err(
+                    m.value.device.pos,
+                    &at,
+                    format!("needs `{needed}` (QMP's device_add)"),
+                );
+                ok = false;
+            }
+        }
+        let deadline = self.opt_duration(
+            &m.value.deadline,
+            "rules.gpu_mutex.deadline",
+            Duration::from_secs(30),
+        );
+        ok.then(|| GpuMutex {
+            holder: m.value.holder.value.clone(),
+            lend_to: (m.value.lend_to.value.iter())
+                .map(|w| w.value.clone())
+                .collect(),
+            device,
+            deadline,
+        })
+    }
+
+    /// `rules.gpu_mutex`'s holder and borrowers: known VM workloads with one `vmid` each, the
+    /// holder not among the borrowers, none owning the trading cores.
+    pub(super) fn gpu_mutex_workloads(&mut self, raw: &At<RawRules>, workloads: &[Workload]) {
+        let Some(m) = &raw.value.gpu_mutex else {
+            return;
+        };
+        let m = &m.value;
+        let names = std::iter::once((&m.holder, "rules.gpu_mutex.holder")).chain(
+            m.lend_to
+                .value
+                .iter()
+                .map(|w| (w, "rules.gpu_mutex.lend_to")),
+        );
+        for (name, key) in names {
+            let why = match workloads.iter().find(|w| w.name == name.value) {
+                None => Some(format!("unknown workload `{}`", name.value)),
+                Some(w) if w.matcher.vmid.is_none() => {
+                    Some(format!("`{}` is not one VM (`match: {{vmid: N}}`)", w.name))
+                }
+                Some(w) if w.owns_trading_cores => {
+                    Some(format!("`{}` owns the trading cores", w.name))
+                }
+                Some(_) if key.ends_with("lend_to") && name.value == m.holder.value => {
+                    Some(format!("`{}` holds the GPU already", name.value))
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                self.err(name.pos, key, why);
+            }
+        }
     }
 
     fn intruders(&mut self, i: &RawIntruders) -> Option<IntruderRule> {

@@ -181,8 +181,9 @@ pub fn cached_balloon_guest() -> PathBuf {
 }
 
 /// A guest that only loads virtio_balloon (and what it needs, in `modinfo` order), says
-/// `BALLOON READY` on its console, then `MEMTOTAL <kB>` every 200 ms: for the balloon
-/// benchmark and tests/tests/vm_balloon.rs (one guest for both).
+/// `BALLOON READY` on its console, then `MEMTOTAL <kB>` and `PCI <device ids>` every 200 ms:
+/// for the balloon benchmark, tests/tests/vm_balloon.rs and tests/tests/gpu_mutex.rs (a device
+/// plugged in or out is seen in the PCI line).
 pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
     let virtio = modules.join("kernel/drivers/virtio");
     let depends = |m: &str| -> anyhow::Result<Vec<String>> {
@@ -219,7 +220,7 @@ pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
         out,
         &["bin", "proc", "sys", "mod"],
         &[
-            "sh", "mount", "insmod", "sleep", "echo", "grep", "cut", "head",
+            "sh", "mount", "insmod", "sleep", "echo", "grep", "cut", "head", "cat",
         ],
     )?;
     let mut init = String::from("#!/bin/sh\nmount -t proc none /proc\nmount -t sysfs none /sys\n");
@@ -232,7 +233,7 @@ pub fn balloon_guest(modules: &Path, out: &Path) -> anyhow::Result<()> {
     }
     init.push_str("echo BALLOON READY\n");
     init.push_str(
-        "while true; do echo \"MEMTOTAL $(grep MemTotal /proc/meminfo | cut -c10- | cut -dk -f1)\"; sleep 0.2; done\n",
+        "while true; do echo \"MEMTOTAL $(grep MemTotal /proc/meminfo | cut -c10- | cut -dk -f1)\"; echo PCI $(cat /sys/bus/pci/devices/*/device); sleep 0.2; done\n",
     );
     pack(&stage, &init, out)
 }
