@@ -33,6 +33,8 @@ pub struct StubVm {
     /// `balloon:` in its configuration (MiB), if set.
     pub config_balloon: Option<u64>,
     pub lock: Option<&'static str>,
+    /// The `hostpciN` keys of its configuration.
+    pub hostpci: BTreeMap<String, String>,
 }
 
 impl StubVm {
@@ -43,7 +45,22 @@ impl StubVm {
             balloon_actual: maxmem,
             config_balloon: None,
             lock: None,
+            hostpci: BTreeMap::new(),
         }
+    }
+
+    /// A stopped VM (not hibernated) of `maxmem` bytes.
+    pub fn stopped(maxmem: u64) -> Self {
+        StubVm {
+            status: "stopped",
+            ..StubVm::running(maxmem)
+        }
+    }
+
+    /// With `hostpci0: value` in its configuration.
+    pub fn with_gpu(mut self, value: &str) -> Self {
+        self.hostpci.insert("hostpci0".into(), value.into());
+        self
     }
 }
 
@@ -442,6 +459,36 @@ fn answer(seen: &Seen, state: &Mutex<StubState>, mode: Mode) -> Answer {
             }
             ok(d)
         }
+        ("GET", ["qemu", vmid, "config"]) => {
+            let Some(vm) = vmid.parse().ok().and_then(|id: u32| s.vms.get(&id)) else {
+                return no_vm(vmid);
+            };
+            let mut c: serde_json::Map<String, Value> = (vm.hostpci.iter())
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            c.insert("memory".into(), json!((vm.maxmem / MIB).to_string()));
+            if let Some(b) = vm.config_balloon {
+                c.insert("balloon".into(), json!(b));
+            }
+            ok(Value::Object(c))
+        }
+        ("PUT", ["qemu", vmid, "config"]) if is_hostpci_write(&seen.form) => {
+            let Some(vm) = vmid.parse().ok().and_then(|id: u32| s.vms.get_mut(&id)) else {
+                return no_vm(vmid);
+            };
+            // PVE keeps a running VM's device changes pending until its next start; the stub
+            // applies them at once (the keeper moves devices between stopped VMs only).
+            for (k, v) in &seen.form {
+                if k == "delete" {
+                    for key in v.split(',') {
+                        vm.hostpci.remove(key);
+                    }
+                } else {
+                    vm.hostpci.insert(k.clone(), v.clone());
+                }
+            }
+            ok(Value::Null)
+        }
         ("PUT", ["qemu", vmid, "config"]) => {
             let Some(vm) = vmid.parse().ok().and_then(|id: u32| s.vms.get_mut(&id)) else {
                 return no_vm(vmid);
@@ -515,4 +562,17 @@ fn answer(seen: &Seen, state: &Mutex<StubState>, mode: Mode) -> Answer {
             format!("Method '{} {}' not implemented", seen.method, seen.path),
         ),
     }
+}
+
+/// A configuration write of `hostpciN` keys (set, or `delete=hostpciN`) only.
+fn is_hostpci_write(form: &BTreeMap<String, String>) -> bool {
+    let hostpci = |k: &str| {
+        k.strip_prefix("hostpci")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    !form.is_empty()
+        && form.iter().all(|(k, v)| match k.as_str() {
+            "delete" => v.split(',').all(hostpci),
+            k => hostpci(k),
+        })
 }

@@ -2,9 +2,11 @@
 //! device id 0x0005) stands in for the passthrough GPU. The holder boots with it; the keeper's
 //! actuator unplugs it (QMP `device_del`, the guest's ACPI hotplug ejects it) and plugs it into
 //! the borrower (`device_add`); each guest prints the ids of its PCI devices on its console, so
-//! the move is seen from inside. A plug that fails (the target VM is not running) puts the
-//! device back where it was; the journal's replay (the exit, or the next keeper) gives it back
-//! to its holder.
+//! the move is seen from inside. A plug that fails (the target's slot is taken) puts the device
+//! back where it was; the journal's replay (the exit, or the next keeper) gives it back to its
+//! holder. A borrower that is not running gets the GPU by a planned restart through the
+//! Proxmox API (its stub): the holder hibernated, `hostpci0` moved between the two
+//! configurations, the borrower started; a step that fails is taken back.
 
 use std::{
     collections::BTreeMap,
@@ -14,12 +16,13 @@ use std::{
 };
 
 use integration_test::{
+    pve_stub::{PveStub, StubVm},
     qemu::{Qemu, cached_guest, last_line},
     rig::eventually,
 };
 use keeper::{
-    act::{Actuators, Effect, journal::Journal, passthrough::Ends},
-    device::cgroupfs::CgroupFs,
+    act::{Actuators, Effect, journal::Journal, passthrough::Ends, vm_stop::ProxmoxHands},
+    device::{cgroupfs::CgroupFs, proxmox::Client},
 };
 
 /// pci-testdev's device id, as the guest's sysfs says it.
@@ -54,7 +57,9 @@ fn boot(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if gpu {
+        // The GPU's stand-in, and a device in slot 5 (a move there must fail).
         cmd.args(["-device", "pci-testdev,id=hostpci0"]);
+        cmd.args(["-device", "virtio-balloon-pci,addr=0x5"]);
     }
     Qemu {
         child: cmd.spawn().unwrap(),
@@ -74,14 +79,26 @@ fn device() -> BTreeMap<String, String> {
         .into()
 }
 
+fn actuators(dir: &Path) -> Actuators {
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    let mut act = Actuators::new(CgroupFs::at(dir.join("no-cgroups")), journal, false, None);
+    act.qmp_dir = dir.to_path_buf();
+    act
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keeper-gpu-mutex-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn the_gpu_moves_between_running_guests_and_goes_back_to_its_holder() {
     let Some(guest) = cached_guest("the GPU mutex test") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("keeper-gpu-mutex-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("qmp");
     let (_holder, _borrower) = (
         boot(&dir, &guest, 100, true),
         boot(&dir, &guest, 104, false),
@@ -96,14 +113,13 @@ fn the_gpu_moves_between_running_guests_and_goes_back_to_its_holder() {
         (Some(true), Some(false))
     );
 
-    let journal = Journal::open(&dir.join("state")).unwrap();
-    let mut act = Actuators::new(CgroupFs::at(dir.join("no-cgroups")), journal, false, None);
-    act.qmp_dir = dir.clone();
+    let mut act = actuators(&dir);
     let deadline = Duration::from_secs(30);
     let lend = Ends {
         from_vmid: 100,
         to_vmid: 104,
         back: false,
+        config: None,
     };
     let moved = act.move_gpu(&lend, &device(), deadline).unwrap();
     assert_eq!(
@@ -116,18 +132,21 @@ fn the_gpu_moves_between_running_guests_and_goes_back_to_its_holder() {
         "the guests do not see the move"
     );
 
-    // To a VM that is not running: the plug fails, and the device goes back where it was.
-    let nowhere = Ends {
+    // A plug that fails (slot 5 of vm 100 is taken): the device goes back where it was.
+    let occupied = Ends {
         from_vmid: 104,
-        to_vmid: 105,
-        back: false,
+        to_vmid: 100,
+        back: true,
+        config: None,
     };
+    let mut at_slot_5 = device();
+    at_slot_5.insert("addr".into(), "0x5".into());
     let err = act
-        .move_gpu(&nowhere, &device(), deadline)
+        .move_gpu(&occupied, &at_slot_5, deadline)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("105.qmp: no such socket") && err.contains("plugged back into vm 104"),
+        err.contains("`device_add` refused") && err.contains("plugged back into vm 104"),
         "{err}"
     );
     assert!(
@@ -135,8 +154,7 @@ fn the_gpu_moves_between_running_guests_and_goes_back_to_its_holder() {
         "not back with vm 104"
     );
 
-    // The exit's undo: the GPU back with its holder (the failed move's own entry finds it
-    // there and has nothing left to do).
+    // The exit's undo: the GPU back with its holder.
     let restored = act.restore_all().unwrap();
     assert_eq!(restored.len(), 1, "{restored:#?}");
     assert!(
@@ -148,5 +166,90 @@ fn the_gpu_moves_between_running_guests_and_goes_back_to_its_holder() {
         eventually(Duration::from_secs(10), home),
         "the holder did not get it back"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const HOSTPCI: &str = "0000:01:00.0,pcie=1";
+
+#[test]
+fn a_borrower_that_is_not_running_gets_the_gpu_by_a_planned_restart() {
+    let stub = PveStub::start(
+        "hive",
+        [
+            (100, StubVm::running(4 << 30).with_gpu(HOSTPCI)),
+            (104, StubVm::stopped(8 << 30)),
+        ],
+    );
+    let dir = scratch("restart");
+    let file = stub.write_config(&dir.join("pve"), None);
+    let mut act = actuators(&dir);
+    act.proxmox = Some(ProxmoxHands {
+        client: Client::from_file(&file).unwrap(),
+        file,
+    });
+    let gpu = |vm: u32| stub.vm(vm).hostpci.get("hostpci0").cloned();
+    let lend = Ends {
+        from_vmid: 100,
+        to_vmid: 104,
+        back: false,
+        config: Some(HOSTPCI.into()),
+    };
+    let done = act
+        .move_gpu(&lend, &device(), Duration::from_secs(5))
+        .unwrap();
+    let Effect::Done(text) = done else {
+        panic!("{done:?}")
+    };
+    assert!(text.contains("vm 100 hibernated, hostpci0 out of vm 100's configuration, hostpci0 into vm 104's configuration"), "{text}");
+    assert_eq!((stub.vm(100).status, gpu(100)), ("stopped", None));
+    assert_eq!(
+        (stub.vm(104).status, gpu(104)),
+        ("running", Some(HOSTPCI.into()))
+    );
+
+    // To a VM PVE does not know: hibernated and taken out, then the add fails and both steps
+    // are taken back (the holder has its GPU and runs again).
+    let back = Ends {
+        from_vmid: 104,
+        to_vmid: 100,
+        back: true,
+        config: Some(HOSTPCI.into()),
+    };
+    act.move_gpu(&back, &device(), Duration::from_secs(5))
+        .unwrap();
+    let nowhere = Ends {
+        from_vmid: 100,
+        to_vmid: 105,
+        back: false,
+        config: Some(HOSTPCI.into()),
+    };
+    let err = act
+        .move_gpu(&nowhere, &device(), Duration::from_secs(5))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("105.conf' does not exist") && err.contains("taken back: vm 100 hibernated"),
+        "{err}"
+    );
+    assert_eq!(
+        (stub.vm(100).status, gpu(100)),
+        ("running", Some(HOSTPCI.into()))
+    );
+
+    // Lent again, then the exit: the journal's replay gives it back to the holder.
+    act.move_gpu(&lend, &device(), Duration::from_secs(5))
+        .unwrap();
+    let restored = act.restore_all().unwrap();
+    assert!(
+        restored
+            .iter()
+            .any(|r| r.starts_with("vm 104's hostpci0 moved to vm 100")),
+        "{restored:#?}"
+    );
+    assert_eq!(
+        (stub.vm(100).status, gpu(100)),
+        ("running", Some(HOSTPCI.into()))
+    );
+    assert_eq!((stub.vm(104).status, gpu(104)), ("stopped", None));
     let _ = std::fs::remove_dir_all(&dir);
 }

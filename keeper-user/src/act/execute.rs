@@ -199,6 +199,7 @@ pub fn execute(
             from_vmid,
             to_vmid,
             device,
+            config,
             deadline_ms,
             back,
             ..
@@ -207,6 +208,7 @@ pub fn execute(
                 from_vmid: *from_vmid,
                 to_vmid: *to_vmid,
                 back: *back,
+                config: config.clone(),
             };
             vec![act.move_gpu(&ends, device, Duration::from_millis(*deadline_ms))]
         }

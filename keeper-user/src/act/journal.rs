@@ -81,6 +81,16 @@ pub enum Entry {
         borrower: PathBuf,
         device: std::collections::BTreeMap<String, String>,
     },
+    /// The passthrough GPU lent by a planned restart (`rules.gpu_mutex.config`): `key: value`
+    /// moved from VM `holder`'s Proxmox configuration to VM `borrower`'s, through the API
+    /// described by the file `api`. Moved back if the holder's configuration lacks it.
+    GpuConfigLent {
+        api: PathBuf,
+        holder: u32,
+        borrower: u32,
+        key: String,
+        value: String,
+    },
     /// A systemd unit a preemption started (`start_on`): stopped if still active.
     ServiceUnit { unit: String },
     /// A command a preemption started (`start_on`), leader of its own process group: the group

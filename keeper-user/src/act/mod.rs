@@ -24,6 +24,7 @@ pub mod gpu;
 pub mod irq;
 pub mod journal;
 pub mod passthrough;
+mod planned_restart;
 pub mod process;
 pub mod queue;
 mod service;
@@ -586,6 +587,13 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             borrower,
             device,
         } => passthrough::restore_lend(holder, borrower, device),
+        Entry::GpuConfigLent {
+            api,
+            holder,
+            borrower,
+            key,
+            value,
+        } => planned_restart::restore(api, (*holder, *borrower), (key, value)),
         Entry::ServiceCommand { pid, start } => service::restore_command(*pid, *start),
     }
 }

@@ -1,8 +1,9 @@
 //! `rules.gpu_mutex`'s moves: the passthrough GPU unplugged from one VM (QMP `device_del`; the
 //! guest ejects it, which can take a while) and plugged into the other (`device_add` with the
-//! policy's properties). When the plug fails the device is plugged back where it was. A lend
-//! is journaled before it is made: the exit, or the next keeper's replay, gives the GPU back
-//! to its holder.
+//! policy's properties). When the plug fails the device is plugged back where it was. A VM
+//! that is not running gets it by a planned restart instead ([`super::planned_restart`]). A
+//! lend is journaled before it is made: the exit, or the next keeper's replay, gives the GPU
+//! back to its holder.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +20,9 @@ pub struct Ends {
     pub to_vmid: u32,
     /// A return to the holder (nothing to journal: that is where the GPU belongs).
     pub back: bool,
+    /// The device's value in the Proxmox configurations (`gpu_mutex.config`), for a move to
+    /// a VM that is not running.
+    pub config: Option<String>,
 }
 
 impl Actuators {
@@ -36,6 +40,9 @@ impl Actuators {
             return Ok(Effect::WouldDo(format!("move {what}")));
         }
         let (from_sock, to_sock) = (self.socket(from), self.socket(to));
+        if !to_sock.exists() {
+            return self.restart_move(ends, id, deadline, &what);
+        }
         if !ends.back {
             self.journal().record(&Entry::GpuLent {
                 holder: from_sock.clone(),
@@ -58,6 +65,40 @@ impl Actuators {
             });
         }
         Ok(Effect::Done(format!("moved {what}")))
+    }
+
+    /// The planned restart, to a VM that is not running: through the Proxmox API, with the
+    /// device's configuration value.
+    fn restart_move(
+        &mut self,
+        ends: &Ends,
+        id: &str,
+        deadline: Duration,
+        what: &str,
+    ) -> Result<Effect, ActError> {
+        let (Some(value), Some(api)) = (&ends.config, &self.proxmox) else {
+            return Err(ActError::Service {
+                what: format!("moving {what}"),
+                message: format!(
+                    "vm {} is not running; starting it with the GPU needs `rules.gpu_mutex.config` and `keeper run --proxmox`",
+                    ends.to_vmid
+                ),
+            });
+        };
+        let file = api.file.clone();
+        let ids = (ends.from_vmid, ends.to_vmid);
+        if !ends.back {
+            self.journal().record(&Entry::GpuConfigLent {
+                api: file,
+                holder: ids.0,
+                borrower: ids.1,
+                key: id.to_string(),
+                value: value.clone(),
+            })?;
+        }
+        let api = &self.proxmox.as_ref().expect("checked above").client;
+        let done = super::planned_restart::move_config(api, ids, (id, value), deadline)?;
+        Ok(Effect::Done(done))
     }
 
     fn socket(&self, vmid: u32) -> PathBuf {

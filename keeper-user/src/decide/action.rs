@@ -91,6 +91,9 @@ pub enum ActionKind {
         to: String,
         to_vmid: u32,
         device: std::collections::BTreeMap<String, String>,
+        /// The device's value in the Proxmox configurations, for a move to a VM that is not
+        /// running (the planned restart).
+        config: Option<String>,
         deadline_ms: u64,
         back: bool,
     },

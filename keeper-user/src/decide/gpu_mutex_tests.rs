@@ -62,10 +62,7 @@ fn the_gpu_is_lent_while_the_borrower_is_active_and_given_back_after() {
     let lend = decide(&p, &mut s, &both, at("20:00:01"));
     assert_eq!(moves(&lend), [LEND]);
     let a = lend.iter().find(|a| a.rule.0 == "rules.gpu_mutex").unwrap();
-    assert_eq!(
-        a.reason,
-        "visual is active and needs the GPU: lent by brain"
-    );
+    assert_eq!(a.reason, "visual needs the GPU: lent by brain");
     assert!(moves(&decide(&p, &mut s, &both, at("22:00:00"))).is_empty());
     assert_eq!(moves(&decide(&p, &mut s, &both, at("23:00:00"))), [RETURN]);
     assert_eq!(s.applied.gpu_lent, None);
@@ -98,4 +95,40 @@ fn a_failed_lend_stays_with_the_holder_and_a_failed_return_with_the_borrower() {
     assert_eq!(s.applied.gpu_lent.as_deref(), Some("visual"));
     assert!(moves(&decide(&p, &mut s, &both, at("23:00:00.500"))).is_empty());
     assert_eq!(moves(&decide(&p, &mut s, &both, at("23:00:01"))), [RETURN]);
+}
+
+#[test]
+fn a_borrower_that_is_not_running_needs_the_gpu_in_its_windows_only_with_the_restart_path() {
+    // Without `config`: a VM that is not running cannot be given the GPU.
+    let p = policy();
+    let mut s = EngineState::default();
+    assert!(moves(&decide(&p, &mut s, &obs(&["brain"]), at("20:00:00"))).is_empty());
+    // With it: lent at its window's start (the move starts it), given back at its end.
+    let with = POLICY.replace(
+        "device: { id: hostpci0",
+        "config: \"0000:01:00.0,pcie=1\"\n    device: { id: hostpci0",
+    );
+    let p = crate::policy::load(with.as_bytes(), &HostFacts::default())
+        .unwrap()
+        .policy;
+    let mut s = EngineState::default();
+    assert!(moves(&decide(&p, &mut s, &obs(&["brain"]), at("19:59:00"))).is_empty());
+    let lend = decide(&p, &mut s, &obs(&["brain"]), at("20:00:00"));
+    assert_eq!(moves(&lend), [LEND]);
+    let ActionKind::MoveGpu { config, .. } = &lend
+        .iter()
+        .find(|a| a.rule.0 == "rules.gpu_mutex")
+        .unwrap()
+        .kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(config.as_deref(), Some("0000:01:00.0,pcie=1"));
+    // Started by the move, it runs: it needs the GPU while it is active, up to 23:00.
+    let running = obs(&["visual"]);
+    assert!(moves(&decide(&p, &mut s, &running, at("21:00:00"))).is_empty());
+    assert_eq!(
+        moves(&decide(&p, &mut s, &running, at("23:00:00"))),
+        [RETURN]
+    );
 }

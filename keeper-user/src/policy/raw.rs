@@ -262,6 +262,11 @@ pub struct RawGpuMutex {
     /// The QMP device: `device_add`'s properties, `id` and `driver` among them (on Proxmox:
     /// `{id: hostpci0, driver: vfio-pci, host: "0000:01:00.0"}`).
     pub device: At<std::collections::BTreeMap<String, At<String>>>,
+    /// The device's value in the Proxmox VM configurations (`hostpci0: 0000:01:00.0,pcie=1`,
+    /// the key being the device's `id`): with it and `keeper run --proxmox`, a borrower that
+    /// is not running gets the GPU by a planned restart (the holder hibernated, the device
+    /// moved between the configurations, the borrower started).
+    pub config: Option<At<String>>,
     /// How long each unplug and plug may take (default `30s`).
     pub deadline: Option<At<String>>,
 }

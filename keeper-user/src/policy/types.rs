@@ -449,6 +449,8 @@ pub struct GpuMutex {
     pub lend_to: Vec<String>,
     /// `device_add`'s properties (`id` and `driver` at least).
     pub device: std::collections::BTreeMap<String, String>,
+    /// Its value in the Proxmox VM configurations (the planned-restart path).
+    pub config: Option<String>,
     pub deadline: Duration,
 }
 

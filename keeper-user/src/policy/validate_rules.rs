@@ -106,6 +106,7 @@ impl Checker<'_> {
                 .map(|w| w.value.clone())
                 .collect(),
             device,
+            config: m.value.config.as_ref().map(|c| c.value.clone()),
             deadline,
         })
     }

@@ -277,6 +277,32 @@ impl Client {
         Ok(())
     }
 
+    /// `GET …/config`: one key of the VM's configuration (`hostpci0`), if it is set.
+    pub fn config_value(&self, vmid: u32, key: &str) -> Result<Option<String>, ProxmoxError> {
+        let path = format!("/nodes/{}/qemu/{vmid}/config", self.node);
+        let data = self.call("GET", &path, None)?;
+        Ok(data.get(key).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }))
+    }
+
+    /// `PUT …/config`: `key=value` set in the VM's configuration, or `key` deleted (`None`).
+    pub fn set_config(
+        &self,
+        vmid: u32,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ProxmoxError> {
+        let path = format!("/nodes/{}/qemu/{vmid}/config", self.node);
+        let form = match value {
+            Some(v) => https::form(&[(key, v)]),
+            None => https::form(&[("delete", key)]),
+        };
+        self.call("PUT", &path, Some(&form))?;
+        Ok(())
+    }
+
     /// Hibernates the VM: `POST …/status/suspend` with `todisk=1` (its memory goes to disk and
     /// is given back to the host; `start` resumes it). Returns the task's UPID.
     pub fn hibernate(&self, vmid: u32) -> Result<String, ProxmoxError> {

@@ -1,0 +1,135 @@
+//! `rules.gpu_mutex`'s planned restart, for a VM that is not running (the design's fallback
+//! where hot-unplug cannot be used): the VM that has the GPU is hibernated, the device's key
+//! (`hostpci0`) leaves its Proxmox configuration and enters the other's, and that one is
+//! started. A step that fails takes the done ones back in reverse (the key put back, the
+//! hibernated VM started again), so a failed move leaves both VMs as they were.
+
+use std::time::{Duration, Instant};
+
+use super::ActError;
+use crate::device::proxmox::{Client, ProxmoxError};
+
+/// One step done, to be taken back if a later one fails.
+enum Done {
+    Hibernated(u32),
+    Removed(u32),
+    Added(u32),
+}
+
+/// Moves `key: value` from VM `from`'s configuration to VM `to`'s, restarting as needed.
+/// Returns what was done, in words.
+pub fn move_config(
+    api: &Client,
+    (from, to): (u32, u32),
+    (key, value): (&str, &str),
+    deadline: Duration,
+) -> Result<String, ActError> {
+    let mut done = Vec::new();
+    match steps(api, (from, to), (key, value), deadline, &mut done) {
+        Ok(()) => Ok(format!(
+            "vm {from}'s {key} moved to vm {to} through {}: {}",
+            api.url(),
+            words(&done, key)
+        )),
+        Err(e) => {
+            let back = take_back(api, &done, (key, value));
+            Err(ActError::Service {
+                what: format!("moving {key} from vm {from} to vm {to}"),
+                message: format!("{e}; {back}"),
+            })
+        }
+    }
+}
+
+fn steps(
+    api: &Client,
+    (from, to): (u32, u32),
+    (key, value): (&str, &str),
+    deadline: Duration,
+    done: &mut Vec<Done>,
+) -> Result<(), ActError> {
+    if api.status(from)?.status == "running" {
+        api.hibernate(from)?;
+        done.push(Done::Hibernated(from));
+        wait_stopped(api, from, deadline)?;
+    }
+    if api.config_value(from, key)?.is_some() {
+        api.set_config(from, key, None)?;
+        done.push(Done::Removed(from));
+    }
+    api.set_config(to, key, Some(value))?;
+    done.push(Done::Added(to));
+    if api.status(to)?.status != "running" {
+        api.start(to)?;
+    }
+    Ok(())
+}
+
+/// Waits until PVE has saved the hibernated VM (stopped, no `suspending` lock).
+fn wait_stopped(api: &Client, vmid: u32, deadline: Duration) -> Result<(), ActError> {
+    let end = Instant::now() + deadline;
+    loop {
+        let s = api.status(vmid)?;
+        if s.status != "running" && s.lock.as_deref() != Some("suspending") {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(ActError::Service {
+                what: format!("vm {vmid}"),
+                message: format!("not hibernated within {deadline:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The done steps taken back, newest first; what that came to, in words.
+fn take_back(api: &Client, done: &[Done], (key, value): (&str, &str)) -> String {
+    let mut failed: Vec<String> = Vec::new();
+    for d in done.iter().rev() {
+        let r: Result<(), ProxmoxError> = match d {
+            Done::Added(vm) => api.set_config(*vm, key, None),
+            Done::Removed(vm) => api.set_config(*vm, key, Some(value)),
+            Done::Hibernated(vm) => api.start(*vm).map(drop),
+        };
+        if let Err(e) = r {
+            failed.push(e.to_string());
+        }
+    }
+    match (done.is_empty(), failed.is_empty()) {
+        (true, _) => "nothing was changed".to_string(),
+        (false, true) => format!("taken back: {}", words(done, key)),
+        (false, false) => format!("taking back failed too: {}", failed.join("; ")),
+    }
+}
+
+fn words(done: &[Done], key: &str) -> String {
+    (done.iter())
+        .map(|d| match d {
+            Done::Hibernated(vm) => format!("vm {vm} hibernated"),
+            Done::Removed(vm) => format!("{key} out of vm {vm}'s configuration"),
+            Done::Added(vm) => format!("{key} into vm {vm}'s configuration"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Undo of a planned-restart lend: the key back in the holder's configuration (the borrower
+/// hibernated first, the holder started), unless the holder has it already.
+pub(super) fn restore(
+    api_file: &std::path::Path,
+    (holder, borrower): (u32, u32),
+    (key, value): (&str, &str),
+) -> Result<Option<String>, ActError> {
+    let api = Client::from_file(api_file)?;
+    if api.config_value(holder, key)?.is_some() {
+        return Ok(None);
+    }
+    move_config(
+        &api,
+        (borrower, holder),
+        (key, value),
+        Duration::from_secs(60),
+    )
+    .map(Some)
+}
