@@ -22,6 +22,20 @@ pub enum Format {
     Json,
 }
 
+/// Parses CPU lists like `1`, `2-3,6`.
+pub fn parse_cpus(s: &str) -> Result<crate::cpulist::CpuList, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+/// The runtime of a command that waits on the kernel and sockets (`run`, `watch`): one thread.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
 /// Parses durations like `10s`, `1m30s`, `250ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 
-use super::parse_duration;
+use super::{parse_cpus, parse_duration};
 use crate::{
     cpulist::CpuList,
     daemon::{self, DaemonConfig, PolicySource},
@@ -73,10 +73,6 @@ pub struct RunArgs {
     pub proxmox: Option<PathBuf>,
 }
 
-fn parse_cpus(s: &str) -> Result<CpuList, String> {
-    s.parse().map_err(|e| format!("{e}"))
-}
-
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut allowed = vec![0];
     allowed.extend(&args.allow_uid);
@@ -100,10 +96,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         cuda_checkpoint: args.cuda_checkpoint.clone(),
         proxmox: args.proxmox.clone(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = super::runtime()?;
     let record = rt.block_on(daemon::run(cfg))?;
     if let Some(path) = &args.report {
         let text = serde_json::to_string_pretty(&record)?;

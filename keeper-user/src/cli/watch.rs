@@ -15,7 +15,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use super::{Format, parse_duration};
+use super::{Format, parse_cpus, parse_duration};
 use crate::{
     cpulist::CpuList,
     device::cgroupfs::CgroupFs,
@@ -46,10 +46,6 @@ pub struct WatchArgs {
     pub format: Format,
 }
 
-fn parse_cpus(s: &str) -> Result<CpuList, String> {
-    s.parse().map_err(|e| format!("{e}"))
-}
-
 /// The JSON document `keeper watch --format json` prints (documented in docs/watch.md).
 #[derive(Debug, Serialize)]
 pub struct WatchReport {
@@ -65,10 +61,7 @@ pub struct WatchReport {
 }
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = super::runtime()?;
     let report = rt.block_on(watch(args))?;
     let mut out = std::io::stdout().lock();
     match args.format {

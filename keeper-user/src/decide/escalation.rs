@@ -1,9 +1,9 @@
 //! Escalation: cpu.weight → cpu.max → freeze, with dwell and rollback.
 
 use super::action::RuleId;
-use super::activity::slo_breached;
 use super::state::{EngineState, elapsed};
 use super::tick::{Tick, Want};
+use super::trading::slo_breached;
 use crate::policy::Step;
 
 /// While the host's CPU pressure is above the threshold (or the trading SLO is breached),

@@ -25,6 +25,7 @@ mod retry;
 mod service;
 mod state;
 mod tick;
+mod trading;
 
 #[cfg(test)]
 mod gpu_mutex_tests;
@@ -65,7 +66,7 @@ pub fn decide(
     let mut tick = tick::Tick::new(policy, obs, now);
     activity::run(&mut tick, state);
     handoff::run(&mut tick, state);
-    activity::trading(&mut tick, state);
+    trading::run(&mut tick, state);
     gpu::thermal_guard(&mut tick, state);
     escalation::run(&mut tick, state);
     memory::run(&mut tick, state);

@@ -1,0 +1,239 @@
+//! The trading cores for their active owner: protection (and the partition's repair),
+//! intruders evicted, repeat offenders escalated (`rules.intruders`), and the latency SLO.
+
+use super::action::{ActionKind, RuleId};
+use super::state::{EVICT_COOLDOWN, EngineState, MAX_OBSERVED_ONLY, elapsed};
+use super::tick::{Tick, Want};
+use crate::policy::RepeatAction;
+
+/// Trading cores for their active owner, intruder eviction, and the latency SLO report.
+pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
+    let policy = t.policy;
+    let host = &policy.host;
+    let owner = policy
+        .workloads
+        .iter()
+        .find(|w| w.owns_trading_cores && t.is_active(&w.name));
+    let Some(owner) = owner else {
+        state.evicted.clear();
+        state.repeat_frozen.clear();
+        state.partition_broken = None;
+        report_slo(t, state, false);
+        return;
+    };
+    let rule = RuleId::new(format!("{}.owns_trading_cores", owner.name));
+    let mut reason = format!(
+        "{} is active ({}) and owns the trading cores",
+        owner.name,
+        super::activity::window_text(owner)
+    );
+    if let Some(why) = repair_partition(t, state, &owner.name) {
+        reason = format!("{why}: protected again");
+    }
+    t.trading = Some(Want {
+        value: owner.name.clone(),
+        rule: rule.clone(),
+        reason,
+    });
+    let now = t.now;
+    let repeat = &policy.rules.intruders;
+    state
+        .evicted
+        .retain(|_, at| elapsed(*at, now) < EVICT_COOLDOWN);
+    state.returns.retain(|_, at| {
+        at.retain(|a| elapsed(*a, now) < repeat.within);
+        !at.is_empty()
+    });
+    if state.observed_only.len() > MAX_OBSERVED_ONLY {
+        state.observed_only.clear();
+    }
+    let held = RuleId::new("rules.intruders");
+    for w in state.repeat_frozen.clone() {
+        let reason = format!(
+            "a task of {w} kept coming back to the trading cores (rules.intruders.then: freeze); held while {} holds them",
+            owner.name
+        );
+        t.claim(&w, &held, reason);
+    }
+    for i in &t.obs.intruders {
+        if !host.trading_cores.contains(i.cpu) || owner.matcher.owns_cgroup(&i.cgroup) {
+            continue;
+        }
+        // Outside --scope and still in the cgroup it was observed in: no news.
+        match state.observed_only.get(&i.pid) {
+            Some(c) if c == i.cgroup.trim_matches('/') => continue,
+            Some(_) => {
+                state.observed_only.remove(&i.pid);
+            }
+            None => {}
+        }
+        // A stopped task cannot run: only an arrival (a new task that took its pid) is news,
+        // and it starts with a clean slate.
+        if state.stopped.contains(&i.pid) {
+            if !i.arrived {
+                continue;
+            }
+            state.stopped.remove(&i.pid);
+            state.returns.remove(&i.pid);
+            state.evicted.remove(&i.pid);
+        }
+        // Slices of an evicted task reported before its eviction took effect are no news;
+        // an arrival is: it came back (it re-pinned itself, or a new task took its pid).
+        if state.evicted.contains_key(&i.pid) {
+            if !i.arrived {
+                continue;
+            }
+            let returns = state.returns.entry(i.pid).or_default();
+            returns.push(now);
+            let n = returns.len() as u32;
+            if n >= repeat.repeat
+                && repeat.then == RepeatAction::Freeze
+                && let Some(w) = workload_of(policy, &i.cgroup, &owner.name)
+                && state.repeat_frozen.insert(w.clone())
+            {
+                let reason = format!(
+                    "{}[{}] of {w} came back to trading core {} {n} times within {} (repeat: {})",
+                    i.comm,
+                    i.pid,
+                    i.cpu,
+                    crate::policy::amount::format_duration(repeat.within),
+                    repeat.repeat
+                );
+                t.claim(&w, &held, reason);
+            }
+            if n >= repeat.repeat && repeat.then == RepeatAction::Stop {
+                state.stopped.insert(i.pid);
+                let rule = RuleId::new("rules.intruders");
+                let reason = format!(
+                    "{}[{}] from `{}` came back to trading core {} {n} times within {} (repeat: {})",
+                    i.comm,
+                    i.pid,
+                    i.cgroup,
+                    i.cpu,
+                    crate::policy::amount::format_duration(repeat.within),
+                    repeat.repeat
+                );
+                let kind = ActionKind::StopIntruder {
+                    pid: i.pid,
+                    comm: i.comm.clone(),
+                    cgroup: i.cgroup.clone(),
+                    returns: n,
+                };
+                t.event(kind, &rule, reason);
+                continue;
+            }
+        }
+        state.evicted.insert(i.pid, now);
+        if i.evicted {
+            continue; // moved on arrival by the eviction thread: its action is recorded there
+        }
+        let reason = format!(
+            "{}[{}] from `{}` ran {}us on trading core {} owned by {}",
+            i.comm,
+            i.pid,
+            i.cgroup,
+            i.ran_ns / 1000,
+            i.cpu,
+            owner.name
+        );
+        let kind = ActionKind::EvictIntruder {
+            pid: i.pid,
+            comm: i.comm.clone(),
+            cgroup: i.cgroup.clone(),
+            cpu: i.cpu,
+            to: host.housekeeping_cores.clone(),
+            seen_ns: i.seen_ns,
+            start: i.start,
+        };
+        t.event(kind, &rule, reason);
+    }
+    report_slo(t, state, true);
+}
+
+/// How often a partition that stays invalid is repaired.
+pub const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The owner's cpuset partition went invalid while the cores are protected for it (a CPU
+/// went offline, someone changed a parent): the protection is carried out again, the
+/// partition written anew, at most every [`REPAIR_EVERY`], until it reads valid. A partition
+/// that was never made (a `member` from the start: no cpuset partition on this kernel) is
+/// not one to repair. Returns why, when it is repaired now.
+fn repair_partition(t: &Tick<'_>, state: &mut EngineState, owner: &str) -> Option<String> {
+    let now = t.obs.workloads.get(owner)?.partition.as_deref()?;
+    if !now.contains("invalid") && !now.ends_with(": member") {
+        state.partition_broken = None; // valid
+        return None;
+    }
+    if now.contains("invalid") && state.partition_broken.is_none() {
+        state.partition_broken = Some(now.to_string());
+    }
+    let broken = state.partition_broken.clone()?;
+    if state.applied.trading.as_deref() != Some(owner)
+        || state
+            .partition_repaired_at
+            .is_some_and(|at| elapsed(at, t.now) < REPAIR_EVERY)
+    {
+        return None;
+    }
+    state.partition_repaired_at = Some(t.now);
+    state.applied.trading_cores = None; // reconcile protects them again
+    Some(format!(
+        "the partition went invalid ({broken}), it reads `{now}` now"
+    ))
+}
+
+/// The workload a cgroup belongs to (the deepest match), unless it is the owner's.
+fn workload_of(policy: &crate::policy::Policy, cgroup: &str, owner: &str) -> Option<String> {
+    (policy.workloads.iter())
+        .filter(|w| w.name != owner)
+        .filter_map(|w| w.matcher.depth_of(cgroup).map(|d| (d, &w.name)))
+        .max_by_key(|(d, _)| *d)
+        .map(|(_, n)| n.clone())
+}
+
+/// Whether the trading-core latency SLO is breached now (only while the cores are protected).
+pub fn slo_breached(t: &Tick<'_>) -> Option<(f64, f64)> {
+    let target = t.policy.rules.slo.as_ref()?.trading_p99_wakeup?;
+    let p99 = t.obs.trading_p99_wakeup_ns?;
+    let target = target.as_nanos() as f64;
+    (t.trading.is_some() && p99 as f64 > target).then_some((p99 as f64 / 1000.0, target / 1000.0))
+}
+
+fn report_slo(t: &mut Tick<'_>, state: &mut EngineState, protected: bool) {
+    let Some(target) = t
+        .policy
+        .rules
+        .slo
+        .as_ref()
+        .and_then(|s| s.trading_p99_wakeup)
+    else {
+        return;
+    };
+    let breach = if protected { slo_breached(t) } else { None };
+    let rule = RuleId::new("rules.slo");
+    let target_us = target.as_nanos() as f64 / 1000.0;
+    let p99_us = t.obs.trading_p99_wakeup_ns.unwrap_or(0) as f64 / 1000.0;
+    match (breach, state.applied.slo_breached) {
+        (Some((p99_us, target_us)), false) => {
+            state.applied.slo_breached = true;
+            let reason =
+                "p99 wakeup latency on the trading cores is above target; the escalation throttles"
+                    .into();
+            t.event(ActionKind::SloBreach { p99_us, target_us }, &rule, reason);
+        }
+        (None, true) => {
+            state.applied.slo_breached = false;
+            let reason = if protected {
+                "p99 wakeup latency is back within target"
+            } else {
+                "trading cores are no longer protected"
+            };
+            t.event(
+                ActionKind::SloMet { p99_us, target_us },
+                &rule,
+                reason.into(),
+            );
+        }
+        _ => {}
+    }
+}
