@@ -3,6 +3,22 @@
 use super::*;
 use affinity::Who;
 
+/// A retry of the pending undos, started and then collected once its thread is done (the loop
+/// collects it at a later tick and never waits for it).
+fn retried(act: &mut Actuators) -> Vec<String> {
+    assert!(
+        act.retry_undo().unwrap().is_empty(),
+        "a retry starts, it does not finish"
+    );
+    loop {
+        let done = act.retry_undo().unwrap();
+        if act.retrying.is_none() {
+            return done;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_failed_undo_stays_in_the_journal_until_it_succeeds() {
     let dir = std::env::temp_dir().join(format!("keeper-undo-{}", std::process::id()));
@@ -32,12 +48,12 @@ fn a_failed_undo_stays_in_the_journal_until_it_succeeds() {
     assert_eq!(act.undo_pending(), std::slice::from_ref(&bad));
     assert_eq!(act.journal().entries().unwrap(), std::slice::from_ref(&bad));
     // Still failing: kept. Then the path becomes writable: undone and out of the journal.
-    assert!(act.retry_undo().unwrap().is_empty());
+    assert!(retried(&mut act).is_empty());
     assert_eq!(act.journal().entries().unwrap(), [bad]);
     std::fs::remove_dir(&target).unwrap();
     std::fs::write(&target, "50000 100000").unwrap();
     act.retry = Backoff::default();
-    assert_eq!(act.retry_undo().unwrap().len(), 1);
+    assert_eq!(retried(&mut act).len(), 1);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "max 100000");
     assert!(act.undo_pending().is_empty());
     assert!(act.journal().entries().unwrap().is_empty());
@@ -64,7 +80,7 @@ fn a_pending_undo_of_something_changed_again_waits_for_the_exit() {
     std::fs::write(w.join("cpu.max"), "max 100000").unwrap();
     act.write_file("w", "cpu.max", "50000 100000").unwrap();
     act.retry = Backoff::default();
-    assert!(act.retry_undo().unwrap().is_empty());
+    assert!(retried(&mut act).is_empty());
     assert_eq!(
         std::fs::read_to_string(w.join("cpu.max")).unwrap(),
         "50000 100000"
@@ -139,4 +155,38 @@ fn affinity_of(pid: u32) -> String {
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+#[test]
+fn a_retried_undo_that_hangs_does_not_hold_the_caller() {
+    let dir = std::env::temp_dir().join(format!("keeper-undo3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A VM whose QMP socket accepts and never answers (its undo fails at QMP's timeout).
+    let socket = dir.join("100.qmp");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut journal = Journal::open(&dir.join("state")).unwrap();
+    let hung = Entry::Balloon {
+        socket: socket.clone(),
+        original: 1 << 30,
+    };
+    journal.record(&hung).unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    assert!(act.restore_all().unwrap().is_empty());
+    assert_eq!(act.undo_pending(), std::slice::from_ref(&hung));
+    act.retry = Backoff::default();
+    // The retry starts and returns; its thread is still waiting on QEMU.
+    assert!(act.retry_undo().unwrap().is_empty());
+    let out = act.retrying.as_ref().expect("a retry is out");
+    assert!(!out.thread.is_finished(), "the caller waited for the undo");
+    // Asked again meanwhile: nothing new starts, nothing is waited for.
+    assert!(act.retry_undo().unwrap().is_empty());
+    // It comes to nothing: still pending, still in the journal.
+    while act.retrying.is_some() {
+        assert!(act.retry_undo().unwrap().is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(act.undo_pending(), std::slice::from_ref(&hung));
+    assert_eq!(act.journal().entries().unwrap(), [hung]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
