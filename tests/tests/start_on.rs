@@ -101,6 +101,22 @@ fn state_of(pid: u32) -> char {
         .unwrap()
 }
 
+/// EVA and Muse as child processes, and an enforcer whose `start_on` is the witness command
+/// (its log returned).
+fn witnessed(dir: &Path) -> (Kid, Kid, std::path::PathBuf, Enforcer) {
+    let (eva, muse) = (Kid::new(dir, "eva"), Kid::new(dir, "muse"));
+    let log = dir.join("witness.log");
+    let k = enforcer(dir, &witness(dir, &log, muse.pid()));
+    (eva, muse, log, k)
+}
+
+/// The interaction ends; past the preemption's hysteresis (1 s) the keeper acts.
+fn end_interaction(k: &mut Enforcer) -> Vec<Done> {
+    assert!(interact(k, false).is_empty());
+    std::thread::sleep(Duration::from_millis(1100));
+    interact(k, false)
+}
+
 fn interact(k: &mut Enforcer, on: bool) -> Vec<Done> {
     k.interaction = on;
     let obs = k.observe(vec![], None);
@@ -110,9 +126,7 @@ fn interact(k: &mut Enforcer, on: bool) -> Vec<Done> {
 #[test]
 fn the_preemption_starts_the_command_after_freezing_and_stops_it_before_thawing() {
     let dir = Dir::new("order");
-    let (_eva, muse) = (Kid::new(&dir.0, "eva"), Kid::new(&dir.0, "muse"));
-    let log = dir.0.join("witness.log");
-    let mut k = enforcer(&dir.0, &witness(&dir.0, &log, muse.pid()));
+    let (_eva, muse, log, mut k) = witnessed(&dir.0);
     let done = interact(&mut k, true);
     let started = names(&done);
     assert_eq!(started.len(), 2, "{done:#?}");
@@ -126,9 +140,7 @@ fn the_preemption_starts_the_command_after_freezing_and_stops_it_before_thawing(
         read()
     );
     // The interaction ends; after the hysteresis (1 s) the command stops, then Muse thaws.
-    assert!(interact(&mut k, false).is_empty());
-    std::thread::sleep(Duration::from_millis(1100));
-    let done = interact(&mut k, false);
+    let done = end_interaction(&mut k);
     let ended = names(&done);
     assert!(ended[0].starts_with("stop command `sh /"), "{ended:?}");
     assert_eq!(ended[1], "thaw muse");
@@ -147,9 +159,7 @@ fn the_preemption_starts_the_command_after_freezing_and_stops_it_before_thawing(
 #[test]
 fn a_command_left_running_by_a_dead_keeper_is_stopped_by_the_next_one() {
     let dir = Dir::new("crash");
-    let (_eva, muse) = (Kid::new(&dir.0, "eva"), Kid::new(&dir.0, "muse"));
-    let log = dir.0.join("witness.log");
-    let mut k = enforcer(&dir.0, &witness(&dir.0, &log, muse.pid()));
+    let (_eva, muse, log, mut k) = witnessed(&dir.0);
     let done = interact(&mut k, true);
     assert!(done.iter().all(|d| d.ok()), "{done:#?}");
     let pid: u32 = (done[1].steps[0].to_string())
@@ -218,9 +228,7 @@ fn a_unit_is_started_and_stopped_with_systemctl_and_stopped_after_a_crash() {
     );
     assert!(done.iter().all(|d| d.ok()), "{done:#?}");
     assert_eq!(calls(), "start llama3.service\n");
-    assert!(interact(&mut k, false).is_empty());
-    std::thread::sleep(Duration::from_millis(1100));
-    let done = interact(&mut k, false);
+    let done = end_interaction(&mut k);
     assert_eq!(
         names(&done),
         ["stop unit llama3.service of eva", "thaw muse"]
