@@ -85,19 +85,17 @@ impl Actuators {
                 ),
             });
         };
-        let file = api.file.clone();
         let ids = (ends.from_vmid, ends.to_vmid);
         if !ends.back {
             self.journal().record(&Entry::GpuConfigLent {
-                api: file,
+                api: api.file.clone(),
                 holder: ids.0,
                 borrower: ids.1,
                 key: id.to_string(),
                 value: value.clone(),
             })?;
         }
-        let api = &self.proxmox.as_ref().expect("checked above").client;
-        let done = super::planned_restart::move_config(api, ids, (id, value), deadline)?;
+        let done = super::planned_restart::move_config(&api.client, ids, (id, value), deadline)?;
         Ok(Effect::Done(done))
     }
 
