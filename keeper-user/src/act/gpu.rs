@@ -14,7 +14,7 @@ use std::{
 
 use super::{ActError, Actuators, Effect, journal::Entry, process::Proc};
 use crate::{
-    device::gpu::{Gpu, GpuError, PowerLimits},
+    device::gpu::{Gpu, GpuError, PowerLimits, watts},
     policy::Percent,
 };
 
@@ -79,23 +79,21 @@ fn trusted_executable(p: &Path) -> Option<PathBuf> {
 pub fn power_limit_for(percent: Percent, p: &PowerLimits) -> (u32, Option<String>) {
     let want = percent.of(p.default_mw as u64).min(u32::MAX as u64) as u32;
     if want < p.min_mw {
-        let note = format!("{} W raised to the minimum {} W", w(want), w(p.min_mw));
+        let note = format!(
+            "{} W raised to the minimum {} W",
+            watts(want),
+            watts(p.min_mw)
+        );
         (p.min_mw, Some(note))
     } else if want > p.max_mw {
-        let note = format!("{} W lowered to the maximum {} W", w(want), w(p.max_mw));
+        let note = format!(
+            "{} W lowered to the maximum {} W",
+            watts(want),
+            watts(p.max_mw)
+        );
         (p.max_mw, Some(note))
     } else {
         (want, None)
-    }
-}
-
-/// Milliwatts as watts for messages.
-pub fn w(mw: u32) -> String {
-    let watts = mw as f64 / 1000.0;
-    if watts.fract() == 0.0 {
-        format!("{watts:.0}")
-    } else {
-        format!("{watts:.1}")
     }
 }
 
@@ -287,8 +285,8 @@ impl Actuators {
         let clamped = clamped.map(|c| format!(" ({c})")).unwrap_or_default();
         let what = format!(
             "GPU power limit {} W ({percent} of the default {} W){clamped}",
-            w(mw),
-            w(limits.default_mw)
+            watts(mw),
+            watts(limits.default_mw)
         );
         if limits.limit_mw == mw && limits.enforced_mw == mw {
             return Ok(Effect::Unchanged(format!("{what}: already so")));
@@ -307,7 +305,7 @@ impl Actuators {
         apply_power_limit(gpu, mw)?;
         Ok(Effect::Done(format!(
             "{what}, was {} W; enforced limit read back",
-            w(limits.limit_mw)
+            watts(limits.limit_mw)
         )))
     }
 
@@ -498,7 +496,7 @@ pub fn restore_power_limit(lib: &Path, uuid: &str, original_mw: u32) -> Result<S
         ));
     }
     apply_power_limit(&gpu, original_mw)?;
-    Ok(format!("GPU power limit back to {} W", w(original_mw)))
+    Ok(format!("GPU power limit back to {} W", watts(original_mw)))
 }
 
 /// Journal replay: the clock offset back to `original_mhz`.

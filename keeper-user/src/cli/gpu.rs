@@ -6,10 +6,9 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
 use super::Format;
 use crate::{
-    act::gpu::w,
     device::{
         cgroupfs::CgroupFs,
-        gpu::{Gpu, GpuReadout, library},
+        gpu::{Gpu, GpuReadout, library, watts},
         placement,
     },
     policy::PolicySource,
@@ -106,18 +105,18 @@ pub fn render_text(r: &GpuReadout) -> String {
         );
     }
     if let Some(p) = r.power_draw_mw {
-        let _ = writeln!(o, "  power draw    {} W", w(p));
+        let _ = writeln!(o, "  power draw    {} W", watts(p));
     }
     match &r.power {
         Some(p) => {
             let _ = writeln!(
                 o,
                 "  power limit   {} W (default {} W, enforced {} W, constraints {}–{} W)",
-                w(p.limit_mw),
-                w(p.default_mw),
-                w(p.enforced_mw),
-                w(p.min_mw),
-                w(p.max_mw)
+                watts(p.limit_mw),
+                watts(p.default_mw),
+                watts(p.enforced_mw),
+                watts(p.min_mw),
+                watts(p.max_mw)
             );
         }
         None => {

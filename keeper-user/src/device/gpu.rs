@@ -360,6 +360,16 @@ impl Gpu {
     }
 }
 
+/// Milliwatts as watts for messages.
+pub fn watts(mw: u32) -> String {
+    let watts = mw as f64 / 1000.0;
+    if watts.fract() == 0.0 {
+        format!("{watts:.0}")
+    } else {
+        format!("{watts:.1}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

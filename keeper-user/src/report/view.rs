@@ -206,10 +206,10 @@ pub struct NoiseView {
     pub share: f64,
 }
 
-/// Noise as views, most time first; IRQs named from /proc/interrupts. `span_ns`: the time
-/// watched × the number of CPUs watched.
+/// Noise as views, most time first; IRQs by the names the sensor read with them. `span_ns`:
+/// the time watched × the number of CPUs watched.
 pub fn noise_views(noise: &Noise, span_ns: f64) -> Vec<NoiseView> {
-    let names = crate::device::irq::names();
+    let names = &noise.names;
     let view = |kind: &str, irq: Option<u32>, name: String, c: &NoiseCount| NoiseView {
         kind: kind.into(),
         irq,

@@ -96,6 +96,9 @@ pub struct Noise {
     pub irqs: BTreeMap<u32, NoiseCount>,
     /// By softirq vector name (`TIMER`, `NET_RX`, `RCU`...).
     pub softirqs: BTreeMap<String, NoiseCount>,
+    /// The IRQs' names as /proc/interrupts gave them when read (`virtio1-req.0`, `ttyS0`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<u32, String>,
 }
 
 impl Noise {
@@ -118,6 +121,7 @@ impl Noise {
         Noise {
             irqs: diff(&self.irqs, &earlier.irqs),
             softirqs: diff(&self.softirqs, &earlier.softirqs),
+            names: self.names.clone(),
         }
     }
 
@@ -131,7 +135,8 @@ impl Noise {
     }
 }
 
-/// The totals in the maps, summed over the CPUs (only trading cores count there).
+/// The totals in the maps, summed over the CPUs (only trading cores count there), and the
+/// IRQs' names.
 pub fn read(ebpf: &Ebpf) -> Result<Noise, SenseError> {
     let mut noise = Noise::default();
     let name = maps::NOISE_IRQ;
@@ -154,6 +159,9 @@ pub fn read(ebpf: &Ebpf) -> Result<Noise, SenseError> {
             noise.softirqs.insert((*vector).to_string(), c);
         }
     }
+    let mut names = crate::device::irq::names();
+    names.retain(|irq, _| noise.irqs.contains_key(irq));
+    noise.names = names;
     Ok(noise)
 }
 
@@ -171,10 +179,12 @@ mod tests {
         let then = Noise {
             irqs: BTreeMap::from([(25, c(100, 2))]),
             softirqs: BTreeMap::from([("TIMER".into(), c(50, 1))]),
+            ..Noise::default()
         };
         let now = Noise {
             irqs: BTreeMap::from([(25, c(400, 5)), (26, c(10, 1))]),
             softirqs: BTreeMap::from([("TIMER".into(), c(50, 1))]),
+            ..Noise::default()
         };
         let w = now.since(&then);
         assert_eq!(w.irqs[&25], c(300, 3));
