@@ -114,21 +114,12 @@ fn stand_in_script(dir: &std::path::Path) -> String {
     )
 }
 
-/// A process's state letter in /proc/<pid>/stat (`T` when stopped).
-pub fn proc_state(pid: u32) -> char {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    s.rfind(')')
-        .and_then(|i| s[i + 1..].split_whitespace().next())
-        .and_then(|f| f.chars().next())
-        .unwrap_or('?')
-}
-
 /// Waits (up to 2 s: signals are asynchronous) until `pid` is stopped (`T`) or, with `false`,
 /// until it is not; says whether it got there.
 pub fn stopped(pid: u32, want: bool) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < std::time::Duration::from_secs(2) {
-        if (proc_state(pid) == 'T') == want {
+        if (crate::proc_state(pid) == 'T') == want {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -273,3 +273,12 @@ pub fn loaded_programs() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A process's state letter in /proc/<pid>/stat (`T` when stopped; `?` when gone).
+pub fn proc_state(pid: u32) -> char {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rfind(')')
+        .and_then(|i| s[i + 1..].split_whitespace().next())
+        .and_then(|f| f.chars().next())
+        .unwrap_or('?')
+}

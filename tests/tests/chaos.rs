@@ -407,7 +407,7 @@ fn exited(h: &Hive, log: &[String], hostile: bool) {
         ));
     }
     for c in h.residents.iter().chain(&h.spinners) {
-        if integration_test::chaos::proc_state(c.id()) == 'T' {
+        if integration_test::proc_state(c.id()) == 'T' {
             left.push(format!("pid {} left stopped", c.id()));
         }
     }

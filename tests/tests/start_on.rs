@@ -90,17 +90,6 @@ fn names(done: &[Done]) -> Vec<String> {
     done.iter().map(|d| d.action.kind.to_string()).collect()
 }
 
-fn state_of(pid: u32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit(')')
-        .next()
-        .unwrap()
-        .trim()
-        .chars()
-        .next()
-        .unwrap()
-}
-
 /// EVA and Muse as child processes, and an enforcer whose `start_on` is the witness command
 /// (its log returned).
 fn witnessed(dir: &Path) -> (Kid, Kid, std::path::PathBuf, Enforcer) {
@@ -150,7 +139,11 @@ fn the_preemption_starts_the_command_after_freezing_and_stops_it_before_thawing(
         "start T\nstop T\n",
         "the command stopped while Muse was frozen"
     );
-    assert_ne!(state_of(muse.pid()), 'T', "Muse runs again");
+    assert_ne!(
+        integration_test::proc_state(muse.pid()),
+        'T',
+        "Muse runs again"
+    );
     // The exit finds no command left to stop.
     let left = k.act.restore_all().unwrap();
     assert!(!left.iter().any(|r| r.contains("command")), "{left:?}");
@@ -186,7 +179,7 @@ fn a_command_left_running_by_a_dead_keeper_is_stopped_by_the_next_one() {
     };
     assert!(eventually(Duration::from_secs(2), || gone(pid)));
     assert!(std::fs::read_to_string(&log).unwrap().ends_with("stop T\n"));
-    assert_ne!(state_of(muse.pid()), 'T');
+    assert_ne!(integration_test::proc_state(muse.pid()), 'T');
 }
 
 /// A stand-in `systemctl` in `dir/bin`, first on PATH: each call appended to
