@@ -2,10 +2,9 @@
 //! and is lent to the first VM of `lend_to` that needs it: one that runs and is active (in its
 //! windows, its start conditions met), or, with `config` (the planned-restart path), one that
 //! is not running and is in its windows (the move starts it); when that one no longer needs it
-//! the GPU goes back. A move between two
-//! borrowers goes back through the holder (two moves in one decision). Each move is one slow
-//! action: unplug from one VM, plug into the other, rolled back by the actuator when the plug
-//! fails.
+//! the GPU goes back. A move between two borrowers goes back through the holder (two moves in
+//! one decision). Each move is one slow action: unplug from one VM, plug into the other,
+//! rolled back by the actuator when the plug fails.
 
 use super::action::{Action, ActionKind, RuleId};
 use super::state::EngineState;
@@ -28,7 +27,7 @@ fn needs(t: &Tick<'_>, m: &GpuMutex, name: &str) -> bool {
     let Some(w) = t.policy.workload(name) else {
         return false;
     };
-    m.config.is_some() && !w.windows.is_empty() && w.windows.iter().any(|win| win.contains(t.now))
+    m.config.is_some() && w.windows.iter().any(|win| win.contains(t.now))
 }
 
 /// The moves from where the GPU was last sent to where it is wanted now.

@@ -217,9 +217,6 @@ pub(super) fn forget(state: &mut EngineState, action: &Action) {
         ActionKind::StartService { workload, .. } => {
             a.services.remove(workload);
         }
-        // A lend that failed left the GPU with its holder (the actuator put it back); a return
-        // that failed left it with the borrower. Asked again after the backoff.
-        ActionKind::MoveGpu { from, back, .. } => a.gpu_lent = back.then(|| from.clone()),
         ActionKind::StopService {
             workload,
             service,
@@ -230,8 +227,11 @@ pub(super) fn forget(state: &mut EngineState, action: &Action) {
                 service: service.clone(),
                 deadline_ms: *deadline_ms,
             };
-            super::service::still_running(a, workload, started);
+            a.services.insert(workload.clone(), started);
         }
+        // A lend that failed left the GPU with its holder (the actuator put it back); a return
+        // that failed left it with the borrower. Asked again after the backoff.
+        ActionKind::MoveGpu { from, back, .. } => a.gpu_lent = back.then(|| from.clone()),
         // A failed inflate is retried; a failed deflate is left to the journal's restore.
         ActionKind::Balloon {
             workload, target, ..

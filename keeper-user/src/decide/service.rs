@@ -68,8 +68,3 @@ pub fn stops(wanted: &BTreeMap<String, Claim>, applied: &mut Applied) -> Vec<Act
     }
     out
 }
-
-/// A stop that failed: the service still runs, and is stopped again when the retry allows.
-pub fn still_running(applied: &mut Applied, workload: &str, started: StartedService) {
-    applied.services.insert(workload.to_string(), started);
-}
