@@ -25,8 +25,8 @@ impl Actuators {
     /// `cgroup` is the task's cgroup as its event found it (read from /proc when unknown),
     /// checked against the scope. Who the task is:
     /// - `start` (its start time, read from the task by the programs at its arrival, a kernel
-    ///   thread left out there) and a recent event ([`process::names_same_task_since`]): the
-    ///   number still names that task, which is moved with no read of /proc first (reading
+    ///   thread left out there) and a recent event ([`Proc::vouched`]): the number still
+    ///   names that task, which is moved with no read of /proc and no pidfd first (reading
     ///   /proc/PID/stat of a newcomer in the middle of its exec can wait milliseconds);
     /// - `start` and an older event: it must still have that start time;
     /// - else: a task started after `seen_ns` (its event's instant) is another one and left
@@ -55,10 +55,10 @@ impl Actuators {
         if self.dry_run {
             return Ok(Effect::WouldDo(format!("evict {what}")));
         }
-        let recent = who.seen_ns.is_some_and(process::names_same_task_since);
-        let opened = match who.start {
-            Some(start) if recent => Proc::open_thread_as(pid, start),
-            start => Proc::open_thread(pid, start),
+        let vouched = (who.start.zip(who.seen_ns)).and_then(|(s, t)| Proc::vouched(pid, s, t));
+        let opened = match vouched {
+            Some(task) => Ok(task),
+            None => Proc::open_thread(pid, who.start),
         };
         let task = match opened {
             Ok(t) => t,

@@ -17,8 +17,12 @@ pub struct Proc {
     /// A kernel thread (`PF_KTHREAD`), as read with its start time.
     pub kernel_thread: bool,
     /// `None`: a thread (not its process's leader) on a kernel before 6.9, which has no
-    /// pidfds for threads; it is known by its number and start time only.
+    /// pidfds for threads, or a task vouched for by a recent event (`seen_ns`); it is known
+    /// by its number and start time only.
     fd: Option<OwnedFd>,
+    /// The instant (CLOCK_MONOTONIC ns) of the event that vouches for the number, when the
+    /// task was opened as one ([`Proc::vouched`]).
+    seen_ns: Option<u64>,
 }
 
 /// `pidfd_open` flag for a thread's own pidfd (Linux 6.9+; `O_EXCL`).
@@ -75,15 +79,18 @@ impl Proc {
         Proc::started(tid, fd, expected_start)
     }
 
-    /// Opens thread `tid` known to have started at `start` and not to be a kernel thread (the
-    /// programs read both from the task at an event [`names_same_task_since`] vouches for):
-    /// no read of /proc.
-    pub fn open_thread_as(tid: u32, start: u64) -> Result<Proc, ActError> {
-        Ok(Proc {
+    /// Thread `tid`, known to have started at `start` and not to be a kernel thread (the
+    /// programs read both from the task at its event, at `seen_ns`), while
+    /// [`names_same_task_since`] vouches for its number: no read of /proc and no pidfd (the
+    /// number cannot name another task within that window; [`Proc::still_same`] asks the
+    /// window again after a change). `None` once the window has passed.
+    pub fn vouched(tid: u32, start: u64, seen_ns: u64) -> Option<Proc> {
+        names_same_task_since(seen_ns).then_some(Proc {
             pid: tid,
             start,
             kernel_thread: false,
-            fd: thread_pidfd(tid)?,
+            fd: None,
+            seen_ns: Some(seen_ns),
         })
     }
 
@@ -97,13 +104,18 @@ impl Proc {
             start: stat.start,
             kernel_thread: stat.is_kernel_thread(),
             fd,
+            seen_ns: None,
         })
     }
 
     /// Whether the number still names the task opened: it has not exited (its pidfd does not
-    /// poll readable: a live task's number cannot be given to another), else the same start
-    /// time (a task known by number only, or one that exited: its number may be reused).
+    /// poll readable: a live task's number cannot be given to another), or its event still
+    /// vouches for the number, else the same start time (a task known by number only, or one
+    /// that exited: its number may be reused).
     pub fn still_same(&self) -> bool {
+        if self.seen_ns.is_some_and(names_same_task_since) {
+            return true;
+        }
         if let Some(fd) = &self.fd {
             let mut p = libc::pollfd {
                 fd: fd.as_raw_fd(),
@@ -332,6 +344,18 @@ mod tests {
         ));
         drop(end_tx);
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_recent_event_vouches_for_a_number_without_a_pidfd_and_an_old_one_does_not() {
+        let me = std::process::id();
+        let start = start_time(me).unwrap();
+        let now = crate::device::clock::monotonic_ns();
+        let t = Proc::vouched(me, start, now).unwrap();
+        assert!(t.fd.is_none() && !t.kernel_thread);
+        assert!(t.still_same());
+        t.set_affinity(&t.affinity().unwrap()).unwrap();
+        assert!(Proc::vouched(me, start, now.saturating_sub(SAME_TASK_WINDOW_NS + 1)).is_none());
     }
 
     #[test]
