@@ -39,6 +39,7 @@ pub mod globals {
     /// the `next` task pointer), from the kernel's BTF: `task_struct.pid`, `.comm`,
     /// `.cgroups`, then `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id` (its cgroup v2 id).
     pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
+    pub const TASK_TGID_OFF: &str = "TASK_TGID_OFF";
     pub const TASK_COMM_OFF: &str = "TASK_COMM_OFF";
     pub const TASK_CGROUPS_OFF: &str = "TASK_CGROUPS_OFF";
     /// `task_struct.start_boottime`: who the newcomer is, without a read of /proc.
@@ -49,6 +50,9 @@ pub mod globals {
     /// 1: `keeper_arrive` reports arrivals (with the newcomer's cgroup id, kernel threads
     /// and protected tasks left out); 0: `keeper_switch` does (cgroup unknown there).
     pub const ARRIVALS_BY_TASK: &str = "ARRIVALS_BY_TASK";
+    /// The keeper's own process id: its eviction thread runs on the trading cores (it is
+    /// woken there by an intruder's arrival), and is no intruder; its time is `keeper_ns`.
+    pub const KEEPER_TGID: &str = "KEEPER_TGID";
     /// Minimum time between two intruder events for the same pid, in nanoseconds.
     pub const INTRUDER_EVENT_INTERVAL_NS: &str = "INTRUDER_EVENT_INTERVAL_NS";
     /// Offset of `pid` in oom:mark_victim.
@@ -77,8 +81,10 @@ pub mod maps {
     pub const RUNNABLE_SINCE: &str = "RUNNABLE_SINCE";
     /// `RingBuf` of `IntruderEvent`.
     pub const INTRUDER_EVENTS: &str = "INTRUDER_EVENTS";
-    /// `LruHashMap<u32, u8>`: pids already switched in on a trading core (their arrival was
-    /// reported). Userspace removes an evicted pid, so that its return is news at once.
+    /// `LruHashMap<u32, u64>`: pids already switched in on a trading core (their arrival was
+    /// reported), with the cgroup id they had then (`keeper_arrive`: a task that has moved to
+    /// another cgroup since is news again, as a launcher's child moved after its fork is).
+    /// Userspace removes an evicted pid, so that its return is news at once.
     pub const SEEN_PIDS: &str = "SEEN_PIDS";
     /// `HashMap<u32, u64>`: when a task entered direct reclaim, by pid.
     pub const RECLAIM_START: &str = "RECLAIM_START";
@@ -102,7 +108,9 @@ pub mod programs {
     pub const SAMPLE: &str = "keeper_sample";
     /// raw_tracepoint sched_switch: a newcomer on a trading core, read from its task.
     pub const ARRIVE: &str = "keeper_arrive";
-    pub const ALL: [&str; 5] = [WAKEUP, WAKEUP_NEW, SWITCH, SAMPLE, ARRIVE];
+    /// raw_tracepoint cgroup_attach_task: a task that moved itself while on a trading core.
+    pub const JOINED: &str = "keeper_joined";
+    pub const ALL: [&str; 6] = [WAKEUP, WAKEUP_NEW, SWITCH, SAMPLE, ARRIVE, JOINED];
     /// vmscan:mm_vmscan_direct_reclaim_begin / _end, oom:mark_victim.
     pub const RECLAIM_BEGIN: &str = "keeper_rcl_begin";
     pub const RECLAIM_END: &str = "keeper_rcl_end";
@@ -180,6 +188,9 @@ pub struct CpuStats {
     pub protected_ns: u64,
     /// Time every other task ran: the intruders.
     pub intruder_ns: u64,
+    /// Time the keeper's own threads ran (its eviction thread, woken on the trading core by
+    /// an arrival).
+    pub keeper_ns: u64,
     /// Context switches seen on this CPU.
     pub switches: u64,
     /// Intruder events written to the ring buffer.
@@ -197,6 +208,7 @@ impl CpuStats {
             kernel_ns: 0,
             protected_ns: 0,
             intruder_ns: 0,
+            keeper_ns: 0,
             switches: 0,
             events_sent: 0,
             events_lost: 0,

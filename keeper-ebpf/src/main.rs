@@ -20,6 +20,8 @@
 //!   (`keeper_arrive`, a raw tracepoint: its flags and cgroup id, so kernel threads and
 //!   protected tasks are no news and userspace reads no /proc before an eviction); else from
 //!   the classic tracepoint (pid and name only).
+//! - a task that moves itself to another cgroup while it runs on a trading core
+//!   (`keeper_joined`) is news then, as an arrival in its new cgroup.
 //! - the sampler: a CPU-clock perf event on each trading core looks at the running task every
 //!   few milliseconds, so an intruder that never switches out (a lone busy loop) is reported
 //!   while it runs, not after its slice.
@@ -64,6 +66,8 @@ static TASK_FLAGS_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_PID_OFF: u32 = 0;
 #[unsafe(no_mangle)]
+static TASK_TGID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
 static TASK_COMM_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_CGROUPS_OFF: u32 = 0;
@@ -77,6 +81,8 @@ static CGROUP_KN_OFF: u32 = 0;
 static KERNFS_NODE_ID_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static ARRIVALS_BY_TASK: u32 = 0;
+#[unsafe(no_mangle)]
+static KEEPER_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static INTRUDER_EVENT_INTERVAL_NS: u64 = 100_000_000;
 
@@ -102,7 +108,7 @@ static INTRUDER_TOTALS: LruHashMap<u32, IntruderTotal> = LruHashMap::with_max_en
 #[map]
 static INTRUDER_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
-static SEEN_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+static SEEN_PIDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Wakeup (or preemption) timestamp of tasks waiting for a trading core, by pid; 0 once the task
 /// got the core. Entries are rewritten in place through their pointer (no bucket lock on the hot
@@ -178,7 +184,7 @@ pub fn keeper_wake_new(ctx: TracePointContext) -> u32 {
     if global_u32(&ARRIVALS_BY_TASK) == 0 {
         let _ = SEEN_PIDS.insert(pid, 1, 0);
     }
-    if current_is_kthread() {
+    if current_is_kthread() || current_is_keeper() {
         return 0;
     }
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -226,6 +232,14 @@ fn current_is_kthread() -> bool {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let flags = unsafe { bpf_probe_read_kernel(task.wrapping_add(off) as *const u32) };
     matches!(flags, Ok(f) if f & PF_KTHREAD != 0)
+}
+
+/// Whether the running task is one of the keeper's own threads (its eviction thread, woken on
+/// a trading core by an arrival): never an intruder.
+#[inline(always)]
+fn current_is_keeper() -> bool {
+    let keeper = unsafe { core::ptr::read_volatile(&KEEPER_TGID) };
+    keeper != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == keeper
 }
 
 #[inline(always)]
@@ -281,6 +295,8 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
         }
         if current_is_kthread() {
             stats.kernel_ns += ran;
+        } else if current_is_keeper() {
+            stats.keeper_ns += ran;
         } else {
             if state.batch_cgroup != cgroup_id {
                 if state.batch_ns != 0 {
@@ -349,28 +365,57 @@ pub fn keeper_arrive(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// A task that moved itself to another cgroup (raw `cgroup_attach_task`: arg 2 of
+/// `TP_PROTO(dst_cgrp, path, task, threadgroup)`, after the move) while it runs on a trading
+/// core: news now, in its new cgroup, as if it had just arrived (a launcher's child that
+/// joins its workload after the fork and goes on running: no switch-in would report it).
+/// A task moved by another is news at its next switch-in, by `SEEN_PIDS`.
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn keeper_joined(ctx: RawTracePointContext) -> i32 {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let task = ctx.arg::<*const u8>(2);
+    if is_trading_cpu(cpu) && task == unsafe { bpf_get_current_task() } as *const u8 {
+        let _ = on_arrival(task, cpu);
+    }
+    0
+}
+
+/// A task that is no news at its switch-in: a kernel thread (by its flags) or the keeper.
+const NEVER_NEWS: u64 = u64::MAX;
+
 #[inline(always)]
 fn on_arrival(next: *const u8, cpu: u32) -> Result<(), i64> {
     let read_u64 = |base: *const u8, off: &'static u32| unsafe {
         bpf_probe_read_kernel(base.wrapping_add(global_u32(off)) as *const u64)
     };
-    let pid = unsafe {
-        bpf_probe_read_kernel(next.wrapping_add(global_u32(&TASK_PID_OFF)) as *const i32)?
-    } as u32;
-    if pid == 0 || unsafe { SEEN_PIDS.get(pid) }.is_some() {
+    let read_u32 = |base: *const u8, off: &'static u32| unsafe {
+        bpf_probe_read_kernel(base.wrapping_add(global_u32(off)) as *const u32)
+    };
+    let pid = read_u32(next, &TASK_PID_OFF)?;
+    if pid == 0 {
         return Ok(());
     }
-    let _ = SEEN_PIDS.insert(pid, 1, 0);
-    let flags = unsafe {
-        bpf_probe_read_kernel(next.wrapping_add(global_u32(&TASK_FLAGS_OFF)) as *const u32)?
-    };
-    if flags & PF_KTHREAD != 0 {
+    let seen = unsafe { SEEN_PIDS.get(pid) }.copied();
+    if seen == Some(NEVER_NEWS) {
+        return Ok(());
+    }
+    let keeper = unsafe { core::ptr::read_volatile(&KEEPER_TGID) };
+    if read_u32(next, &TASK_FLAGS_OFF)? & PF_KTHREAD != 0
+        || (keeper != 0 && read_u32(next, &TASK_TGID_OFF)? == keeper)
+    {
+        let _ = SEEN_PIDS.insert(pid, NEVER_NEWS, 0);
         return Ok(());
     }
     let css_set = read_u64(next, &TASK_CGROUPS_OFF)? as *const u8;
     let cgroup = read_u64(css_set, &CSS_SET_DFL_CGRP_OFF)? as *const u8;
     let kn = read_u64(cgroup, &CGROUP_KN_OFF)? as *const u8;
     let cgroup_id = read_u64(kn, &KERNFS_NODE_ID_OFF)?;
+    // Seen in this cgroup: no news. Seen in another: it moved (a launcher's child moved
+    // after its fork, a task that entered the scope), and is news again.
+    if seen == Some(cgroup_id) {
+        return Ok(());
+    }
+    let _ = SEEN_PIDS.insert(pid, cgroup_id, 0);
     if unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some() {
         return Ok(());
     }
@@ -436,7 +481,7 @@ fn sample() -> Result<(), i32> {
     if unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some() {
         return Ok(());
     }
-    if current_is_kthread() {
+    if current_is_kthread() || current_is_keeper() {
         return Ok(());
     }
     let comm = bpf_get_current_comm()?;

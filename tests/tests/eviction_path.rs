@@ -97,3 +97,123 @@ fn forks_of_an_unprotected_parent_are_evicted_before_running_a_millisecond() {
         evictions.len()
     );
 }
+
+/// The reasons of `record`'s evictions whose task's name starts with `who` (`comm[` for a
+/// name, `comm[pid]` for one task).
+fn evictions_of<'a>(record: &'a serde_json::Value, who: &str) -> Vec<&'a str> {
+    (record["actions"].as_array().unwrap().iter())
+        .filter(|a| a["kind"] == "evict_intruder")
+        .filter_map(|a| a["reason"].as_str())
+        .filter(|r| r.starts_with(who))
+        .collect()
+}
+
+/// A launcher's child first runs on the trading core in the launcher's cgroup (outside the
+/// scope: observed only), then moves itself into a workload of the scope and runs there:
+/// after a sleep (news at its next switch-in, in another cgroup than it was seen in) or at
+/// once, still running (news at the move: `keeper_joined`). Either way it is evicted on
+/// arrival by the eviction thread, not found later by the sampler or at its switch-out by
+/// the loop (the defect: the programs reported a pid once, whatever cgroup it had then).
+#[test]
+fn a_task_that_joins_the_scope_after_its_first_run_is_evicted_on_arrival() {
+    if !privileged("a_task_that_joins_the_scope_after_its_first_run_is_evicted_on_arrival") {
+        return;
+    }
+    let rig = Rig::new("joins");
+    let report = rig.dir.join("report.json");
+    let mut keeper = rig.keeper(&["--for", "5s", "--report", report.to_str().unwrap()]);
+    keeper.wait_for("first pass done", std::time::Duration::from_secs(10));
+    let procs = rig.cg("muse").join("cgroup.procs");
+    // On CPU 1 in this test's cgroup first (a switch-in there: seen), then into the scope's
+    // muse, then a spinner.
+    let launchers: Vec<(&str, u32)> = [("after a sleep", "sleep 0.05; "), ("running", "")]
+        .into_iter()
+        .map(|(how, pause)| {
+            let script = format!(
+                "sleep 0.2; echo $$ > {}; {pause}exec {PROBE} spin 1 kb_joiner",
+                procs.display()
+            );
+            let launcher = spawn_pinned("/bin/sh", &["-c", &script], 1, None);
+            let pid = launcher.id();
+            wait_cpu_time(launcher);
+            (how, pid)
+        })
+        .collect();
+    keeper.finish();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    for (how, pid) in launchers {
+        let evictions = evictions_of(&record, &format!("sh[{pid}]"))
+            .into_iter()
+            .chain(evictions_of(&record, &format!("kb_joiner[{pid}]")))
+            .collect::<Vec<_>>();
+        assert!(!evictions.is_empty(), "{how}: never evicted: {record:#}");
+        assert!(
+            evictions[0].contains("evicted on arrival"),
+            "{how}: its first eviction was not made on arrival: {evictions:#?}"
+        );
+    }
+}
+
+/// The eviction thread waits on the trading core while a workload owns it, and is no
+/// intruder there: its time is the keeper's, it is never reported or evicted, and it goes
+/// back to the housekeeping cores with everything else at exit.
+#[test]
+fn the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder() {
+    if !privileged("the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder") {
+        return;
+    }
+    let rig = Rig::new("sentry");
+    let report = rig.dir.join("report.json");
+    let mut keeper = rig.keeper(&["--for", "3s", "--report", report.to_str().unwrap()]);
+    keeper.wait_for("first pass done", std::time::Duration::from_secs(10));
+    let evict_thread = std::fs::read_dir(format!("/proc/{}/task", keeper.pid()))
+        .unwrap()
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "keeper-evict")
+        })
+        .expect("no keeper-evict thread");
+    let tid: u32 = evict_thread.file_name().to_str().unwrap().parse().unwrap();
+    let keeper_pid = keeper.pid();
+    assert_eq!(affinity(tid), "1", "the eviction thread waits elsewhere");
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    let spawner = spawn_pinned(PROBE, &["newcomers", "1", "50", "1"], 0, Some(&muse));
+    std::mem::forget(muse); // the rig's scope removes it
+    wait_cpu_time(spawner);
+    keeper.finish();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let own = |v: &serde_json::Value| {
+        v["tgid"].as_u64() == Some(u64::from(keeper_pid))
+            || v["pid"].as_u64() == Some(u64::from(tid))
+    };
+    let intruders = record["intruders"].as_array().cloned().unwrap_or_default();
+    let itself: Vec<_> = intruders.iter().filter(|v| own(v)).collect();
+    assert!(itself.is_empty(), "the keeper reported itself: {itself:#?}");
+    for who in [
+        format!("keeper[{keeper_pid}]"),
+        format!("keeper-evict[{tid}]"),
+    ] {
+        let evicted = evictions_of(&record, &who);
+        assert!(
+            evicted.is_empty(),
+            "the keeper evicted itself: {evicted:#?}"
+        );
+    }
+    let cpu1 = (record["cpus"].as_array().unwrap().iter())
+        .find(|c| c["cpu"] == 1)
+        .expect("CPU 1 in the record");
+    assert!(
+        cpu1["keeper_ns"].as_u64().is_some_and(|ns| ns > 0),
+        "the eviction thread's time on CPU 1 was not counted as the keeper's: {cpu1:#}"
+    );
+    assert!(
+        record["evictions"].as_u64().is_some_and(|n| n >= 5),
+        "too few evictions to have woken the thread: {}",
+        record["evictions"]
+    );
+}

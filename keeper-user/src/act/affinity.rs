@@ -51,6 +51,12 @@ impl Actuators {
             Err(ActError::Vanished { .. }) => return gone(),
             r => r?,
         }
+        // The programs leave the keeper's threads out where they read the task (`start`);
+        // the classic tracepoint cannot.
+        if who.start.is_none() && procfs::is_own_thread(pid) {
+            let why = format!("pid {pid} is one of the keeper's own threads: never evicted");
+            return Ok(Effect::Unchanged(why));
+        }
         let what = format!("pid {pid} to CPUs {to}");
         if self.dry_run {
             return Ok(Effect::WouldDo(format!("evict {what}")));

@@ -172,15 +172,15 @@ fn write_text(out: &mut impl std::io::Write, r: &WatchReport) -> std::io::Result
             writeln!(out)?;
             write_histogram(out, c.cpu, label, l)?;
         }
-        let total = (c.idle_ns + c.kernel_ns + c.protected_ns + c.intruder_ns).max(1) as f64;
         writeln!(
             out,
-            "CPU {} time: protected {:.1} %, intruders {:.1} %, kernel {:.1} %, idle {:.1} % ({} switches)",
+            "CPU {} time: protected {:.1} %, intruders {:.1} %, kernel {:.1} %, keeper {:.2} %, idle {:.1} % ({} switches)",
             c.cpu,
-            100.0 * c.protected_ns as f64 / total,
-            100.0 * c.intruder_ns as f64 / total,
-            100.0 * c.kernel_ns as f64 / total,
-            100.0 * c.idle_ns as f64 / total,
+            c.pct(c.protected_ns),
+            c.pct(c.intruder_ns),
+            c.pct(c.kernel_ns),
+            c.pct(c.keeper_ns),
+            c.pct(c.idle_ns),
             c.switches
         )?;
     }

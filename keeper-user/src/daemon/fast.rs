@@ -5,8 +5,14 @@
 //! (repeat offenders, tasks the filter does not know, the record, the metrics).
 //!
 //! Nothing on this thread waits on anything but the kernel: no policy, no /proc read before
-//! the move, no device; it runs on the housekeeping cores one real-time priority above the
-//! loop, so that a tick in progress does not hold an eviction up.
+//! the move, no device. While a workload owns the trading cores the thread waits **on the
+//! trading cores** at the lowest real-time priority (docs/decisions/0029): an arrival wakes it
+//! on the core the intruder just took, where it preempts the intruder (a normal task) at once,
+//! and moves a task that is queued, not running (no stop of the core, no round trip to
+//! another CPU); it never preempts a real-time Banker. Its own time there is counted apart
+//! (`keeper_ns`), never as an intruder's. Otherwise it waits on the housekeeping cores one
+//! real-time priority above the loop, so that a tick in progress does not hold an eviction
+//! up.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -26,7 +32,9 @@ use crate::{
     act::{
         Actuators,
         execute::{Done, execute, steps},
+        process::Proc,
     },
+    cpulist::CpuList,
     decide::fast::{Arrival, FastEvictions},
     device::procfs::{self, HostTotals},
     sense::sched::{IntruderEvents, comm_str},
@@ -47,6 +55,11 @@ pub struct FastHands {
     filter: Filter,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The thread's id and where it waits when no workload owns the trading cores.
+    tid: u32,
+    home: CpuList,
+    /// The trading cores it waits on now (`None`: at home).
+    placed: Option<CpuList>,
 }
 
 /// How long the thread waits on the ring before it looks at the stop flag.
@@ -64,10 +77,13 @@ impl FastHands {
         let filter: Filter = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (f, s) = (Arc::clone(&filter), Arc::clone(&stop));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("keeper-evict".into())
             .spawn(move || {
-                above_the_loop();
+                // SAFETY: gettid has no preconditions.
+                let _ = tid_tx.send(unsafe { libc::gettid() } as u32);
+                above_the_loop(0);
                 while !s.load(Ordering::Relaxed) {
                     if !readable(&ring) {
                         continue;
@@ -86,16 +102,48 @@ impl FastHands {
                     }
                 }
             })?;
+        let tid = tid_rx.recv().map_err(std::io::Error::other)?;
+        let home = Proc::open_thread(tid, None)
+            .and_then(|t| t.affinity())
+            .map_err(std::io::Error::other)?;
         Ok(FastHands {
             filter,
             stop,
             thread: Some(thread),
+            tid,
+            home,
+            placed: None,
         })
     }
 
-    /// Hands the thread the engine's new filter.
-    pub fn set(&self, filter: Option<FastEvictions>) {
+    /// Hands the thread the engine's new filter, and has it wait where that filter's
+    /// arrivals will be: on the trading cores while a workload owns them, else at home.
+    pub fn set(&mut self, filter: Option<FastEvictions>) {
+        let want = filter.as_ref().map(|f| f.trading.clone());
         *self.filter.lock().unwrap_or_else(|e| e.into_inner()) = filter.map(Arc::new);
+        if want != self.placed {
+            self.place(want);
+        }
+    }
+
+    /// Moves the thread to `on` (the trading cores) at the lowest real-time priority, or
+    /// home (`None`) above the loop. Said in the log; a refusal leaves it where it was.
+    fn place(&mut self, on: Option<CpuList>) {
+        let cpus = on.as_ref().unwrap_or(&self.home);
+        let moved = Proc::open_thread(self.tid, None).and_then(|t| t.set_affinity(cpus));
+        match moved {
+            Ok(()) => {
+                match &on {
+                    Some(_) => set_fifo(self.tid, 1),
+                    None => above_the_loop(self.tid),
+                }
+                tracing::info!(cpus = %cpus, on_trading_cores = on.is_some(), "the eviction thread waits on CPUs {cpus}");
+                self.placed = on;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, cpus = %cpus, "the eviction thread could not be moved; it waits where it was")
+            }
+        }
     }
 }
 
@@ -113,14 +161,23 @@ impl Drop for FastHands {
 /// The loop runs at SCHED_FIFO 1 on the housekeeping cores; at the same priority the thread
 /// would wait for the loop's tick to end (FIFO does not preempt its equal), so it takes
 /// priority 2 where the loop got real-time priority (it inherits the loop's otherwise).
-fn above_the_loop() {
-    // SAFETY: sched_getscheduler/sched_setscheduler on the calling thread (0), a valid param.
-    unsafe {
-        if libc::sched_getscheduler(0) == libc::SCHED_FIFO {
-            let param = libc::sched_param { sched_priority: 2 };
-            libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
-        }
+/// `tid` 0: the calling thread.
+fn above_the_loop(tid: u32) {
+    // SAFETY: sched_getscheduler on the calling thread (0), whose policy the keeper's
+    // threads share (pin_self).
+    if unsafe { libc::sched_getscheduler(0) } == libc::SCHED_FIFO {
+        set_fifo(tid, 2);
     }
+}
+
+/// SCHED_FIFO at `priority` for thread `tid` (0: the calling one); a refusal (no
+/// CAP_SYS_NICE) leaves it as it was.
+fn set_fifo(tid: u32, priority: i32) {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: sched_setscheduler on one of our own threads with a valid param.
+    unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_FIFO, &param) };
 }
 
 /// Waits until the ring has events (or the poll interval passed); whether it has.

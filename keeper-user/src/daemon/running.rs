@@ -175,8 +175,7 @@ impl Running {
     /// Hands the eviction thread the engine's filter for its present state (only when it
     /// changed). A dry run evicts nothing, on arrival or later.
     fn refresh_fast(&mut self) {
-        let Some(fast) = &self.fast else { return };
-        if self.enforcer.act.dry_run() {
+        if self.fast.is_none() || self.enforcer.act.dry_run() {
             return;
         }
         let protected: HashSet<u64> = protected_ids(&self.enforcer, &self.cg)
@@ -190,7 +189,9 @@ impl Running {
             &protected,
             k.act.scope(),
         );
-        if filter != self.fast_filter {
+        if filter != self.fast_filter
+            && let Some(fast) = &mut self.fast
+        {
             fast.set(filter.clone());
             self.fast_filter = filter;
         }

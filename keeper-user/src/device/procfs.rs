@@ -114,6 +114,11 @@ pub fn boottime_to_ticks(ns: u64) -> u64 {
     ns / (1_000_000_000 / hz)
 }
 
+/// Whether `tid` is one of this process's own threads (the keeper never evicts itself).
+pub fn is_own_thread(tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
 /// Total run time of a task, in nanoseconds, from /proc/<pid>/schedstat.
 pub fn run_time_ns(pid: u32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;

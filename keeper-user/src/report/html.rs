@@ -167,15 +167,15 @@ fn histogram(h: &mut String, c: &CpuView) {
         &values,
         "#1f5fbf",
     ));
-    let total = (c.idle_ns + c.kernel_ns + c.protected_ns + c.intruder_ns).max(1) as f64;
     let _ = write!(
         h,
-        "<p class=\"small\">CPU {} time: protected {:.1} %, intruders {:.1} %, kernel {:.1} %, idle {:.1} %.</p>",
+        "<p class=\"small\">CPU {} time: protected {:.1} %, intruders {:.1} %, kernel {:.1} %, keeper {:.2} %, idle {:.1} %.</p>",
         c.cpu,
-        100.0 * c.protected_ns as f64 / total,
-        100.0 * c.intruder_ns as f64 / total,
-        100.0 * c.kernel_ns as f64 / total,
-        100.0 * c.idle_ns as f64 / total
+        c.pct(c.protected_ns),
+        c.pct(c.intruder_ns),
+        c.pct(c.kernel_ns),
+        c.pct(c.keeper_ns),
+        c.pct(c.idle_ns)
     );
 }
 

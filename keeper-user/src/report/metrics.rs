@@ -193,6 +193,7 @@ impl Collector for Metrics {
                     ("protected", c.protected_ns),
                     ("intruder", c.intruder_ns),
                     ("kernel", c.kernel_ns),
+                    ("keeper", c.keeper_ns),
                     ("idle", c.idle_ns),
                 ]
                 .map(|(k, v)| (vec![("cpu", c.cpu.to_string()), ("kind", k.to_string())], v))
@@ -496,6 +497,7 @@ mod tests {
                 kernel_ns: 0,
                 protected_ns: 0,
                 intruder_ns: 5,
+                keeper_ns: 0,
                 switches: 9,
             }];
             s.evictions = 4;

@@ -344,10 +344,7 @@ fn share_verdict(
 ) -> SloVerdict {
     let run = cpus
         .iter()
-        .map(|c| {
-            let all = c.idle_ns + c.kernel_ns + c.protected_ns + c.intruder_ns;
-            (c.cpu, 100.0 * c.intruder_ns as f64 / all.max(1) as f64, all)
-        })
+        .map(|c| (c.cpu, c.pct(c.intruder_ns), c.total_ns()))
         .max_by(|a, b| a.1.total_cmp(&b.1));
     let worst = worst_window_pct(samples, cpus.len().max(1));
     let measured = run.filter(|r| r.2 > 0).map(|(cpu, pct, _)| {
@@ -470,6 +467,7 @@ mod tests {
             kernel_ns: 0,
             protected_ns: 0,
             intruder_ns,
+            keeper_ns: 0,
             switches: 0,
         }
     }

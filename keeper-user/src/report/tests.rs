@@ -36,6 +36,7 @@ fn record() -> RunRecord {
             kernel_ns: 1,
             protected_ns: 40,
             intruder_ns: 9,
+            keeper_ns: 0,
             switches: 2000,
         }],
         intruders: vec![IntruderView {

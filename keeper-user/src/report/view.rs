@@ -21,7 +21,23 @@ pub struct CpuView {
     pub kernel_ns: u64,
     pub protected_ns: u64,
     pub intruder_ns: u64,
+    /// The keeper's own time on the core: its eviction thread, woken there by arrivals
+    /// (absent from records written before it was counted).
+    #[serde(default)]
+    pub keeper_ns: u64,
     pub switches: u64,
+}
+
+impl CpuView {
+    /// The CPU's time counted so far, whoever ran.
+    pub fn total_ns(&self) -> u64 {
+        self.idle_ns + self.kernel_ns + self.protected_ns + self.intruder_ns + self.keeper_ns
+    }
+
+    /// `ns` as a percentage of [`Self::total_ns`].
+    pub fn pct(&self, ns: u64) -> f64 {
+        100.0 * ns as f64 / self.total_ns().max(1) as f64
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +98,7 @@ pub fn cpu_view(r: &CpuReadout) -> CpuView {
         kernel_ns: r.kernel_ns,
         protected_ns: r.protected_ns,
         intruder_ns: r.intruder_ns,
+        keeper_ns: r.keeper_ns,
         switches: r.switches,
     }
 }

@@ -130,8 +130,10 @@ pub struct TaskOffsets {
     /// `task_struct.flags` (`PF_KTHREAD`): kernel threads told apart in the kernel.
     pub flags: u32,
     /// The incoming task of a switch, for `keeper_arrive`: `task_struct.pid`, `.comm`,
-    /// `.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`.
+    /// `.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`; `.tgid` tells the
+    /// keeper's own eviction thread apart.
     pub pid: u32,
+    pub tgid: u32,
     pub comm: u32,
     pub cgroups: u32,
     /// `task_struct.start_boottime`: who the newcomer is (its start time, as /proc says it).
@@ -159,6 +161,7 @@ impl TaskOffsets {
         });
         let arrival = [
             ("task_struct", "pid"),
+            ("task_struct", "tgid"),
             ("task_struct", "comm"),
             ("task_struct", "cgroups"),
             ("task_struct", "start_boottime"),
@@ -170,6 +173,7 @@ impl TaskOffsets {
         match arrival {
             [
                 Ok(pid),
+                Ok(tgid),
                 Ok(comm),
                 Ok(cgroups),
                 Ok(start_boottime),
@@ -179,6 +183,7 @@ impl TaskOffsets {
             ] if flags != 0 => Self {
                 flags,
                 pid,
+                tgid,
                 comm,
                 cgroups,
                 start_boottime,

@@ -112,6 +112,8 @@ pub struct CpuReadout {
     pub kernel_ns: u64,
     pub protected_ns: u64,
     pub intruder_ns: u64,
+    /// The keeper's own time there (its eviction thread, woken by arrivals).
+    pub keeper_ns: u64,
     pub switches: u64,
     pub events_sent: u64,
     pub events_lost: u64,
@@ -178,7 +180,9 @@ impl SchedSensor {
         ebpf::raise_memlock_rlimit();
         let task = TaskOffsets::kernel();
         match Self::load(&offsets, config, task) {
-            Err(SenseError::Program { name, source }) if name == programs::ARRIVE => {
+            Err(SenseError::Program { name, source })
+                if name == programs::ARRIVE || name == programs::JOINED =>
+            {
                 tracing::warn!(error = %source, "keeper_arrive could not be attached: arrivals come from the classic tracepoint (a newcomer's cgroup is read from /proc)");
                 let task = TaskOffsets {
                     flags: task.flags,
@@ -197,6 +201,7 @@ impl SchedSensor {
     ) -> Result<Self, SenseError> {
         let interval_ns = config.intruder_event_interval.as_nanos() as u64;
         let by_task = u32::from(task.arrivals());
+        let keeper = std::process::id();
         // The noise programs' offsets (0: unknown, and they stay detached).
         let (irq, vec) = offsets.noise.map_or((0, 0), |o| (o.irq, o.vec));
         let mut loader = EbpfLoader::new();
@@ -212,6 +217,8 @@ impl SchedSensor {
             .override_global(globals::SWITCH_NEXT_COMM_OFF, &offsets.next_comm, true)
             .override_global(globals::TASK_FLAGS_OFF, &task.flags, true)
             .override_global(globals::TASK_PID_OFF, &task.pid, true)
+            .override_global(globals::TASK_TGID_OFF, &task.tgid, true)
+            .override_global(globals::KEEPER_TGID, &keeper, true)
             .override_global(globals::TASK_COMM_OFF, &task.comm, true)
             .override_global(globals::TASK_CGROUPS_OFF, &task.cgroups, true)
             .override_global(globals::TASK_START_BOOTTIME_OFF, &task.start_boottime, true)
@@ -249,11 +256,15 @@ impl SchedSensor {
             prog.attach("sched", event).map_err(err)?;
         }
         if task.arrivals() {
-            let name = programs::ARRIVE;
-            let err = |source| SenseError::Program { name, source };
-            let prog: &mut RawTracePoint = program_mut(&mut sensor.ebpf, name)?;
-            prog.load().map_err(err)?;
-            prog.attach("sched_switch").map_err(err)?;
+            for (name, event) in [
+                (programs::ARRIVE, "sched_switch"),
+                (programs::JOINED, "cgroup_attach_task"),
+            ] {
+                let err = |source| SenseError::Program { name, source };
+                let prog: &mut RawTracePoint = program_mut(&mut sensor.ebpf, name)?;
+                prog.load().map_err(err)?;
+                prog.attach(event).map_err(err)?;
+            }
         }
         sensor.noise = noise::attach(&mut sensor.ebpf, offsets.noise.as_ref());
         let arrivals = match task.arrivals() {
@@ -453,10 +464,15 @@ impl SchedSensor {
     pub fn forget_seen(&mut self, pid: u32) -> Result<(), SenseError> {
         let name = maps::SEEN_PIDS;
         let err = |source| SenseError::Map { name, source };
-        let mut map: BpfHashMap<&mut MapData, u32, u8> =
+        let mut map: BpfHashMap<&mut MapData, u32, u64> =
             self.map_mut(name)?.try_into().map_err(err)?;
         match map.remove(&pid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            // Not there (aya says so as the syscall's ENOENT): never reported by its
+            // switch-in (a fork's event, a slice), or forgotten already.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
             Err(source) => Err(err(source)),
         }
     }
@@ -482,6 +498,7 @@ fn readout(cpu: u32, s: &CpuStats) -> CpuReadout {
         kernel_ns: s.kernel_ns,
         protected_ns: s.protected_ns,
         intruder_ns: s.intruder_ns,
+        keeper_ns: s.keeper_ns,
         switches: s.switches,
         events_sent: s.events_sent,
         events_lost: s.events_lost,

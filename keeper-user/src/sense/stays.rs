@@ -105,9 +105,13 @@ impl Stays {
         self.began.retain(|pid, _| alive(pid));
     }
 
-    /// The event's cgroup path; `None` for an arrival already gone.
+    /// The event's cgroup path; `None` for an arrival already gone, or one of the keeper's
+    /// own threads (an arrival from the classic tracepoint, which cannot tell them apart).
     fn cgroup_of(&mut self, ev: &IntruderEvent) -> Option<String> {
         if ev.kind == event::ARRIVAL && ev.cgroup_id == 0 {
+            if procfs::is_own_thread(ev.pid) {
+                return None;
+            }
             return procfs::task_cgroup(ev.pid);
         }
         self.know(ev.cgroup_id);

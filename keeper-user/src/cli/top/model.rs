@@ -121,7 +121,7 @@ fn core(now: &CpuView, before: Option<&CpuView>) -> Core {
             .collect(),
         None => now.protected.buckets.clone(),
     };
-    let total = |c: &CpuView| c.idle_ns + c.kernel_ns + c.protected_ns + c.intruder_ns;
+    let total = CpuView::total_ns;
     let share = |intruder: u64, all: u64| (all > 0).then(|| intruder as f64 / all as f64);
     let (b_intruder, b_total) = before.map_or((0, 0), |b| (b.intruder_ns, total(b)));
     Core {
@@ -280,6 +280,7 @@ mod tests {
             kernel_ns: 0,
             protected_ns: 0,
             intruder_ns,
+            keeper_ns: 0,
             switches: 0,
         }
     }
