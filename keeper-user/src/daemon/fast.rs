@@ -127,15 +127,18 @@ impl FastHands {
     }
 
     /// Moves the thread to `on` (the trading cores) at the lowest real-time priority, or
-    /// home (`None`) above the loop. Said in the log; a refusal leaves it where it was.
+    /// home (`None`) above the loop. Only a real-time thread goes to the trading cores (a
+    /// normal one would queue behind the intruder it is to evict, and share the core with
+    /// the Banker): without SCHED_FIFO it stays home. Said in the log; a refusal to move
+    /// leaves it where it was.
     fn place(&mut self, on: Option<CpuList>) {
+        let on = on.filter(|_| set_fifo(self.tid, 1));
         let cpus = on.as_ref().unwrap_or(&self.home);
         let moved = Proc::open_thread(self.tid, None).and_then(|t| t.set_affinity(cpus));
         match moved {
             Ok(()) => {
-                match &on {
-                    Some(_) => set_fifo(self.tid, 1),
-                    None => above_the_loop(self.tid),
+                if on.is_none() {
+                    above_the_loop(self.tid);
                 }
                 tracing::info!(cpus = %cpus, on_trading_cores = on.is_some(), "the eviction thread waits on CPUs {cpus}");
                 self.placed = on;
@@ -170,14 +173,14 @@ fn above_the_loop(tid: u32) {
     }
 }
 
-/// SCHED_FIFO at `priority` for thread `tid` (0: the calling one); a refusal (no
-/// CAP_SYS_NICE) leaves it as it was.
-fn set_fifo(tid: u32, priority: i32) {
+/// SCHED_FIFO at `priority` for thread `tid` (0: the calling one); whether the kernel
+/// agreed (a refusal, without CAP_SYS_NICE, leaves it as it was).
+fn set_fifo(tid: u32, priority: i32) -> bool {
     let param = libc::sched_param {
         sched_priority: priority,
     };
     // SAFETY: sched_setscheduler on one of our own threads with a valid param.
-    unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_FIFO, &param) };
+    unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_FIFO, &param) == 0 }
 }
 
 /// Waits until the ring has events (or the poll interval passed); whether it has.

@@ -47,6 +47,10 @@ pub enum Which {
         /// churn, kworker, repin, forks); static isolation always runs, as the reference.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Inside Debian's 6.1 guest (TCG, full cgroup v2: the keeper's partition path)
+        /// instead of on this host: static, unprotected and keeper rows only.
+        #[arg(long)]
+        guest: bool,
     },
 }
 
@@ -55,10 +59,17 @@ pub fn run(root: &Path, which: Which) -> anyhow::Result<()> {
         Which::Probe { reps, secs } => probe::probe(root, reps, secs),
         Which::Balloon { reps } => balloon::run(root, reps),
         Which::Isolation {
+            guest: true,
+            secs,
+            rounds,
+            ..
+        } => isolation::guest::run(root, rounds, secs),
+        Which::Isolation {
             secs,
             rounds,
             preemptions,
             only,
+            ..
         } => isolation::run(root, secs, rounds, preemptions, &only),
     }
 }

@@ -27,12 +27,20 @@ poweroff -f
 const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "cat", "echo", "sleep", "poweroff", "ls", "grep", "sed", "tr", "head",
     "tail", "wc", "kill", "cut", "test", "printf", "uname", "insmod", "rm", "cp", "true", "false",
+    "taskset", "sort",
 ];
 
 /// Builds `out` (gzip'd newc cpio) from the given binaries and the files of tests/vm/.
 pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     let stage = keeper_stage(binaries, out)?;
-    for f in ["checks.sh", "guest.sh", "policy.yaml", "irq.yaml"] {
+    for f in [
+        "checks.sh",
+        "guest.sh",
+        "policy.yaml",
+        "irq.yaml",
+        "bench.sh",
+        "bench.yaml",
+    ] {
         std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
     }
     pack(&stage, &INIT.replace("SCRIPT", "guest.sh"), out)

@@ -69,11 +69,23 @@ const SMT_CHECKS: &[&str] = &["smt-advice", "smt-sibling-reserved", "smt-undone"
 struct Guest<'a> {
     smp: &'a str,
     script: Option<&'a str>,
+    /// `name=value` words for the kernel command line (/init's environment).
+    vars: &'a str,
+    /// How long the guest may take to say `VMTEST DONE`.
+    timeout: Duration,
+    /// QEMU's `-accel`. Single-threaded TCG for the checks: multi-threaded TCG on a busy
+    /// 2-CPU host stalled guests (RCU stalls, soft lockups) and was no faster here. The bench
+    /// takes multi-threaded TCG on an otherwise idle host: one host thread per vCPU, so that
+    /// what runs on the guest's CPU 0 does not take CPU 1's emulation time.
+    accel: &'a str,
 }
 
 const PLAIN: Guest = Guest {
     smp: "2",
     script: None,
+    vars: "",
+    timeout: TIMEOUT,
+    accel: "tcg,thread=single",
 };
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -119,6 +131,7 @@ pub fn run(root: &Path, only: Option<&str>) -> anyhow::Result<()> {
     let smt = Guest {
         smp: "4,sockets=1,cores=2,threads=2",
         script: Some("smt.sh"),
+        ..PLAIN
     };
     boot(&current, &current_initrd, &smt, &[], None)?.verdict(SMT_CHECKS, &current.release)?;
     eprintln!(
@@ -128,10 +141,34 @@ pub fn run(root: &Path, only: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench isolation --guest`: the 6.1 guest (full cgroup v2: the partition path)
+/// runs tests/vm/bench.sh with `rounds` rounds of `secs` seconds; its `BENCH` lines.
+pub fn bench(root: &Path, rounds: usize, secs: u64) -> anyhow::Result<Vec<String>> {
+    let work = root.join("target/vm-test");
+    std::fs::create_dir_all(&work)?;
+    let bins = ["keeper", "keeper-probe"].map(|b| root.join("target/release").join(b));
+    let kernel = kernel::ensure()?;
+    let initrd = work.join("bench-initramfs.gz");
+    initramfs::build(root, &bins, &initrd)?;
+    let vars = format!("bench_rounds={rounds} bench_secs={secs}");
+    let guest = Guest {
+        script: Some("bench.sh"),
+        vars: &vars,
+        // Booting, then per round three measures and a keeper's start under TCG.
+        timeout: Duration::from_secs(120 + rounds as u64 * (3 * secs + 90)),
+        accel: "tcg,thread=multi",
+        ..PLAIN
+    };
+    let b = boot(&kernel, &initrd, &guest, &[], None)?;
+    Ok(b.bench)
+}
+
 /// What a guest reported.
 struct Boot {
     passed: Vec<String>,
     failed: Vec<String>,
+    /// Its `BENCH` lines (without the word).
+    bench: Vec<String>,
     elapsed: f64,
 }
 
@@ -174,16 +211,17 @@ fn boot(
         guest.script.map_or(String::new(), |s| format!(", {s}"))
     );
     let append = match guest.script {
-        Some(s) => format!("console=ttyS0 quiet panic=-1 vmtest_script={s}"),
+        Some(s) => format!(
+            "console=ttyS0 quiet panic=-1 vmtest_script={s} {}",
+            guest.vars
+        ),
         None => "console=ttyS0 quiet panic=-1".to_string(),
     };
     let boot = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        // Single-threaded TCG: multi-threaded TCG on a busy 2-CPU host stalled guests (RCU
-        // stalls, soft lockups) and was no faster here.
         .args([
             "-accel",
-            "tcg,thread=single",
+            guest.accel,
             "-cpu",
             "max",
             "-m",
@@ -225,12 +263,13 @@ fn boot(
     let mut b = Boot {
         passed: vec![],
         failed: vec![],
+        bench: vec![],
         elapsed: 0.0,
     };
     let mut done = None;
     let mut reset: Option<(Instant, u64)> = None;
     while done.is_none() {
-        let left = TIMEOUT.saturating_sub(boot.elapsed());
+        let left = guest.timeout.saturating_sub(boot.elapsed());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
@@ -238,6 +277,9 @@ fn boot(
                 if let Some(rest) = line.strip_prefix("VMTEST PASS ") {
                     b.passed
                         .push(rest.split_whitespace().next().unwrap_or("").to_string());
+                } else if let Some((_, rest)) = line.split_once("BENCH ") {
+                    // The first line may follow the console's escape sequences.
+                    b.bench.push(rest.to_string());
                 } else if let Some(rest) = line.strip_prefix("VMTEST FAIL ") {
                     b.failed.push(rest.to_string());
                 } else if let Some(n) = line.strip_prefix("VMTEST RESET-EXPECTED ") {
@@ -257,7 +299,8 @@ fn boot(
     b.elapsed = boot.elapsed().as_secs_f64();
     if done.is_none() {
         bail!(
-            "vm-test: the guest did not finish within {TIMEOUT:?} ({:.1} s); see its console above",
+            "vm-test: the guest did not finish within {:?} ({:.1} s); see its console above",
+            guest.timeout,
             b.elapsed
         );
     }

@@ -15,6 +15,7 @@
 //! keeper's evictions with their latency (first instant on CPU 1 → moved, from its record).
 //! Then, with the keeper running: EVA preemption round trips and the daemon's footprint.
 
+pub mod guest;
 mod load;
 mod rig;
 
@@ -168,6 +169,9 @@ struct Row {
     share: f64,
     evictions: u64,
     eviction_us: Vec<f64>,
+    /// The keeper's own share of CPU 1 over its run (its eviction thread waits there), from
+    /// its record (`None` without a keeper).
+    keeper_share: Option<f64>,
     /// Interrupts on CPU 1 per second during the probe, by IRQ (`N: name`).
     irqs_per_s: BTreeMap<String, f64>,
 }
@@ -233,12 +237,13 @@ impl Bench<'_> {
             .collect();
         drop(load);
         drop(fresh);
-        let (evictions, eviction_us) = match daemon {
+        let (evictions, eviction_us, keeper_share) = match daemon {
             Some(d) => {
                 let record = d.stop()?;
-                (record["evictions"].as_u64().unwrap_or(0), samples(&record))
+                let evictions = record["evictions"].as_u64().unwrap_or(0);
+                (evictions, samples(&record), keeper_share(&record))
             }
-            None => (0, vec![]),
+            None => (0, vec![], None),
         };
         Ok(Row {
             label: c.label,
@@ -246,6 +251,7 @@ impl Bench<'_> {
             share,
             evictions,
             eviction_us,
+            keeper_share,
             irqs_per_s,
         })
     }
@@ -325,9 +331,9 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
         load::WORK_US
     );
     println!(
-        "| condition | ticks | p50 µs | p99 µs | p99.9 µs | max µs | p99 vs static | load's share of CPU 1 | evictions | eviction p50 / p99 µs | IRQs/s on CPU 1 |"
+        "| condition | ticks | p50 µs | p99 µs | p99.9 µs | max µs | p99 vs static | load's share of CPU 1 | evictions | eviction p50 / p99 µs | keeper's own share of CPU 1 | IRQs/s on CPU 1 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let of = |label: &str| rows.iter().filter(|r| r.label == label).collect::<Vec<_>>();
     let med = |rs: &[&Row], f: &dyn Fn(&Row) -> f64| {
         median(&rs.iter().map(|r| f(r)).collect::<Vec<_>>()).unwrap_or(0.0)
@@ -338,7 +344,7 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
         let ev: Vec<f64> = rs.iter().flat_map(|r| r.eviction_us.clone()).collect();
         let eq = |q| quantile(&ev, q).map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2} % | {} | {} / {} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2} % | {} | {} / {} | {} | {:.0} |",
             c.label,
             rs.iter().map(|r| r.ticks.len()).sum::<usize>(),
             med(&rs, &|r| r.q(0.5)),
@@ -350,6 +356,8 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
             rs.iter().map(|r| r.evictions).sum::<u64>(),
             eq(0.5),
             eq(0.99),
+            median(&rs.iter().filter_map(|r| r.keeper_share).collect::<Vec<_>>())
+                .map_or("-".into(), |s| format!("{:.3} %", 100.0 * s)),
             med(&rs, &|r| r.irqs_total()),
         );
     }
@@ -450,6 +458,23 @@ fn preemption_and_footprint(
     let hwm_kib = status_kib(pid, "VmHWM:");
     daemon.stop()?;
     Ok((preempt_ms, idle_cpu_pct, rss_kib, hwm_kib))
+}
+
+/// The keeper's own share of CPU 1 in a run record (`keeper_ns` over the CPU's time).
+fn keeper_share(record: &serde_json::Value) -> Option<f64> {
+    let cpu1 = (record["cpus"].as_array()?.iter()).find(|c| c["cpu"] == 1)?;
+    let ns = |k: &str| cpu1[k].as_f64().unwrap_or(0.0);
+    let all = [
+        "idle_ns",
+        "kernel_ns",
+        "protected_ns",
+        "intruder_ns",
+        "keeper_ns",
+    ]
+    .map(ns)
+    .iter()
+    .sum::<f64>();
+    (all > 0.0).then(|| ns("keeper_ns") / all)
 }
 
 /// The eviction latency samples (µs) of a run record.
