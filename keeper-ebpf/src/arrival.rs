@@ -119,6 +119,7 @@ fn on_arrival(next: *const u8, cpu: u32) -> Result<(), i64> {
         cgroup_id,
         now: unsafe { bpf_ktime_get_ns() },
         start,
+        wake: true,
     };
     send(unsafe { &mut *stats }, &header, event::ARRIVAL, 0, &comm);
     Ok(())

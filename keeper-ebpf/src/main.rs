@@ -184,6 +184,7 @@ pub fn keeper_wake_new(ctx: TracePointContext) -> u32 {
             cgroup_id,
             now,
             start: 0,
+            wake: true,
         };
         send(unsafe { &mut *stats }, &header, event::FORK, 0, &comm);
     }
@@ -317,6 +318,7 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
             cgroup_id: 0,
             now,
             start: 0,
+            wake: true,
         };
         send(stats, &header, event::ARRIVAL, 0, &comm);
     }
@@ -411,7 +413,7 @@ fn on_intruder(
 ) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let interval = unsafe { core::ptr::read_volatile(&INTRUDER_EVENT_INTERVAL_NS) };
-    match INTRUDER_TOTALS.get_ptr_mut(pid) {
+    let moved = match INTRUDER_TOTALS.get_ptr_mut(pid) {
         Some(total) => unsafe {
             (*total).ran_ns += add_ns;
             (*total).last_cpu = cpu;
@@ -425,6 +427,7 @@ fn on_intruder(
                 return;
             }
             (*total).last_event_ns = now;
+            moved
         },
         None => {
             let total = IntruderTotal {
@@ -436,8 +439,9 @@ fn on_intruder(
                 comm: *comm,
             };
             let _ = INTRUDER_TOTALS.insert(pid, total, 0);
+            false
         }
-    }
+    };
     let header = Header {
         cpu,
         pid,
@@ -445,6 +449,8 @@ fn on_intruder(
         cgroup_id,
         now,
         start: 0,
+        // The sampler's report (nothing added: the task runs now) or a move: on the core now.
+        wake: add_ns == 0 || moved,
     };
     send(stats, &header, event::SLICE, slice_ns, comm);
 }
@@ -458,7 +464,17 @@ struct Header {
     now: u64,
     /// The task's `start_boottime` where it was read (0: not).
     start: u64,
+    /// Whether the event wakes the eviction thread: what is on a trading core now (an
+    /// arrival, a fork placed there, a running intruder the sampler found, a task that changed
+    /// cgroup). The accounting of a slice that ended waits for the next wake-up (or the
+    /// thread's 100 ms poll): the thread waits on the trading core, where each wake-up is time
+    /// taken from the Banker.
+    wake: bool,
 }
+
+/// `bpf_ringbuf_submit` flags (include/uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Puts one event on the ring buffer (counted as sent or lost), within the rate limit.
 #[inline(always)]
@@ -488,7 +504,12 @@ fn send(stats: &mut CpuStats, h: &Header, kind: u32, ran_ns: u64, comm: &[u8; CO
                 kind,
                 comm: *comm,
             });
-            entry.submit(0);
+            // A forced wake-up: the default (adaptive) one is skipped while an earlier,
+            // unwoken event waits unread, and an arrival must not wait behind it.
+            entry.submit(match h.wake {
+                true => BPF_RB_FORCE_WAKEUP,
+                false => BPF_RB_NO_WAKEUP,
+            });
             stats.events_sent += 1;
         }
         None => stats.events_lost += 1,
