@@ -14,18 +14,9 @@ fn forks_of_an_unprotected_parent_are_evicted_before_running_a_millisecond() {
     let rig = Rig::new("forks");
     let report = rig.dir.join("report.json");
     let keeper = rig.keeper(&["--for", "4s", "--report", report.to_str().unwrap()]);
-    let muse = TestCgroup {
-        rel: rig.rel("muse"),
-        dir: rig.cg("muse"),
-    };
-    // The parent stays on CPU 0; every 50 ms it starts a 30 ms spinner allowed on CPU 1 only,
-    // born in the parent's cgroup (a service's workers).
-    let spawner = spawn_pinned(PROBE, &["newcomers", "2", "50", "1"], 0, Some(&muse));
-    std::mem::forget(muse); // the rig's scope removes it
-    wait_cpu_time(spawner);
+    newcomers_in_muse(&rig, "2");
     keeper.finish();
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let record = record(&report);
     let samples: Vec<f64> = record["eviction_latency"]["samples_us"]
         .as_array()
         .unwrap()
@@ -98,6 +89,23 @@ fn forks_of_an_unprotected_parent_are_evicted_before_running_a_millisecond() {
     );
 }
 
+/// Newcomers for `secs` seconds: a parent kept on CPU 0 starts, every 50 ms, a 30 ms spinner
+/// allowed on CPU 1 only, born in the parent's cgroup, the rig's `muse` (a service's workers).
+fn newcomers_in_muse(rig: &Rig, secs: &str) {
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    let spawner = spawn_pinned(PROBE, &["newcomers", secs, "50", "1"], 0, Some(&muse));
+    std::mem::forget(muse); // the rig's scope removes it
+    wait_cpu_time(spawner);
+}
+
+/// The run record a keeper wrote at its exit.
+fn record(report: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap()
+}
+
 /// The reasons of `record`'s evictions whose task's name starts with `who` (`comm[` for a
 /// name, `comm[pid]` for one task).
 fn evictions_of<'a>(record: &'a serde_json::Value, who: &str) -> Vec<&'a str> {
@@ -140,8 +148,7 @@ fn a_task_that_joins_the_scope_after_its_first_run_is_evicted_on_arrival() {
         })
         .collect();
     keeper.finish();
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let record = record(&report);
     for (how, pid) in launchers {
         let evictions = evictions_of(&record, &format!("sh[{pid}]"))
             .into_iter()
@@ -156,8 +163,7 @@ fn a_task_that_joins_the_scope_after_its_first_run_is_evicted_on_arrival() {
 }
 
 /// The eviction thread waits on the trading core while a workload owns it, and is no
-/// intruder there: its time is the keeper's, it is never reported or evicted, and it goes
-/// back to the housekeeping cores with everything else at exit.
+/// intruder there: its time is the keeper's, and it is never reported or evicted.
 #[test]
 fn the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder() {
     if !privileged("the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder") {
@@ -177,16 +183,9 @@ fn the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder() {
     let tid: u32 = evict_thread.file_name().to_str().unwrap().parse().unwrap();
     let keeper_pid = keeper.pid();
     assert_eq!(affinity(tid), "1", "the eviction thread waits elsewhere");
-    let muse = TestCgroup {
-        rel: rig.rel("muse"),
-        dir: rig.cg("muse"),
-    };
-    let spawner = spawn_pinned(PROBE, &["newcomers", "1", "50", "1"], 0, Some(&muse));
-    std::mem::forget(muse); // the rig's scope removes it
-    wait_cpu_time(spawner);
+    newcomers_in_muse(&rig, "1");
     keeper.finish();
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let record = record(&report);
     let own = |v: &serde_json::Value| {
         v["tgid"].as_u64() == Some(u64::from(keeper_pid))
             || v["pid"].as_u64() == Some(u64::from(tid))

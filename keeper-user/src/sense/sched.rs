@@ -154,6 +154,15 @@ where
         .map_err(|source| SenseError::Program { name, source })
 }
 
+/// Loads program `name` of `ebpf` and attaches it to raw tracepoint `event`.
+fn attach_raw(ebpf: &mut Ebpf, name: &'static str, event: &str) -> Result<(), SenseError> {
+    let err = |source| SenseError::Program { name, source };
+    let prog: &mut RawTracePoint = program_mut(ebpf, name)?;
+    prog.load().map_err(err)?;
+    prog.attach(event).map_err(err)?;
+    Ok(())
+}
+
 /// The loaded and attached scheduler sensor.
 pub struct SchedSensor {
     ebpf: Ebpf,
@@ -180,9 +189,7 @@ impl SchedSensor {
         ebpf::raise_memlock_rlimit();
         let task = TaskOffsets::kernel();
         match Self::load(&offsets, config, task) {
-            Err(SenseError::Program { name, source })
-                if name == programs::ARRIVE || name == programs::JOINED =>
-            {
+            Err(SenseError::Program { name, source }) if name == programs::ARRIVE => {
                 tracing::warn!(error = %source, "keeper_arrive could not be attached: arrivals come from the classic tracepoint (a newcomer's cgroup is read from /proc)");
                 let task = TaskOffsets {
                     flags: task.flags,
@@ -256,14 +263,11 @@ impl SchedSensor {
             prog.attach("sched", event).map_err(err)?;
         }
         if task.arrivals() {
-            for (name, event) in [
-                (programs::ARRIVE, "sched_switch"),
-                (programs::JOINED, "cgroup_attach_task"),
-            ] {
-                let err = |source| SenseError::Program { name, source };
-                let prog: &mut RawTracePoint = program_mut(&mut sensor.ebpf, name)?;
-                prog.load().map_err(err)?;
-                prog.attach(event).map_err(err)?;
+            attach_raw(&mut sensor.ebpf, programs::ARRIVE, "sched_switch")?;
+            // Without it a task that joins the scope while it runs on a trading core is news
+            // at its next switch-in or the sampler's look, not at once: said, not fatal.
+            if let Err(e) = attach_raw(&mut sensor.ebpf, programs::JOINED, "cgroup_attach_task") {
+                tracing::warn!(error = %e, "keeper_joined could not be attached: a task that moves itself into the scope while on a trading core is reported at its next switch-in or by the sampler");
             }
         }
         sensor.noise = noise::attach(&mut sensor.ebpf, offsets.noise.as_ref());
