@@ -15,7 +15,7 @@ use aya_ebpf::{
 use keeper_common::{COMM_LEN, PF_KTHREAD, event};
 
 use crate::{
-    CPU_STATS, Header, KEEPER_TGID, PROTECTED_CGROUPS, SEEN_PIDS, TASK_FLAGS_OFF, global_u32,
+    CPU_STATS, Header, PROTECTED_CGROUPS, SEEN_PIDS, TASK_FLAGS_OFF, global_u32, is_keeper,
     is_trading_cpu, send,
 };
 
@@ -85,9 +85,8 @@ fn on_arrival(next: *const u8, cpu: u32) -> Result<(), i64> {
     if seen == Some(NEVER_NEWS) {
         return Ok(());
     }
-    let keeper = unsafe { core::ptr::read_volatile(&KEEPER_TGID) };
     if read_u32(next, &TASK_FLAGS_OFF)? & PF_KTHREAD != 0
-        || (keeper != 0 && read_u32(next, &TASK_TGID_OFF)? == keeper)
+        || is_keeper(read_u32(next, &TASK_TGID_OFF)?)
     {
         let _ = SEEN_PIDS.insert(pid, NEVER_NEWS, 0);
         return Ok(());

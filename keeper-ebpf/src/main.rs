@@ -219,12 +219,18 @@ fn current_is_kthread() -> bool {
     matches!(flags, Ok(f) if f & PF_KTHREAD != 0)
 }
 
-/// Whether the running task is one of the keeper's own threads (its eviction thread, woken on
-/// a trading core by an arrival): never an intruder.
+/// Whether `tgid` is the keeper's process (its eviction thread, woken on a trading core by an
+/// arrival, runs there): never an intruder.
+#[inline(always)]
+fn is_keeper(tgid: u32) -> bool {
+    let keeper = unsafe { core::ptr::read_volatile(&KEEPER_TGID) };
+    keeper != 0 && tgid == keeper
+}
+
+/// Whether the running task is one of the keeper's own threads.
 #[inline(always)]
 fn current_is_keeper() -> bool {
-    let keeper = unsafe { core::ptr::read_volatile(&KEEPER_TGID) };
-    keeper != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == keeper
+    is_keeper((bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
 #[inline(always)]

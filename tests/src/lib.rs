@@ -274,6 +274,18 @@ pub fn loaded_programs() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The thread of `pid` named `name`.
+pub fn tid_named(pid: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
+        })
+}
+
 /// A process's state letter in /proc/<pid>/stat (`T` when stopped; `?` when gone).
 pub fn proc_state(pid: u32) -> char {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

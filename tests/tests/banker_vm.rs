@@ -23,18 +23,6 @@ fn scheduler(pid: u32, tid: u32) -> (u32, u32) {
     (at(41), at(40))
 }
 
-/// The thread of `pid` named `name`.
-fn tid_named(pid: u32, name: &str) -> Option<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|tid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                .is_ok_and(|c| c.trim() == name)
-        })
-}
-
 /// Each thread of `pid`: its name and its CPU affinity.
 fn threads(pid: u32) -> Vec<(String, String)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

@@ -173,15 +173,8 @@ fn the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder() {
     let report = rig.dir.join("report.json");
     let mut keeper = rig.keeper(&["--for", "3s", "--report", report.to_str().unwrap()]);
     keeper.wait_for("first pass done", std::time::Duration::from_secs(10));
-    let evict_thread = std::fs::read_dir(format!("/proc/{}/task", keeper.pid()))
-        .unwrap()
-        .flatten()
-        .find(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "keeper-evict")
-        })
-        .expect("no keeper-evict thread");
-    let tid: u32 = evict_thread.file_name().to_str().unwrap().parse().unwrap();
     let keeper_pid = keeper.pid();
+    let tid = tid_named(keeper_pid, "keeper-evict").expect("no keeper-evict thread");
     assert_eq!(affinity(tid), "1", "the eviction thread waits elsewhere");
     newcomers_in_muse(&rig, "1");
     keeper.finish();

@@ -175,7 +175,10 @@ impl Running {
     /// Hands the eviction thread the engine's filter for its present state (only when it
     /// changed). A dry run evicts nothing, on arrival or later.
     fn refresh_fast(&mut self) {
-        if self.fast.is_none() || self.enforcer.act.dry_run() {
+        let Some(fast) = self.fast.as_mut() else {
+            return;
+        };
+        if self.enforcer.act.dry_run() {
             return;
         }
         let protected: HashSet<u64> = protected_ids(&self.enforcer, &self.cg)
@@ -189,9 +192,7 @@ impl Running {
             &protected,
             k.act.scope(),
         );
-        if filter != self.fast_filter
-            && let Some(fast) = &mut self.fast
-        {
+        if filter != self.fast_filter {
             fast.set(filter.clone());
             self.fast_filter = filter;
         }
