@@ -82,6 +82,11 @@ $P sleep 600000 1000 & EVA=$!
 echo $EVA > $S/eva/cgroup.procs
 $P sleep 600000 1000 & BANKER=$!
 echo $BANKER > $S/banker/cgroup.procs
+# A service of no workload that pinned itself to CPU 0 (in the root cgroup, like this script):
+# 6.1 forgets a task's own affinity when its cpuset changes, so the partition's end at the
+# keeper's exit would leave it on CPUs 0-1; the keeper puts its own mask back.
+$P sleep 600000 1000 & PINNED=$!
+taskset -p -c 0 $PINNED > /dev/null
 
 start_keeper() {
     # Emptied here, not by the background job's redirection: the wait below must not find the
@@ -198,8 +203,14 @@ for f in muse/cpu.max muse/memory.high muse/memory.max muse/cpu.weight banker/cp
 done
 thawed muse || { ok=0; fail restore-after-kill9 "muse still frozen"; }
 [ $ok = 1 ] && pass "restore-after-kill9 (thawed; cpu.max, memory.high, cpuset, partition back)"
+mask=$(taskset -c -p $PINNED | sed 's/.*: *//')
+if [ "$mask" = 0 ]; then
+    pass "own-mask-kept (a task pinned to CPU 0 before the partition is on CPU 0 after its end)"
+else
+    fail own-mask-kept "the task pinned to CPU 0 is on CPUs $mask after the keeper's exit"
+fi
 
-kill -9 $MUSE $EVA $BANKER 2>/dev/null
+kill -9 $MUSE $EVA $BANKER $PINNED 2>/dev/null
 
 # 6. A PSI trigger on a cgroup's memory.pressure fires under real memory pressure: 96 MiB of
 #    anonymous memory kept hot under memory.high = 32M (no swap: the kernel throttles it).

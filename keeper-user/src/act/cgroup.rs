@@ -178,6 +178,8 @@ impl Actuators {
         if self.dry_run {
             return Ok(Effect::WouldDo(format!("partition /{rel} on CPUs {cpus}")));
         }
+        // Before anything of the cpuset changes: older entries are undone later, after it.
+        self.keep_own_masks(&rel)?;
         self.enable_cpuset_above(&rel)?;
         self.write_file(&rel, "cpuset.cpus", &cpus.to_string())?;
         if let Some(state) = self.try_partition(&rel)? {

@@ -46,6 +46,7 @@ pub fn compacted(entries: &[Entry], alive: impl Fn(u32, u64) -> bool) -> Vec<Ent
             Entry::Stop { pid, start }
             | Entry::ServiceCommand { pid, start }
             | Entry::Affinity { pid, start, .. }
+            | Entry::OwnMask { pid, start, .. }
             | Entry::Scheduler { pid, start, .. }
                 if !alive(*pid, *start) =>
             {
@@ -68,6 +69,7 @@ pub(super) fn key(e: &Entry) -> String {
         Entry::Freeze { cgroup } => format!("freeze {}", cgroup.display()),
         Entry::Stop { pid, start } => format!("stop {pid} {start}"),
         Entry::Affinity { pid, start, .. } => format!("affinity {pid} {start}"),
+        Entry::OwnMask { pid, start, .. } => format!("own mask {pid} {start}"),
         Entry::Scheduler { pid, start, .. } => format!("scheduler {pid} {start}"),
         Entry::Balloon { socket, .. } => format!("balloon {}", socket.display()),
         Entry::GpuPowerLimit { uuid, .. } => format!("power {uuid}"),

@@ -40,6 +40,13 @@ pub enum Entry {
         start: u64,
         original: String,
     },
+    /// A task's own CPU affinity, journaled before the first cpuset partition on a kernel that
+    /// forgets it when the partition ends (before 6.2): put back if found widened.
+    OwnMask {
+        pid: u32,
+        start: u64,
+        original: String,
+    },
     /// A thread whose scheduling policy the keeper changed (a vCPU made SCHED_FIFO), and the
     /// policy and real-time priority it had.
     Scheduler {

@@ -26,6 +26,7 @@ pub mod execute;
 pub mod gpu;
 pub mod irq;
 pub mod journal;
+mod own_masks;
 pub mod passthrough;
 mod planned_restart;
 pub mod process;
@@ -160,6 +161,8 @@ pub struct Actuators {
     pub first_move_ns: Option<u64>,
     /// Commands started by a preemption (`start_on`), by workload: this keeper's children.
     pub(crate) services: std::collections::HashMap<String, std::process::Child>,
+    /// The tasks' own CPU masks were journaled before this run's first partition.
+    pub(crate) own_masks_kept: bool,
 }
 
 impl Actuators {
@@ -185,6 +188,7 @@ impl Actuators {
             syncer: None,
             first_move_ns: None,
             services: Default::default(),
+            own_masks_kept: false,
         }
     }
 

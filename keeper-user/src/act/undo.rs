@@ -260,6 +260,11 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             Err(ActError::Vanished { .. }) => Ok(None),
             Err(e) => Err(e),
         },
+        Entry::OwnMask {
+            pid,
+            start,
+            original,
+        } => own_masks::restore(*pid, *start, original),
         Entry::Scheduler {
             pid,
             start,

@@ -1,0 +1,135 @@
+//! Tasks' own CPU masks across a cpuset partition. Kernels before 6.2 forget the affinity a
+//! task set itself whenever its cpuset's CPUs change: making the trading cores a partition
+//! narrows every other task to the housekeeping cores, and ending it (at the keeper's exit)
+//! gives each the whole of its cpuset again, so a service pinned to CPU 0 before the keeper
+//! came would run on every CPU after it left. From 6.2 the kernel keeps a task's own mask
+//! itself. On the older kernels, before its first partition, the keeper journals the own
+//! masks narrower than the CPUs online of the tasks outside it; undone after the partition
+//! (older entries are undone later), a task found wider than its own mask gets it back.
+
+use super::{
+    ActError, Actuators,
+    journal::Entry,
+    process::{self, Proc},
+    task_cgroup, under,
+};
+use crate::{cpulist::CpuList, device::procfs};
+
+/// Whether a kernel of this release (`6.1.0-57-cloud-amd64`) forgets a task's own affinity
+/// when its cpuset changes: before 6.2 (the kernel keeps the mask asked by
+/// `sched_setaffinity` apart from 6.2 on). A release that does not parse is taken as recent.
+pub fn kernel_forgets_own_masks(release: &str) -> bool {
+    let mut parts = release.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) < (6, 2),
+        _ => false,
+    }
+}
+
+/// Whether `current` is `own` widened (a strict superset): what the kernel made of it.
+pub fn widened(current: &CpuList, own: &CpuList) -> bool {
+    current != own && own.difference(current).is_empty()
+}
+
+impl Actuators {
+    /// Journals, once per run and only on a kernel that forgets them, the own masks of the
+    /// tasks outside cgroup `rel` that are narrower than the CPUs online (kernel threads and
+    /// this keeper left out). Returns how many.
+    pub(super) fn keep_own_masks(&mut self, rel: &str) -> Result<usize, ActError> {
+        if self.dry_run || self.own_masks_kept {
+            return Ok(0);
+        }
+        self.own_masks_kept = true;
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if !kernel_forgets_own_masks(release.trim()) {
+            return Ok(0);
+        }
+        let Ok(online) = CpuList::online() else {
+            return Ok(0);
+        };
+        let me = std::process::id();
+        let mut kept = 0;
+        for pid in process::all_pids() {
+            let Some(cg) = task_cgroup(pid) else { continue };
+            if pid == me
+                || under(&cg, rel)
+                || procfs::task_stat(pid).is_none_or(|s| s.is_kernel_thread())
+            {
+                continue;
+            }
+            for tid in process::threads(pid) {
+                let Ok(task) = Proc::open_thread(tid, None) else {
+                    continue; // gone meanwhile
+                };
+                let Ok(own) = task.affinity() else { continue };
+                if own == online {
+                    continue;
+                }
+                self.journal().record(&Entry::OwnMask {
+                    pid: tid,
+                    start: task.start,
+                    original: own.to_string(),
+                })?;
+                kept += 1;
+            }
+        }
+        tracing::info!(
+            tasks = kept,
+            kernel = release.trim(),
+            "own CPU masks journaled before the partition: this kernel forgets them when the partition ends"
+        );
+        Ok(kept)
+    }
+}
+
+/// The undo of [`Entry::OwnMask`]: the task's own mask again where the kernel widened it; a
+/// task gone, or whose mask is not wider (a recent kernel kept it, or the task set another
+/// one itself), is left as it is.
+pub(super) fn restore(pid: u32, start: u64, original: &str) -> Result<Option<String>, ActError> {
+    let own: CpuList = original.parse().unwrap_or_default();
+    let task = match Proc::open_thread(pid, Some(start)) {
+        Ok(t) => t,
+        Err(ActError::Vanished { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let current = match task.affinity() {
+        Ok(c) => c,
+        Err(ActError::Vanished { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if own.is_empty() || !widened(&current, &own) {
+        return Ok(None);
+    }
+    match task.set_affinity(&own) {
+        Ok(()) => Ok(Some(format!(
+            "pid {pid} on its own CPUs {own} again (the partition's end had widened them to {current})"
+        ))),
+        Err(ActError::Vanished { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_before_6_2_forget_a_tasks_own_mask() {
+        assert!(kernel_forgets_own_masks("6.1.0-57-cloud-amd64"));
+        assert!(kernel_forgets_own_masks("5.15.158-2-pve"));
+        assert!(!kernel_forgets_own_masks("6.2.16-3-pve"));
+        assert!(!kernel_forgets_own_masks("6.12.48+deb13-cloud-amd64"));
+        assert!(!kernel_forgets_own_masks("6.18.0"));
+        assert!(!kernel_forgets_own_masks("weird"));
+    }
+
+    #[test]
+    fn only_a_mask_the_kernel_widened_is_put_back() {
+        let l = |s: &str| -> CpuList { s.parse().unwrap() };
+        assert!(widened(&l("0-1"), &l("0")));
+        assert!(widened(&l("0-3"), &l("1,3")));
+        assert!(!widened(&l("0"), &l("0")), "kept by the kernel");
+        assert!(!widened(&l("1"), &l("0")), "the task chose another");
+        assert!(!widened(&l("0"), &l("0-1")), "narrower, not wider");
+    }
+}
