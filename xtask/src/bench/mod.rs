@@ -47,8 +47,8 @@ pub enum Which {
         /// churn, kworker, repin, forks); static isolation always runs, as the reference.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
-        /// Inside Debian's 6.1 guest (TCG, full cgroup v2: the keeper's partition path)
-        /// instead of on this host: static, unprotected and keeper rows only.
+        /// Inside Debian's 6.1 guest (TCG, full cgroup v2) instead of on this host: static,
+        /// unprotected, and the keeper with a partition and without one (evictions).
         #[arg(long)]
         guest: bool,
     },

@@ -40,6 +40,7 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
         "irq.yaml",
         "bench.sh",
         "bench.yaml",
+        "bench-fallback.yaml",
     ] {
         std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
     }

@@ -40,6 +40,7 @@ const CHECKS: &[&str] = &[
     "protected-untouched",
     "still-applied-after-kill9",
     "restore-after-kill9",
+    "own-mask-kept",
     "psi-trigger",
     "protected-pressure",
 ];
@@ -150,12 +151,13 @@ pub fn bench(root: &Path, rounds: usize, secs: u64) -> anyhow::Result<Vec<String
     let kernel = kernel::ensure()?;
     let initrd = work.join("bench-initramfs.gz");
     initramfs::build(root, &bins, &initrd)?;
-    let vars = format!("bench_rounds={rounds} bench_secs={secs}");
+    let log = std::env::var_os("KEEPER_BENCH_LOG").map_or("", |_| " bench_log=1");
+    let vars = format!("bench_rounds={rounds} bench_secs={secs}{log}");
     let guest = Guest {
         script: Some("bench.sh"),
         vars: &vars,
-        // Booting, then per round three measures and a keeper's start under TCG.
-        timeout: Duration::from_secs(120 + rounds as u64 * (3 * secs + 90)),
+        // Booting, then per round four measures and two keepers' starts under TCG.
+        timeout: Duration::from_secs(120 + rounds as u64 * (4 * secs + 180)),
         accel: "tcg,thread=multi",
         ..PLAIN
     };

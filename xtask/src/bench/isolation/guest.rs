@@ -1,24 +1,29 @@
 //! `cargo xtask bench isolation --guest`: the same trading loop inside Debian's 6.1 guest
-//! (TCG, full cgroup v2), where the keeper holds the trading core with a cpuset partition
-//! instead of evictions: static isolation, unprotected and the keeper enforcing, interleaved
-//! in rounds by tests/vm/bench.sh. TCG runs guest code tens of times slower than the host, so
-//! the loop is scaled (a 10 ms period, 6 ms of work: more than the share CFS, with its sleeper credit, leaves it among the hogs) and only the ratios between the rows
-//! mean something.
+//! (TCG, full cgroup v2): static isolation, unprotected, the keeper enforcing with a cpuset
+//! partition, and the keeper enforcing without one (the Banker under a parent that is no
+//! partition: affinity and evictions, the host's path), interleaved in rounds by
+//! tests/vm/bench.sh. The hogs are a neighbour with the highest CPU weight. TCG runs guest
+//! code tens of times slower than the host, so the loop is scaled (a 10 ms period, 6 ms of
+//! work) and only the ratios between the rows mean something.
 
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::bail;
 
-use super::super::median;
+use super::super::{median, quantile};
 use crate::{cargo, vm};
 
 /// The conditions bench.sh measures, in its order, with their labels.
-const ROWS: [(&str, &str); 3] = [
+const ROWS: [(&str, &str); 4] = [
     ("static", "static isolation (hogs taskset to CPU 0)"),
     ("unprotected", "unprotected (hogs on CPUs 0-1)"),
     (
         "keeper",
         "keeper enforcing (hogs on CPUs 0-1, partition path)",
+    ),
+    (
+        "fallback",
+        "keeper enforcing (hogs on CPUs 0-1, no partition: evictions)",
     ),
 ];
 
@@ -43,6 +48,12 @@ impl Measure {
     fn num(&self, key: &str) -> Option<f64> {
         self.fields.get(key)?.parse().ok()
     }
+
+    /// A record's eviction latency samples (`samples_us=12.5,30,…`; `none`: no eviction).
+    fn samples(&self) -> Vec<f64> {
+        let list = self.fields.get("samples_us").map_or("", String::as_str);
+        list.split(',').filter_map(|v| v.parse().ok()).collect()
+    }
 }
 
 pub fn run(root: &Path, rounds: usize, secs: u64) -> anyhow::Result<()> {
@@ -57,13 +68,15 @@ pub fn run(root: &Path, rounds: usize, secs: u64) -> anyhow::Result<()> {
     let statics = p99s("static");
     println!(
         "\nTrading loop on CPU 1 of Debian's 6.1 guest (TCG, 2 vCPUs; every 10 ms, 6 ms of CPU work; \
-         response = due → done) against 8 hogs, {rounds} rounds of {secs} s interleaved; medians \
-         over the rounds; share: a hog runnable on CPU 1, sampled from /proc every 100 ms\n"
+         response = due → done) against 8 hogs of a neighbour with the highest CPU weight, \
+         {rounds} rounds of {secs} s interleaved; medians over the rounds; share: a hog runnable \
+         on CPU 1, sampled from /proc every 100 ms; evictions and their latency (first instant \
+         on CPU 1 → moved) from the keeper's record, every round's samples together\n"
     );
     println!(
-        "| condition | p50 µs | p99 µs | p99 vs static | p99 vs static, per round | hogs' share of CPU 1 | banker's partition |"
+        "| condition | p50 µs | p99 µs | p99 vs static | p99 vs static, per round | hogs' share of CPU 1 | banker's partition | evictions | eviction p50 / p99 µs |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (key, label) in ROWS {
         let ms = of(key);
         let p50: Vec<f64> = ms.iter().filter_map(|m| m.num("p50")).collect();
@@ -74,8 +87,16 @@ pub fn run(root: &Path, rounds: usize, secs: u64) -> anyhow::Result<()> {
         let share: Vec<f64> = ms.iter().filter_map(|m| m.num("share")).collect();
         let partition = ms.last().and_then(|m| m.fields.get("partition").cloned());
         let (p99m, sm) = (median(&p99), median(&statics));
+        let records = of(&format!("{key}-record"));
+        let evictions: Option<u64> = (!records.is_empty()).then(|| {
+            records
+                .iter()
+                .filter_map(|m| m.num("evictions"))
+                .sum::<f64>() as u64
+        });
+        let samples: Vec<f64> = records.iter().flat_map(|m| m.samples()).collect();
         println!(
-            "| {label} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt(median(&p50)),
             fmt(p99m),
             match (p99m, sm) {
@@ -85,11 +106,21 @@ pub fn run(root: &Path, rounds: usize, secs: u64) -> anyhow::Result<()> {
             ratios.join(", "),
             median(&share).map_or("-".into(), |s| format!("{:.1} %", s / 10.0)),
             partition.unwrap_or_else(|| "-".into()),
+            evictions.map_or("-".into(), |e| e.to_string()),
+            if samples.is_empty() {
+                "-".into()
+            } else {
+                format!(
+                    "{} / {}",
+                    fmt(quantile(&samples, 0.5)),
+                    fmt(quantile(&samples, 0.99))
+                )
+            },
         );
     }
-    for m in of("keeper-record") {
+    for m in measures.iter().filter(|m| m.condition.ends_with("-record")) {
         let fields: Vec<String> = m.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("keeper run: {}", fields.join(" "));
+        println!("{}: {}", m.condition, fields.join(" "));
     }
     Ok(())
 }
