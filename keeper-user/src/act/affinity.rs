@@ -41,6 +41,8 @@ impl Actuators {
         cgroup: &str,
         to: &CpuList,
     ) -> Result<Effect, ActError> {
+        // This thread moved already at its arrival (evict_arrival): the rest is to move.
+        let first_moved = self.moved_on_arrival.take() == who.start.map(|s| (pid, s));
         let gone = || {
             Ok(Effect::Unchanged(format!(
                 "pid {pid} exited before its eviction"
@@ -84,9 +86,12 @@ impl Actuators {
             return Ok(Effect::Unchanged(why));
         }
         let target = |original: &CpuList| (original != to).then(|| to.clone());
-        let mut moved = u32::from(self.move_task(&task, target)?);
-        if moved == 1 {
-            self.first_move_ns = Some(crate::device::clock::monotonic_ns());
+        let mut moved = 1;
+        if !first_moved {
+            moved = u32::from(self.move_task(&task, target)?);
+            if moved == 1 {
+                self.first_move_ns = Some(crate::device::clock::monotonic_ns());
+            }
         }
         for tid in process::threads(pid).into_iter().filter(|&t| t != pid) {
             moved += u32::from(self.move_thread(tid, target)?);
@@ -99,6 +104,31 @@ impl Actuators {
         } else {
             Effect::Done(format!("evicted {what} ({moved} threads)"))
         })
+    }
+
+    /// The first move of an arrival, made by the eviction thread before anything else: the
+    /// arriving thread `pid`, read from the task by the programs (`start`) at `seen_ns`,
+    /// journaled and moved to `to` by number (no /proc, no pidfd, no string built). Its
+    /// filter ([`crate::decide::fast::FastEvictions::evicts`]) knows it for an intruder in
+    /// the scope; its other threads and its account follow in [`Actuators::evict`], which
+    /// knows this one moved. Whether it moved (an event too old to vouch for the number, a
+    /// task gone, a dry run: no, and `evict` does it all).
+    pub fn evict_arrival(
+        &mut self,
+        pid: u32,
+        start: u64,
+        seen_ns: u64,
+        to: &CpuList,
+    ) -> Result<bool, ActError> {
+        let Some(task) = Proc::vouched(pid, start, seen_ns).filter(|_| !self.dry_run) else {
+            return Ok(false);
+        };
+        let moved = self.move_task(&task, |original| (original != to).then(|| to.clone()))?;
+        if moved {
+            self.first_move_ns = Some(crate::device::clock::monotonic_ns());
+            self.moved_on_arrival = Some((pid, start));
+        }
+        Ok(moved)
     }
 
     /// Keeps every task of the scope (the host without one) off `trading`: its affinity

@@ -159,6 +159,9 @@ pub struct Actuators {
     /// When the last eviction moved its task off the trading cores (CLOCK_MONOTONIC ns):
     /// where an eviction's latency ends, taken by whoever times it.
     pub first_move_ns: Option<u64>,
+    /// The arriving thread [`Actuators::evict_arrival`] moved (pid, start time): the
+    /// eviction that follows for it moves the rest.
+    pub(crate) moved_on_arrival: Option<(u32, u64)>,
     /// Commands started by a preemption (`start_on`), by workload: this keeper's children.
     pub(crate) services: std::collections::HashMap<String, std::process::Child>,
     /// The tasks' own CPU masks were journaled before this run's first partition.
@@ -187,6 +190,7 @@ impl Actuators {
             retrying: None,
             syncer: None,
             first_move_ns: None,
+            moved_on_arrival: None,
             services: Default::default(),
             own_masks_kept: false,
         }

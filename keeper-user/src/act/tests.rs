@@ -143,6 +143,17 @@ fn an_eviction_acts_only_on_the_task_its_event_was_about() {
     assert!(act.first_move_ns.take().is_some_and(|t| t >= now));
     act.restore_all().unwrap();
     assert_eq!(allowed(), before);
+    // The eviction thread's way: the arriving thread moved first, by number, journaled; the
+    // eviction that follows knows it moved and says so (it moves the other threads).
+    let now = crate::device::clock::monotonic_ns();
+    let first = act.evict_arrival(pid, start, now, &to).unwrap();
+    assert!(first || before == Some("0".into()));
+    assert_eq!(allowed(), Some("0".into()));
+    let e = act.evict(pid, who(now, Some(start)), "", &to).unwrap();
+    assert!(!first || e.to_string().contains("(1 threads)"), "{e}");
+    assert!(act.moved_on_arrival.is_none());
+    act.restore_all().unwrap();
+    assert_eq!(allowed(), before);
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -206,13 +206,20 @@ fn evict(
     let mut seen = HashSet::new();
     let placements = BTreeMap::new();
     for ev in events {
+        let Some(start) = arrival_start(ev) else {
+            continue;
+        };
+        if !filter.evicts(ev.cpu, ev.cgroup_id) || !seen.insert(ev.pid) {
+            continue;
+        }
+        // The move first; the action, its report and the task's other threads after.
+        let started = Instant::now();
+        if let Err(e) = act.evict_arrival(ev.pid, start, ev.timestamp_ns, &filter.to) {
+            tracing::debug!(pid = ev.pid, error = %e, "first move on arrival failed: the eviction tries again");
+        }
         let Some(action) = arrival(ev).and_then(|a| filter.eviction(&a)) else {
             continue;
         };
-        if !seen.insert(ev.pid) {
-            continue;
-        }
-        let started = Instant::now();
         let report = execute(act, &placements, totals, &action);
         let steps = steps(act, report);
         let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -223,17 +230,21 @@ fn evict(
     done
 }
 
+/// The start time (clock ticks since boot) of an arrival read from the task by the programs,
+/// else `None`.
+fn arrival_start(ev: &IntruderEvent) -> Option<u64> {
+    let read = ev.kind == event::ARRIVAL && ev.cgroup_id != 0 && ev.start_boottime_ns != 0;
+    read.then(|| procfs::boottime_to_ticks(ev.start_boottime_ns))
+}
+
 /// An arrival read from the task by the programs (its start time known), else `None`.
 fn arrival(ev: &IntruderEvent) -> Option<Arrival> {
-    if ev.kind != event::ARRIVAL || ev.cgroup_id == 0 || ev.start_boottime_ns == 0 {
-        return None;
-    }
     Some(Arrival {
         pid: ev.pid,
         comm: comm_str(&ev.comm),
         cpu: ev.cpu,
         cgroup_id: ev.cgroup_id,
         seen_ns: ev.timestamp_ns,
-        start: Some(procfs::boottime_to_ticks(ev.start_boottime_ns)),
+        start: Some(arrival_start(ev)?),
     })
 }

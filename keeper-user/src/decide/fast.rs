@@ -73,14 +73,21 @@ pub fn compile(
 }
 
 impl FastEvictions {
+    /// Whether a task of cgroup `cgroup_id` on `cpu` is an intruder to evict at once: the
+    /// question alone, asked before anything is built (the eviction thread moves the task
+    /// first, then asks [`Self::eviction`] for the action it reports).
+    pub fn evicts(&self, cpu: u32, cgroup_id: u64) -> bool {
+        self.trading.contains(cpu) && self.cgroups.contains_key(&cgroup_id)
+    }
+
     /// The eviction to carry out at once for `a`, if the filter knows it for an intruder:
     /// on a trading core, in a known cgroup that is not the owner's, read from the task (its
     /// start time known, so the move needs no read of /proc first).
     pub fn eviction(&self, a: &Arrival) -> Option<Action> {
-        if !self.trading.contains(a.cpu) {
+        a.start?;
+        if !self.evicts(a.cpu, a.cgroup_id) {
             return None;
         }
-        a.start?;
         let cgroup = self.cgroups.get(&a.cgroup_id)?;
         Some(Action {
             kind: ActionKind::EvictIntruder {
