@@ -79,8 +79,11 @@ measure() {
 # keeper CONDITION ROUND POLICY CGROUP: the keeper enforcing POLICY, the banker in CGROUP.
 keeper() {
     rm -rf /tmp/bench-state /tmp/bench-report.json
+    # Emptied here, not by the background job's redirection: the wait below must not find the
+    # previous keeper's "first pass done" (the hogs would start before this keeper holds CPU 1).
+    : > $LOG
     $K run --policy /vm/$3 --state-dir /tmp/bench-state --socket /tmp/bench.sock \
-        --for $((SECS + 30))s --report /tmp/bench-report.json > $LOG 2>&1 &
+        --for $((SECS + 30))s --report /tmp/bench-report.json >> $LOG 2>&1 &
     KEEPER=$!
     if wait_for 60 has $LOG "first pass done"; then
         hogs 0,1; measure $1 $2 $4
