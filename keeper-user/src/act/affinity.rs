@@ -144,23 +144,14 @@ impl Actuators {
         if self.dry_run {
             return Ok(Effect::WouldDo(format!("keep {what}")));
         }
-        let me = std::process::id();
+        let scope = self.scope.clone();
         let mut moved = 0;
-        for pid in process::all_pids() {
-            if pid == me || protected.1.contains(&pid) {
-                continue;
-            }
-            let Some(cg) = task_cgroup(pid) else { continue };
-            let outside = self.scope.as_ref().is_some_and(|s| !under(&cg, s));
-            if outside
-                || protected.0.iter().any(|c| under(&cg, c))
-                || procfs::task_stat(pid).is_none_or(|s| s.is_kernel_thread())
-            {
-                continue;
-            }
-            for tid in process::threads(pid) {
-                moved += u32::from(self.keep_thread_off(tid, trading, housekeeping)?);
-            }
+        for tid in user_threads(|pid, cg| {
+            !protected.1.contains(&pid)
+                && scope.as_ref().is_none_or(|s| under(cg, s))
+                && !protected.0.iter().any(|c| under(cg, c))
+        }) {
+            moved += u32::from(self.keep_thread_off(tid, trading, housekeeping)?);
         }
         Ok(if moved == 0 {
             Effect::Unchanged(what)
@@ -240,4 +231,15 @@ impl Actuators {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The threads of every task that is neither a kernel thread nor this keeper and whose pid and
+/// cgroup (relative to the v2 mount) `wanted` accepts: what the keeper may re-pin host-wide.
+pub(super) fn user_threads(wanted: impl Fn(u32, &str) -> bool) -> Vec<u32> {
+    let me = std::process::id();
+    (process::all_pids().into_iter())
+        .filter(|&pid| pid != me && task_cgroup(pid).is_some_and(|cg| wanted(pid, &cg)))
+        .filter(|&pid| procfs::task_stat(pid).is_some_and(|s| !s.is_kernel_thread()))
+        .flat_map(process::threads)
+        .collect()
 }

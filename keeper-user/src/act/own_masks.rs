@@ -7,13 +7,8 @@
 //! masks narrower than the CPUs online of the tasks outside it; undone after the partition
 //! (older entries are undone later), a task found wider than its own mask gets it back.
 
-use super::{
-    ActError, Actuators,
-    journal::Entry,
-    process::{self, Proc},
-    task_cgroup, under,
-};
-use crate::{cpulist::CpuList, device::procfs};
+use super::{ActError, Actuators, affinity::user_threads, journal::Entry, process::Proc, under};
+use crate::cpulist::CpuList;
 
 /// Whether a kernel of this release (`6.1.0-57-cloud-amd64`) forgets a task's own affinity
 /// when its cpuset changes: before 6.2 (the kernel keeps the mask asked by
@@ -47,31 +42,21 @@ impl Actuators {
         let Ok(online) = CpuList::online() else {
             return Ok(0);
         };
-        let me = std::process::id();
         let mut kept = 0;
-        for pid in process::all_pids() {
-            let Some(cg) = task_cgroup(pid) else { continue };
-            if pid == me
-                || under(&cg, rel)
-                || procfs::task_stat(pid).is_none_or(|s| s.is_kernel_thread())
-            {
+        for tid in user_threads(|_, cg| !under(cg, rel)) {
+            let Ok(task) = Proc::open_thread(tid, None) else {
+                continue; // gone meanwhile
+            };
+            let Ok(own) = task.affinity() else { continue };
+            if own == online {
                 continue;
             }
-            for tid in process::threads(pid) {
-                let Ok(task) = Proc::open_thread(tid, None) else {
-                    continue; // gone meanwhile
-                };
-                let Ok(own) = task.affinity() else { continue };
-                if own == online {
-                    continue;
-                }
-                self.journal().record(&Entry::OwnMask {
-                    pid: tid,
-                    start: task.start,
-                    original: own.to_string(),
-                })?;
-                kept += 1;
-            }
+            self.journal().record(&Entry::OwnMask {
+                pid: tid,
+                start: task.start,
+                original: own.to_string(),
+            })?;
+            kept += 1;
         }
         tracing::info!(
             tasks = kept,
