@@ -2,6 +2,8 @@
 //! the trading core by an unprotected parent are evicted at their arrival, before they have
 //! run a millisecond there, with nothing read from /proc before the move (issue 13).
 
+use std::time::Duration;
+
 use integration_test::{rig::*, *};
 
 /// One evicted task's run time on CPU 1 is bounded by its eviction latency: the record's
@@ -130,7 +132,7 @@ fn a_task_that_joins_the_scope_after_its_first_run_is_evicted_on_arrival() {
     let rig = Rig::new("joins");
     let report = rig.dir.join("report.json");
     let mut keeper = rig.keeper(&["--for", "5s", "--report", report.to_str().unwrap()]);
-    keeper.wait_for("first pass done", std::time::Duration::from_secs(10));
+    keeper.wait_for("first pass done", Duration::from_secs(10));
     let procs = rig.cg("muse").join("cgroup.procs");
     // On CPU 1 in this test's cgroup first (a switch-in there: seen), then into the scope's
     // muse, then a spinner.
@@ -172,7 +174,7 @@ fn the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder() {
     let rig = Rig::new("sentry");
     let report = rig.dir.join("report.json");
     let mut keeper = rig.keeper(&["--for", "3s", "--report", report.to_str().unwrap()]);
-    keeper.wait_for("first pass done", std::time::Duration::from_secs(10));
+    keeper.wait_for("first pass done", Duration::from_secs(10));
     let keeper_pid = keeper.pid();
     let tid = tid_named(keeper_pid, "keeper-evict").expect("no keeper-evict thread");
     assert_eq!(affinity(tid), "1", "the eviction thread waits elsewhere");
@@ -208,4 +210,54 @@ fn the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder() {
         "too few evictions to have woken the thread: {}",
         record["evictions"]
     );
+}
+
+/// The eviction path writes the journal's line after the move, the record of the move kept
+/// before it in `<state dir>/journal.pending` (a shared mapping). A keeper killed between the
+/// move and the line leaves that record armed: the next keeper journals it, and puts the task
+/// back at exit as if the line had been written.
+#[test]
+fn a_move_whose_journal_line_was_cut_off_by_a_kill_is_put_back_by_the_next_keeper() {
+    if !privileged("a_move_whose_journal_line_was_cut_off_by_a_kill_is_put_back_by_the_next_keeper")
+    {
+        return;
+    }
+    let rig = Rig::new("pending");
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    // The task as the killed keeper left it: moved to CPU 0 from its own CPUs 0-1.
+    let task = spawn_on(PROBE, &["sleep", "6000", "1000"], &[0], Some(&muse));
+    std::mem::forget(muse);
+    let pid = task.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let start: u64 = after_comm.split(' ').nth(19).unwrap().parse().unwrap();
+    // The record's layout (keeper-user/src/act/pending.rs): armed, pid, start, 256 CPU bits.
+    let mut record = Vec::new();
+    for word in [
+        u64::from_le_bytes(*b"KPENDING"),
+        pid.into(),
+        start,
+        0b11,
+        0,
+        0,
+        0,
+    ] {
+        record.extend_from_slice(&word.to_ne_bytes());
+    }
+    std::fs::create_dir_all(rig.dir.join("state")).unwrap();
+    std::fs::write(rig.dir.join("state/journal.pending"), &record).unwrap();
+    let keeper = rig.keeper(&[]);
+    // This keeper keeps the task off CPU 1 too (its journal line says "0": no news).
+    assert!(eventually(Duration::from_secs(2), || affinity(pid) == "0"));
+    let log = keeper.stop();
+    assert!(
+        log.iter().any(|l| l.contains("journaled now")),
+        "the record was not read: {log:#?}"
+    );
+    assert_eq!(affinity(pid), "0-1", "not put back to its own CPUs at exit");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_cpu_time(task);
 }

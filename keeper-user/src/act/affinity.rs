@@ -5,7 +5,6 @@
 
 use super::{
     ActError, Actuators, Effect,
-    journal::Entry,
     process::{self, Proc},
     task_cgroup, under,
 };
@@ -88,10 +87,9 @@ impl Actuators {
         let target = |original: &CpuList| (original != to).then(|| to.clone());
         let mut moved = 1;
         if !first_moved {
-            moved = u32::from(self.move_task(&task, target)?);
-            if moved == 1 {
-                self.first_move_ns = Some(crate::device::clock::monotonic_ns());
-            }
+            let at = self.move_task(&task, target)?;
+            moved = u32::from(at.is_some());
+            self.first_move_ns = at.or(self.first_move_ns);
         }
         for tid in process::threads(pid).into_iter().filter(|&t| t != pid) {
             moved += u32::from(self.move_thread(tid, target)?);
@@ -123,12 +121,12 @@ impl Actuators {
         let Some(task) = Proc::vouched(pid, start, seen_ns).filter(|_| !self.dry_run) else {
             return Ok(false);
         };
-        let moved = self.move_task(&task, |original| (original != to).then(|| to.clone()))?;
-        if moved {
-            self.first_move_ns = Some(crate::device::clock::monotonic_ns());
+        let at = self.move_task(&task, |original| (original != to).then(|| to.clone()))?;
+        if at.is_some() {
+            self.first_move_ns = at;
             self.moved_on_arrival = Some((pid, start));
         }
-        Ok(moved)
+        Ok(at.is_some())
     }
 
     /// Keeps every task of the scope (the host without one) off `trading`: its affinity
@@ -192,42 +190,41 @@ impl Actuators {
     }
 
     /// Gives thread `tid` the affinity `target` asks for its current one (`None`: left as it
-    /// is), journaling the original first; whether it moved. A thread gone meanwhile is not.
+    /// is), journaling the original around the move; whether it moved. A thread gone meanwhile is not.
     pub(super) fn move_thread(
         &mut self,
         tid: u32,
         target: impl FnOnce(&CpuList) -> Option<CpuList>,
     ) -> Result<bool, ActError> {
         match Proc::open_thread(tid, None) {
-            Ok(task) => self.move_task(&task, target),
+            Ok(task) => self.move_task(&task, target).map(|at| at.is_some()),
             Err(ActError::Vanished { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// [`Self::move_thread`] for a thread already open.
+    /// [`Self::move_thread`] for a thread already open: when it moved (CLOCK_MONOTONIC ns, as
+    /// the kernel returned from the move, before the journal's line is written), or `None`.
     fn move_task(
         &mut self,
         task: &Proc,
         target: impl FnOnce(&CpuList) -> Option<CpuList>,
-    ) -> Result<bool, ActError> {
+    ) -> Result<Option<u64>, ActError> {
         let original = match task.affinity() {
             Ok(a) => a,
-            Err(ActError::Vanished { .. }) => return Ok(false),
+            Err(ActError::Vanished { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let Some(to) = target(&original) else {
-            return Ok(false);
+            return Ok(None);
         };
-        self.journal().record(&Entry::Affinity {
-            pid: task.pid,
-            start: task.start,
-            original: original.to_string(),
+        let set = (self.journal()).record_around(task.pid, task.start, &original, || {
+            (task.set_affinity(&to)).map(|()| crate::device::clock::monotonic_ns())
         })?;
-        match task.set_affinity(&to) {
+        match set {
             // Known by number only (no pidfd): the number still named it once moved.
-            Ok(()) => Ok(task.still_same()),
-            Err(ActError::Vanished { .. }) => Ok(false),
+            Ok(at) => Ok(task.still_same().then_some(at)),
+            Err(ActError::Vanished { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -21,6 +21,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::pending::Pending;
+use crate::cpulist::CpuList;
+
 /// One recorded change, with what undoing it needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -147,6 +150,9 @@ pub struct Journal {
     compact_at: usize,
     /// Records written since the last sync.
     dirty: bool,
+    /// The affinity change in flight ([`Journal::record_around`]), in memory that outlives the
+    /// process.
+    pending: Option<Pending>,
 }
 
 /// Lines after which the journal is compacted (before the next record).
@@ -174,14 +180,29 @@ impl Journal {
         // A journal made by an older keeper (or by hand) may be readable by others.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .map_err(JournalError::io(&path))?;
-        Ok(Self {
+        let (pending, left) = Pending::open(state_dir)
+            .map_err(JournalError::io(&state_dir.join(super::pending::FILE)))?;
+        let mut journal = Self {
             path,
             file: Some(file),
             _lock: Some(lock),
             lines: 0,
             compact_at: COMPACT_AFTER,
             dirty: false,
-        })
+            pending: Some(pending),
+        };
+        if let Some(entry) = left {
+            tracing::info!(
+                ?entry,
+                "a change the last keeper made without its journal line: journaled now"
+            );
+            journal.append(&entry)?;
+            journal.sync()?;
+        }
+        if let Some(p) = &mut journal.pending {
+            p.clear();
+        }
+        Ok(journal)
     }
 
     /// A journal that records nothing (`--dry-run`).
@@ -193,6 +214,7 @@ impl Journal {
             lines: 0,
             compact_at: COMPACT_AFTER,
             dirty: false,
+            pending: None,
         }
     }
 
@@ -211,6 +233,47 @@ impl Journal {
             self.sync()?;
         }
         Ok(())
+    }
+
+    /// Records that thread `pid` (started at `start`) leaves its `original` CPUs around
+    /// `change`, which moves it: in the pending record (memory) before the change, in the
+    /// journal's line after it, so that no write to the file delays the move (an eviction).
+    /// Recorded first as [`Journal::record`] does where the record cannot hold the CPUs.
+    pub fn record_around<T>(
+        &mut self,
+        pid: u32,
+        start: u64,
+        original: &CpuList,
+        change: impl FnOnce() -> T,
+    ) -> Result<T, JournalError> {
+        let entry = || Entry::Affinity {
+            pid,
+            start,
+            original: original.to_string(),
+        };
+        if self.file.is_some() && self.lines >= self.compact_at {
+            self.compact()?;
+        }
+        let armed = (self.pending.as_mut()).is_some_and(|p| p.arm(pid, start, original));
+        if !armed {
+            self.record(&entry())?;
+            return Ok(change());
+        }
+        let done = change();
+        match self.append(&entry()) {
+            Ok(()) => {
+                if let Some(p) = &mut self.pending {
+                    p.clear();
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                // The record stays armed in the file for the next keeper; this one records
+                // (and so changes) nothing more around it.
+                self.pending = None;
+                Err(e)
+            }
+        }
     }
 
     /// A second handle on the journal file when records were written since the last sync, to
@@ -526,6 +589,42 @@ mod tests {
             !j.dirty,
             "a hibernated VM is on disk before it is hibernated"
         );
+        drop(j);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_move_is_journaled_around_it_and_a_kill_in_between_loses_nothing() {
+        use crate::act::pending;
+        let dir = temp_dir("around");
+        let mut j = Journal::open(&dir).unwrap();
+        let aff = |pid, original: &str| Entry::Affinity {
+            pid,
+            start: 5,
+            original: original.into(),
+        };
+        let left = || pending::parse(&fs::read(dir.join(pending::FILE)).unwrap()).unwrap();
+        let moved = j.record_around(10, 5, &"0-1".parse().unwrap(), || {
+            // During the move: no line yet (no write to the file), the record holds it.
+            assert_eq!(fs::read_to_string(dir.join("journal.jsonl")).unwrap(), "");
+            assert_eq!(left(), Some(aff(10, "0-1")));
+            "moved"
+        });
+        assert_eq!(moved.unwrap(), "moved");
+        assert_eq!(
+            left(),
+            None,
+            "the record is cleared once the line is written"
+        );
+        assert_eq!(j.entries().unwrap(), [aff(10, "0-1")]);
+        drop(j);
+        // A keeper killed between a move and its line: the record armed, no line.
+        let (mut p, _) = pending::Pending::open(&dir).unwrap();
+        assert!(p.arm(11, 5, &"1".parse().unwrap()));
+        drop(p);
+        let mut j = Journal::open(&dir).unwrap();
+        assert_eq!(j.entries().unwrap(), [aff(10, "0-1"), aff(11, "1")]);
+        assert_eq!(left(), None);
         drop(j);
         fs::remove_dir_all(&dir).unwrap();
     }

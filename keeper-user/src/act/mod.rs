@@ -28,6 +28,7 @@ pub mod irq;
 pub mod journal;
 mod own_masks;
 pub mod passthrough;
+pub(crate) mod pending;
 mod planned_restart;
 pub mod process;
 pub mod queue;
