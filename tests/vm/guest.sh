@@ -87,6 +87,32 @@ echo $BANKER > $S/banker/cgroup.procs
 # keeper's exit would leave it on CPUs 0-1; the keeper puts its own mask back.
 $P sleep 600000 1000 & PINNED=$!
 taskset -p -c 0 $PINNED > /dev/null
+# And one in EVA's cgroup, whose cpuset.cpus the keeper narrows and widens again.
+$P sleep 600000 1000 & EVA_PINNED=$!
+echo $EVA_PINNED > $S/eva/cgroup.procs
+taskset -p -c 0 $EVA_PINNED > /dev/null
+
+# 2b. The Banker's trading hours end in the middle of a run (a keeper of its own, policy
+#     release.yaml: a window from 12:00 to 12:01, the clock set to 12:00:15): its partition
+#     ends while the keeper runs. Muse gets CPU 1 back (6.1 refuses its empty cpuset.cpus
+#     while it has tasks: the keeper writes the parent's CPUs), and EVA's task pinned to CPU 0,
+#     which 6.1 gives the whole cpuset again, is put back on CPU 0 then, not at the exit only.
+mask_of() { taskset -c -p $1 | sed 's/.*: *//'; }
+alone_on_0() { [ "$(mask_of $EVA_PINNED)" = 0 ]; }
+CLOCK=$(date -u +%s)
+date -u -s "$(date -u +%Y-%m-%d) 12:00:15" > /dev/null
+$K run --policy /vm/release.yaml --state-dir /tmp/release-state --socket /tmp/release.sock \
+    > /tmp/release.log 2>&1 &
+RELEASE_KEEPER=$!
+if wait_for 40 grep -Eq '^(isolated|root)' $S/banker/cpuset.cpus.partition \
+   && wait_for 90 has /tmp/release.log "release trading cores" \
+   && wait_for 10 is $S/muse/cpuset.cpus.effective 0-1 && wait_for 10 alone_on_0; then
+    pass "own-mask-kept-mid-run (the Banker's window ended: partition $(cat $S/banker/cpuset.cpus.partition), muse on $(cat $S/muse/cpuset.cpus.effective), EVA's task pinned to CPU 0 on $(mask_of $EVA_PINNED))"
+else
+    fail own-mask-kept-mid-run "partition $(cat $S/banker/cpuset.cpus.partition), muse on $(cat $S/muse/cpuset.cpus.effective), EVA's task pinned to CPU 0 on $(mask_of $EVA_PINNED): $(grep -i 'release\|own\|error' /tmp/release.log | tail -3)"
+fi
+kill -TERM $RELEASE_KEEPER; wait $RELEASE_KEEPER
+date -u -s "$(date -u -d @$((CLOCK + 60)) "+%Y-%m-%d %H:%M:%S")" > /dev/null
 
 start_keeper() {
     # Emptied here, not by the background job's redirection: the wait below must not find the
@@ -203,14 +229,13 @@ for f in muse/cpu.max muse/memory.high muse/memory.max muse/cpu.weight banker/cp
 done
 thawed muse || { ok=0; fail restore-after-kill9 "muse still frozen"; }
 [ $ok = 1 ] && pass "restore-after-kill9 (thawed; cpu.max, memory.high, cpuset, partition back)"
-mask=$(taskset -c -p $PINNED | sed 's/.*: *//')
-if [ "$mask" = 0 ]; then
-    pass "own-mask-kept (a task pinned to CPU 0 before the partition is on CPU 0 after its end)"
+if [ "$(mask_of $PINNED)" = 0 ] && alone_on_0; then
+    pass "own-mask-kept (tasks pinned to CPU 0 before the partition, in the root cgroup and EVA's, are on CPU 0 after its end)"
 else
-    fail own-mask-kept "the task pinned to CPU 0 is on CPUs $mask after the keeper's exit"
+    fail own-mask-kept "the tasks pinned to CPU 0 are on CPUs $(mask_of $PINNED) (root cgroup) and $(mask_of $EVA_PINNED) (EVA's) after the keeper's exit"
 fi
 
-kill -9 $MUSE $EVA $BANKER $PINNED 2>/dev/null
+kill -9 $MUSE $EVA $BANKER $PINNED $EVA_PINNED 2>/dev/null
 
 # 6. A PSI trigger on a cgroup's memory.pressure fires under real memory pressure: 96 MiB of
 #    anonymous memory kept hot under memory.high = 32M (no swap: the kernel throttles it).

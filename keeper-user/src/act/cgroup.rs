@@ -98,6 +98,21 @@ impl Actuators {
         self.write_file(&rel, "cpuset.cpus", cpus)
     }
 
+    /// Gives cgroup `rel` its parent's CPUs again (an empty `cpuset.cpus`). 6.1 refuses an
+    /// empty list while the cgroup has tasks (ENOSPC): it gets the parent's effective CPUs
+    /// written out then, the same set.
+    pub fn widen_cpus(&mut self, rel: &str) -> Result<Effect, ActError> {
+        match self.write_file(rel, "cpuset.cpus", "") {
+            Err(ActError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+                let rel = normalize(rel);
+                let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
+                let cpus = self.read_file(parent, "cpuset.cpus.effective")?;
+                self.write_file(&rel, "cpuset.cpus", &cpus)
+            }
+            r => r,
+        }
+    }
+
     /// Freezes a cgroup and waits until `cgroup.events` says `frozen 1`.
     pub fn freeze(&mut self, rel: &str) -> Result<Effect, ActError> {
         self.set_frozen(rel, true)
@@ -178,8 +193,9 @@ impl Actuators {
         if self.dry_run {
             return Ok(Effect::WouldDo(format!("partition /{rel} on CPUs {cpus}")));
         }
-        // Before anything of the cpuset changes: older entries are undone later, after it.
-        self.keep_own_masks(&rel)?;
+        // Before anything of the cpuset changes (older entries are undone later, after it);
+        // protect_trading_cores asked already, before it narrowed the others.
+        self.keep_own_masks(std::slice::from_ref(&rel))?;
         self.enable_cpuset_above(&rel)?;
         self.write_file(&rel, "cpuset.cpus", &cpus.to_string())?;
         if let Some(state) = self.try_partition(&rel)? {
@@ -258,7 +274,7 @@ impl Actuators {
 
     /// The cpuset controller is in the v2 hierarchy (not so on hybrid hosts), else `file` of it
     /// is missing.
-    fn require_cpuset(&self, file: &str) -> Result<(), ActError> {
+    pub(super) fn require_cpuset(&self, file: &str) -> Result<(), ActError> {
         let controllers =
             fs::read_to_string(self.cg.mount().join("cgroup.controllers")).unwrap_or_default();
         if controllers.split_whitespace().any(|c| c == "cpuset") {

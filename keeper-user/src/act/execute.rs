@@ -161,11 +161,13 @@ pub fn execute(
                 if name != workload {
                     for c in &p.cgroups {
                         if act.read_file(c, "cpuset.cpus").is_ok() {
-                            out.push(act.write_file(c, "cpuset.cpus", ""));
+                            out.push(act.widen_cpus(c));
                         }
                     }
                 }
             }
+            // Before 6.2 the partition's end widened every task's own mask.
+            out.push(act.own_masks_again());
             out
         }
         ActionKind::EvictIntruder {
@@ -240,6 +242,19 @@ fn protect_trading_cores(
 ) -> Report {
     let mut out: Report = Vec::new();
     let owner = placements.get(workload).cloned().unwrap_or_default();
+    // Before 6.2, narrowing the others' cpusets forgets their tasks' own masks: kept first.
+    out.push(act.keep_own_masks(&owner.cgroups));
+    // The others next: a sibling whose cpuset.cpus holds the trading cores (written out by an
+    // administrator, by Proxmox's `affinity`, or by 6.1 refusing an empty one) would make the
+    // partition invalid.
+    for (name, p) in placements {
+        if name == workload {
+            continue;
+        }
+        for c in &p.cgroups {
+            out.push(act.restrict_cpus(c, &housekeeping.to_string()));
+        }
+    }
     let mut partitioned = !owner.cgroups.is_empty();
     for c in &owner.cgroups {
         match act.partition(c, cpus) {
@@ -255,14 +270,6 @@ fn protect_trading_cores(
                 partitioned &= other.is_ok();
                 out.push(other);
             }
-        }
-    }
-    for (name, p) in placements {
-        if name == workload {
-            continue;
-        }
-        for c in &p.cgroups {
-            out.push(act.restrict_cpus(c, &housekeeping.to_string()));
         }
     }
     // No partition holds the cores: the tasks already there are kept off them, so that what

@@ -7,7 +7,10 @@
 //! masks narrower than the CPUs online of the tasks outside it; undone after the partition
 //! (older entries are undone later), a task found wider than its own mask gets it back.
 
-use super::{ActError, Actuators, affinity::user_threads, journal::Entry, process::Proc, under};
+use super::{
+    ActError, Actuators, Effect, affinity::user_threads, journal::Entry, normalize, process::Proc,
+    under,
+};
 use crate::cpulist::CpuList;
 
 /// Whether a kernel of this release (`6.1.0-57-cloud-amd64`) forgets a task's own affinity
@@ -28,22 +31,30 @@ pub fn widened(current: &CpuList, own: &CpuList) -> bool {
 
 impl Actuators {
     /// Journals, once per run and only on a kernel that forgets them, the own masks of the
-    /// tasks outside cgroup `rel` that are narrower than the CPUs online (kernel threads and
-    /// this keeper left out). Returns how many.
-    pub(super) fn keep_own_masks(&mut self, rel: &str) -> Result<usize, ActError> {
-        if self.dry_run || self.own_masks_kept {
-            return Ok(0);
+    /// tasks outside the `owner`'s cgroups that are narrower than the CPUs online (kernel
+    /// threads and this keeper left out): before anything of a partition's cpusets changes
+    /// (the others' `cpuset.cpus` narrowed already forget them). Nothing without cpuset v2.
+    pub(super) fn keep_own_masks(&mut self, owner: &[String]) -> Result<Effect, ActError> {
+        let what = "own CPU masks before the partition";
+        if self.dry_run || self.own_masks_kept || owner.is_empty() {
+            return Ok(Effect::Unchanged(format!("{what}: nothing to journal")));
         }
         self.own_masks_kept = true;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if !kernel_forgets_own_masks(release.trim()) {
-            return Ok(0);
-        }
-        let Ok(online) = CpuList::online() else {
-            return Ok(0);
+        let release = release.trim();
+        let online = CpuList::online();
+        let (true, Ok(online), Ok(())) = (
+            kernel_forgets_own_masks(release),
+            online,
+            self.require_cpuset("cpuset.cpus.partition"),
+        ) else {
+            return Ok(Effect::Unchanged(format!(
+                "{what}: kept by this kernel or no partition here"
+            )));
         };
+        let owner: Vec<String> = owner.iter().map(|o| normalize(o)).collect();
         let mut kept = 0;
-        for tid in user_threads(|_, cg| !under(cg, rel)) {
+        for tid in user_threads(|_, cg| !owner.iter().any(|o| under(cg, o))) {
             let Ok(task) = Proc::open_thread(tid, None) else {
                 continue; // gone meanwhile
             };
@@ -60,10 +71,49 @@ impl Actuators {
         }
         tracing::info!(
             tasks = kept,
-            kernel = release.trim(),
+            kernel = release,
             "own CPU masks journaled before the partition: this kernel forgets them when the partition ends"
         );
-        Ok(kept)
+        Ok(Effect::Done(format!(
+            "{what}: {kept} threads journaled (kernel {release} forgets them when the partition ends)"
+        )))
+    }
+}
+
+impl Actuators {
+    /// After a partition ended in the middle of the run (its owner no longer active), on a
+    /// kernel that forgets them: the own masks journaled before it, put back where the kernel
+    /// widened them. The entries stay, for the next partition's end and the exit.
+    pub fn own_masks_again(&mut self) -> Result<Effect, ActError> {
+        if self.dry_run || !self.own_masks_kept {
+            return Ok(Effect::Unchanged("no own CPU mask journaled".into()));
+        }
+        let entries = self.journal().entries()?;
+        let mut back = 0;
+        for e in entries {
+            let Entry::OwnMask {
+                pid,
+                start,
+                original,
+            } = e
+            else {
+                continue;
+            };
+            match restore(pid, start, &original) {
+                Ok(Some(what)) => {
+                    tracing::debug!("{what}");
+                    back += 1;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(pid, error = %e, "own CPU mask not put back"),
+            }
+        }
+        Ok(match back {
+            0 => Effect::Unchanged("every task's own CPU mask is as it was".into()),
+            n => Effect::Done(format!(
+                "{n} threads on their own CPUs again (the partition's end had widened them)"
+            )),
+        })
     }
 }
 

@@ -27,7 +27,7 @@ poweroff -f
 const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "cat", "echo", "sleep", "poweroff", "ls", "grep", "sed", "tr", "head",
     "tail", "wc", "kill", "cut", "test", "printf", "uname", "insmod", "rm", "cp", "true", "false",
-    "taskset", "sort",
+    "taskset", "sort", "date",
 ];
 
 /// Builds `out` (gzip'd newc cpio) from the given binaries and the files of tests/vm/.
@@ -38,6 +38,7 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
         "guest.sh",
         "policy.yaml",
         "irq.yaml",
+        "release.yaml",
         "bench.sh",
         "bench.yaml",
         "bench-fallback.yaml",

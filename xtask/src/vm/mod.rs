@@ -40,6 +40,7 @@ const CHECKS: &[&str] = &[
     "protected-untouched",
     "still-applied-after-kill9",
     "restore-after-kill9",
+    "own-mask-kept-mid-run",
     "own-mask-kept",
     "psi-trigger",
     "protected-pressure",
