@@ -30,7 +30,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     act::{
-        Actuators,
+        ActError, Actuators,
         execute::{Done, execute, steps},
         process::Proc,
     },
@@ -142,6 +142,13 @@ impl FastHands {
                 }
                 tracing::info!(cpus = %cpus, on_trading_cores = on.is_some(), "the eviction thread waits on CPUs {cpus}");
                 self.placed = on;
+            }
+            // A cpuset partition holds the trading cores: no task outside it can run there,
+            // this thread included, and none is to be evicted there.
+            Err(ActError::Process { source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                tracing::info!(cpus = %cpus, "the trading cores are outside the keeper's cpuset (a partition holds them) or offline: the eviction thread waits where it was")
             }
             Err(e) => {
                 tracing::warn!(error = %e, cpus = %cpus, "the eviction thread could not be moved; it waits where it was")
