@@ -190,7 +190,8 @@ impl Actuators {
     }
 
     /// Gives thread `tid` the affinity `target` asks for its current one (`None`: left as it
-    /// is), journaling the original around the move; whether it moved. A thread gone meanwhile is not.
+    /// is), journaling the original around the move; whether it moved. A thread gone
+    /// meanwhile is not.
     pub(super) fn move_thread(
         &mut self,
         tid: u32,

@@ -5,7 +5,9 @@
 //! came would run on every CPU after it left. From 6.2 the kernel keeps a task's own mask
 //! itself. On the older kernels, before its first partition, the keeper journals the own
 //! masks narrower than the CPUs online of the tasks outside it; undone after the partition
-//! (older entries are undone later), a task found wider than its own mask gets it back.
+//! (older entries are undone later), a task found wider than its own mask gets it back. A
+//! partition ended in the middle of a run (its owner no longer active) puts them back at
+//! once too, keeping the entries.
 
 use super::{
     ActError, Actuators, Effect, affinity::user_threads, journal::Entry, normalize, process::Proc,
@@ -78,13 +80,11 @@ impl Actuators {
             "{what}: {kept} threads journaled (kernel {release} forgets them when the partition ends)"
         )))
     }
-}
 
-impl Actuators {
     /// After a partition ended in the middle of the run (its owner no longer active), on a
     /// kernel that forgets them: the own masks journaled before it, put back where the kernel
     /// widened them. The entries stay, for the next partition's end and the exit.
-    pub fn own_masks_again(&mut self) -> Result<Effect, ActError> {
+    pub(super) fn own_masks_again(&mut self) -> Result<Effect, ActError> {
         if self.dry_run || !self.own_masks_kept {
             return Ok(Effect::Unchanged("no own CPU mask journaled".into()));
         }
