@@ -419,18 +419,22 @@ fn parse_line(line: &[u8]) -> Result<Entry, String> {
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
-/// Takes `<dir>/lock` exclusively and writes our pid in it; when another process holds it,
-/// says which (the pid it wrote).
-fn lock_dir(dir: &Path) -> Result<File, JournalError> {
-    let path = dir.join("lock");
-    let mut file = OpenOptions::new()
+/// Opens `path` for reading and writing, created with mode 0600 if missing, its content kept.
+pub(super) fn open_root_only(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(JournalError::io(&path))?;
+        .open(path)
+}
+
+/// Takes `<dir>/lock` exclusively and writes our pid in it; when another process holds it,
+/// says which (the pid it wrote).
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("lock");
+    let mut file = open_root_only(&path).map_err(JournalError::io(&path))?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();

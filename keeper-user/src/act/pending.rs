@@ -12,9 +12,9 @@
 //! never stops a start.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Read},
-    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    os::fd::AsRawFd,
     path::Path,
     ptr::NonNull,
     sync::atomic::{Ordering, fence},
@@ -60,13 +60,7 @@ impl Pending {
     /// [`Pending::clear`]s the record.
     pub fn open(dir: &Path) -> io::Result<(Pending, Option<Entry>)> {
         let path = dir.join(FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)?;
+        let mut file = super::journal::open_root_only(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let left = match parse(&bytes) {
