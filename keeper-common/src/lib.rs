@@ -6,6 +6,8 @@
 
 /// Highest CPU number + 1 that the trading-core mask can name.
 pub const MAX_CPUS: u32 = 256;
+/// 64-bit words of a mask of [`MAX_CPUS`] CPUs.
+pub const CPU_MASK_WORDS: usize = MAX_CPUS as usize / 64;
 /// Buckets of the log2 run-queue latency histogram (bucket `i` holds `2^i <= µs < 2^(i+1)`,
 /// bucket 0 also holds 0 µs).
 pub const HIST_BUCKETS: usize = 32;
@@ -44,6 +46,9 @@ pub mod globals {
     pub const TASK_CGROUPS_OFF: &str = "TASK_CGROUPS_OFF";
     /// `task_struct.start_boottime`: who the newcomer is, without a read of /proc.
     pub const TASK_START_BOOTTIME_OFF: &str = "TASK_START_BOOTTIME_OFF";
+    /// `task_struct.cpus_mask`: the newcomer's CPUs, so that its eviction journals them
+    /// without asking the kernel first (0: unknown, and userspace asks).
+    pub const TASK_CPUS_MASK_OFF: &str = "TASK_CPUS_MASK_OFF";
     pub const CSS_SET_DFL_CGRP_OFF: &str = "CSS_SET_DFL_CGRP_OFF";
     pub const CGROUP_KN_OFF: &str = "CGROUP_KN_OFF";
     pub const KERNFS_NODE_ID_OFF: &str = "KERNFS_NODE_ID_OFF";
@@ -255,6 +260,10 @@ pub struct IntruderEvent {
     /// The task's `start_boottime` (ns; what /proc's start time is made of), read from the
     /// task at an arrival by `keeper_arrive`; 0: not read.
     pub start_boottime_ns: u64,
+    /// The task's CPUs (`task_struct.cpus_mask`, its first [`MAX_CPUS`] bits, as
+    /// `sched_getaffinity` would give them before it drops offline CPUs), read from the task
+    /// at an arrival by `keeper_arrive`; all 0: not read.
+    pub cpus_mask: [u64; CPU_MASK_WORDS],
     pub pid: u32,
     pub tgid: u32,
     pub cpu: u32,

@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use keeper_common::{COMM_LEN, PF_KTHREAD, event};
+use keeper_common::{COMM_LEN, CPU_MASK_WORDS, PF_KTHREAD, event};
 
 use crate::{
     CPU_STATS, Header, PROTECTED_CGROUPS, SEEN_PIDS, TASK_FLAGS_OFF, global_u32, is_keeper,
@@ -30,6 +30,8 @@ static TASK_COMM_OFF: u32 = 0;
 static TASK_CGROUPS_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_START_BOOTTIME_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_CPUS_MASK_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static CSS_SET_DFL_CGRP_OFF: u32 = 0;
 #[unsafe(no_mangle)]
@@ -110,6 +112,14 @@ fn on_arrival(next: *const u8, cpu: u32) -> Result<(), i64> {
         )?
     };
     let start = read_u64(next, &TASK_START_BOOTTIME_OFF)?;
+    // Its CPUs, for the eviction's journal (all 0: not known here, and userspace asks).
+    let cpus_mask = match global_u32(&TASK_CPUS_MASK_OFF) {
+        0 => [0; CPU_MASK_WORDS],
+        off => {
+            unsafe { bpf_probe_read_kernel(next.wrapping_add(off) as *const [u64; CPU_MASK_WORDS]) }
+                .unwrap_or([0; CPU_MASK_WORDS])
+        }
+    };
     let stats = CPU_STATS.get_ptr_mut(0).ok_or(0i64)?;
     let header = Header {
         cpu,
@@ -118,6 +128,7 @@ fn on_arrival(next: *const u8, cpu: u32) -> Result<(), i64> {
         cgroup_id,
         now: unsafe { bpf_ktime_get_ns() },
         start,
+        cpus_mask,
         wake: true,
     };
     send(unsafe { &mut *stats }, &header, event::ARRIVAL, 0, &comm);

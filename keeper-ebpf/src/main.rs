@@ -37,8 +37,8 @@ use aya_ebpf::{
     programs::{PerfEventContext, TracePointContext},
 };
 use keeper_common::{
-    CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CpuStats, IntruderEvent, IntruderTotal, MAX_CPUS,
-    PF_KTHREAD, event, latency_bucket,
+    CLASS_OTHER, CLASS_PROTECTED, COMM_LEN, CPU_MASK_WORDS, CpuStats, IntruderEvent, IntruderTotal,
+    MAX_CPUS, PF_KTHREAD, event, latency_bucket,
 };
 
 // ---- configuration written by userspace before load (read-only globals) ----
@@ -184,6 +184,7 @@ pub fn keeper_wake_new(ctx: TracePointContext) -> u32 {
             cgroup_id,
             now,
             start: 0,
+            cpus_mask: [0; CPU_MASK_WORDS],
             wake: true,
         };
         send(unsafe { &mut *stats }, &header, event::FORK, 0, &comm);
@@ -324,6 +325,7 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
             cgroup_id: 0,
             now,
             start: 0,
+            cpus_mask: [0; CPU_MASK_WORDS],
             wake: true,
         };
         send(stats, &header, event::ARRIVAL, 0, &comm);
@@ -455,6 +457,7 @@ fn on_intruder(
         cgroup_id,
         now,
         start: 0,
+        cpus_mask: [0; CPU_MASK_WORDS],
         // The sampler's report (nothing added: the task runs now) or a move: on the core now.
         wake: add_ns == 0 || moved,
     };
@@ -470,6 +473,8 @@ struct Header {
     now: u64,
     /// The task's `start_boottime` where it was read (0: not).
     start: u64,
+    /// The task's CPUs where they were read (all 0: not).
+    cpus_mask: [u64; CPU_MASK_WORDS],
     /// Whether the event wakes the eviction thread: what is on a trading core now (an
     /// arrival, a fork placed there, a running intruder the sampler found, a task that changed
     /// cgroup). The accounting of a slice that ended waits for the next wake-up (or the
@@ -504,6 +509,7 @@ fn send(stats: &mut CpuStats, h: &Header, kind: u32, ran_ns: u64, comm: &[u8; CO
                 cgroup_id: h.cgroup_id,
                 ran_ns,
                 start_boottime_ns: h.start,
+                cpus_mask: h.cpus_mask,
                 pid: h.pid,
                 tgid: h.tgid,
                 cpu: h.cpu,

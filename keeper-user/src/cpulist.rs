@@ -72,10 +72,31 @@ impl CpuList {
 
     /// The CPUs this host has online (`/sys/devices/system/cpu/online`).
     pub fn online() -> std::io::Result<CpuList> {
-        let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+        Self::of_host("online")
+    }
+
+    /// The CPUs this host can ever bring online (`/sys/devices/system/cpu/possible`, fixed at
+    /// boot).
+    pub fn possible() -> std::io::Result<CpuList> {
+        Self::of_host("possible")
+    }
+
+    fn of_host(which: &str) -> std::io::Result<CpuList> {
+        let text = std::fs::read_to_string(format!("/sys/devices/system/cpu/{which}"))?;
         text.trim()
             .parse()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// The CPUs whose bits are set in `words` (bit `n % 64` of word `n / 64` for CPU `n`, the
+    /// kernel's cpumask layout).
+    pub fn from_bits(words: &[u64]) -> CpuList {
+        let bits = words.iter().enumerate().flat_map(|(w, &word)| {
+            (0..64u32)
+                .filter(move |b| word >> b & 1 == 1)
+                .map(move |b| w as u32 * 64 + b)
+        });
+        CpuList::new(bits)
     }
 }
 
@@ -175,5 +196,14 @@ mod tests {
             Err(CpuListError::NotANumber("x".into()))
         );
         assert_eq!("9999".parse::<CpuList>(), Err(CpuListError::TooHigh(9999)));
+    }
+
+    #[test]
+    fn reads_the_kernels_mask_words() {
+        let l = |t: &str| t.parse::<CpuList>().unwrap();
+        assert_eq!(CpuList::from_bits(&[0b110, 0, 0, 0]), l("1-2"));
+        assert_eq!(CpuList::from_bits(&[1, 1 << 3, 0, 1 << 63]), l("0,67,255"));
+        assert!(CpuList::from_bits(&[0; 4]).is_empty());
+        assert!(CpuList::possible().unwrap().contains(0));
     }
 }

@@ -261,3 +261,45 @@ fn a_move_whose_journal_line_was_cut_off_by_a_kill_is_put_back_by_the_next_keepe
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     wait_cpu_time(task);
 }
+
+/// The eviction thread journals a newcomer's CPUs as the programs read them from the task
+/// (`task_struct.cpus_mask`, with no `sched_getaffinity` before the move): what the keeper puts
+/// back at its exit is what each task had, CPU 1 alone or both.
+#[test]
+fn evicted_newcomers_get_their_own_cpus_back_at_exit() {
+    if !privileged("evicted_newcomers_get_their_own_cpus_back_at_exit") {
+        return;
+    }
+    let rig = Rig::new("own-cpus");
+    let mut keeper = rig.keeper(&[]);
+    keeper.wait_for("first pass done", Duration::from_secs(10));
+    let muse = TestCgroup {
+        rel: rig.rel("muse"),
+        dir: rig.cg("muse"),
+    };
+    let pinned = spawn_on(PROBE, &["spin", "30", "own_pinned"], &[1], Some(&muse));
+    let both = spawn_on(PROBE, &["spin", "30", "own_both"], &[0, 1], Some(&muse));
+    std::mem::forget(muse);
+    let (p, b) = (pinned.id(), both.id());
+    assert!(
+        eventually(Duration::from_secs(3), || affinity(p) == "0"
+            && affinity(b) == "0"),
+        "not evicted: {} / {}",
+        affinity(p),
+        affinity(b)
+    );
+    let log = keeper.stop();
+    let (own_p, own_b) = (affinity(p), affinity(b));
+    for t in [p, b] {
+        unsafe { libc::kill(t as i32, libc::SIGKILL) };
+    }
+    wait_cpu_time(pinned);
+    wait_cpu_time(both);
+    assert_eq!(own_p, "1", "the pinned newcomer's CPUs were not put back");
+    assert_eq!(own_b, "0-1", "the other newcomer's CPUs were not put back");
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("no task_struct.cpus_mask offset")),
+        "the programs did not read the newcomers' CPUs: {log:#?}"
+    );
+}

@@ -87,7 +87,7 @@ impl Actuators {
         let target = |original: &CpuList| (original != to).then(|| to.clone());
         let mut moved = 1;
         if !first_moved {
-            let at = self.move_task(&task, target)?;
+            let at = self.move_task(&task, None, target)?;
             moved = u32::from(at.is_some());
             self.first_move_ns = at.or(self.first_move_ns);
         }
@@ -105,8 +105,9 @@ impl Actuators {
     }
 
     /// The first move of an arrival, made by the eviction thread before anything else: the
-    /// arriving thread `pid`, read from the task by the programs (`start`) at `seen_ns`,
-    /// journaled and moved to `to` by number (no /proc, no pidfd, no string built). Its
+    /// arriving thread `pid`, read from the task by the programs (`start`, and its CPUs
+    /// `cpus` where they read them) at `seen_ns`, journaled and moved to `to` by number (no
+    /// /proc, no pidfd, no string built, no `sched_getaffinity` where `cpus` is known). Its
     /// filter ([`crate::decide::fast::FastEvictions::evicts`]) knows it for an intruder in
     /// the scope; its other threads and its account follow in [`Actuators::evict`], which
     /// knows this one moved. Whether it moved (an event too old to vouch for the number, a
@@ -116,12 +117,13 @@ impl Actuators {
         pid: u32,
         start: u64,
         seen_ns: u64,
+        cpus: Option<CpuList>,
         to: &CpuList,
     ) -> Result<bool, ActError> {
         let Some(task) = Proc::vouched(pid, start, seen_ns).filter(|_| !self.dry_run) else {
             return Ok(false);
         };
-        let at = self.move_task(&task, |original| (original != to).then(|| to.clone()))?;
+        let at = self.move_task(&task, cpus, |original| (original != to).then(|| to.clone()))?;
         if at.is_some() {
             self.first_move_ns = at;
             self.moved_on_arrival = Some((pid, start));
@@ -198,20 +200,22 @@ impl Actuators {
         target: impl FnOnce(&CpuList) -> Option<CpuList>,
     ) -> Result<bool, ActError> {
         match Proc::open_thread(tid, None) {
-            Ok(task) => self.move_task(&task, target).map(|at| at.is_some()),
+            Ok(task) => (self.move_task(&task, None, target)).map(|at| at.is_some()),
             Err(ActError::Vanished { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// [`Self::move_thread`] for a thread already open: when it moved (CLOCK_MONOTONIC ns, as
+    /// [`Self::move_thread`] for a thread already open, whose CPUs are `known` (read by the
+    /// programs a moment ago) or asked of the kernel: when it moved (CLOCK_MONOTONIC ns, as
     /// the kernel returned from the move, before the journal's line is written), or `None`.
     fn move_task(
         &mut self,
         task: &Proc,
+        known: Option<CpuList>,
         target: impl FnOnce(&CpuList) -> Option<CpuList>,
     ) -> Result<Option<u64>, ActError> {
-        let original = match task.affinity() {
+        let original = match known.map_or_else(|| task.affinity(), Ok) {
             Ok(a) => a,
             Err(ActError::Vanished { .. }) => return Ok(None),
             Err(e) => return Err(e),

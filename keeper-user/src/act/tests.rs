@@ -146,7 +146,7 @@ fn an_eviction_acts_only_on_the_task_its_event_was_about() {
     // The eviction thread's way: the arriving thread moved first, by number, journaled; the
     // eviction that follows knows it moved and says so (it moves the other threads).
     let now = crate::device::clock::monotonic_ns();
-    let first = act.evict_arrival(pid, start, now, &to).unwrap();
+    let first = act.evict_arrival(pid, start, now, None, &to).unwrap();
     assert!(first || before == Some("0".into()));
     assert_eq!(allowed(), Some("0".into()));
     let e = act.evict(pid, who(now, Some(start)), "", &to).unwrap();
@@ -154,6 +154,38 @@ fn an_eviction_acts_only_on_the_task_its_event_was_about() {
     assert!(act.moved_on_arrival.is_none());
     act.restore_all().unwrap();
     assert_eq!(allowed(), before);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The eviction thread's first move journals the CPUs the programs read from the task
+/// (`task_struct.cpus_mask`), without asking the kernel again, and the exit puts those back.
+#[test]
+fn an_arrivals_cpus_read_by_the_programs_are_what_its_eviction_journals() {
+    let dir = std::env::temp_dir().join(format!("keeper-known-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let start = process::start_time(pid).unwrap();
+    let now = crate::device::clock::monotonic_ns();
+    // As if the programs had read it pinned to CPU 1 (it is not: the kernel would say more).
+    let read: CpuList = "1".parse().unwrap();
+    let to: CpuList = "0".parse().unwrap();
+    assert!(act.evict_arrival(pid, start, now, Some(read), &to).unwrap());
+    assert_eq!(affinity_of(pid), "0");
+    let journaled = act.journal().entries().unwrap();
+    assert!(
+        matches!(&journaled[..], [Entry::Affinity { pid: p, original, .. }] if *p == pid && original == "1"),
+        "{journaled:?}"
+    );
+    act.restore_all().unwrap();
+    assert_eq!(affinity_of(pid), "1");
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -84,6 +84,9 @@ impl FastHands {
                 // SAFETY: gettid has no preconditions.
                 let _ = tid_tx.send(unsafe { libc::gettid() } as u32);
                 above_the_loop(0);
+                // Where a newcomer's CPUs read by the programs are taken (bits beyond the
+                // host's CPUs are the next field's, where the kernel's masks are shorter).
+                let possible = CpuList::possible().ok();
                 while !s.load(Ordering::Relaxed) {
                     if !readable(&ring) {
                         continue;
@@ -94,7 +97,7 @@ impl FastHands {
                     }
                     let now = f.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     let evicted = match &now {
-                        Some(filter) => evict(&mut act, totals, filter, &events),
+                        Some(filter) => evict(&mut act, totals, filter, &events, &possible),
                         None => vec![],
                     };
                     if to_loop.send(Batch { events, evicted }).is_err() {
@@ -208,6 +211,7 @@ fn evict(
     totals: HostTotals,
     filter: &FastEvictions,
     events: &[IntruderEvent],
+    possible: &Option<CpuList>,
 ) -> Vec<Done> {
     let mut done = Vec::new();
     let mut seen = HashSet::new();
@@ -221,7 +225,8 @@ fn evict(
         }
         // The move first; the action, its report and the task's other threads after.
         let started = Instant::now();
-        if let Err(e) = act.evict_arrival(ev.pid, start, ev.timestamp_ns, &filter.to) {
+        let cpus = possible.as_ref().and_then(|p| arrival_cpus(ev, p));
+        if let Err(e) = act.evict_arrival(ev.pid, start, ev.timestamp_ns, cpus, &filter.to) {
             tracing::debug!(pid = ev.pid, error = %e, "first move on arrival failed: the eviction tries again");
         }
         let Some(action) = arrival(ev).and_then(|a| filter.eviction(&a)) else {
@@ -244,6 +249,13 @@ fn arrival_start(ev: &IntruderEvent) -> Option<u64> {
     read.then(|| procfs::boottime_to_ticks(ev.start_boottime_ns))
 }
 
+/// The CPUs of an arrival as the programs read them from the task, among the host's
+/// `possible` CPUs (what `sched_getaffinity` gives but for CPUs offline now), else `None`.
+fn arrival_cpus(ev: &IntruderEvent, possible: &CpuList) -> Option<CpuList> {
+    let cpus = CpuList::from_bits(&ev.cpus_mask).intersection(possible);
+    (!cpus.is_empty()).then_some(cpus)
+}
+
 /// An arrival read from the task by the programs (its start time known), else `None`.
 fn arrival(ev: &IntruderEvent) -> Option<Arrival> {
     Some(Arrival {
@@ -254,4 +266,39 @@ fn arrival(ev: &IntruderEvent) -> Option<Arrival> {
         seen_ns: ev.timestamp_ns,
         start: Some(arrival_start(ev)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival_with(cpus_mask: [u64; keeper_common::CPU_MASK_WORDS]) -> IntruderEvent {
+        IntruderEvent {
+            timestamp_ns: 1,
+            cgroup_id: 7,
+            ran_ns: 0,
+            start_boottime_ns: 1,
+            cpus_mask,
+            pid: 42,
+            tgid: 0,
+            cpu: 1,
+            kind: event::ARRIVAL,
+            comm: [0; keeper_common::COMM_LEN],
+        }
+    }
+
+    /// A newcomer's CPUs as the programs read them, kept within the host's CPUs: the bits past
+    /// them (the next field's, where the kernel's masks are shorter) are not CPUs; none read
+    /// means the eviction asks the kernel.
+    #[test]
+    fn an_arrivals_cpus_are_its_mask_within_the_hosts_cpus() {
+        let possible: CpuList = "0-3".parse().unwrap();
+        let ev = arrival_with([0b1010 | 1 << 40, u64::MAX, 0, 0]);
+        assert_eq!(arrival_cpus(&ev, &possible), Some("1,3".parse().unwrap()));
+        assert_eq!(arrival_cpus(&arrival_with([0; 4]), &possible), None);
+        assert_eq!(
+            arrival_cpus(&arrival_with([1 << 9, 0, 0, 0]), &possible),
+            None
+        );
+    }
 }

@@ -138,6 +138,9 @@ pub struct TaskOffsets {
     pub cgroups: u32,
     /// `task_struct.start_boottime`: who the newcomer is (its start time, as /proc says it).
     pub start_boottime: u32,
+    /// `task_struct.cpus_mask`: the newcomer's CPUs, journaled by its eviction without a
+    /// `sched_getaffinity` first (0: unknown; the eviction asks the kernel).
+    pub cpus_mask: u32,
     pub dfl_cgrp: u32,
     pub kn: u32,
     pub kn_id: u32,
@@ -187,6 +190,10 @@ impl TaskOffsets {
                 comm,
                 cgroups,
                 start_boottime,
+                cpus_mask: btf.member_offset("task_struct", "cpus_mask").unwrap_or_else(|e| {
+                    tracing::info!(error = %e, "no task_struct.cpus_mask offset: an eviction asks the kernel for the newcomer's CPUs before its move");
+                    0
+                }),
                 dfl_cgrp,
                 kn,
                 kn_id,

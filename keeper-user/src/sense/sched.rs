@@ -229,6 +229,7 @@ impl SchedSensor {
             .override_global(globals::TASK_COMM_OFF, &task.comm, true)
             .override_global(globals::TASK_CGROUPS_OFF, &task.cgroups, true)
             .override_global(globals::TASK_START_BOOTTIME_OFF, &task.start_boottime, true)
+            .override_global(globals::TASK_CPUS_MASK_OFF, &task.cpus_mask, true)
             .override_global(globals::CSS_SET_DFL_CGRP_OFF, &task.dfl_cgrp, true)
             .override_global(globals::CGROUP_KN_OFF, &task.kn, true)
             .override_global(globals::KERNFS_NODE_ID_OFF, &task.kn_id, true)
@@ -552,6 +553,7 @@ impl LostEvents {
                     cgroup_id: 0,
                     ran_ns: 0,
                     start_boottime_ns: 0,
+                    cpus_mask: [0; keeper_common::CPU_MASK_WORDS],
                     pid,
                     tgid: 0,
                     cpu,
