@@ -102,14 +102,7 @@ fn our_own_cgroup_is_readable() {
 
 #[test]
 fn an_eviction_acts_only_on_the_task_its_event_was_about() {
-    let dir = std::env::temp_dir().join(format!("keeper-reuse-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let journal = Journal::open(&dir.join("state")).unwrap();
-    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
-    let mut child = std::process::Command::new("sleep")
-        .arg("5")
-        .spawn()
-        .unwrap();
+    let (dir, mut act, mut child) = actuators_and_a_sleeper("reuse");
     let pid = child.id();
     let allowed = || crate::device::procfs::task_stat(pid).map(|_| affinity_of(pid));
     let before = allowed();
@@ -163,14 +156,7 @@ fn an_eviction_acts_only_on_the_task_its_event_was_about() {
 /// (`task_struct.cpus_mask`), without asking the kernel again, and the exit puts those back.
 #[test]
 fn an_arrivals_cpus_read_by_the_programs_are_what_its_eviction_journals() {
-    let dir = std::env::temp_dir().join(format!("keeper-known-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let journal = Journal::open(&dir.join("state")).unwrap();
-    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
-    let mut child = std::process::Command::new("sleep")
-        .arg("5")
-        .spawn()
-        .unwrap();
+    let (dir, mut act, mut child) = actuators_and_a_sleeper("known");
     let pid = child.id();
     let start = process::start_time(pid).unwrap();
     let now = crate::device::clock::monotonic_ns();
@@ -189,6 +175,20 @@ fn an_arrivals_cpus_read_by_the_programs_are_what_its_eviction_journals() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Actuators on a fresh state directory `keeper-<name>-<pid>` (returned, to be removed), and a
+/// child sleeping 5 s to act on.
+fn actuators_and_a_sleeper(name: &str) -> (std::path::PathBuf, Actuators, std::process::Child) {
+    let dir = std::env::temp_dir().join(format!("keeper-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    let act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    let child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    (dir, act, child)
 }
 
 fn affinity_of(pid: u32) -> String {
