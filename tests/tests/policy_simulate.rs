@@ -45,6 +45,7 @@ golden!(saturday, "saturday.yaml");
 golden!(dst_night, "dst-night.yaml");
 golden!(dst_autumn_night, "dst-autumn-night.yaml");
 golden!(gpu_handoff, "gpu-handoff.yaml");
+golden!(repeat_offender, "repeat-offender.yaml");
 
 macro_rules! golden_on {
     ($test:ident, $policy:literal, $file:literal) => {
@@ -81,6 +82,7 @@ fn every_scenario_has_a_golden_test() {
             "gpu-handoff.yaml",
             "hive",
             "hot-gpu-night.yaml",
+            "repeat-offender.yaml",
             "saturday.yaml",
             "trading-monday.yaml"
         ]

@@ -3,7 +3,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use crate::policy::{Diagnostic, HostFacts, Pos, read_capped};
 
-use crate::{cpulist::CpuList, device::topology::BootFacts, report::host_advice::host_advice};
+use crate::{
+    cpulist::CpuList,
+    device::topology::BootFacts,
+    policy::{IntruderRule, amount::format_duration},
+    report::host_advice::host_advice,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -47,6 +52,9 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                     println!("{}", w.render(&name));
                 }
                 println!("{name}: ok ({} workloads)", loaded.policy.workloads.len());
+                if let Some(guard) = trading_guard(&loaded.policy) {
+                    println!("{name}: {guard}");
+                }
                 if args.host {
                     boot_advice(&name, &loaded.policy.host);
                 }
@@ -72,5 +80,76 @@ fn boot_advice(name: &str, host: &crate::policy::Host) {
     let boot = BootFacts::read(&host.trading_cores);
     for finding in host_advice(&host.trading_cores, &host.housekeeping_cores, &boot) {
         println!("{name}: host: {finding}");
+    }
+}
+
+/// What the policy does to intruders on the trading cores, its defaults said: the owner, the
+/// eviction on arrival, returns, repeat offenders and the intruder-share target. `None`
+/// without a workload that owns the trading cores.
+fn trading_guard(policy: &crate::policy::Policy) -> Option<String> {
+    let owner = policy.workloads.iter().find(|w| w.owns_trading_cores)?;
+    let rule = &policy.rules.intruders;
+    let defaults = *rule == IntruderRule::default();
+    let share = (policy.rules.slo.as_ref()).and_then(|s| s.trading_intruder_share);
+    Some(format!(
+        "trading cores {trading} while {owner} is active: any other task (of `--scope` where given) is evicted to {hk} at its arrival, \
+         before it runs, and at once each time it comes back; {repeat} returns within {within} make a repeat \
+         offender, {then} (rules.intruders: {{repeat: {repeat}, within: {within}, then: {t}}}{d}); intruders' share of each trading core {share}",
+        trading = policy.host.trading_cores,
+        owner = owner.name,
+        hk = policy.host.housekeeping_cores,
+        repeat = rule.repeat,
+        within = format_duration(rule.within),
+        then = rule.then.what(),
+        t = rule.then.name(),
+        d = if defaults { ", the defaults" } else { "" },
+        share = share.map_or_else(
+            || "not judged (no slo.trading_intruder_share)".to_string(),
+            |p| format!("judged against {p} (slo.trading_intruder_share)"),
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &str) -> crate::policy::Policy {
+        let text = format!(
+            "version: 1\nhost: {{ trading_cores: \"1\", housekeeping_cores: \"0\" }}\n\
+             workloads:\n  - {{ name: banker, rank: 1, match: {{ vmid: 200 }}, owns_trading_cores: true }}\n{rules}"
+        );
+        crate::policy::load(text.as_bytes(), &Default::default())
+            .unwrap()
+            .policy
+    }
+
+    /// `keeper check` says what happens to intruders, the defaults named as such.
+    #[test]
+    fn check_explains_what_intruders_get() {
+        let said = trading_guard(&policy("")).unwrap();
+        assert!(
+            said.contains("trading cores 1 while banker is active"),
+            "{said}"
+        );
+        assert!(said.contains("evicted to 0 at its arrival"), "{said}");
+        assert!(
+            said.contains("3 returns within 10s make a repeat offender"),
+            "{said}"
+        );
+        assert!(said.contains("evicted again at each return"), "{said}");
+        assert!(
+            said.contains("rules.intruders: {repeat: 3, within: 10s, then: evict}, the defaults"),
+            "{said}"
+        );
+        assert!(said.contains("not judged"), "{said}");
+        let said = trading_guard(&policy(
+            "rules:\n  intruders: { repeat: 2, within: 5s, then: stop }\n  slo: { trading_intruder_share: 1% }\n",
+        ))
+        .unwrap();
+        assert!(said.contains("2 returns within 5s"), "{said}");
+        assert!(said.contains("SIGSTOP"), "{said}");
+        assert!(!said.contains("defaults"), "{said}");
+        assert!(said.contains("judged against 1%"), "{said}");
     }
 }

@@ -4,7 +4,7 @@
 use super::action::{ActionKind, RuleId};
 use super::state::{EVICT_COOLDOWN, EngineState, MAX_OBSERVED_ONLY, elapsed};
 use super::tick::{Tick, Want};
-use crate::policy::RepeatAction;
+use crate::policy::{IntruderRule, RepeatAction};
 
 /// Trading cores for their active owner, intruder eviction, and the latency SLO report.
 pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
@@ -79,6 +79,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         }
         // Slices of an evicted task reported before its eviction took effect are no news;
         // an arrival is: it came back (it re-pinned itself, or a new task took its pid).
+        let mut came_back = None;
         if state.evicted.contains_key(&i.pid) {
             if !i.arrived {
                 continue;
@@ -86,6 +87,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
             let returns = state.returns.entry(i.pid).or_default();
             returns.push(now);
             let n = returns.len() as u32;
+            came_back = Some(n);
             if n >= repeat.repeat
                 && repeat.then == RepeatAction::Freeze
                 && let Some(w) = workload_of(policy, &i.cgroup, &owner.name)
@@ -128,13 +130,14 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
             continue; // moved on arrival by the eviction thread: its action is recorded there
         }
         let reason = format!(
-            "{}[{}] from `{}` ran {}us on trading core {} owned by {}",
+            "{}[{}] from `{}` ran {}us on trading core {} owned by {}{}",
             i.comm,
             i.pid,
             i.cgroup,
             i.ran_ns / 1000,
             i.cpu,
-            owner.name
+            owner.name,
+            came_back.map_or_else(String::new, |n| returns_said(n, repeat)),
         );
         let kind = ActionKind::EvictIntruder {
             pid: i.pid,
@@ -148,6 +151,23 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         t.event(kind, &rule, reason);
     }
     report_slo(t, state, true);
+}
+
+/// What the eviction of a task that came back says: its returns within the window, and what
+/// the policy does with a repeat offender.
+fn returns_said(n: u32, rule: &IntruderRule) -> String {
+    let within = crate::policy::amount::format_duration(rule.within);
+    let who = if n >= rule.repeat {
+        "a repeat offender".to_string()
+    } else {
+        format!("a repeat offender at {}", rule.repeat)
+    };
+    let then = rule.then;
+    format!(
+        "; return {n} within {within}, {who} (rules.intruders.then: {}, {})",
+        then.name(),
+        then.what()
+    )
 }
 
 /// How often a partition that stays invalid is repaired.

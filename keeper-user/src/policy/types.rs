@@ -488,6 +488,28 @@ pub enum RepeatAction {
     Stop,
 }
 
+impl RepeatAction {
+    /// Its name in the policy (`rules.intruders.then`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RepeatAction::Evict => "evict",
+            RepeatAction::Freeze => "freeze",
+            RepeatAction::Stop => "stop",
+        }
+    }
+
+    /// What a repeat offender gets, in words.
+    pub fn what(self) -> &'static str {
+        match self {
+            RepeatAction::Evict => "evicted again at each return",
+            RepeatAction::Freeze => {
+                "its workload frozen while the trading cores stay protected (a task of no workload: evicted again)"
+            }
+            RepeatAction::Stop => "stopped with SIGSTOP until the keeper exits",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Escalation {
     pub cpu_pressure_above: f64,
