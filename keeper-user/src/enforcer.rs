@@ -110,6 +110,7 @@ impl Enforcer {
         for d in &done {
             let mut batch = decide::Batch::default();
             decide::acknowledge(&mut self.state, &mut batch, &d.action, d.outcome);
+            decide::moved(&mut self.state, &d.action, d.moved_ns);
         }
         let carried = Carried {
             done,

@@ -271,4 +271,41 @@ kill -9 $BHOG $LSLEEP 2>/dev/null; wait $BHOG $LSLEEP 2>/dev/null
 echo max > $S/banker/memory.high
 kill -TERM $KEEPER; wait $KEEPER
 
+# 8. A task that re-pins itself cannot come back where the keeper narrows cpusets
+#    (tests/vm/repeat.yaml: the Banker under a parent that is no partition, so CPU 1 is held by
+#    cpusets and evictions, not a partition). A task of `noisy` (under `tenants`, which was
+#    given the cpu controller only: the keeper enables cpuset above it) calls
+#    sched_setaffinity(CPU 1) every millisecond: it is evicted once, then the kernel refuses
+#    every re-pin (its cpuset lacks CPU 1), so it never returns and no repeat-offender rule
+#    (`then: throttle` there) has anything to do; the keeper's exit puts tenants' controllers
+#    back (cpu only), and noisy's cpuset with them.
+#    (Returns, and throttle, freeze or stop, are for hosts without cpuset v2: tests/tests/daemon.rs.)
+mkdir -p $S/vms/banker $S/tenants
+echo "+cpuset +cpu" > $S/vms/cgroup.subtree_control
+echo "+cpu" > $S/tenants/cgroup.subtree_control
+mkdir -p $S/tenants/noisy
+NOISY=$S/tenants/noisy
+NOISY_MAX=$(cat $NOISY/cpu.max)
+sh -c "echo \$\$ > $S/vms/banker/cgroup.procs; exec sleep 120" & RBANKER=$!
+$K run --policy /vm/repeat.yaml --state-dir /tmp/repeat-state --socket /tmp/repeat.sock \
+    > /tmp/repeat.log 2>&1 &
+REPEAT_KEEPER=$!
+wait_for 60 has /tmp/repeat.log "first pass done"
+sh -c "echo \$\$ > $NOISY/cgroup.procs; exec $P repin 60 1 vm_repin" & REPIN=$!
+on_0() { [ "$(taskset -c -p $REPIN | sed 's/.*: *//')" = 0 ] && is $NOISY/cpuset.cpus.effective 0; }
+if wait_for 20 on_0 && sleep 3 && on_0 && ! has /tmp/repeat.log "vm_repin.*return" \
+   && is $NOISY/cpu.max "$NOISY_MAX"; then
+    kill -TERM $REPEAT_KEEPER; wait $REPEAT_KEEPER
+    # The exit puts tenants' controllers back as they were (cpu only): noisy's cpuset is gone.
+    if is $S/tenants/cgroup.subtree_control cpu && [ ! -e $NOISY/cpuset.cpus ]; then
+        pass "repin-refused-by-cpuset (the re-pinning task held on CPU 0 by noisy's cpuset, no return, cpu.max $NOISY_MAX; tenants' controllers back to cpu at exit)"
+    else
+        fail repin-refused-by-cpuset "tenants' controllers after the exit: $(cat $S/tenants/cgroup.subtree_control), noisy cpuset $(cat $NOISY/cpuset.cpus 2>&1)"
+    fi
+else
+    fail repin-refused-by-cpuset "offender on $(taskset -c -p $REPIN), noisy cpuset $(cat $NOISY/cpuset.cpus.effective 2>&1), cpu.max $(cat $NOISY/cpu.max): $(grep -i 'vm_repin\|noisy\|error\|warn' /tmp/repeat.log | tail -4)"
+    kill -TERM $REPEAT_KEEPER; wait $REPEAT_KEEPER
+fi
+kill -9 $REPIN $RBANKER 2>/dev/null; wait $REPIN $RBANKER 2>/dev/null
+
 echo "VMTEST DONE $FAILS"

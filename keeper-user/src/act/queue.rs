@@ -93,6 +93,7 @@ impl Queue {
             None => &mut Batch::default(),
         };
         out.rollback |= decide::acknowledge(state, batch, &done.action, done.outcome);
+        decide::moved(state, &done.action, done.moved_ns);
         out.done.push(done);
         let more = self.pump(h, state);
         out.done.extend(more.done);
@@ -188,6 +189,7 @@ fn run_one(
     let mut d = Done::new(action, steps, started.elapsed().as_secs_f64() * 1000.0);
     d.moved_ns = h.act.first_move_ns.take();
     out.rollback |= decide::acknowledge(state, batch, &d.action, d.outcome);
+    decide::moved(state, &d.action, d.moved_ns);
     out.done.push(d);
     None
 }

@@ -94,7 +94,7 @@ fn trading_guard(policy: &crate::policy::Policy) -> Option<String> {
     Some(format!(
         "trading cores {trading} while {owner} is active: any other task (of `--scope` where given) is evicted to {hk} at its arrival, \
          before it runs, and at once each time it comes back; {repeat} returns within {within} make a repeat \
-         offender, {then} (rules.intruders: {{repeat: {repeat}, within: {within}, then: {t}}}{d}); intruders' share of each trading core {share}",
+         offender, {then} (rules.intruders: {{repeat: {repeat}, within: {within}, then: {t}{cap}}}{d}); intruders' share of each trading core {share}",
         trading = policy.host.trading_cores,
         owner = owner.name,
         hk = policy.host.housekeeping_cores,
@@ -102,6 +102,10 @@ fn trading_guard(policy: &crate::policy::Policy) -> Option<String> {
         within = format_duration(rule.within),
         then = rule.then.what(),
         t = rule.then.name(),
+        cap = match rule.then {
+            crate::policy::RepeatAction::Throttle => format!(", cpu_max: {}", rule.cpu_max),
+            _ => String::new(),
+        },
         d = if defaults { ", the defaults" } else { "" },
         share = share.map_or_else(
             || "not judged (no slo.trading_intruder_share)".to_string(),
@@ -151,5 +155,8 @@ mod tests {
         assert!(said.contains("SIGSTOP"), "{said}");
         assert!(!said.contains("defaults"), "{said}");
         assert!(said.contains("judged against 1%"), "{said}");
+        let said = trading_guard(&policy("rules:\n  intruders: { then: throttle }\n")).unwrap();
+        assert!(said.contains("its workload throttled"), "{said}");
+        assert!(said.contains("then: throttle, cpu_max: 10%}"), "{said}");
     }
 }

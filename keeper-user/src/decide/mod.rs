@@ -45,7 +45,7 @@ use jiff::Timestamp;
 pub use action::{Action, ActionKind, RuleId, limits_text};
 use handoff::step_failed;
 pub use observe::{GpuObs, Intruder, IrqObs, Observations, Psi, WorkloadObs};
-pub use outcome::{Outcome, Step, acknowledge, still_wanted};
+pub use outcome::{Outcome, Step, acknowledge, moved, still_wanted};
 pub use retry::{FIRST_RETRY, LAST_RETRY, Retries};
 pub use state::{
     Applied, Batch, EVICT_COOLDOWN, EngineState, EscalationState, Handoff, Hold, Knobs,

@@ -122,6 +122,16 @@ pub fn still_wanted(state: &mut EngineState, batch: &Batch, action: &Action) -> 
     }
 }
 
+/// After an eviction moved its task at `moved_ns` (CLOCK_MONOTONIC): arrivals of that task
+/// reported from before its first move are no return ([`EngineState::moved_at`]). The first
+/// is kept: a return's own eviction, acknowledged before the engine hears of the return,
+/// moves it later than the return's report.
+pub fn moved(state: &mut EngineState, action: &Action, moved_ns: Option<u64>) {
+    if let (ActionKind::EvictIntruder { pid, .. }, Some(at)) = (&action.kind, moved_ns) {
+        state.moved_at.entry(*pid).or_insert(at);
+    }
+}
+
 /// After carrying `action` out: what its outcome changes. Returns true when the engine must be
 /// asked again at once (a GPU handoff rolls back: thaw, then restore its GPU state).
 pub fn acknowledge(

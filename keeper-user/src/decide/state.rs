@@ -34,6 +34,11 @@ pub struct EngineState {
     /// `rules.intruders.within`.
     #[serde(default)]
     pub returns: BTreeMap<u32, Vec<Timestamp>>,
+    /// When each evicted task was first moved (CLOCK_MONOTONIC ns, as the move returned): an
+    /// arrival reported before it (a newborn's fork, then its first switch-in, both before the
+    /// move took effect) belongs to the stay that was evicted and is no return.
+    #[serde(default)]
+    pub moved_at: BTreeMap<u32, u64>,
     /// Repeat offenders stopped (`rules.intruders.then: stop`), by pid.
     #[serde(default)]
     pub stopped: BTreeSet<u32>,
@@ -48,6 +53,10 @@ pub struct EngineState {
     /// (`rules.intruders.then: freeze`): held while the trading cores are protected.
     #[serde(default)]
     pub repeat_frozen: BTreeSet<String>,
+    /// Workloads throttled because a task of theirs kept coming back to a trading core
+    /// (`rules.intruders.then: throttle`): held while the trading cores are protected.
+    #[serde(default)]
+    pub repeat_throttled: BTreeSet<String>,
     /// Intruders outside `--scope`, pid → the cgroup they were seen in: observed once, not
     /// again until they move (at most [`MAX_OBSERVED_ONLY`], then forgotten all at once).
     #[serde(default)]

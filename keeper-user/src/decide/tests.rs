@@ -169,6 +169,7 @@ fn repeat_policy(repeat: u32, then: crate::policy::RepeatAction) -> Policy {
         repeat,
         within: std::time::Duration::from_secs(10),
         then,
+        ..Default::default()
     };
     p
 }
@@ -239,6 +240,86 @@ fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() 
     for s in 0..4 {
         assert_eq!(run(&mut state, "system.slice/pinner.service", s), ["evict"]);
     }
+}
+
+#[test]
+fn a_workload_whose_task_keeps_coming_back_is_throttled_while_the_cores_are_held() {
+    let p = repeat_policy(2, crate::policy::RepeatAction::Throttle);
+    let mut state = EngineState::default();
+    let run = |state: &mut EngineState, cgroup: &str, at: jiff::Timestamp, with: bool| {
+        let mut obs = all_present(&ALL);
+        if with {
+            obs.intruders.push(pinner(9, cgroup, true));
+        }
+        decide(&p, state, &obs, at)
+            .into_iter()
+            .filter_map(|a| match a.kind {
+                ActionKind::EvictIntruder { .. } => Some("evict".to_string()),
+                ActionKind::SetCpuMax { workload, percent } if a.rule.0 == "rules.intruders" => {
+                    Some(format!("cpu.max {workload} {percent}"))
+                }
+                ActionKind::RestoreLimits { workload, .. } if a.rule.0 == "rules.intruders" => {
+                    Some(format!("restore {workload}"))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let day = |secs| at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+    // A task of sentinel re-pins itself: evicted, evicted, then sentinel's cpu.max is set to
+    // rules.intruders.cpu_max (10 % by default), and held while the Banker holds the cores.
+    let task = "system.slice/sentinel.service/pinner";
+    assert_eq!(run(&mut state, task, day(0), true), ["evict"]);
+    assert_eq!(run(&mut state, task, day(1), true), ["evict"]);
+    assert_eq!(
+        run(&mut state, task, day(2), true),
+        ["cpu.max sentinel 10%", "evict"]
+    );
+    assert!(state.repeat_throttled.contains("sentinel"));
+    assert_eq!(
+        run(&mut state, task, day(3), false),
+        Vec::<String>::new(),
+        "held"
+    );
+    // Market closed: the Banker lets its cores go, and sentinel's limits are put back.
+    let closed = at("2026-03-09T23:00");
+    assert_eq!(run(&mut state, task, closed, false), ["restore sentinel"]);
+    assert!(state.repeat_throttled.is_empty());
+    // A task outside every workload is evicted at each return, nothing throttled.
+    let mut state = EngineState::default();
+    for s in 0..4 {
+        let evicted = run(&mut state, "system.slice/pinner.service", day(s), true);
+        assert_eq!(evicted, ["evict"]);
+    }
+}
+
+/// A newborn reported twice before its eviction took effect (its fork, then its first
+/// switch-in there) has not come back: only an arrival after the move is a return. Before, the
+/// second report counted as a return, and one re-pin after it made a repeat offender.
+#[test]
+fn arrivals_reported_before_the_move_are_no_return() {
+    let p = repeat_policy(1, crate::policy::RepeatAction::Stop);
+    let mut state = EngineState::default();
+    let seen = |ns| Intruder {
+        seen_ns: Some(ns),
+        ..pinner(9, "system.slice/pinner.service", true)
+    };
+    let day = |secs| at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+    let mut obs = all_present(&ALL);
+    obs.intruders.push(seen(100));
+    let evict = (decide(&p, &mut state, &obs, day(0)).into_iter())
+        .find(|a| matches!(a.kind, ActionKind::EvictIntruder { .. }))
+        .expect("evicted");
+    crate::decide::moved(&mut state, &evict, Some(200));
+    assert_eq!(
+        intruder_kinds(&p, &mut state, seen(150), 1),
+        Vec::<&str>::new()
+    );
+    assert!(state.returns.is_empty(), "{:?}", state.returns);
+    // Back on the core after the move: a return, and with `repeat: 1` a repeat offender, also
+    // when its own eviction (on arrival, by the eviction thread) was acknowledged first.
+    crate::decide::moved(&mut state, &evict, Some(320));
+    assert_eq!(intruder_kinds(&p, &mut state, seen(300), 2), ["stop"]);
 }
 
 #[test]

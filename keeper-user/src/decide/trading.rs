@@ -16,7 +16,12 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         .find(|w| w.owns_trading_cores && t.is_active(&w.name));
     let Some(owner) = owner else {
         state.evicted.clear();
+        state.moved_at.clear();
         state.repeat_frozen.clear();
+        let note = "the trading cores were let go".to_string();
+        for w in std::mem::take(&mut state.repeat_throttled) {
+            (t.released).insert(w, (RuleId::new("rules.intruders"), note.clone()));
+        }
         state.partition_broken = None;
         report_slo(t, state, false);
         return;
@@ -55,6 +60,13 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         );
         t.claim(&w, &held, reason);
     }
+    for w in state.repeat_throttled.clone() {
+        let reason = format!(
+            "a task of {w} kept coming back to the trading cores (rules.intruders.then: throttle, cpu.max {}); held while {} holds them",
+            repeat.cpu_max, owner.name
+        );
+        throttle(t, &w, repeat, &held, reason);
+    }
     for i in &t.obs.intruders {
         if !host.trading_cores.contains(i.cpu) || owner.matcher.owns_cgroup(&i.cgroup) {
             continue;
@@ -81,7 +93,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         // an arrival is: it came back (it re-pinned itself, or a new task took its pid).
         let mut came_back = None;
         if state.evicted.contains_key(&i.pid) {
-            if !i.arrived {
+            if !i.arrived || reported_before_its_move(state, i) {
                 continue;
             }
             let returns = state.returns.entry(i.pid).or_default();
@@ -102,6 +114,22 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
                     repeat.repeat
                 );
                 t.claim(&w, &held, reason);
+            }
+            if n >= repeat.repeat
+                && repeat.then == RepeatAction::Throttle
+                && let Some(w) = workload_of(policy, &i.cgroup, &owner.name)
+                && state.repeat_throttled.insert(w.clone())
+            {
+                let reason = format!(
+                    "{}[{}] of {w} came back to trading core {} {n} times within {} (repeat: {}): cpu.max {}",
+                    i.comm,
+                    i.pid,
+                    i.cpu,
+                    crate::policy::amount::format_duration(repeat.within),
+                    repeat.repeat,
+                    repeat.cpu_max
+                );
+                throttle(t, &w, repeat, &held, reason);
             }
             if n >= repeat.repeat && repeat.then == RepeatAction::Stop {
                 state.stopped.insert(i.pid);
@@ -150,7 +178,37 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         };
         t.event(kind, &rule, reason);
     }
+    let evicted = &state.evicted;
+    state.moved_at.retain(|pid, _| evicted.contains_key(pid));
     report_slo(t, state, true);
+}
+
+/// An arrival of an evicted task reported from before its move took effect (a newborn's
+/// fork, then its first switch-in there, both ahead of the eviction): the stay that was
+/// evicted, not a return.
+fn reported_before_its_move(state: &EngineState, i: &super::Intruder) -> bool {
+    (i.seen_ns.zip(state.moved_at.get(&i.pid))).is_some_and(|(seen, moved)| seen < *moved)
+}
+
+/// A repeat offender's workload throttled to `rules.intruders.cpu_max` this tick (the
+/// escalation ladder, decided after, may want its own `cpu.max` there). Rank 1 is never
+/// throttled.
+fn throttle(t: &mut Tick<'_>, workload: &str, rule: &IntruderRule, by: &RuleId, reason: String) {
+    if (t.policy.workloads.iter()).any(|w| w.name == workload && w.rank == 1) {
+        return;
+    }
+    let knobs = t.knobs.entry(workload.to_string()).or_default();
+    if knobs
+        .cpu_max
+        .as_ref()
+        .is_none_or(|k| k.value > rule.cpu_max)
+    {
+        knobs.cpu_max = Some(Want {
+            value: rule.cpu_max,
+            rule: by.clone(),
+            reason,
+        });
+    }
 }
 
 /// What the eviction of a task that came back says: its returns within the window, and what

@@ -280,9 +280,14 @@ pub struct RawIntruders {
     pub repeat: Option<At<u32>>,
     /// The window the returns are counted in (default `10s`).
     pub within: Option<At<String>>,
-    /// `evict` (evicted again at each return: the default) or `stop` (its process is stopped
-    /// with SIGSTOP and continued when the keeper exits).
+    /// `evict` (evicted again at each return: the default), `throttle` (its workload's
+    /// `cpu.max` set to `cpu_max` while the trading cores stay protected), `freeze` (its
+    /// workload frozen while they stay protected) or `stop` (its process is stopped with
+    /// SIGSTOP and continued when the keeper exits). A task of no workload that cannot be
+    /// throttled or frozen is evicted again.
     pub then: Option<At<RepeatAction>>,
+    /// The `cpu.max` of a repeat offender's workload with `then: throttle` (default `10%`).
+    pub cpu_max: Option<At<String>>,
 }
 
 /// Escalation: under CPU pressure (or an SLO breach), throttle the lowest-ranked

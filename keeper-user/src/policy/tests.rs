@@ -372,9 +372,23 @@ fn rules_intruders_has_defaults_and_checks_its_values() {
     let e = errors(&format!("{ONE_HOST_YAML}\n  intruders: {{ then: kill }}\n"));
     assert!(
         e.iter()
-            .any(|m| m.contains("unknown value `kill`; expected one of: evict, freeze, stop")),
+            .any(|m| m
+                .contains("unknown value `kill`; expected one of: evict, throttle, freeze, stop")),
         "{e:#?}"
     );
+    let text = format!("{ONE_HOST_YAML}\n  intruders: {{ then: throttle, cpu_max: 25% }}\n");
+    let p = load(text.as_bytes(), &HostFacts::default()).unwrap().policy;
+    assert_eq!(p.rules.intruders.then, RepeatAction::Throttle);
+    assert_eq!(p.rules.intruders.cpu_max, crate::policy::Percent::new(25.0));
+    for bad in ["0%", "lots"] {
+        let e = errors(&format!(
+            "{ONE_HOST_YAML}\n  intruders: {{ then: throttle, cpu_max: {bad} }}\n"
+        ));
+        assert!(
+            e.iter().any(|m| m.contains("rules.intruders.cpu_max")),
+            "{bad}: {e:#?}"
+        );
+    }
     let e = errors(&format!(
         "{ONE_HOST_YAML}\n  intruders: {{ repeat: 0, within: 0s }}\n"
     ));

@@ -460,6 +460,8 @@ pub struct IntruderRule {
     pub repeat: u32,
     pub within: Duration,
     pub then: RepeatAction,
+    /// The `cpu.max` a repeat offender's workload gets with `then: throttle`.
+    pub cpu_max: Percent,
 }
 
 impl Default for IntruderRule {
@@ -468,6 +470,7 @@ impl Default for IntruderRule {
             repeat: 3,
             within: Duration::from_secs(10),
             then: RepeatAction::Evict,
+            cpu_max: Percent::new(10.0),
         }
     }
 }
@@ -481,6 +484,9 @@ pub enum RepeatAction {
     /// Evicted again at each return.
     #[default]
     Evict,
+    /// Its workload throttled (`cpu.max` at `rules.intruders.cpu_max`) while the trading
+    /// cores stay protected (a task outside every workload is evicted again instead).
+    Throttle,
     /// Its workload frozen while the trading cores stay protected (a task outside every
     /// workload is evicted again instead).
     Freeze,
@@ -493,6 +499,7 @@ impl RepeatAction {
     pub fn name(self) -> &'static str {
         match self {
             RepeatAction::Evict => "evict",
+            RepeatAction::Throttle => "throttle",
             RepeatAction::Freeze => "freeze",
             RepeatAction::Stop => "stop",
         }
@@ -502,6 +509,9 @@ impl RepeatAction {
     pub fn what(self) -> &'static str {
         match self {
             RepeatAction::Evict => "evicted again at each return",
+            RepeatAction::Throttle => {
+                "its workload throttled (rules.intruders.cpu_max) while the trading cores stay protected (a task of no workload: evicted again)"
+            }
             RepeatAction::Freeze => {
                 "its workload frozen while the trading cores stay protected (a task of no workload: evicted again)"
             }

@@ -158,10 +158,22 @@ impl Checker<'_> {
             self.err(pos, "rules.intruders.within", "a window above 0");
             ok = false;
         }
+        let cpu_max = match &i.cpu_max {
+            Some(v) => match self.pct_text(v, "rules.intruders.cpu_max") {
+                Some(p) if p.get() > 0.0 => p,
+                Some(_) => {
+                    self.err(v.pos, "rules.intruders.cpu_max", "a share above 0%");
+                    return None;
+                }
+                None => return None,
+            },
+            None => d.cpu_max,
+        };
         ok.then_some(IntruderRule {
             repeat,
             within,
             then: i.then.as_ref().map_or(d.then, |t| t.value),
+            cpu_max,
         })
     }
 

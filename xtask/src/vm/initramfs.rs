@@ -42,6 +42,7 @@ pub fn build(root: &Path, binaries: &[PathBuf], out: &Path) -> anyhow::Result<()
         "bench.sh",
         "bench.yaml",
         "bench-fallback.yaml",
+        "repeat.yaml",
     ] {
         std::fs::copy(root.join("tests/vm").join(f), stage.join("vm").join(f))?;
     }

@@ -44,6 +44,7 @@ const CHECKS: &[&str] = &[
     "own-mask-kept",
     "psi-trigger",
     "protected-pressure",
+    "repin-refused-by-cpuset",
 ];
 
 /// The second guest's checks (Debian trixie's 6.12 kernel: the keeper inside the GPU VM on the
