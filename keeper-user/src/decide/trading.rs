@@ -101,35 +101,9 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
             let n = returns.len() as u32;
             came_back = Some(n);
             if n >= repeat.repeat
-                && repeat.then == RepeatAction::Freeze
                 && let Some(w) = workload_of(policy, &i.cgroup, &owner.name)
-                && state.repeat_frozen.insert(w.clone())
             {
-                let reason = format!(
-                    "{}[{}] of {w} came back to trading core {} {n} times within {} (repeat: {})",
-                    i.comm,
-                    i.pid,
-                    i.cpu,
-                    crate::policy::amount::format_duration(repeat.within),
-                    repeat.repeat
-                );
-                t.claim(&w, &held, reason);
-            }
-            if n >= repeat.repeat
-                && repeat.then == RepeatAction::Throttle
-                && let Some(w) = workload_of(policy, &i.cgroup, &owner.name)
-                && state.repeat_throttled.insert(w.clone())
-            {
-                let reason = format!(
-                    "{}[{}] of {w} came back to trading core {} {n} times within {} (repeat: {}): cpu.max {}",
-                    i.comm,
-                    i.pid,
-                    i.cpu,
-                    crate::policy::amount::format_duration(repeat.within),
-                    repeat.repeat,
-                    repeat.cpu_max
-                );
-                throttle(t, &w, repeat, &held, reason);
+                hold_workload(t, state, w, i, n, &held);
             }
             if n >= repeat.repeat && repeat.then == RepeatAction::Stop {
                 state.stopped.insert(i.pid);
@@ -188,6 +162,42 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
 /// evicted, not a return.
 fn reported_before_its_move(state: &EngineState, i: &super::Intruder) -> bool {
     (i.seen_ns.zip(state.moved_at.get(&i.pid))).is_some_and(|(seen, moved)| seen < *moved)
+}
+
+/// A repeat offender's workload held while the trading cores stay protected, once: frozen or
+/// throttled as `rules.intruders.then` says (nothing for `evict` and `stop`).
+fn hold_workload(
+    t: &mut Tick<'_>,
+    state: &mut EngineState,
+    w: String,
+    i: &super::Intruder,
+    n: u32,
+    held: &RuleId,
+) {
+    let rule = &t.policy.rules.intruders;
+    let newly = match rule.then {
+        RepeatAction::Freeze => state.repeat_frozen.insert(w.clone()),
+        RepeatAction::Throttle => state.repeat_throttled.insert(w.clone()),
+        RepeatAction::Evict | RepeatAction::Stop => false,
+    };
+    if !newly {
+        return;
+    }
+    let reason = format!(
+        "{}[{}] of {w} came back to trading core {} {n} times within {} (repeat: {})",
+        i.comm,
+        i.pid,
+        i.cpu,
+        crate::policy::amount::format_duration(rule.within),
+        rule.repeat
+    );
+    match rule.then {
+        RepeatAction::Throttle => {
+            let reason = format!("{reason}: cpu.max {}", rule.cpu_max);
+            throttle(t, &w, rule, held, reason);
+        }
+        _ => t.claim(&w, held, reason),
+    }
 }
 
 /// A repeat offender's workload throttled to `rules.intruders.cpu_max` this tick (the
