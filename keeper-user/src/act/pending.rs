@@ -22,11 +22,10 @@ use std::{
 
 use super::journal::Entry;
 use crate::cpulist::CpuList;
+use keeper_common::CPU_MASK_WORDS as WORDS;
 
 /// The file's name in the state directory.
 pub const FILE: &str = "journal.pending";
-
-const WORDS: usize = keeper_common::MAX_CPUS as usize / 64;
 
 /// One record, as laid out in the file (native byte order: read back on the host that wrote it).
 #[repr(C)]
@@ -159,15 +158,10 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Option<Entry>, String> {
     let cut = || format!("{} bytes: cut short", bytes.len());
     let pid = word(1).ok_or_else(cut)?;
     let start = word(2).ok_or_else(cut)?;
-    let mut cpus = Vec::new();
-    for w in 0..WORDS {
-        let bits = word(3 + w).ok_or_else(cut)?;
-        cpus.extend(
-            (0..64)
-                .filter(|b| bits & (1 << b) != 0)
-                .map(|b| (w * 64) as u32 + b),
-        );
-    }
+    let mask = (0..WORDS)
+        .map(|w| word(3 + w).ok_or_else(cut))
+        .collect::<Result<Vec<u64>, String>>()?;
+    let cpus = CpuList::from_bits(&mask);
     let pid = u32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
     if cpus.is_empty() {
         return Err(format!("pid {pid}'s original CPUs are empty"));
@@ -175,7 +169,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Option<Entry>, String> {
     Ok(Some(Entry::Affinity {
         pid,
         start,
-        original: CpuList::new(cpus).to_string(),
+        original: cpus.to_string(),
     }))
 }
 
