@@ -294,3 +294,71 @@ pub fn proc_state(pid: u32) -> char {
         .and_then(|f| f.chars().next())
         .unwrap_or('?')
 }
+
+/// The share of `span` in which `pid` was seen running on `cpu`, sampled from outside the
+/// keeper (`/proc/PID/stat`'s state and `processor`, every 0.5 ms, from CPU 0).
+pub fn share_on_cpu(pid: u32, cpu: u32, span: Duration) -> f64 {
+    share_of_any_on_cpu(&|| vec![pid], cpu, span)
+}
+
+/// The share of `span` in which any thread of the processes `pids` names (asked again at each
+/// sample: a stressor forks) was seen running on `cpu`, sampled as [`share_on_cpu`] does.
+pub fn share_of_any_on_cpu(pids: &dyn Fn() -> Vec<u32>, cpu: u32, span: Duration) -> f64 {
+    set_thread_affinity(&[0]);
+    let end = std::time::Instant::now() + span;
+    let (mut on, mut all) = (0u64, 0u64);
+    let running_on = |stat: &str| {
+        let Some(i) = stat.rfind(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = stat[i + 2..].split_whitespace().collect();
+        // fields[0] is field 3 (state); `processor` is field 39.
+        fields.first() == Some(&"R")
+            && fields.get(36).and_then(|c| c.parse::<u32>().ok()) == Some(cpu)
+    };
+    while std::time::Instant::now() < end {
+        let seen = pids().into_iter().any(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| running_on(&s))
+                })
+        });
+        all += 1;
+        on += u64::from(seen);
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    on as f64 / all.max(1) as f64
+}
+
+/// A task's state letter (`R`, `S`, `T`, ...; `?` when gone).
+pub fn task_state(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    text.rfind(')')
+        .and_then(|i| text.get(i + 2..i + 3))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// A thread's scheduling policy (`SCHED_OTHER` 0, `SCHED_FIFO` 1, `SCHED_RR` 2, deadline 6) and
+/// real-time priority.
+pub fn sched_of(tid: u32) -> (i32, i32) {
+    // SAFETY: plain syscalls on a thread id with a valid out-param.
+    unsafe {
+        let policy = libc::sched_getscheduler(tid as i32);
+        let mut p = libc::sched_param { sched_priority: 0 };
+        libc::sched_getparam(tid as i32, &mut p);
+        (policy, p.sched_priority)
+    }
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}

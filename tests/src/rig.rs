@@ -169,6 +169,15 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` and lets it act for `settle`: whether the keeper still runs then.
+    pub fn signal(&mut self, signal: i32, settle: Duration) -> bool {
+        let c = self.child.as_mut().unwrap();
+        unsafe { libc::kill(c.id() as i32, signal) };
+        std::thread::sleep(settle);
+        self.lines.extend(self.log.try_iter());
+        c.try_wait().is_ok_and(|s| s.is_none())
+    }
+
     /// The keeper's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
@@ -187,9 +196,14 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits; returns its log.
-    pub fn stop(mut self) -> Vec<String> {
+    pub fn stop(self) -> Vec<String> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal`, then waits for a clean exit; returns its log.
+    pub fn stop_with(mut self, signal: i32) -> Vec<String> {
         let mut c = self.child.take().unwrap();
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(c.id() as i32, signal) };
         let status = c.wait().unwrap();
         self.lines.extend(self.log.try_iter());
         assert!(status.success(), "{status}: {:#?}", self.lines);

@@ -126,3 +126,74 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
     let _ = qemu.wait();
     assert!(after.iter().all(|(_, a)| a == "0-1"), "{after:?}");
 }
+
+/// The shipped policy's Banker has four vCPUs and `vcpu_priority: fifo:1`; on a host with one
+/// trading core all four are pinned there. Stacked at SCHED_FIFO, one spinning vCPU would hold
+/// the other three off the core for good (FIFO never shares a core between equals) and the
+/// guest would livelock: they stay SCHED_OTHER, and the log says why.
+#[test]
+fn vcpus_sharing_a_trading_core_are_never_stacked_at_sched_fifo() {
+    if !privileged("vcpus_sharing_a_trading_core_are_never_stacked_at_sched_fifo") {
+        return;
+    }
+    let rig = Rig::new("vcpu4");
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+        "owns_trading_cores: true }",
+        "owns_trading_cores: true, vcpu_priority: \"fifo:1\" }",
+        1,
+    );
+    std::fs::write(&policy, text).unwrap();
+    let banker = TestCgroup {
+        rel: rig.rel("banker"),
+        dir: rig.cg("banker"),
+    };
+    let args = [
+        "-name",
+        "banker,debug-threads=on",
+        "-accel",
+        "tcg,thread=multi",
+        "-smp",
+        "4",
+        "-m",
+        "64",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-S",
+    ];
+    let mut qemu = spawn_on("qemu-system-x86_64", &args, &[0, 1], Some(&banker));
+    std::mem::forget(banker);
+    let pid = qemu.id();
+    let vcpus = || -> Vec<u32> {
+        (0..4)
+            .filter_map(|n| tid_named(pid, &format!("CPU {n}/TCG")))
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || vcpus().len() == 4),
+        "not four vCPU threads: {:?}",
+        threads(pid)
+    );
+    let keeper = rig.keeper(&["--for", "4s"]);
+    assert!(
+        eventually(Duration::from_secs(3), || vcpus()
+            .iter()
+            .all(|t| affinity(*t) == "1")),
+        "the vCPUs were not pinned to CPU 1: {:?}",
+        threads(pid)
+    );
+    let classes: Vec<(u32, u32)> = vcpus().iter().map(|t| scheduler(pid, *t)).collect();
+    let log = keeper.finish();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert!(
+        classes.iter().all(|c| *c == (0, 0)),
+        "vCPUs stacked on one core at SCHED_FIFO: {classes:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("4 vCPUs sharing a core left at SCHED_OTHER")),
+        "{log:#?}"
+    );
+}

@@ -251,27 +251,6 @@ fn a_second_keeper_on_the_same_state_dir_changes_nothing() {
     wait_cpu_time(worker);
 }
 
-/// Share of `span` in which /proc/PID/stat said the task was runnable (`R`) on `cpu` (its
-/// `processor` field), sampled every 500 µs from CPU 0: the keeper's own counters play no
-/// part.
-fn share_on_cpu(pid: u32, cpu: u32, span: Duration) -> f64 {
-    set_thread_affinity(&[0]);
-    let end = std::time::Instant::now() + span;
-    let (mut on, mut all) = (0u64, 0u64);
-    while std::time::Instant::now() < end {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            break;
-        };
-        let rest = &text[text.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // fields[0] is field 3 (state); `processor` is field 39.
-        all += 1;
-        on += u64::from(fields[0] == "R" && fields[36].parse::<u32>() == Ok(cpu));
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    on as f64 / all.max(1) as f64
-}
-
 #[test]
 fn a_task_named_like_a_kernel_thread_is_evicted() {
     if !privileged("a_task_named_like_a_kernel_thread_is_evicted") {
@@ -310,15 +289,6 @@ fn a_task_named_like_a_kernel_thread_is_evicted() {
     );
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     wait_cpu_time(spoof);
-}
-
-/// The state letter of /proc/PID/stat (`R`, `S`, `T`, ...).
-fn task_state(pid: u32) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    text.rfind(')')
-        .and_then(|i| text.get(i + 2..i + 3))
-        .unwrap_or("?")
-        .to_string()
 }
 
 #[test]

@@ -334,7 +334,14 @@ fn without_an_engine_the_keeper_says_so_once_and_keeps_working() {
     // The loop goes on: interactions still freeze what they target.
     rig.control(&["interaction", "start"]);
     assert!(rig.frozen("muse"));
+    // The watcher, spawned from the loop (SCHED_FIFO 1), runs at normal priority.
+    let watcher = tid_named(keeper.pid(), "keeper-docker").map(sched_of);
     let log = keeper.finish();
+    assert_eq!(
+        watcher,
+        Some((libc::SCHED_OTHER, 0)),
+        "the Docker watcher thread's class (it inherited the loop's real-time priority)"
+    );
     let said: Vec<&String> = log
         .iter()
         .filter(|l| l.contains("gives no containers"))

@@ -220,13 +220,17 @@ fn a_unit_is_started_and_stopped_with_systemctl_and_stopped_after_a_crash() {
         ["freeze muse", "start unit llama3.service for eva"]
     );
     assert!(done.iter().all(|d| d.ok()), "{done:#?}");
-    assert_eq!(calls(), "start llama3.service\n");
+    let asked = "is-active --quiet llama3.service\n";
+    assert_eq!(calls(), format!("{asked}start llama3.service\n"));
     let done = end_interaction(&mut k);
     assert_eq!(
         names(&done),
         ["stop unit llama3.service of eva", "thaw muse"]
     );
-    assert_eq!(calls(), "start llama3.service\nstop llama3.service\n");
+    assert_eq!(
+        calls(),
+        format!("{asked}start llama3.service\nstop llama3.service\n")
+    );
     // Started again, then the keeper dies: the next one stops the unit (it is active).
     interact(&mut k, true);
     drop(k);
@@ -237,12 +241,42 @@ fn a_unit_is_started_and_stopped_with_systemctl_and_stopped_after_a_crash() {
     );
     // Stopped once (each start journaled the unit; the second look finds it inactive).
     let log = calls();
-    let stop_after_crash =
-        "start llama3.service\nis-active --quiet llama3.service\nstop llama3.service\n";
+    let stop_after_crash = "is-active --quiet llama3.service\nstart llama3.service\nis-active --quiet llama3.service\nstop llama3.service\n";
     assert!(log.contains(stop_after_crash), "{log}");
     assert_eq!(log.matches("stop").count(), 2, "{log}");
     // A unit that is not active is left alone.
     let again = actuators(&dir.0).restore_all().unwrap();
     assert!(!again.iter().any(|r| r.contains("llama3")), "{again:#?}");
     assert_eq!(calls().matches("stop").count(), 2);
+}
+
+/// A unit that was active before the preemption (started by hand, enabled at boot) is not the
+/// keeper's: it is neither journaled nor stopped, at the interaction's end or after a crash.
+/// Before the fix the keeper stopped it when the interaction ended.
+#[test]
+fn a_unit_already_active_is_left_running() {
+    let dir = Dir::new("unit-active");
+    stand_in_systemctl(&dir.0);
+    std::fs::write(dir.0.join("units/ollama.service"), "").unwrap();
+    let (_eva, _muse) = (Kid::new(&dir.0, "eva"), Kid::new(&dir.0, "muse"));
+    let calls = || std::fs::read_to_string(dir.0.join("systemctl.log")).unwrap_or_default();
+    let mut k = enforcer_with(&dir.0, "unit: ollama.service");
+    let done = interact(&mut k, true);
+    assert!(done.iter().all(|d| d.ok()), "{done:#?}");
+    let done = end_interaction(&mut k);
+    assert!(done.iter().all(|d| d.ok()), "{done:#?}");
+    interact(&mut k, true);
+    drop(k);
+    let restored = actuators(&dir.0).restore_all().unwrap();
+    assert!(
+        !restored.iter().any(|r| r.contains("ollama")),
+        "{restored:#?}"
+    );
+    let log = calls();
+    assert!(
+        !log.contains("stop"),
+        "the keeper stopped a unit it did not start: {log}"
+    );
+    assert!(!log.contains("start ollama"), "{log}");
+    assert!(dir.0.join("units/ollama.service").exists());
 }

@@ -42,6 +42,9 @@ impl Actuators {
     ) -> Result<Effect, ActError> {
         // This thread moved already at its arrival (evict_arrival): the rest is to move.
         let first_moved = self.moved_on_arrival.take() == who.start.map(|s| (pid, s));
+        if !first_moved {
+            self.demoted = None;
+        }
         let gone = || {
             Ok(Effect::Unchanged(format!(
                 "pid {pid} exited before its eviction"
@@ -84,7 +87,8 @@ impl Actuators {
             let why = format!("pid {pid} is a kernel thread: never evicted");
             return Ok(Effect::Unchanged(why));
         }
-        let target = |original: &CpuList| (original != to).then(|| to.clone());
+        // A real-time task is demoted as it leaves: it would take the housekeeping cores.
+        let target = |original: &CpuList| (original != to).then(|| (to.clone(), true));
         let mut moved = 1;
         if !first_moved {
             let at = self.move_task(&task, None, target)?;
@@ -94,13 +98,16 @@ impl Actuators {
         for tid in process::threads(pid).into_iter().filter(|&t| t != pid) {
             moved += u32::from(self.move_thread(tid, target)?);
         }
+        let demoted = (self.demoted.take())
+            .map(|c| format!("; demoted from {c} to SCHED_OTHER until its CPUs are given back"))
+            .unwrap_or_default();
         if moved == 0 && !task.still_same() {
             return gone();
         }
         Ok(if moved == 0 {
             Effect::Unchanged(what)
         } else {
-            Effect::Done(format!("evicted {what} ({moved} threads)"))
+            Effect::Done(format!("evicted {what} ({moved} threads{demoted})"))
         })
     }
 
@@ -120,10 +127,13 @@ impl Actuators {
         cpus: Option<CpuList>,
         to: &CpuList,
     ) -> Result<bool, ActError> {
+        self.demoted = None;
         let Some(task) = Proc::vouched(pid, start, seen_ns).filter(|_| !self.dry_run) else {
             return Ok(false);
         };
-        let at = self.move_task(&task, cpus, |original| (original != to).then(|| to.clone()))?;
+        let at = self.move_task(&task, cpus, |original| {
+            (original != to).then(|| (to.clone(), true))
+        })?;
         if at.is_some() {
             self.first_move_ns = at;
             self.moved_on_arrival = Some((pid, start));
@@ -145,6 +155,7 @@ impl Actuators {
             return Ok(Effect::WouldDo(format!("keep {what}")));
         }
         let scope = self.scope.clone();
+        self.demoted = None;
         let mut moved = 0;
         for tid in user_threads(|pid, cg| {
             !protected.1.contains(&pid)
@@ -153,11 +164,14 @@ impl Actuators {
         }) {
             moved += u32::from(self.keep_thread_off(tid, trading, housekeeping)?);
         }
+        let demoted = (self.demoted.take())
+            .map(|c| format!("; demoted from {c} to SCHED_OTHER until its CPUs are given back"))
+            .unwrap_or_default();
         Ok(if moved == 0 {
             Effect::Unchanged(what)
         } else {
             Effect::Done(format!(
-                "kept {moved} threads off the trading cores {trading}: their children are born on {housekeeping}"
+                "kept {moved} threads off the trading cores {trading}: their children are born on {housekeeping}{demoted}"
             ))
         })
     }
@@ -175,10 +189,12 @@ impl Actuators {
                 return None;
             }
             let to = original.difference(trading);
+            // Pinned to the trading cores alone, a real-time task would now take the
+            // housekeeping cores: demoted. One that could run there already keeps its class.
             Some(if to.is_empty() {
-                housekeeping.clone()
+                (housekeeping.clone(), true)
             } else {
-                to
+                (to, false)
             })
         };
         match self.move_thread(tid, target) {
@@ -192,12 +208,13 @@ impl Actuators {
     }
 
     /// Gives thread `tid` the affinity `target` asks for its current one (`None`: left as it
-    /// is), journaling the original around the move; whether it moved. A thread gone
-    /// meanwhile is not.
+    /// is; `true` beside it: a real-time thread is demoted first, [`Actuators::demote`]),
+    /// journaling the original around the move; whether it moved. A thread gone meanwhile is
+    /// not.
     pub(super) fn move_thread(
         &mut self,
         tid: u32,
-        target: impl FnOnce(&CpuList) -> Option<CpuList>,
+        target: impl FnOnce(&CpuList) -> Option<(CpuList, bool)>,
     ) -> Result<bool, ActError> {
         match Proc::open_thread(tid, None) {
             Ok(task) => (self.move_task(&task, None, target)).map(|at| at.is_some()),
@@ -213,16 +230,23 @@ impl Actuators {
         &mut self,
         task: &Proc,
         known: Option<CpuList>,
-        target: impl FnOnce(&CpuList) -> Option<CpuList>,
+        target: impl FnOnce(&CpuList) -> Option<(CpuList, bool)>,
     ) -> Result<Option<u64>, ActError> {
         let original = match known.map_or_else(|| task.affinity(), Ok) {
             Ok(a) => a,
             Err(ActError::Vanished { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Some(to) = target(&original) else {
+        let Some((to, demote)) = target(&original) else {
             return Ok(None);
         };
+        // A deadline task cannot be moved at all (EBUSY): demoted first, whatever `target` says.
+        let deadline = || (task.scheduler()).is_ok_and(|(p, _)| super::sched_class::is_deadline(p));
+        if (demote || deadline())
+            && let Some(class) = self.demote(task)?
+        {
+            self.demoted.get_or_insert(class);
+        }
         let set = (self.journal()).record_around(task.pid, task.start, &original, || {
             (task.set_affinity(&to)).map(|()| crate::device::clock::monotonic_ns())
         })?;

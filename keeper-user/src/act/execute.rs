@@ -184,7 +184,8 @@ pub fn execute(
             };
             vec![act.evict(*pid, who, cgroup, to)]
         }
-        ActionKind::StopIntruder { pid, .. } => vec![act.signal_tree(*pid, true)],
+        ActionKind::StopIntruder { pid, .. } => vec![act.stop_intruder(*pid)],
+        ActionKind::ContinueIntruder { pid } => vec![act.continue_intruder(*pid)],
         ActionKind::Balloon {
             vmid,
             target,

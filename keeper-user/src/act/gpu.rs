@@ -219,6 +219,7 @@ fn run_tool(
     let child_pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        crate::device::run_at_normal_priority();
         let _ = tx.send(child.wait_with_output());
     });
     let out = match rx.recv_timeout(timeout) {

@@ -50,13 +50,16 @@ pub enum Entry {
         start: u64,
         original: String,
     },
-    /// A thread whose scheduling policy the keeper changed (a vCPU made SCHED_FIFO), and the
-    /// policy and real-time priority it had.
+    /// A thread whose scheduling policy the keeper changed (a vCPU made SCHED_FIFO, a
+    /// real-time intruder demoted to SCHED_OTHER), and the policy and real-time priority it
+    /// had (a deadline task: its parameters too).
     Scheduler {
         pid: u32,
         start: u64,
         policy: i32,
         priority: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<super::sched_class::Deadline>,
     },
     /// A VM whose balloon the keeper moved (QMP socket), and the guest memory it had.
     Balloon { socket: PathBuf, original: u64 },
@@ -222,12 +225,10 @@ impl Journal {
         &self.path
     }
 
-    /// Appends one entry (before the change it describes is applied), compacting the journal
-    /// first when it has grown by [`COMPACT_AFTER`] lines.
+    /// Appends one entry (before the change it describes is applied). The journal is compacted
+    /// by the loop ([`Journal::compact_if_due`]), never here: a record may be made on the
+    /// eviction path, which a rewrite of the whole file must not delay.
     pub fn record(&mut self, entry: &Entry) -> Result<(), JournalError> {
-        if self.file.is_some() && self.lines >= self.compact_at {
-            self.compact()?;
-        }
         self.append(entry)?;
         if entry.outlives_reboot() {
             self.sync()?;
@@ -251,9 +252,6 @@ impl Journal {
             start,
             original: original.to_string(),
         };
-        if self.file.is_some() && self.lines >= self.compact_at {
-            self.compact()?;
-        }
         let armed = (self.pending.as_mut()).is_some_and(|p| p.arm(pid, start, original));
         if !armed {
             self.record(&entry())?;
@@ -300,6 +298,15 @@ impl Journal {
             self.dirty = false;
         }
         Ok(())
+    }
+
+    /// Compacts the journal once it has grown by [`COMPACT_AFTER`] lines since the last time
+    /// (called by the loop at each tick); whether it did.
+    pub fn compact_if_due(&mut self) -> Result<bool, JournalError> {
+        if self.file.is_none() || self.lines < self.compact_at {
+            return Ok(false);
+        }
+        self.compact().map(|_| true)
     }
 
     /// Rewrites the journal with only what undoing needs (see [`super::compact`]); refuses
@@ -395,17 +402,45 @@ impl Journal {
         Ok(())
     }
 
-    /// Replaces the journal's content with `entries` (those still to undo).
+    /// Replaces the journal's content with `entries` (those still to undo), atomically: written
+    /// to a file beside it and synced, renamed over it, the directory synced. A crash at any
+    /// point leaves the old journal or the new one, never a cut one.
     pub fn rewrite(&mut self, entries: &[Entry]) -> Result<(), JournalError> {
-        let Some(file) = self.file.as_mut() else {
+        if self.file.is_none() {
             return Ok(());
-        };
-        file.set_len(0).map_err(JournalError::io(&self.path))?;
-        self.lines = 0;
-        for e in entries {
-            self.append(e)?;
         }
-        self.sync()
+        let mut text = String::new();
+        for e in entries {
+            text.push_str(
+                &serde_json::to_string(e)
+                    .map_err(|e| JournalError::io(&self.path)(io::Error::other(e)))?,
+            );
+            text.push('\n');
+        }
+        let next = self.path.with_extension("jsonl.next");
+        let io = JournalError::io(&next);
+        let written = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&next)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_data()));
+        written.map_err(io)?;
+        fs::rename(&next, &self.path).map_err(JournalError::io(&self.path))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(JournalError::io(dir))?;
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(JournalError::io(&self.path))?;
+        self.file = Some(file);
+        self.lines = entries.len();
+        self.dirty = false;
+        Ok(())
     }
 
     /// Empties the journal once everything in it has been undone.
@@ -459,184 +494,5 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("keeper-journal-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
-    fn append(path: &Path, bytes: &[u8]) {
-        OpenOptions::new()
-            .append(true)
-            .open(path)
-            .unwrap()
-            .write_all(bytes)
-            .unwrap();
-    }
-
-    #[test]
-    fn records_and_replays_entries_in_order() {
-        let dir = temp_dir("order");
-        let mut j = Journal::open(&dir).unwrap();
-        let a = Entry::File {
-            path: "/sys/fs/cgroup/x/cpu.max".into(),
-            original: "max 100000".into(),
-        };
-        let b = Entry::Freeze {
-            cgroup: "/sys/fs/cgroup/x".into(),
-        };
-        j.record(&a).unwrap();
-        j.record(&b).unwrap();
-        // A torn last line is set aside, not fatal.
-        append(j.path(), b"{\"kind\":\"fre");
-        assert_eq!(j.entries().unwrap(), vec![a, b]);
-        j.clear().unwrap();
-        assert!(j.entries().unwrap().is_empty());
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_bad_byte_is_quarantined_and_the_rest_replayed() {
-        let dir = temp_dir("bad-byte");
-        let mut j = Journal::open(&dir).unwrap();
-        let a = Entry::Stop { pid: 10, start: 1 };
-        let b = Entry::Stop { pid: 11, start: 2 };
-        j.record(&a).unwrap();
-        // `printf '\xff\n' >> journal.jsonl`, then an unknown kind, then a good entry.
-        append(j.path(), b"\xff\n{\"kind\":\"teleport\"}\n");
-        j.record(&b).unwrap();
-        assert_eq!(j.entries().unwrap(), vec![a.clone(), b.clone()]);
-        let q = fs::read(dir.join(QUARANTINE)).unwrap();
-        assert_eq!(q, b"\xff\n{\"kind\":\"teleport\"}\n");
-        // The journal no longer holds them: read again, nothing more is quarantined.
-        assert_eq!(j.entries().unwrap(), vec![a, b]);
-        assert_eq!(fs::read(dir.join(QUARANTINE)).unwrap().len(), q.len());
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_journal_is_root_only() {
-        let dir = temp_dir("mode");
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("journal.jsonl");
-        fs::write(&path, "").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let _j = Journal::open(&dir).unwrap();
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_second_journal_on_the_same_directory_is_refused() {
-        let dir = temp_dir("lock");
-        let first = Journal::open(&dir).unwrap();
-        // flock locks belong to the open file description: a second open in this process
-        // conflicts as another keeper's would.
-        let err = Journal::open(&dir).err().expect("second open must fail");
-        let msg = err.to_string();
-        assert!(
-            msg.contains(&format!("pid {}", std::process::id())) && msg.contains("changed nothing"),
-            "{msg}"
-        );
-        drop(first);
-        Journal::open(&dir).expect("free again once the first is gone");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn repeated_records_are_compacted_as_they_come() {
-        let dir = temp_dir("compact");
-        let mut j = Journal::open(&dir).unwrap();
-        let me = std::process::id();
-        let start = crate::act::process::start_time(me).unwrap();
-        let aff = |original: &str| Entry::Affinity {
-            pid: me,
-            start,
-            original: original.into(),
-        };
-        j.record(&aff("0-1")).unwrap();
-        // A task evicted again and again, and one that is gone.
-        for _ in 0..10_000 {
-            j.record(&aff("0")).unwrap();
-        }
-        j.record(&Entry::Stop {
-            pid: u32::MAX - 1,
-            start: 1,
-        })
-        .unwrap();
-        let lines = fs::read_to_string(j.path()).unwrap().lines().count();
-        assert!(lines < COMPACT_AFTER + 2, "{lines} lines: never compacted");
-        assert_eq!(j.compact().unwrap().1, 1);
-        assert_eq!(j.entries().unwrap(), [aff("0-1")]);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn records_are_synced_per_batch_and_a_hibernated_vm_at_once() {
-        let dir = temp_dir("sync");
-        let mut j = Journal::open(&dir).unwrap();
-        j.record(&Entry::Stop { pid: 1, start: 1 }).unwrap();
-        assert!(j.dirty, "a batch waits for its sync");
-        j.sync().unwrap();
-        assert!(!j.dirty);
-        j.record(&Entry::VmStopped {
-            vmid: 102,
-            api: "/etc/keeper/pve.yaml".into(),
-        })
-        .unwrap();
-        assert!(
-            !j.dirty,
-            "a hibernated VM is on disk before it is hibernated"
-        );
-        drop(j);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_move_is_journaled_around_it_and_a_kill_in_between_loses_nothing() {
-        use crate::act::pending;
-        let dir = temp_dir("around");
-        let mut j = Journal::open(&dir).unwrap();
-        let aff = |pid, original: &str| Entry::Affinity {
-            pid,
-            start: 5,
-            original: original.into(),
-        };
-        let left = || pending::parse(&fs::read(dir.join(pending::FILE)).unwrap()).unwrap();
-        let moved = j.record_around(10, 5, &"0-1".parse().unwrap(), || {
-            // During the move: no line yet (no write to the file), the record holds it.
-            assert_eq!(fs::read_to_string(dir.join("journal.jsonl")).unwrap(), "");
-            assert_eq!(left(), Some(aff(10, "0-1")));
-            "moved"
-        });
-        assert_eq!(moved.unwrap(), "moved");
-        assert_eq!(
-            left(),
-            None,
-            "the record is cleared once the line is written"
-        );
-        assert_eq!(j.entries().unwrap(), [aff(10, "0-1")]);
-        drop(j);
-        // A keeper killed between a move and its line: the record armed, no line.
-        let (mut p, _) = pending::Pending::open(&dir).unwrap();
-        assert!(p.arm(11, 5, &"1".parse().unwrap()));
-        drop(p);
-        let mut j = Journal::open(&dir).unwrap();
-        assert_eq!(j.entries().unwrap(), [aff(10, "0-1"), aff(11, "1")]);
-        assert_eq!(left(), None);
-        drop(j);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_disabled_journal_records_nothing() {
-        let mut j = Journal::disabled();
-        j.record(&Entry::Stop { pid: 1, start: 1 }).unwrap();
-        assert!(j.entries().unwrap().is_empty());
-    }
-}
+#[path = "journal_tests.rs"]
+mod tests;

@@ -32,6 +32,7 @@ pub(crate) mod pending;
 mod planned_restart;
 pub mod process;
 pub mod queue;
+pub mod sched_class;
 mod undo;
 use undo::{Backoff, Retrying};
 mod service;
@@ -163,8 +164,14 @@ pub struct Actuators {
     /// The arriving thread [`Actuators::evict_arrival`] moved (pid, start time): the
     /// eviction that follows for it moves the rest.
     pub(crate) moved_on_arrival: Option<(u32, u64)>,
+    /// The class a thread of the eviction under way had before it was demoted
+    /// ([`Actuators::demote`]), said in the eviction's outcome.
+    pub(crate) demoted: Option<String>,
     /// Commands started by a preemption (`start_on`), by workload: this keeper's children.
     pub(crate) services: std::collections::HashMap<String, std::process::Child>,
+    /// `start_on` units found active before the keeper would start them: left as they are,
+    /// neither journaled nor stopped by the keeper.
+    pub(crate) units_kept: HashSet<String>,
     /// The tasks' own CPU masks were journaled before this run's first partition.
     pub(crate) own_masks_kept: bool,
 }
@@ -192,7 +199,9 @@ impl Actuators {
             syncer: None,
             first_move_ns: None,
             moved_on_arrival: None,
+            demoted: None,
             services: Default::default(),
+            units_kept: HashSet::new(),
             own_masks_kept: false,
         }
     }
@@ -207,6 +216,7 @@ impl Actuators {
     /// of its own: an `fdatasync` takes milliseconds, and neither the loop nor the journal's
     /// lock waits for it.
     pub fn sync_journal(&mut self) -> Result<(), ActError> {
+        self.journal().compact_if_due()?;
         let Some(file) = self.journal().to_sync()? else {
             return Ok(());
         };
@@ -215,7 +225,7 @@ impl Actuators {
             std::thread::Builder::new()
                 .name("keeper-sync".into())
                 .spawn(move || {
-                    slow::run_at_normal_priority();
+                    crate::device::run_at_normal_priority();
                     for f in rx {
                         if let Err(e) = f.sync_data() {
                             tracing::warn!(error = %e, "could not sync the journal to disk");
@@ -245,6 +255,7 @@ impl Actuators {
             proxmox: self.proxmox.take(),
             gpu: std::mem::take(&mut self.gpu),
             services: std::mem::take(&mut self.services),
+            units_kept: std::mem::take(&mut self.units_kept),
             ..Actuators::new(self.cg.clone(), Journal::disabled(), self.dry_run, None)
         };
         slow.scope = self.scope.clone();
@@ -268,6 +279,7 @@ impl Actuators {
         self.proxmox = slow.proxmox;
         self.gpu = slow.gpu;
         self.services.extend(slow.services);
+        self.units_kept.extend(slow.units_kept);
         self.vms_stopped.extend(slow.vms_stopped);
         self.balloons_journaled.extend(slow.balloons_journaled);
     }
@@ -330,6 +342,51 @@ impl Actuators {
             return true;
         }
         false
+    }
+
+    /// A repeat offender's process stopped (SIGSTOP through its pidfd; that process, not its
+    /// children), journaled first.
+    pub fn stop_intruder(&mut self, pid: u32) -> Result<Effect, ActError> {
+        self.check_scope_pid(pid)?;
+        if self.dry_run {
+            return Ok(Effect::WouldDo(format!("stop process {pid}")));
+        }
+        let proc = Proc::open(pid, None)?;
+        if proc.kernel_thread {
+            return Ok(Effect::Unchanged(format!("pid {pid} is a kernel thread")));
+        }
+        self.journal().record(&Entry::Stop {
+            pid,
+            start: proc.start,
+        })?;
+        proc.signal(libc::SIGSTOP)?;
+        Ok(Effect::Done(format!(
+            "stopped process {pid} (SIGSTOP) while the trading cores stay protected"
+        )))
+    }
+
+    /// A repeat offender stopped by [`Actuators::stop_intruder`] continued (SIGCONT), if it is
+    /// still the process the journal names.
+    pub fn continue_intruder(&mut self, pid: u32) -> Result<Effect, ActError> {
+        if self.dry_run {
+            return Ok(Effect::WouldDo(format!("continue process {pid}")));
+        }
+        let start = (self.journal().entries()?.iter().rev()).find_map(|e| match e {
+            Entry::Stop { pid: p, start } if *p == pid => Some(*start),
+            _ => None,
+        });
+        let Some(start) = start else {
+            return Ok(Effect::Unchanged(format!(
+                "pid {pid} was not stopped by the keeper"
+            )));
+        };
+        match Proc::open(pid, Some(start)).and_then(|p| p.signal(libc::SIGCONT)) {
+            Ok(()) => Ok(Effect::Done(format!("continued process {pid} (SIGCONT)"))),
+            Err(ActError::Vanished { .. }) => {
+                Ok(Effect::Unchanged(format!("pid {pid} exited meanwhile")))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// SIGSTOP (`stop = true`) or SIGCONT a process and its descendants, through pidfds.

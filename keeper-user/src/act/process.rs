@@ -222,7 +222,7 @@ impl Proc {
         Ok(())
     }
 
-    fn os_err(&self, op: &'static str) -> ActError {
+    pub(super) fn os_err(&self, op: &'static str) -> ActError {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ESRCH) {
             ActError::Vanished { pid: self.pid }

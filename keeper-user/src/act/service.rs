@@ -30,7 +30,16 @@ impl Actuators {
             return Ok(Effect::WouldDo(format!("start {what}")));
         }
         match service {
+            // Active before the keeper would start it (started by hand, or enabled at boot):
+            // not the keeper's to stop, now or at the exit.
+            Service::Unit(unit) if unit_active(unit) => {
+                self.units_kept.insert(unit.clone());
+                Ok(Effect::Unchanged(format!(
+                    "{what}: the unit was active already; left running, and never stopped by the keeper"
+                )))
+            }
             Service::Unit(unit) => {
+                self.units_kept.remove(unit);
                 self.journal()
                     .record(&Entry::ServiceUnit { unit: unit.clone() })?;
                 systemctl("start", unit, deadline)?;
@@ -87,6 +96,9 @@ impl Actuators {
             return Ok(Effect::WouldDo(format!("stop {what}")));
         }
         match service {
+            Service::Unit(unit) if self.units_kept.contains(unit) => Ok(Effect::Unchanged(
+                format!("{what}: active before the keeper would have started it; left running"),
+            )),
             Service::Unit(unit) => {
                 systemctl("stop", unit, deadline)?;
                 Ok(Effect::Done(format!("stopped {what}")))
@@ -185,13 +197,20 @@ pub(super) fn restore_command(pid: u32, start: u64) -> Result<Option<String>, Ac
     Ok(Some(format!("the command started as pid {pid} {how}")))
 }
 
+/// Whether systemd says `unit` is active (`systemctl is-active --quiet`).
+fn unit_active(unit: &str) -> bool {
+    Command::new("systemctl")
+        .args(["is-active", "--quiet", unit])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Undo of a unit's entry: stopped, if it is active.
 pub(super) fn restore_unit(unit: &str) -> Result<Option<String>, ActError> {
-    let active = Command::new("systemctl")
-        .args(["is-active", "--quiet", unit])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !active {
+    if !unit_active(unit) {
         return Ok(None);
     }
     systemctl("stop", unit, Duration::from_secs(30))?;

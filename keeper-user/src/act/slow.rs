@@ -64,7 +64,7 @@ impl SlowHands {
         let thread = std::thread::Builder::new()
             .name("keeper-slow".into())
             .spawn(move || {
-                run_at_normal_priority();
+                crate::device::run_at_normal_priority();
                 for job in rx {
                     let started = Instant::now();
                     let report = execute(&mut act, &job.placements, job.totals, &job.action);
@@ -112,12 +112,4 @@ impl SlowHands {
             }
         }
     }
-}
-
-/// The loop runs at SCHED_FIFO (it evicts intruders); device calls do not need to, and a
-/// thread that waits on them must not hold a CPU from the rest of the host.
-pub(super) fn run_at_normal_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on the calling thread (0) with a valid param.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
 }

@@ -74,7 +74,7 @@ impl Actuators {
         let thread = std::thread::Builder::new()
             .name("keeper-undo".into())
             .spawn(move || {
-                super::slow::run_at_normal_priority();
+                crate::device::run_at_normal_priority();
                 undo(&tried)
             })
             .map_err(|source| ActError::Io {
@@ -270,15 +270,8 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             start,
             policy,
             priority,
-        } => match Proc::open_thread(*pid, Some(*start))
-            .and_then(|p| p.set_scheduler(*policy, *priority))
-        {
-            Ok(()) => Ok(Some(format!(
-                "pid {pid} back to scheduling policy {policy}"
-            ))),
-            Err(ActError::Vanished { .. }) => Ok(None),
-            Err(e) => Err(e),
-        },
+            deadline,
+        } => super::sched_class::restore(*pid, *start, *policy, *priority, deadline.as_ref()),
         Entry::Balloon { socket, original } => balloon::restore(socket, *original),
         Entry::GpuPowerLimit {
             lib,

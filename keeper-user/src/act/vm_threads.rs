@@ -66,7 +66,7 @@ impl Actuators {
                 None => Some(n),
             }
         });
-        let (mut vcpus, mut others, mut rt) = (0, 0, 0);
+        let (mut vcpus, mut others, mut rt, mut stacked) = (0, 0, 0, 0);
         for pid in owner_processes(owner) {
             let threads: Vec<(u32, Option<usize>)> = process::threads(pid)
                 .into_iter()
@@ -75,15 +75,20 @@ impl Actuators {
             if threads.iter().all(|(_, v)| v.is_none()) {
                 continue; // not a VM
             }
+            let shared = shared_cores(threads.iter().filter_map(|t| t.1), &cores);
             for (tid, vcpu) in threads {
                 let to = match vcpu {
                     Some(n) => CpuList::new([cores[n % cores.len()]]),
                     None => housekeeping.clone(),
                 };
-                if let (Some(_), Some(n)) = (vcpu, fifo) {
-                    rt += u32::from(self.make_fifo(tid, n)?);
+                match (vcpu, fifo) {
+                    (Some(v), Some(_)) if shared.contains(&cores[v % cores.len()]) => {
+                        stacked += 1;
+                    }
+                    (Some(_), Some(n)) => rt += u32::from(self.make_fifo(tid, n)?),
+                    _ => {}
                 }
-                match self.move_thread(tid, |now| (now != &to).then(|| to.clone())) {
+                match self.move_thread(tid, |now| (now != &to).then(|| (to.clone(), false))) {
                     Ok(true) if vcpu.is_some() => vcpus += 1,
                     Ok(true) => others += 1,
                     Ok(false) => {}
@@ -93,10 +98,16 @@ impl Actuators {
                 }
             }
         }
-        let fifo_note = match fifo {
+        let mut fifo_note = match fifo {
             Some(n) if rt > 0 => format!(", {rt} vCPUs at SCHED_FIFO {n}"),
             _ => String::new(),
         };
+        if stacked > 0 {
+            tracing::warn!(stacked, trading_cores = %trading, "vcpu_priority: {stacked} vCPUs share a trading core with another vCPU of their VM: left at SCHED_OTHER (at SCHED_FIFO one spinning vCPU would hold the others off their core for good, and the guest would livelock); give the VM as many trading cores as vCPUs");
+            fifo_note.push_str(&format!(
+                ", {stacked} vCPUs sharing a core left at SCHED_OTHER"
+            ));
+        }
         Ok(if vcpus + others + rt == 0 {
             Effect::Unchanged("the VM's threads are where they belong".into())
         } else {
@@ -127,6 +138,7 @@ impl Actuators {
             start: task.start,
             policy,
             priority: prio,
+            deadline: None,
         })?;
         match task.set_scheduler(libc::SCHED_FIFO, i32::from(priority)) {
             Ok(()) => Ok(true),
@@ -134,6 +146,21 @@ impl Actuators {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The trading cores that more than one of a VM's vCPUs (their indexes `vcpus`) are pinned to
+/// (vCPU n on `cores[n % len]`). SCHED_FIFO does not share a core between equals: a vCPU that
+/// spins (a guest waiting on a lock held by another vCPU, or on an IPI to it) would hold the
+/// others on its core off for good. Those vCPUs stay SCHED_OTHER.
+fn shared_cores(vcpus: impl Iterator<Item = usize>, cores: &[u32]) -> Vec<u32> {
+    let mut count = std::collections::BTreeMap::<u32, u32>::new();
+    for v in vcpus {
+        *count.entry(cores[v % cores.len()]).or_default() += 1;
+    }
+    (count.into_iter())
+        .filter(|(_, n)| *n > 1)
+        .map(|(c, _)| c)
+        .collect()
 }
 
 /// The owner's processes: those in its cgroups (and below), and its pids.
@@ -164,6 +191,15 @@ mod tests {
                 .contains("RT throttling is off")
         );
         assert!(rt_unguarded("").unwrap().contains("unreadable"));
+    }
+
+    /// A 4-vCPU Banker on one trading core (the shipped policy on a small host): all four
+    /// share it, none gets SCHED_FIFO; 3 vCPUs on 2 cores: vCPU 1 has its core alone.
+    #[test]
+    fn vcpus_that_share_a_trading_core_are_never_stacked_at_sched_fifo() {
+        assert_eq!(shared_cores(0..4, &[1]), vec![1]);
+        assert_eq!(shared_cores(0..3, &[2, 3]), vec![2]);
+        assert!(shared_cores(0..4, &[2, 3, 4, 5]).is_empty());
     }
 
     #[test]

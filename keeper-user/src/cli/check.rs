@@ -141,9 +141,9 @@ mod tests {
             said.contains("3 returns within 10s make a repeat offender"),
             "{said}"
         );
-        assert!(said.contains("evicted again at each return"), "{said}");
+        assert!(said.contains("its process stopped (SIGSTOP"), "{said}");
         assert!(
-            said.contains("rules.intruders: {repeat: 3, within: 10s, then: evict}, the defaults"),
+            said.contains("rules.intruders: {repeat: 3, within: 10s, then: stop}, the defaults"),
             "{said}"
         );
         assert!(said.contains("not judged"), "{said}");
@@ -158,5 +158,10 @@ mod tests {
         let said = trading_guard(&policy("rules:\n  intruders: { then: throttle }\n")).unwrap();
         assert!(said.contains("its workload throttled"), "{said}");
         assert!(said.contains("then: throttle, cpu_max: 10%}"), "{said}");
+        let said = trading_guard(&policy("rules:\n  intruders: { then: evict }\n")).unwrap();
+        assert!(
+            said.contains("does not hold the share against a task that pins itself back"),
+            "{said}"
+        );
     }
 }

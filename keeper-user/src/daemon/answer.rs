@@ -53,6 +53,19 @@ impl Running {
         })
     }
 
+    /// SIGHUP (`systemctl reload`): [`Self::reload`], its outcome logged.
+    pub(super) fn reload_on(&mut self, signal: &str) {
+        match self.reload() {
+            Reply::Reloaded(_) => tracing::info!(signal, "{signal}: policy reloaded"),
+            Reply::Refused(r) => tracing::warn!(
+                signal,
+                error = %r.error,
+                "{signal}: the policy was not reloaded, the current one stays"
+            ),
+            _ => {}
+        }
+    }
+
     /// `keeper reload`: the policy read again and acted on at once, or refused (the current
     /// one stays).
     fn reload(&mut self) -> Reply {

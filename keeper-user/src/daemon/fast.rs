@@ -16,7 +16,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -28,9 +28,10 @@ use std::{
 use keeper_common::{IntruderEvent, event};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::seat::{Rescuer, Seat, above_the_loop};
 use crate::{
     act::{
-        ActError, Actuators,
+        Actuators,
         execute::{Done, execute, steps},
         process::Proc,
     },
@@ -50,16 +51,14 @@ pub struct Batch {
 /// The filter as the engine last compiled it (`None`: evict nothing on arrival).
 pub type Filter = Arc<Mutex<Option<Arc<FastEvictions>>>>;
 
-/// The eviction thread and the way to stop it.
+/// The eviction thread, its rescuer, and the way to stop them.
 pub struct FastHands {
     filter: Filter,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    /// The thread's id and where it waits when no workload owns the trading cores.
-    tid: u32,
-    home: CpuList,
-    /// The trading cores it waits on now (`None`: at home).
-    placed: Option<CpuList>,
+    /// Where the thread waits (and its rescue: [`super::seat`]).
+    seat: Arc<Seat>,
+    rescuer: Option<Rescuer>,
 }
 
 /// How long the thread waits on the ring before it looks at the stop flag.
@@ -76,7 +75,9 @@ impl FastHands {
     ) -> std::io::Result<FastHands> {
         let filter: Filter = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let ring_fd = ring.as_fd().try_clone_to_owned()?;
         let (f, s) = (Arc::clone(&filter), Arc::clone(&stop));
+        let (seat_tx, seat_rx) = std::sync::mpsc::channel::<Arc<Seat>>();
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("keeper-evict".into())
@@ -84,11 +85,14 @@ impl FastHands {
                 // SAFETY: gettid has no preconditions.
                 let _ = tid_tx.send(unsafe { libc::gettid() } as u32);
                 above_the_loop(0);
+                let Ok(seat) = seat_rx.recv() else { return };
                 // Where a newcomer's CPUs read by the programs are taken (bits beyond the
                 // host's CPUs are the next field's, where the kernel's masks are shorter).
                 let possible = CpuList::possible().ok();
                 while !s.load(Ordering::Relaxed) {
-                    if !readable(&ring) {
+                    let woke = readable(&ring);
+                    seat.progressed();
+                    if !woke {
                         continue;
                     }
                     let events = ring.drain();
@@ -97,7 +101,7 @@ impl FastHands {
                     }
                     let now = f.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     let evicted = match &now {
-                        Some(filter) => evict(&mut act, totals, filter, &events, &possible),
+                        Some(filter) => evict(&mut act, totals, filter, &events, &possible, &seat),
                         None => vec![],
                     };
                     if to_loop.send(Batch { events, evicted }).is_err() {
@@ -109,13 +113,17 @@ impl FastHands {
         let home = Proc::open_thread(tid, None)
             .and_then(|t| t.affinity())
             .map_err(std::io::Error::other)?;
+        let seat = Arc::new(Seat::new(tid, home));
+        seat_tx
+            .send(Arc::clone(&seat))
+            .map_err(std::io::Error::other)?;
+        let rescuer = Some(Rescuer::start(Arc::clone(&seat), ring_fd)?);
         Ok(FastHands {
             filter,
             stop,
             thread: Some(thread),
-            tid,
-            home,
-            placed: None,
+            seat,
+            rescuer,
         })
     }
 
@@ -124,73 +132,27 @@ impl FastHands {
     pub fn set(&mut self, filter: Option<FastEvictions>) {
         let want = filter.as_ref().map(|f| f.trading.clone());
         *self.filter.lock().unwrap_or_else(|e| e.into_inner()) = filter.map(Arc::new);
-        if want != self.placed {
-            self.place(want);
-        }
+        self.seat.want(want);
     }
 
-    /// Moves the thread to `on` (the trading cores) at the lowest real-time priority, or
-    /// home (`None`) above the loop. Only a real-time thread goes to the trading cores (a
-    /// normal one would queue behind the intruder it is to evict, and share the core with
-    /// the Banker): without SCHED_FIFO it stays home. Said in the log; a refusal to move
-    /// leaves it where it was.
-    fn place(&mut self, on: Option<CpuList>) {
-        let on = on.filter(|_| set_fifo(self.tid, 1));
-        let cpus = on.as_ref().unwrap_or(&self.home);
-        let moved = Proc::open_thread(self.tid, None).and_then(|t| t.set_affinity(cpus));
-        match moved {
-            Ok(()) => {
-                if on.is_none() {
-                    above_the_loop(self.tid);
-                }
-                tracing::info!(cpus = %cpus, on_trading_cores = on.is_some(), "the eviction thread waits on CPUs {cpus}");
-                self.placed = on;
-            }
-            // A cpuset partition holds the trading cores: no task outside it can run there,
-            // this thread included, and none is to be evicted there.
-            Err(ActError::Process { source, .. })
-                if source.raw_os_error() == Some(libc::EINVAL) =>
-            {
-                tracing::info!(cpus = %cpus, "the trading cores are outside the keeper's cpuset (a partition holds them) or offline: the eviction thread waits where it was")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, cpus = %cpus, "the eviction thread could not be moved; it waits where it was")
-            }
-        }
+    /// How many times the rescuer sent the thread home.
+    pub fn rescues(&self) -> u64 {
+        self.seat.rescues()
     }
 }
 
 /// Dropping the hands ends the thread (within one poll interval), also after a start that
-/// failed half-way.
+/// failed half-way. The thread is sent home first: on a trading core a real-time task could
+/// hold it off for good, and the exit with it.
 impl Drop for FastHands {
     fn drop(&mut self) {
+        drop(self.rescuer.take());
+        self.seat.go_home("exit");
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
-}
-
-/// The loop runs at SCHED_FIFO 1 on the housekeeping cores; at the same priority the thread
-/// would wait for the loop's tick to end (FIFO does not preempt its equal), so it takes
-/// priority 2 where the loop got real-time priority (it inherits the loop's otherwise).
-/// `tid` 0: the calling thread.
-fn above_the_loop(tid: u32) {
-    // SAFETY: sched_getscheduler on the calling thread (0), whose policy the keeper's
-    // threads share (pin_self).
-    if unsafe { libc::sched_getscheduler(0) } == libc::SCHED_FIFO {
-        set_fifo(tid, 2);
-    }
-}
-
-/// SCHED_FIFO at `priority` for thread `tid` (0: the calling one); whether the kernel
-/// agreed (a refusal, without CAP_SYS_NICE, leaves it as it was).
-fn set_fifo(tid: u32, priority: i32) -> bool {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: sched_setscheduler on one of our own threads with a valid param.
-    unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_FIFO, &param) == 0 }
 }
 
 /// Waits until the ring has events (or the poll interval passed); whether it has.
@@ -212,6 +174,7 @@ fn evict(
     filter: &FastEvictions,
     events: &[IntruderEvent],
     possible: &Option<CpuList>,
+    seat: &Seat,
 ) -> Vec<Done> {
     let mut done = Vec::new();
     let mut seen = HashSet::new();
@@ -235,6 +198,7 @@ fn evict(
         let report = execute(act, &placements, totals, &action);
         let steps = steps(act, report);
         let ms = started.elapsed().as_secs_f64() * 1000.0;
+        seat.progressed();
         let mut d = Done::new(action, steps, ms);
         d.moved_ns = act.first_move_ns.take();
         done.push(d);

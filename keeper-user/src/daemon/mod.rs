@@ -6,6 +6,8 @@
 mod answer;
 mod fast;
 mod running;
+mod seat;
+mod signals;
 mod sources;
 mod start;
 
@@ -62,7 +64,7 @@ pub struct DaemonConfig {
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
-    let signals = start::signals()?;
+    let signals = signals::catch()?;
     let (mut r, mut src) = start::start(&cfg, signals).await?;
     let served = serve(&mut r, &mut src).await;
     drop(src);
@@ -91,8 +93,16 @@ async fn serve(r: &mut running::Running, src: &mut start::Sources) -> Result<(),
     let t = &mut src.timers;
     loop {
         tokio::select! {
-            _ = src.sigint.recv() => break,
-            _ = src.sigterm.recv() => break,
+            Some(heard) = src.signals.next() => match heard {
+                signals::Heard::Stop(name) => {
+                    tracing::info!(signal = name, "{name}: stopping");
+                    break;
+                }
+                signals::Heard::Reload(name) => r.reload_on(name),
+                signals::Heard::Ignored(name) => {
+                    tracing::warn!(signal = name, "{name} ignored: SIGTERM, SIGINT or SIGQUIT stop the keeper (with its undo), SIGHUP reloads the policy");
+                }
+            },
             _ = sources::until(t.deadline) => break,
             Some(batch) = src.events.recv() => r.events(batch),
             Some(done) = src.slow_done.recv() => r.slow_done(done),

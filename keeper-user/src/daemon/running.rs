@@ -377,7 +377,15 @@ impl Running {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let mut sensed = self.sensed();
         // The eviction thread ends before the undo: nothing is moved while it runs.
-        drop(self.fast.take());
+        if let Some(fast) = self.fast.take() {
+            let rescues = fast.rescues();
+            if rescues > 0 {
+                tracing::info!(
+                    rescues,
+                    "the eviction thread was sent home {rescues} times by its rescuer (a real-time task held it off the trading cores)"
+                );
+            }
+        }
         drop(self.sensor);
         self.enforcer.stop_slow_hands();
         sensed.restored_at_exit = self.enforcer.act.restore_all()?;

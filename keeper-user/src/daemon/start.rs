@@ -4,16 +4,13 @@
 
 use std::time::Duration;
 
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{Signal, SignalKind, signal},
-    sync::mpsc,
-};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use super::{
     DaemonConfig, DaemonError,
     fast::{Batch, FastHands},
     running::{Running, protected_ids},
+    signals::Signals,
     sources,
 };
 use crate::{
@@ -34,8 +31,8 @@ use crate::{
 
 /// What the loop waits on.
 pub(super) struct Sources {
-    pub sigterm: Signal,
-    pub sigint: Signal,
+    /// Caught before the start: one sent during the start waits for the loop.
+    pub signals: Signals,
     /// What the eviction thread read from the sensor's ring buffer, and evicted at once.
     pub events: mpsc::UnboundedReceiver<Batch>,
     pub slow_done: mpsc::UnboundedReceiver<Done>,
@@ -58,18 +55,9 @@ pub(super) struct Timers {
     pub ticker: tokio::time::Interval,
 }
 
-/// Signals first: a SIGTERM during start-up waits for the loop, which then undoes what was
-/// done, instead of killing the keeper half-way (the default action).
-pub(super) fn signals() -> std::io::Result<(Signal, Signal)> {
-    Ok((
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-    ))
-}
-
 pub(super) async fn start(
     cfg: &DaemonConfig,
-    (sigterm, sigint): (Signal, Signal),
+    signals: Signals,
 ) -> Result<(Running, Sources), DaemonError> {
     let started = jiff::Timestamp::now();
     let cg = CgroupFs::discover()?;
@@ -115,8 +103,7 @@ pub(super) async fn start(
     let hardware = arm_watchdog(cfg, &enforcer.policy);
     let period = hardware.as_ref().map(Watchdog::period);
     let sources = Sources {
-        sigterm,
-        sigint,
+        signals,
         events,
         slow_done,
         calls,

@@ -182,14 +182,16 @@ pub enum ActionKind {
         #[serde(skip)]
         start: Option<u64>,
     },
-    /// Stop a repeat offender's process (and its children) with SIGSTOP, until the keeper
-    /// exits (`rules.intruders.then: stop`).
+    /// Stop a repeat offender's process (that process, not its children) with SIGSTOP while
+    /// the trading cores stay protected (`rules.intruders.then`).
     StopIntruder {
         pid: u32,
         comm: String,
         cgroup: String,
         returns: u32,
     },
+    /// Continue (SIGCONT) a repeat offender stopped while the trading cores were protected.
+    ContinueIntruder { pid: u32 },
     /// The trading-core latency SLO is breached (report; the escalation acts).
     SloBreach { p99_us: f64, target_us: f64 },
     /// The SLO is met again.
@@ -225,6 +227,7 @@ impl ActionKind {
             ActionKind::KeepIrqbalanceOff { .. } => "keep_irqbalance_off",
             ActionKind::EvictIntruder { .. } => "evict_intruder",
             ActionKind::StopIntruder { .. } => "stop_intruder",
+            ActionKind::ContinueIntruder { .. } => "continue_intruder",
             ActionKind::SloBreach { .. } => "slo_breach",
             ActionKind::SloMet { .. } => "slo_met",
         }
@@ -319,6 +322,7 @@ impl fmt::Display for ActionKind {
                 f,
                 "stop intruder {comm}[{pid}] (back on the trading cores {returns} times)"
             ),
+            ContinueIntruder { pid } => write!(f, "continue intruder {pid} stopped meanwhile"),
             SloBreach { p99_us, target_us } => write!(
                 f,
                 "SLO breach: trading p99 wakeup {p99_us}us > {target_us}us"

@@ -206,6 +206,7 @@ fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() 
             .into_iter()
             .filter_map(|a| match a.kind {
                 ActionKind::EvictIntruder { .. } => Some("evict".to_string()),
+                ActionKind::StopIntruder { .. } => Some("stop".to_string()),
                 // Freezes by this rule (the Banker's window pauses muse and research too).
                 ActionKind::Freeze { workload } if a.rule.0 == "rules.intruders" => {
                     Some(format!("freeze {workload}"))
@@ -235,11 +236,14 @@ fn a_workload_whose_task_keeps_coming_back_is_frozen_while_the_cores_are_held() 
             .any(|a| matches!(&a.kind, ActionKind::Thaw { workload } if workload == "sentinel"))
     });
     assert!(thawed && state.repeat_frozen.is_empty());
-    // A task outside every workload is evicted at each return, nothing frozen.
+    // A task outside every workload has nothing to freeze: it is stopped at its repeat
+    // (evicting it again at each return would let it keep its share), nothing frozen.
     let mut state = EngineState::default();
-    for s in 0..4 {
-        assert_eq!(run(&mut state, "system.slice/pinner.service", s), ["evict"]);
-    }
+    let alone = "system.slice/pinner.service";
+    assert_eq!(run(&mut state, alone, 0), ["evict"]);
+    assert_eq!(run(&mut state, alone, 1), ["evict"]);
+    assert_eq!(run(&mut state, alone, 2), ["stop"]);
+    assert!(state.repeat_frozen.is_empty() && state.stopped.contains(&9));
 }
 
 #[test]
@@ -255,6 +259,7 @@ fn a_workload_whose_task_keeps_coming_back_is_throttled_while_the_cores_are_held
             .into_iter()
             .filter_map(|a| match a.kind {
                 ActionKind::EvictIntruder { .. } => Some("evict".to_string()),
+                ActionKind::StopIntruder { .. } => Some("stop".to_string()),
                 ActionKind::SetCpuMax { workload, percent } if a.rule.0 == "rules.intruders" => {
                     Some(format!("cpu.max {workload} {percent}"))
                 }
@@ -285,12 +290,14 @@ fn a_workload_whose_task_keeps_coming_back_is_throttled_while_the_cores_are_held
     let closed = at("2026-03-09T23:00");
     assert_eq!(run(&mut state, task, closed, false), ["restore sentinel"]);
     assert!(state.repeat_throttled.is_empty());
-    // A task outside every workload is evicted at each return, nothing throttled.
+    // A task outside every workload has no cpu.max to set: it is stopped at its repeat,
+    // nothing throttled.
     let mut state = EngineState::default();
-    for s in 0..4 {
-        let evicted = run(&mut state, "system.slice/pinner.service", day(s), true);
-        assert_eq!(evicted, ["evict"]);
-    }
+    let alone = "system.slice/pinner.service";
+    assert_eq!(run(&mut state, alone, day(0), true), ["evict"]);
+    assert_eq!(run(&mut state, alone, day(1), true), ["evict"]);
+    assert_eq!(run(&mut state, alone, day(2), true), ["stop"]);
+    assert!(state.repeat_throttled.is_empty() && state.stopped.contains(&9));
 }
 
 /// A newborn reported twice before its eviction took effect (its fork, then its first
@@ -341,9 +348,8 @@ fn an_intruder_that_comes_back_is_evicted_at_once_then_stopped() {
     assert_eq!(kinds(&mut state, false, 4), Vec::<&str>::new());
     assert_eq!(kinds(&mut state, true, 4), ["evict"]);
     assert_eq!(kinds(&mut state, true, 5), ["evict"]);
-    // With the default rule (`then: evict`) every return is evicted, none stopped.
-    let mut p2 = one_host().unwrap();
-    p2.rules.intruders = Default::default();
+    // With `then: evict` every return is evicted, none stopped.
+    let p2 = repeat_policy(3, crate::policy::RepeatAction::Evict);
     let mut state = EngineState::default();
     for s in 0..5 {
         let mut obs = all_present(&ALL);
@@ -585,4 +591,24 @@ fn an_intruder_evicted_on_arrival_is_counted_and_not_evicted_again() {
     assert_eq!(kinds(&mut state, 1), Vec::<&str>::new());
     assert_eq!(kinds(&mut state, 2), Vec::<&str>::new());
     assert_eq!(kinds(&mut state, 3), ["stop"]);
+}
+
+/// The default rule holds the share against a task that pins itself back without end: its
+/// third return within 10 s stops it (evicting it at each return let a re-pinner keep most of
+/// the core), and it goes on once the trading cores are let go.
+#[test]
+fn by_default_a_task_that_keeps_pinning_itself_back_is_stopped_then_continued() {
+    let mut p = one_host().unwrap();
+    p.rules.intruders = Default::default();
+    let mut state = EngineState::default();
+    let i = || pinner(8, "system.slice/pinner.service", true);
+    assert_eq!(intruder_kinds(&p, &mut state, i(), 0), ["evict"]);
+    assert_eq!(intruder_kinds(&p, &mut state, i(), 1), ["evict"]);
+    assert_eq!(intruder_kinds(&p, &mut state, i(), 2), ["evict"]);
+    assert_eq!(intruder_kinds(&p, &mut state, i(), 3), ["stop"]);
+    let closed = at("2026-03-09T23:00");
+    let continued = decide(&p, &mut state, &all_present(&ALL), closed)
+        .into_iter()
+        .any(|a| matches!(a.kind, ActionKind::ContinueIntruder { pid: 8 }));
+    assert!(continued && state.stopped.is_empty());
 }

@@ -18,6 +18,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
         state.evicted.clear();
         state.moved_at.clear();
         state.repeat_frozen.clear();
+        continue_stopped(t, state);
         let note = "the trading cores were let go".to_string();
         for w in std::mem::take(&mut state.repeat_throttled) {
             (t.released).insert(w, (RuleId::new("rules.intruders"), note.clone()));
@@ -100,30 +101,7 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
             returns.push(now);
             let n = returns.len() as u32;
             came_back = Some(n);
-            if n >= repeat.repeat
-                && let Some(w) = workload_of(policy, &i.cgroup, &owner.name)
-            {
-                hold_workload(t, state, w, i, n, &held);
-            }
-            if n >= repeat.repeat && repeat.then == RepeatAction::Stop {
-                state.stopped.insert(i.pid);
-                let rule = RuleId::new("rules.intruders");
-                let reason = format!(
-                    "{}[{}] from `{}` came back to trading core {} {n} times within {} (repeat: {})",
-                    i.comm,
-                    i.pid,
-                    i.cgroup,
-                    i.cpu,
-                    crate::policy::amount::format_duration(repeat.within),
-                    repeat.repeat
-                );
-                let kind = ActionKind::StopIntruder {
-                    pid: i.pid,
-                    comm: i.comm.clone(),
-                    cgroup: i.cgroup.clone(),
-                    returns: n,
-                };
-                t.event(kind, &rule, reason);
+            if n >= repeat.repeat && stop_or_hold(t, state, i, n, &owner.name) {
                 continue;
             }
         }
@@ -162,6 +140,67 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
 /// evicted, not a return.
 fn reported_before_its_move(state: &EngineState, i: &super::Intruder) -> bool {
     (i.seen_ns.zip(state.moved_at.get(&i.pid))).is_some_and(|(seen, moved)| seen < *moved)
+}
+
+/// A repeat offender (`n` returns within `rules.intruders.within`): its workload held
+/// ([`hold_workload`]) and, where the rule says so, the task itself stopped: with `then: stop`,
+/// and with `freeze` or `throttle` for a task of no workload (nothing else would hold it).
+/// Never a task of a `never_frozen` workload or of rank 1: evicted again instead. Whether it
+/// was stopped (nothing more to do for it).
+fn stop_or_hold(
+    t: &mut Tick<'_>,
+    state: &mut EngineState,
+    i: &super::Intruder,
+    n: u32,
+    owner: &str,
+) -> bool {
+    let policy = t.policy;
+    let rule = &policy.rules.intruders;
+    let held = RuleId::new("rules.intruders");
+    let workload = workload_of(policy, &i.cgroup, owner);
+    let spared = (workload.as_ref())
+        .and_then(|w| policy.workloads.iter().find(|x| &x.name == w))
+        .is_some_and(|w| w.never_frozen || w.rank == 1);
+    let stop = match rule.then {
+        RepeatAction::Stop => true,
+        RepeatAction::Freeze | RepeatAction::Throttle => workload.is_none(),
+        RepeatAction::Evict => false,
+    };
+    if let Some(w) = workload {
+        hold_workload(t, state, w, i, n, &held);
+    }
+    if !stop || spared {
+        return false;
+    }
+    state.stopped.insert(i.pid);
+    let reason = format!(
+        "{}[{}] from `{}` came back to trading core {} {n} times within {} (repeat: {}); stopped while the trading cores stay protected",
+        i.comm,
+        i.pid,
+        i.cgroup,
+        i.cpu,
+        crate::policy::amount::format_duration(rule.within),
+        rule.repeat
+    );
+    let kind = ActionKind::StopIntruder {
+        pid: i.pid,
+        comm: i.comm.clone(),
+        cgroup: i.cgroup.clone(),
+        returns: n,
+    };
+    t.event(kind, &held, reason);
+    true
+}
+
+/// The repeat offenders stopped while the trading cores were protected, continued now that
+/// they are let go.
+fn continue_stopped(t: &mut Tick<'_>, state: &mut EngineState) {
+    let rule = RuleId::new("rules.intruders");
+    for pid in std::mem::take(&mut state.stopped) {
+        let reason = "the trading cores were let go: a repeat offender stopped meanwhile goes on"
+            .to_string();
+        t.event(ActionKind::ContinueIntruder { pid }, &rule, reason);
+    }
 }
 
 /// A repeat offender's workload held while the trading cores stay protected, once: frozen or

@@ -171,7 +171,12 @@ pub fn containers() -> Vec<Container> {
     if started {
         let spawned = std::thread::Builder::new()
             .name("keeper-docker".into())
-            .spawn(move || watch_engine(watch, &socket_path()));
+            .spawn(move || {
+                // Spawned from the loop (SCHED_FIFO): a watcher of a socket needs no
+                // real-time priority, and must not keep a CPU from the host.
+                super::run_at_normal_priority();
+                watch_engine(watch, &socket_path())
+            });
         if let Err(e) = spawned {
             tracing::warn!("docker: no watcher thread ({e}); Docker matches find nothing");
             return vec![];

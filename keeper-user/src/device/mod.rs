@@ -25,3 +25,11 @@ pub mod qmp;
 pub mod topology;
 pub mod trust;
 pub mod watchdog;
+
+/// The loop runs at SCHED_FIFO (it evicts intruders); device calls do not need to, and a
+/// thread that waits on them must not hold a CPU from the rest of the host.
+pub fn run_at_normal_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (0) with a valid param.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+}

@@ -61,10 +61,22 @@ pub fn serve(path: &Path, allowed_uids: Vec<u32>) -> Result<mpsc::Receiver<Call>
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
+        let mut failing = false;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                // Out of descriptors (EMFILE, ENFILE) or memory, accept fails at once: a
+                // retry at once would spin on the loop's thread. Said once per spell.
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "control socket: accept failed; trying again every 100 ms");
+                    }
+                    failing = true;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
+            failing = false;
             let conn_tx = tx.clone();
             let allowed = allowed_uids.clone();
             tokio::spawn(async move {

@@ -13,10 +13,13 @@ pub mod raw;
 pub mod source;
 pub mod types;
 mod validate;
+mod validate_guests;
 mod validate_rules;
 mod validate_workload;
 pub mod window;
 
+#[cfg(test)]
+mod guest_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -280,11 +280,13 @@ pub struct RawIntruders {
     pub repeat: Option<At<u32>>,
     /// The window the returns are counted in (default `10s`).
     pub within: Option<At<String>>,
-    /// `evict` (evicted again at each return: the default), `throttle` (its workload's
-    /// `cpu.max` set to `cpu_max` while the trading cores stay protected), `freeze` (its
-    /// workload frozen while they stay protected) or `stop` (its process is stopped with
-    /// SIGSTOP and continued when the keeper exits). A task of no workload that cannot be
-    /// throttled or frozen is evicted again.
+    /// `stop` (its process, not its children, stopped with SIGSTOP while the trading cores
+    /// stay protected, continued when they are let go or at the exit: the default),
+    /// `throttle` (its workload's `cpu.max` set to `cpu_max` while the trading cores stay
+    /// protected), `freeze` (its workload frozen while they stay protected) or `evict`
+    /// (evicted again at each return). A task of no workload that cannot be throttled or
+    /// frozen is stopped; a task of rank 1 or of a `never_frozen` workload is never stopped,
+    /// only evicted again.
     pub then: Option<At<RepeatAction>>,
     /// The `cpu.max` of a repeat offender's workload with `then: throttle` (default `10%`).
     pub cpu_max: Option<At<String>>,

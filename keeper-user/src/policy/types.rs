@@ -469,7 +469,7 @@ impl Default for IntruderRule {
         Self {
             repeat: 3,
             within: Duration::from_secs(10),
-            then: RepeatAction::Evict,
+            then: RepeatAction::Stop,
             cpu_max: Percent::new(10.0),
         }
     }
@@ -481,16 +481,17 @@ impl Default for IntruderRule {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum RepeatAction {
-    /// Evicted again at each return.
-    #[default]
+    /// Evicted again at each return (the task keeps its share of the trading cores).
     Evict,
     /// Its workload throttled (`cpu.max` at `rules.intruders.cpu_max`) while the trading
-    /// cores stay protected (a task outside every workload is evicted again instead).
+    /// cores stay protected (a task outside every workload is stopped instead).
     Throttle,
     /// Its workload frozen while the trading cores stay protected (a task outside every
-    /// workload is evicted again instead).
+    /// workload is stopped instead).
     Freeze,
-    /// Its process (and its children) stopped with SIGSTOP until the keeper exits.
+    /// Its process (not its children) stopped with SIGSTOP while the trading cores stay
+    /// protected, continued when they are let go or at the exit (the default).
+    #[default]
     Stop,
 }
 
@@ -508,14 +509,18 @@ impl RepeatAction {
     /// What a repeat offender gets, in words.
     pub fn what(self) -> &'static str {
         match self {
-            RepeatAction::Evict => "evicted again at each return",
+            RepeatAction::Evict => {
+                "evicted again at each return (this does not hold the share against a task that pins itself back without end)"
+            }
             RepeatAction::Throttle => {
-                "its workload throttled (rules.intruders.cpu_max) while the trading cores stay protected (a task of no workload: evicted again)"
+                "its workload throttled (rules.intruders.cpu_max) while the trading cores stay protected (a task of no workload: stopped)"
             }
             RepeatAction::Freeze => {
-                "its workload frozen while the trading cores stay protected (a task of no workload: evicted again)"
+                "its workload frozen while the trading cores stay protected (a task of no workload: stopped)"
             }
-            RepeatAction::Stop => "stopped with SIGSTOP until the keeper exits",
+            RepeatAction::Stop => {
+                "its process stopped (SIGSTOP, not its children) while the trading cores stay protected"
+            }
         }
     }
 }

@@ -392,6 +392,7 @@ impl<'a> Checker<'a> {
             }
         }
         self.containment(&raw.value, &out, host);
+        self.shared_guests(&raw.value, &out);
         out.sort_by_key(|w| w.rank);
         out
     }

@@ -592,3 +592,9 @@ impl std::os::fd::AsRawFd for IntruderEvents {
         self.ring.as_raw_fd()
     }
 }
+
+impl std::os::fd::AsFd for IntruderEvents {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}

@@ -280,6 +280,7 @@ fn resolve(endpoint: &Endpoint, timeout: Duration) -> io::Result<Vec<std::net::S
     std::thread::Builder::new()
         .name("keeper-dns".into())
         .spawn(move || {
+            crate::device::run_at_normal_priority();
             let found = target.to_socket_addrs().map(|a| a.collect::<Vec<_>>());
             let _ = tx.send(found);
         })?;

@@ -45,6 +45,13 @@ pub enum Load {
     /// A reader of a file with O_DIRECT (`dd iflag=direct`, 4 KiB at a time) on `cpus`:
     /// every read is a disk interrupt, where the disk's IRQ fires (CPU 1 on this VM).
     DiskIo,
+    /// A SCHED_FIFO 99 spinner (`chrt -f 99`) on `cpus`.
+    RealTime,
+    /// stress-ng's affinity stressor: 2 workers that pin themselves to random CPUs without end.
+    AffinityStress,
+    /// Every adversary at once: the hogs, the kworker-named spinner, the re-pinner, the fork
+    /// storm, the SCHED_FIFO 99 spinner on CPU 1 and the affinity stressor.
+    Everything,
 }
 
 impl Load {
@@ -106,6 +113,44 @@ impl Load {
                     "dd if={} of=/dev/null bs=4k iflag=direct 2>/dev/null",
                     file.display()
                 ))?);
+            }
+            // Killed by pid (the guard): the spinner is the `chrt` process itself, and its
+            // `spin SECS` bounds it should the bench die.
+            Load::RealTime => {
+                out.push(guard(spawn_in(
+                    &load,
+                    cpus,
+                    "chrt",
+                    &["-f", "99", probe, "spin", &s, "kb_fifo99"],
+                )?));
+            }
+            Load::AffinityStress => {
+                out.push(guard(spawn_in(
+                    &load,
+                    cpus,
+                    "stress-ng",
+                    &[
+                        "--affinity",
+                        "2",
+                        "--affinity-rand",
+                        "--timeout",
+                        &s,
+                        "--quiet",
+                    ],
+                )?));
+            }
+            Load::Everything => {
+                let each: [(Load, &[usize]); 6] = [
+                    (Load::Hogs, &[0, 1]),
+                    (Load::Kworker, &[0]),
+                    (Load::Repin, &[1]),
+                    (Load::ForkStorm, &[0, 1]),
+                    (Load::RealTime, &[1]),
+                    (Load::AffinityStress, &[0, 1]),
+                ];
+                for (l, on) in each {
+                    out.extend(l.start(scope, probe, on, secs)?);
+                }
             }
         }
         Ok(out)

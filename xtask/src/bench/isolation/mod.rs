@@ -9,8 +9,10 @@
 //! Conditions, interleaved in rounds (medians and per-round ratios reported): static isolation
 //! (the load `taskset` to CPU 0), unprotected (the load on CPUs 0-1), the keeper enforcing
 //! against the same load, the keeper attached with the load on CPU 0 (its sensing cost), and
-//! four adversaries against the keeper: a churn of respawning hogs, a spinner renamed
-//! `kworker/1:9`, a spinner that re-pins itself onto CPU 1 every millisecond, and a fork storm.
+//! adversaries against the keeper: a churn of respawning hogs, a spinner renamed
+//! `kworker/1:9`, a spinner that re-pins itself onto CPU 1 every millisecond, a fork storm, a
+//! SCHED_FIFO 99 spinner on CPU 1 and stress-ng's affinity stressor (each also unprotected, to
+//! show that it hurts), and every adversary at once.
 //! For each: the load's share of CPU 1 sampled from /proc apart from the keeper, and the
 //! keeper's evictions with their latency (first instant on CPU 1 → moved, from its record).
 //! Then, with the keeper running: EVA preemption round trips and the daemon's footprint.
@@ -148,7 +150,61 @@ const IO_GUARD: Condition = Condition {
     newcomers: false,
     irq_guard: true,
 };
-const ALL: [Condition; 11] = [
+const FIFO_UNPROTECTED: Condition = Condition {
+    key: "fifo-unprotected",
+    label: "unprotected vs a SCHED_FIFO 99 spinner on CPU 1",
+    load: Load::RealTime,
+    cpus: &[1],
+    keeper: false,
+    newcomers: false,
+    irq_guard: false,
+};
+const FIFO: Condition = Condition {
+    key: "fifo",
+    label: "keeper vs a SCHED_FIFO 99 spinner on CPU 1",
+    load: Load::RealTime,
+    cpus: &[1],
+    keeper: true,
+    newcomers: false,
+    irq_guard: false,
+};
+const AFFINITY_UNPROTECTED: Condition = Condition {
+    key: "affinity-unprotected",
+    label: "unprotected vs stress-ng --affinity 2 --affinity-rand",
+    load: Load::AffinityStress,
+    cpus: &[0, 1],
+    keeper: false,
+    newcomers: false,
+    irq_guard: false,
+};
+const AFFINITY: Condition = Condition {
+    key: "affinity",
+    label: "keeper vs stress-ng --affinity 2 --affinity-rand (defaults)",
+    load: Load::AffinityStress,
+    cpus: &[0, 1],
+    keeper: true,
+    newcomers: false,
+    irq_guard: false,
+};
+const EVERYTHING_UNPROTECTED: Condition = Condition {
+    key: "all-unprotected",
+    label: "unprotected vs every adversary at once",
+    load: Load::Everything,
+    cpus: &[0, 1],
+    keeper: false,
+    newcomers: true,
+    irq_guard: false,
+};
+const EVERYTHING: Condition = Condition {
+    key: "all",
+    label: "keeper vs every adversary at once",
+    load: Load::Everything,
+    cpus: &[0, 1],
+    keeper: true,
+    newcomers: true,
+    irq_guard: false,
+};
+const ALL: [Condition; 17] = [
     STATIC,
     UNPROTECTED,
     KEEPER,
@@ -160,6 +216,12 @@ const ALL: [Condition; 11] = [
     IO_STATIC,
     IO_KEEPER,
     IO_GUARD,
+    FIFO_UNPROTECTED,
+    FIFO,
+    AFFINITY_UNPROTECTED,
+    AFFINITY,
+    EVERYTHING_UNPROTECTED,
+    EVERYTHING,
 ];
 
 /// What one condition measured in one round.
@@ -266,7 +328,8 @@ pub fn run(
 ) -> anyhow::Result<()> {
     if let Some(k) = only.iter().find(|k| !ALL.iter().any(|c| c.key == *k)) {
         bail!(
-            "--only: no condition {k:?} (known: static, unprotected, keeper, sensing, churn, kworker, repin, forks, io-static, io-keeper, io-guard)"
+            "--only: no condition {k:?} (known: {})",
+            ALL.map(|c| c.key).join(", ")
         );
     }
     let chosen: Vec<Condition> = ALL
