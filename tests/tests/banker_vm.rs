@@ -196,4 +196,11 @@ fn vcpus_sharing_a_trading_core_are_never_stacked_at_sched_fifo() {
             .any(|l| l.contains("4 vCPUs sharing a core left at SCHED_OTHER")),
         "{log:#?}"
     );
+    // Before: "pinned 4 vCPU threads one to one on the trading cores 1".
+    assert!(
+        log.iter()
+            .any(|l| l
+                .contains("4 of the VM's vCPUs sharing a core (more vCPUs than trading cores)")),
+        "{log:#?}"
+    );
 }

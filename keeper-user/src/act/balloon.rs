@@ -47,11 +47,13 @@ impl Actuators {
         if self.dry_run {
             return Ok(Effect::WouldDo(what));
         }
-        if self.balloons_journaled.insert(socket.clone()) {
+        // Marked journaled only once the line is written: a failed write is tried again.
+        if !self.balloons_journaled.contains(&socket) {
             self.journal().record(&Entry::Balloon {
                 socket: socket.clone(),
                 original: actual,
             })?;
+            self.balloons_journaled.insert(socket.clone());
         }
         q.set_balloon(want)?;
         Ok(Effect::Done(what))

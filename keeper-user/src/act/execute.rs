@@ -168,6 +168,8 @@ pub fn execute(
             }
             // Before 6.2 the partition's end widened every task's own mask.
             out.push(act.own_masks_again());
+            // The VM's vCPUs share those cores again: not real-time any more.
+            out.push(act.vcpus_normal_again());
             out
         }
         ActionKind::EvictIntruder {

@@ -52,11 +52,13 @@ impl Actuators {
         if original == *to {
             return Ok(Effect::Unchanged(what));
         }
-        if self.irqs_journaled.insert(number) {
+        // Marked journaled only once the line is written: a failed write is tried again.
+        if !self.irqs_journaled.contains(&number) {
             self.journal().record(&Entry::IrqAffinity {
                 irq: number,
                 original: original.to_string(),
             })?;
+            self.irqs_journaled.insert(number);
         }
         if let Err(e) = irq::set_affinity(number, name, to) {
             if matches!(e, IrqError::Managed { .. }) {

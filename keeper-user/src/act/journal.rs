@@ -336,6 +336,19 @@ impl Journal {
         Ok((entries.len(), kept.len()))
     }
 
+    /// Tests: writes to the journal fail (a full disk) until [`Journal::mend`].
+    #[cfg(test)]
+    pub(crate) fn break_writes(&mut self) -> File {
+        let ro = File::open("/dev/null").expect("/dev/null");
+        self.file.replace(ro).expect("an open journal")
+    }
+
+    /// Tests: the journal's own file back after [`Journal::break_writes`].
+    #[cfg(test)]
+    pub(crate) fn mend(&mut self, file: File) {
+        self.file = Some(file);
+    }
+
     fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
         let Some(file) = self.file.as_mut() else {
             return Ok(());

@@ -69,7 +69,13 @@ impl Pending {
                 None
             }
         };
-        file.set_len(LEN as u64)?;
+        // Its blocks reserved, not a hole: a store into a mapped hole on a full disk is a
+        // SIGBUS, on the eviction path.
+        // SAFETY: posix_fallocate on an fd this frame owns; no memory is passed.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, LEN as libc::off_t) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
         // SAFETY: a fresh shared read-write mapping of one page of a file we opened read-write
         // and sized to that page; unmapped in Drop.
         let addr = unsafe {

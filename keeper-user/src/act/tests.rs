@@ -233,3 +233,53 @@ fn a_retried_undo_that_hangs_does_not_hold_the_caller() {
     assert_eq!(act.journal().entries().unwrap(), [hung]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A QMP server for one VM whose balloon holds `actual` bytes of `base` (any other command
+/// answered with an empty return), on `socket`, for as long as the test runs.
+fn fake_qmp(socket: &std::path::Path, base: u64, actual: u64) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut w = conn.try_clone().unwrap();
+            let _ = w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n");
+            for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                let answer = if line.contains("query-balloon") {
+                    format!("{{\"return\": {{\"actual\": {actual}}}}}\n")
+                } else if line.contains("query-memory-size-summary") {
+                    format!("{{\"return\": {{\"base-memory\": {base}}}}}\n")
+                } else {
+                    "{\"return\": {}}\n".to_string()
+                };
+                let _ = w.write_all(answer.as_bytes());
+            }
+        }
+    });
+}
+
+/// Before the fix the VM was marked journaled before its line was written: after a failed
+/// write (a full disk), the next balloon change went ahead unjournaled and was never undone.
+#[test]
+fn a_balloon_whose_journal_line_failed_is_journaled_at_the_next_change() {
+    let dir = std::env::temp_dir().join(format!("keeper-balloon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let gib = 1u64 << 30;
+    fake_qmp(&dir.join("300.qmp"), 8 * gib, 8 * gib);
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    act.qmp_dir = dir.clone();
+    let half = crate::policy::Amount::Percent(crate::policy::Percent::new(50.0));
+    let file = act.journal().break_writes();
+    assert!(
+        act.balloon(300, half, &[]).is_err(),
+        "no journal line, no change"
+    );
+    act.journal().mend(file);
+    assert!(act.balloon(300, half, &[]).is_ok());
+    let balloons = (act.journal().entries().unwrap().into_iter())
+        .filter(|e| matches!(e, Entry::Balloon { original, .. } if *original == 8 * gib))
+        .count();
+    assert_eq!(balloons, 1, "the change went ahead unjournaled");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

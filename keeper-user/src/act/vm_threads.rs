@@ -66,7 +66,7 @@ impl Actuators {
                 None => Some(n),
             }
         });
-        let (mut vcpus, mut others, mut rt, mut stacked) = (0, 0, 0, 0);
+        let (mut vcpus, mut others, mut rt, mut stacked, mut sharing) = (0, 0, 0, 0, 0);
         for pid in owner_processes(owner) {
             let threads: Vec<(u32, Option<usize>)> = process::threads(pid)
                 .into_iter()
@@ -81,8 +81,10 @@ impl Actuators {
                     Some(n) => CpuList::new([cores[n % cores.len()]]),
                     None => housekeeping.clone(),
                 };
+                let on_shared = vcpu.is_some_and(|v| shared.contains(&cores[v % cores.len()]));
+                sharing += u32::from(on_shared);
                 match (vcpu, fifo) {
-                    (Some(v), Some(_)) if shared.contains(&cores[v % cores.len()]) => {
+                    (Some(_), Some(_)) if on_shared => {
                         stacked += 1;
                     }
                     (Some(_), Some(n)) => rt += u32::from(self.make_fifo(tid, n)?),
@@ -108,11 +110,18 @@ impl Actuators {
                 ", {stacked} vCPUs sharing a core left at SCHED_OTHER"
             ));
         }
+        let how = if sharing > 0 {
+            format!(
+                "on the trading cores {trading}, {sharing} of the VM's vCPUs sharing a core (more vCPUs than trading cores)"
+            )
+        } else {
+            format!("one to one on the trading cores {trading}")
+        };
         Ok(if vcpus + others + rt == 0 {
             Effect::Unchanged("the VM's threads are where they belong".into())
         } else {
             Effect::Done(format!(
-                "pinned {vcpus} vCPU threads one to one on the trading cores {trading}, {others} other VM threads on {housekeeping}{fifo_note}"
+                "pinned {vcpus} vCPU threads {how}, {others} other VM threads on {housekeeping}{fifo_note}"
             ))
         })
     }
@@ -145,6 +154,49 @@ impl Actuators {
             Err(ActError::Vanished { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Actuators {
+    /// The trading cores let go: each vCPU thread made SCHED_FIFO back to the class it had
+    /// (journaled by [`Actuators::make_fifo`]; a real-time class only where it was one).
+    /// Before, a VM's vCPUs kept their real-time priority after the release, on cores shared
+    /// again with everything else. Intruders demoted from a real-time class stay demoted
+    /// until the exit gives them their CPUs back.
+    pub(super) fn vcpus_normal_again(&mut self) -> Result<Effect, ActError> {
+        if self.dry_run {
+            return Ok(Effect::Unchanged(
+                "dry run: no vCPU was made real-time".into(),
+            ));
+        }
+        let mut back = 0;
+        for e in self.journal().entries()? {
+            let Entry::Scheduler {
+                pid,
+                start,
+                policy,
+                priority,
+                deadline: None,
+            } = e
+            else {
+                continue;
+            };
+            if super::sched_class::is_real_time(policy) {
+                continue;
+            }
+            let fifo = Proc::open_thread(pid, Some(start))
+                .and_then(|t| t.scheduler())
+                .is_ok_and(|(p, _)| super::sched_class::is_real_time(p));
+            if fifo && super::sched_class::restore(pid, start, policy, priority, None)?.is_some() {
+                back += 1;
+            }
+        }
+        Ok(match back {
+            0 => Effect::Unchanged("no vCPU thread is real-time".into()),
+            n => Effect::Done(format!(
+                "{n} vCPU threads back to their own scheduling class (the trading cores are let go)"
+            )),
+        })
     }
 }
 
@@ -200,6 +252,44 @@ mod tests {
         assert_eq!(shared_cores(0..4, &[1]), vec![1]);
         assert_eq!(shared_cores(0..3, &[2, 3]), vec![2]);
         assert!(shared_cores(0..4, &[2, 3, 4, 5]).is_empty());
+    }
+
+    /// Before the fix a vCPU kept SCHED_FIFO after the trading cores were let go.
+    #[test]
+    fn vcpus_made_real_time_are_normal_again_when_the_cores_are_let_go() {
+        if unsafe { libc::geteuid() } != 0 {
+            return; // SCHED_FIFO needs CAP_SYS_NICE: the privileged run covers it
+        }
+        let dir = std::env::temp_dir().join(format!("keeper-vcpu-rt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let journal = super::super::journal::Journal::open(&dir).unwrap();
+        let mut act = Actuators::new(
+            crate::device::cgroupfs::CgroupFs::at(&dir),
+            journal,
+            false,
+            None,
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let vcpu = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert!(act.make_fifo(tid, 1).unwrap());
+        let class = || Proc::open_thread(tid, None).unwrap().scheduler().unwrap();
+        assert_eq!(class(), (libc::SCHED_FIFO, 1));
+        let effect = act.vcpus_normal_again().unwrap();
+        assert_eq!(class(), (libc::SCHED_OTHER, 0), "{effect:?}");
+        // Nothing real-time left: nothing to do.
+        assert!(matches!(
+            act.vcpus_normal_again().unwrap(),
+            Effect::Unchanged(_)
+        ));
+        done_tx.send(()).unwrap();
+        vcpu.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

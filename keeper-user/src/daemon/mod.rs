@@ -38,6 +38,11 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
 }
 
+/// How long the undo at the exit (and the replay at a start) may keep the hardware watchdog
+/// fed: a VM started again, QMP and systemctl calls take up to a minute. Below the unit's
+/// `TimeoutStopSec` (90 s), past which systemd kills the keeper and the next start replays.
+pub const UNDO_LIMIT: Duration = Duration::from_secs(80);
+
 /// Everything `keeper run` was told.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -71,7 +76,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<RunRecord, DaemonError> {
     // An orderly exit, even after an error in the loop: everything undone, then the hardware
     // watchdog disarmed. Only a keeper that hangs or is killed leaves it armed.
     let watchdog = r.watchdog.take();
-    let record = r.finish();
+    let dog = watchdog
+        .as_ref()
+        .map(|w| w as &dyn crate::device::watchdog::Feed);
+    let record = crate::device::watchdog::fed_while(dog, UNDO_LIMIT, || r.finish());
     if let Some(w) = watchdog {
         match w.disarm() {
             Ok(true) => tracing::info!("hardware watchdog disarmed"),

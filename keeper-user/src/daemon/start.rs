@@ -16,7 +16,10 @@ use super::{
 use crate::{
     act::{Actuators, execute::Done, journal::Journal, process::Proc},
     cpulist::CpuList,
-    device::{cgroupfs::CgroupFs, watchdog::Watchdog},
+    device::{
+        cgroupfs::CgroupFs,
+        watchdog::{Feed, Watchdog, fed_while},
+    },
     enforcer::Enforcer,
     interface::server,
     report::{metrics, oom_history::OomHistory, record::Recorder},
@@ -61,7 +64,7 @@ pub(super) async fn start(
 ) -> Result<(Running, Sources), DaemonError> {
     let started = jiff::Timestamp::now();
     let cg = CgroupFs::discover()?;
-    let (enforcer, restored_at_start, slow_done) = enforcer(cfg, &cg)?;
+    let (enforcer, restored_at_start, slow_done, hardware) = enforcer(cfg, &cg)?;
     let tracefs = Tracefs::find_or_mount()?;
     let mut sensor = SchedSensor::attach(
         &tracefs,
@@ -100,8 +103,7 @@ pub(super) async fn start(
         ),
         None => None,
     };
-    let hardware = arm_watchdog(cfg, &enforcer.policy);
-    let period = hardware.as_ref().map(Watchdog::period);
+    let period = hardware.0.as_ref().map(Watchdog::period);
     let sources = Sources {
         signals,
         events,
@@ -124,7 +126,8 @@ pub(super) async fn start(
         cfg.metrics.map(|_| metrics),
         restored_at_start,
     );
-    running.watchdog = hardware;
+    let mut hardware = hardware;
+    running.watchdog = hardware.0.take();
     running.fast = Some(fast);
     Ok((running, sources))
 }
@@ -159,7 +162,7 @@ fn arm_watchdog(cfg: &DaemonConfig, policy: &crate::policy::Policy) -> Option<Wa
 fn enforcer(
     cfg: &DaemonConfig,
     cg: &CgroupFs,
-) -> Result<(Enforcer, Vec<String>, mpsc::UnboundedReceiver<Done>), DaemonError> {
+) -> Result<(Enforcer, Vec<String>, mpsc::UnboundedReceiver<Done>, Armed), DaemonError> {
     let journal = if cfg.dry_run {
         Journal::disabled()
     } else {
@@ -170,7 +173,13 @@ fn enforcer(
         cg.id(scope)
             .map_err(|e| DaemonError::Policy(format!("--scope {scope}: {e}")))?;
     }
-    let restored_at_start = act.restore_all()?;
+    // The policy first: its `host.watchdog` is armed before the replay and fed through it (a
+    // dead keeper's watchdog may still count down; a replay of VM or systemctl calls can take
+    // longer than its timeout). A policy that does not load is an error after the replay.
+    let policy = load_policy(&cfg.source);
+    let hardware = Armed(policy.as_ref().ok().and_then(|p| arm_watchdog(cfg, p)));
+    let dog = hardware.0.as_ref().map(|w| w as &dyn Feed);
+    let restored_at_start = fed_while(dog, super::UNDO_LIMIT, || act.restore_all())?;
     for r in &restored_at_start {
         tracing::warn!(restored = %r, "undid a change left by an earlier keeper run");
     }
@@ -180,7 +189,7 @@ fn enforcer(
             "some changes left by an earlier keeper run could not be undone yet: kept in the journal, tried again with a backoff (`keeper status` lists them)"
         );
     }
-    let policy = load_policy(&cfg.source).map_err(DaemonError::Policy)?;
+    let policy = policy.map_err(DaemonError::Policy)?;
     act.attach_gpu(cfg.nvml_lib.as_deref(), cfg.cuda_checkpoint.as_deref());
     act.attach_proxmox(cfg.proxmox.as_deref(), &policy)?;
     pin_self(&policy.host.housekeeping_cores);
@@ -193,7 +202,20 @@ fn enforcer(
     if !cfg.dry_run {
         enforcer.start_slow_hands(slow_tx)?;
     }
-    Ok((enforcer, restored_at_start, slow_done))
+    Ok((enforcer, restored_at_start, slow_done, hardware))
+}
+
+/// The hardware watchdog armed during the start: disarmed (the magic close) if the start
+/// fails, so that a keeper that cannot start does not leave it counting down to a reset.
+pub(super) struct Armed(pub Option<Watchdog>);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            let _ = w.disarm();
+            tracing::warn!("the start failed: the hardware watchdog is disarmed");
+        }
+    }
 }
 
 /// The clocks and triggers the loop waits on besides the sensor and the socket.

@@ -59,7 +59,9 @@ pub fn irq_guard_once(policy: &Policy, state: &mut EngineState) -> Vec<Action> {
             ),
         });
     }
-    if !std::mem::replace(&mut a.irqbalance_off, true) {
+    let told = cores.to_string();
+    if a.irqbalance_off.as_ref() != Some(&told) {
+        a.irqbalance_off = Some(told);
         out.push(Action {
             kind: ActionKind::KeepIrqbalanceOff {
                 cpus: cores.clone(),
@@ -222,6 +224,16 @@ mod tests {
                 .all(|a| a.rule.0 == "host.irq_guard")
         );
         assert_eq!(io(&decide(&p, &mut s, &obs(true, &[]), t(200))), 0);
+        // A reload that moves the trading cores tells irqbalance the new ones (before: the
+        // ban stayed on the old cores, and irqbalance balanced onto the new ones).
+        let mut moved = p.clone();
+        moved.host.trading_cores = "0".parse().unwrap();
+        moved.host.housekeeping_cores = "1".parse().unwrap();
+        let again = decide(&moved, &mut s, &obs(true, &[]), t(300));
+        let told = again.iter().filter(|a| {
+            matches!(&a.kind, ActionKind::KeepIrqbalanceOff { cpus } if cpus.to_string() == "0")
+        });
+        assert_eq!(told.count(), 1, "{again:#?}");
         let mut s = EngineState::default();
         let unguarded = policy("irq_guard: false");
         assert_eq!(io(&decide(&unguarded, &mut s, &obs(true, &[]), t(0))), 0);

@@ -110,7 +110,16 @@ fn the_ladder_stops_the_lowest_ranked_vm_last_and_starts_it_first() {
         start[0].reason
     );
     let calm = obs(0.0, 0.0, &ALL);
-    assert!(decide(&p, &mut s, &calm, t(61)).is_empty());
+    // Back, lab is kept off the trading cores again (its new cgroup has no cpuset yet);
+    // nothing of the ladder.
+    let back = decide(&p, &mut s, &calm, t(61));
+    assert!(names(&back).is_empty(), "{back:#?}");
+    assert!(
+        back.iter().all(|a| a
+            .reason
+            .starts_with("lab appeared while the trading cores are protected")),
+        "{back:#?}"
+    );
     let deflate = decide(&p, &mut s, &calm, t(71));
     assert_eq!(names(&deflate), ["balloon eva (vm 101) to 100%"]);
     assert!(decide(&p, &mut s, &calm, t(72)).is_empty());

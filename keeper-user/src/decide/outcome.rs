@@ -206,7 +206,7 @@ pub(super) fn forget(state: &mut EngineState, action: &Action) {
         ActionKind::ProtectTradingCores { .. } => a.trading = None,
         ActionKind::SetWorkqueueCpus { .. } => a.workqueues = None,
         ActionKind::CompleteIoOnSubmitter => a.io_on_submitter = false,
-        ActionKind::KeepIrqbalanceOff { .. } => a.irqbalance_off = false,
+        ActionKind::KeepIrqbalanceOff { .. } => a.irqbalance_off = None,
         ActionKind::EvictIntruder { pid, .. } => {
             state.evicted.remove(pid);
         }

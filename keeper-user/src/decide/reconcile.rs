@@ -331,13 +331,26 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
     }
 
     let cores = policy.host.trading_cores.to_string();
+    let others: std::collections::BTreeSet<String> = (policy.workloads.iter())
+        .filter(|w| obs.present(&w.name) && Some(&w.name) != trading.as_ref().map(|t| &t.value))
+        .map(|w| w.name.clone())
+        .collect();
+    applied.kept_off.retain(|w| others.contains(w));
+    let newcomer = others.difference(&applied.kept_off).next().cloned();
     match (trading, applied.trading.clone()) {
-        (Some(want), had)
+        (Some(mut want), had)
             if had.as_deref() != Some(want.value.as_str())
-                || applied.trading_cores.as_deref() != Some(cores.as_str()) =>
+                || applied.trading_cores.as_deref() != Some(cores.as_str())
+                || newcomer.is_some() =>
         {
+            if let (Some(w), Some(_)) = (&newcomer, &had) {
+                want.reason = format!(
+                    "{w} appeared while the trading cores are protected: kept off them too"
+                );
+            }
             applied.trading = Some(want.value.clone());
             applied.trading_cores = Some(cores);
+            applied.kept_off = others;
             let vcpu_fifo = policy.workload(&want.value).and_then(|w| w.vcpu_fifo);
             let kind = ActionKind::ProtectTradingCores {
                 workload: want.value,
@@ -350,6 +363,7 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         (None, Some(owner)) => {
             applied.trading = None;
             applied.trading_cores = None;
+            applied.kept_off.clear();
             let rule = RuleId::new(format!("{owner}.owns_trading_cores"));
             let reason = format!("{owner} is no longer active");
             push(

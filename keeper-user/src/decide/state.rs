@@ -159,6 +159,10 @@ pub struct Applied {
     pub classed: BTreeSet<String>,
     /// The workload the trading cores are protected for.
     pub trading: Option<String>,
+    /// The other workloads present when the cores were last protected (their cpusets kept
+    /// to the housekeeping cores): one that appears later is kept off them too.
+    #[serde(default)]
+    pub kept_off: BTreeSet<String>,
     /// The cores protected for it (kernel list notation): a reload that changes
     /// `host.trading_cores` protects the new ones.
     #[serde(default)]
@@ -177,12 +181,13 @@ pub struct Applied {
     /// Where the unbound workqueues were asked to run (`host.workqueue_guard`).
     #[serde(default)]
     pub workqueues: Option<String>,
-    /// Block I/O asked to complete on its submitting CPU, and irqbalance asked to leave the
-    /// trading cores alone (`host.irq_guard`).
+    /// Block I/O asked to complete on its submitting CPU (`host.irq_guard`).
     #[serde(default)]
     pub io_on_submitter: bool,
+    /// The trading cores irqbalance was asked to leave alone (`host.irq_guard`): asked again
+    /// when a reload moves them.
     #[serde(default)]
-    pub irqbalance_off: bool,
+    pub irqbalance_off: Option<String>,
     /// The VM the passthrough GPU was lent to (`rules.gpu_mutex`); `None`: its holder has it.
     #[serde(default)]
     pub gpu_lent: Option<String>,

@@ -612,3 +612,30 @@ fn by_default_a_task_that_keeps_pinning_itself_back_is_stopped_then_continued() 
         .any(|a| matches!(a.kind, ActionKind::ContinueIntruder { pid: 8 }));
     assert!(continued && state.stopped.is_empty());
 }
+
+/// Before the fix only the workloads present at the first protection got the housekeeping
+/// cpuset: a VM started later (muse here) ran on the trading cores until evicted task by task.
+#[test]
+fn a_workload_that_appears_while_the_cores_are_protected_is_kept_off_them_too() {
+    let p = one_host().unwrap();
+    let mut state = EngineState::default();
+    let protects = |state: &mut EngineState, obs: &Observations, secs: i64| {
+        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+        decide(&p, state, obs, now)
+            .into_iter()
+            .filter(|a| matches!(a.kind, ActionKind::ProtectTradingCores { .. }))
+            .map(|a| a.reason)
+            .collect::<Vec<_>>()
+    };
+    let mut without_muse = all_present(&ALL);
+    without_muse.workloads.remove("muse");
+    assert_eq!(protects(&mut state, &without_muse, 0).len(), 1);
+    assert!(protects(&mut state, &without_muse, 1).is_empty());
+    let again = protects(&mut state, &all_present(&ALL), 2);
+    assert_eq!(again.len(), 1, "muse appeared: protected again");
+    assert!(
+        again[0].starts_with("muse appeared while the trading cores are protected"),
+        "{again:?}"
+    );
+    assert!(protects(&mut state, &all_present(&ALL), 3).is_empty());
+}

@@ -154,9 +154,82 @@ impl Watchdog {
     }
 }
 
+/// What keeps a watchdog's count from running out.
+pub trait Feed: Sync {
+    fn feed(&self);
+    fn period(&self) -> Duration;
+}
+
+impl Feed for Watchdog {
+    fn feed(&self) {
+        if let Err(e) = self.keepalive() {
+            tracing::error!(error = %e, "hardware watchdog keepalive failed");
+        }
+    }
+    fn period(&self) -> Duration {
+        Watchdog::period(self)
+    }
+}
+
+/// Runs `work` (the undo at the exit, the replay at a start: VM, QMP and systemctl calls of up
+/// to a minute) while a thread feeds `dog` every period, for at most `limit`: longer than the
+/// watchdog's timeout the machine would reset mid-undo; past `limit` the undo is taken for
+/// hung, and the watchdog does its job.
+pub fn fed_while<T>(dog: Option<&dyn Feed>, limit: Duration, work: impl FnOnce() -> T) -> T {
+    let Some(dog) = dog else {
+        return work();
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let feeder = s.spawn(|| {
+            let started = std::time::Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < limit {
+                dog.feed();
+                std::thread::park_timeout(dog.period());
+            }
+        });
+        let out = work();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        feeder.thread().unpark();
+        out
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Counter(std::sync::atomic::AtomicU32);
+
+    impl Feed for Counter {
+        fn feed(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn period(&self) -> Duration {
+            Duration::from_millis(20)
+        }
+    }
+
+    /// Before the fix the exit's undo and a start's replay ran with nobody feeding the
+    /// watchdog: an undo longer than its timeout reset the machine.
+    #[test]
+    fn a_long_undo_is_fed_throughout_and_only_up_to_its_limit() {
+        let dog = Counter(std::sync::atomic::AtomicU32::new(0));
+        let out = fed_while(Some(&dog), Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(300));
+            7
+        });
+        assert_eq!(out, 7);
+        let fed = dog.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(fed >= 10, "fed {fed} times in 300 ms at a 20 ms period");
+        // A hung undo is fed for `limit` only.
+        let dog = Counter(std::sync::atomic::AtomicU32::new(0));
+        fed_while(Some(&dog), Duration::from_millis(100), || {
+            std::thread::sleep(Duration::from_millis(400));
+        });
+        let fed = dog.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(fed <= 8, "fed {fed} times: past its limit");
+    }
 
     /// The request numbers are the kernel's `_IOR`/`_IOWR` encodings.
     #[test]

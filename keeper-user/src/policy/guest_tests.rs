@@ -97,3 +97,17 @@ fn the_same_process_name_in_two_workloads_is_refused() {
     assert!(e.iter().any(|e| e.contains(want)), "{e:#?}");
     assert_eq!(e.len(), 1, "{e:#?}");
 }
+
+/// Any local user can name a process `qemu`: an owner matched by name would protect it on the
+/// trading cores and make its threads named like vCPUs real-time.
+#[test]
+fn the_owner_of_the_trading_cores_is_never_matched_by_a_process_name() {
+    let text = HIVE_YAML.replacen("match: { vmid: 200 }", "match: { process: kvm }", 1);
+    let e = errors(&text);
+    assert!(
+        e.iter().any(|e| e.contains(
+            "`banker.match.process`: the workload that owns the trading cores is matched by a name"
+        )),
+        "{e:#?}"
+    );
+}

@@ -57,6 +57,13 @@ impl Checker<'_> {
                     "the workload that owns the trading cores is matched by cgroup paths the eviction path knows without asking the engine: give the containers' cgroup parent as `cgroup` (`dockerd --cgroup-parent`) instead",
                 );
             }
+            if let (true, Some(p)) = (w.owns_trading_cores, &r.value.matcher.value.process) {
+                self.err(
+                    p.pos,
+                    &format!("{key}.process"),
+                    "the workload that owns the trading cores is matched by a name any local user can give a process (prctl PR_SET_NAME): such a process would be protected on the trading cores, and its threads named like vCPUs made real-time; match it by `vmid`, `cgroup`, `systemd_unit` or a root-owned `pid_file`",
+                );
+            }
             // A `systemd_unit` that is the keeper's own is reported by `matcher` already.
             let own_unit =
                 host.is_some_and(|h| w.matcher.systemd_unit.as_ref() == Some(&h.keeper_unit));
