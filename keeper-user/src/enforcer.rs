@@ -68,11 +68,14 @@ impl Enforcer {
         }
     }
 
-    /// The policy's balloon floor, for the actuators.
-    pub fn set_balloon_floor(&mut self) {
+    /// The policy's values the actuators keep: the balloon floor, and whether a real-time
+    /// intruder is demoted as it moves (`rules.intruders.real_time`).
+    pub fn set_actuator_values(&mut self) {
         if let Some(m) = &self.policy.rules.memory {
             self.act.balloon_floor = m.balloon_floor;
         }
+        self.act.demote_real_time =
+            self.policy.rules.intruders.real_time == crate::policy::RealTimeIntruders::Demote;
     }
 
     /// The eviction path: the last full observation with these intruders (nothing is read

@@ -6,16 +6,6 @@ use std::{os::unix::net::UnixStream, time::Duration};
 
 use integration_test::{rig::*, *};
 
-/// Clock ticks of CPU time (user + system) the process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields from 3 on: utime is field 14, stime 15.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
 /// The soft limit of open files of `pid`.
 fn soft_nofile(pid: u32) -> String {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
@@ -55,12 +45,9 @@ fn a_keeper_out_of_descriptors_does_not_spin_on_its_control_socket() {
         .filter_map(|_| UnixStream::connect(rig.socket()).ok())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let before = cpu_ticks(pid);
+    let before = cpu_seconds(pid);
     std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_ticks(pid) - before;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let share = used as f64 / hz / 2.0;
+    let share = (cpu_seconds(pid) - before) / 2.0;
     drop(held);
     let st = std::process::Command::new("prlimit")
         .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])

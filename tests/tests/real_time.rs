@@ -192,7 +192,13 @@ fn the_keeper_stops_in_time_whatever_runs_on_the_trading_core() {
     keeper.wait_for("first pass done", Duration::from_secs(10));
     let (outer, pid) = spinner(&["-f", "50"], "1", "kt_outside", 15, None);
     std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
     let status = rig.control(&["status"]);
+    let answered = asked.elapsed();
+    assert!(
+        answered < Duration::from_secs(1),
+        "status took {answered:?} behind the spinner"
+    );
     let before = proc_state(pid);
     let stopping = Instant::now();
     let log = keeper.stop();
@@ -223,6 +229,7 @@ fn a_relentless_re_pinner_is_stopped_by_default() {
     }
     let rig = Rig::new("stressor");
     let keeper = rig.keeper(&[]);
+    let (cpu_before, started) = (cpu_seconds(keeper.pid()), Instant::now());
     let scope = TestCgroup {
         rel: rig.scope.rel.clone(),
         dir: rig.scope.dir.clone(),
@@ -253,17 +260,30 @@ fn a_relentless_re_pinner_is_stopped_by_default() {
     };
     std::thread::sleep(Duration::from_secs(2));
     let share = share_of_any_on_cpu(&workers, 1, Duration::from_secs(4));
+    let asked = Instant::now();
     let status = rig.control(&["status"]);
+    let answered = asked.elapsed();
+    let cost = (cpu_seconds(keeper.pid()) - cpu_before) / started.elapsed().as_secs_f64();
     let stopped: Vec<u32> = workers()
         .into_iter()
         .filter(|p| task_state(*p) == "T")
         .collect();
     eprintln!(
-        "affinity stressor: {:.2} % of CPU 1, {} evictions, stopped {stopped:?}",
+        "affinity stressor: {:.2} % of CPU 1, {} evictions, stopped {stopped:?}; the keeper used {:.2} % of a core, `status` answered in {answered:?}",
         share * 100.0,
-        status["evictions"]
+        status["evictions"],
+        cost * 100.0
     );
     let log = keeper.stop();
+    assert!(
+        answered < Duration::from_secs(1),
+        "status took {answered:?}"
+    );
+    assert!(
+        cost <= 0.05,
+        "the keeper used {:.1} % of a core against the stressor",
+        cost * 100.0
+    );
     assert!(!stopped.is_empty(), "no worker stopped: {status:#}");
     assert!(
         share <= 0.01,
@@ -310,4 +330,31 @@ fn a_stopped_repeat_offender_goes_on_when_the_trading_cores_are_let_go() {
     keeper.stop();
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     wait_cpu_time(hog);
+}
+
+/// `rules.intruders.real_time: keep`: a SCHED_FIFO intruder is evicted with its class (for an
+/// operator whose real-time work must keep its priority on the housekeeping cores).
+#[test]
+fn with_real_time_keep_an_intruder_is_evicted_with_its_class() {
+    if !privileged("with_real_time_keep_an_intruder_is_evicted_with_its_class") {
+        return;
+    }
+    let rig = Rig::with_rules("rt-keep", "  intruders: { real_time: keep }\n");
+    let keeper = rig.keeper(&[]);
+    let stray = stray(&rig);
+    // Moved as it is, it spins at FIFO 10 on the housekeeping core: ended at once (the
+    // test's own threads and the keeper's loop share that core).
+    let (outer, pid) = spinner(&["-f", "10"], "1", "kt_keep", 5, Some(&stray));
+    std::mem::forget(stray);
+    let evicted = within(Duration::from_secs(3), || affinity(pid) == "0");
+    let class = sched_of(pid);
+    end(outer);
+    let log = keeper.stop();
+    assert!(evicted.is_some(), "not evicted: {log:#?}");
+    assert_eq!(
+        class,
+        (libc::SCHED_FIFO, 10),
+        "demoted despite real_time: keep"
+    );
+    assert!(!log.iter().any(|l| l.contains("demoted from")), "{log:#?}");
 }

@@ -308,4 +308,30 @@ else
 fi
 kill -9 $REPIN $RBANKER 2>/dev/null; wait $REPIN $RBANKER 2>/dev/null
 
+# 9. A real-time task pinned to the trading core before the keeper starts, in a workload whose
+#    cpuset the keeper narrows (issue 29): the kernel moves it to CPU 0 with the cpuset, at its
+#    class, where SCHED_FIFO 99 would starve the housekeeping core (the keeper's loop among
+#    the rest); the keeper demotes it to SCHED_OTHER first (`stat` field 41: 0), answers
+#    `status` meanwhile, and gives its class back at the exit (1: SCHED_FIFO).
+policy_of() { cut -d' ' -f41 /proc/$1/stat; }
+sh -c "echo \$\$ > $S/vms/banker/cgroup.procs; exec sleep 120" & RBANKER=$!
+sh -c "echo \$\$ > $NOISY/cgroup.procs; exec $P rtspin 60 1 99 vm_rt" & RT=$!
+is_fifo() { [ "$(policy_of $RT)" = 1 ]; }
+wait_for 10 is_fifo
+$K run --policy /vm/repeat.yaml --state-dir /tmp/rt-state --socket /tmp/rt.sock > /tmp/rt.log 2>&1 &
+RT_KEEPER=$!
+demoted() { [ "$(policy_of $RT)" = 0 ] && [ "$(taskset -c -p $RT | sed 's/.*: *//')" = 0 ]; }
+if wait_for 60 demoted && $K status --socket /tmp/rt.sock > /tmp/rt-status.json; then
+    kill -TERM $RT_KEEPER; wait $RT_KEEPER
+    if [ "$(policy_of $RT)" = 1 ]; then
+        pass "rt-intruder-demoted (a SCHED_FIFO 99 spinner of noisy pinned to CPU 1: SCHED_OTHER on CPU 0 while the keeper ran, status answered, SCHED_FIFO again after the exit)"
+    else
+        fail rt-intruder-demoted "class after the exit: $(policy_of $RT): $(grep -i 'demot\|error\|warn' /tmp/rt.log | tail -4)"
+    fi
+else
+    fail rt-intruder-demoted "class $(policy_of $RT) on $(taskset -c -p $RT): $(grep -i 'demot\|noisy\|error\|warn' /tmp/rt.log | tail -4)"
+    kill -TERM $RT_KEEPER; wait $RT_KEEPER
+fi
+kill -9 $RT $RBANKER 2>/dev/null; wait $RT $RBANKER 2>/dev/null
+
 echo "VMTEST DONE $FAILS"

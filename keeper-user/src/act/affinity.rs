@@ -87,8 +87,10 @@ impl Actuators {
             let why = format!("pid {pid} is a kernel thread: never evicted");
             return Ok(Effect::Unchanged(why));
         }
-        // A real-time task is demoted as it leaves: it would take the housekeeping cores.
-        let target = |original: &CpuList| (original != to).then(|| (to.clone(), true));
+        // A real-time task is demoted as it leaves (`rules.intruders.real_time`): it would
+        // take the housekeeping cores.
+        let demote = self.demote_real_time;
+        let target = |original: &CpuList| (original != to).then(|| (to.clone(), demote));
         let mut moved = 1;
         if !first_moved {
             let at = self.move_task(&task, None, target)?;
@@ -131,8 +133,9 @@ impl Actuators {
         let Some(task) = Proc::vouched(pid, start, seen_ns).filter(|_| !self.dry_run) else {
             return Ok(false);
         };
+        let demote = self.demote_real_time;
         let at = self.move_task(&task, cpus, |original| {
-            (original != to).then(|| (to.clone(), true))
+            (original != to).then(|| (to.clone(), demote))
         })?;
         if at.is_some() {
             self.first_move_ns = at;
@@ -184,6 +187,7 @@ impl Actuators {
         trading: &CpuList,
         housekeeping: &CpuList,
     ) -> Result<bool, ActError> {
+        let demote = self.demote_real_time;
         let target = |original: &CpuList| {
             if original.intersection(trading).is_empty() {
                 return None;
@@ -192,7 +196,7 @@ impl Actuators {
             // Pinned to the trading cores alone, a real-time task would now take the
             // housekeeping cores: demoted. One that could run there already keeps its class.
             Some(if to.is_empty() {
-                (housekeeping.clone(), true)
+                (housekeeping.clone(), demote)
             } else {
                 (to, false)
             })

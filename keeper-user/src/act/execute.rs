@@ -255,6 +255,7 @@ fn protect_trading_cores(
             continue;
         }
         for c in &p.cgroups {
+            out.push(act.demote_pinned_in(c, cpus));
             out.push(act.restrict_cpus(c, &housekeeping.to_string()));
         }
     }

@@ -167,6 +167,10 @@ pub struct Actuators {
     /// The class a thread of the eviction under way had before it was demoted
     /// ([`Actuators::demote`]), said in the eviction's outcome.
     pub(crate) demoted: Option<String>,
+    /// Whether a real-time task is demoted as it is moved off the trading cores
+    /// (`rules.intruders.real_time`; set from the policy by the enforcer and the eviction
+    /// thread's filter).
+    pub demote_real_time: bool,
     /// Commands started by a preemption (`start_on`), by workload: this keeper's children.
     pub(crate) services: std::collections::HashMap<String, std::process::Child>,
     /// `start_on` units found active before the keeper would start them: left as they are,
@@ -200,6 +204,7 @@ impl Actuators {
             first_move_ns: None,
             moved_on_arrival: None,
             demoted: None,
+            demote_real_time: true,
             services: Default::default(),
             units_kept: HashSet::new(),
             own_masks_kept: false,

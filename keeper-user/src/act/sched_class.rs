@@ -5,7 +5,8 @@
 //! journaled, and gets it back when its affinity is put back (at exit, or when the trading
 //! cores are let go: the undo of both comes from the journal).
 
-use super::{ActError, Actuators, journal::Entry, process::Proc};
+use super::{ActError, Actuators, Effect, journal::Entry, normalize, process::Proc, under};
+use crate::cpulist::CpuList;
 
 /// A deadline task's parameters (`struct sched_attr`, nanoseconds), journaled to give them
 /// back.
@@ -131,6 +132,47 @@ impl Actuators {
             Err(ActError::Vanished { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Actuators {
+    /// Real-time threads of cgroup `rel` (and below) pinned to the `trading` cores alone,
+    /// demoted before the cgroup's cpuset is narrowed to the housekeeping cores: the kernel
+    /// would move them there at their class, where they would starve the keeper's loop, sshd
+    /// and the VMs' I/O threads (the cpuset, not an eviction, moves them: nothing else
+    /// demotes them). Nothing with `rules.intruders.real_time: keep`.
+    pub(super) fn demote_pinned_in(
+        &mut self,
+        rel: &str,
+        trading: &CpuList,
+    ) -> Result<Effect, ActError> {
+        let what = format!(
+            "real-time threads of /{} pinned to the trading cores",
+            normalize(rel)
+        );
+        if self.dry_run || !self.demote_real_time {
+            return Ok(Effect::Unchanged(format!("{what}: kept as they are")));
+        }
+        let cgroup = normalize(rel);
+        let (mut demoted, mut was) = (0, None);
+        for tid in super::affinity::user_threads(|_, cg| under(cg, &cgroup)) {
+            let Ok(task) = Proc::open_thread(tid, None) else {
+                continue;
+            };
+            let pinned = task
+                .affinity()
+                .is_ok_and(|a| !a.is_empty() && a.difference(trading).is_empty());
+            if pinned && let Some(class) = self.demote(&task)? {
+                demoted += 1;
+                was.get_or_insert(class);
+            }
+        }
+        Ok(match was {
+            None => Effect::Unchanged(format!("{what}: none")),
+            Some(class) => Effect::Done(format!(
+                "demoted {demoted} {what} (from {class}) to SCHED_OTHER before its cpuset moves them to the housekeeping cores, until the exit"
+            )),
+        })
     }
 }
 

@@ -65,6 +65,34 @@ fn main() -> ExitCode {
             spin(secs, repin.then_some(cpu as usize));
             ExitCode::SUCCESS
         }
+        Some("rtspin") => {
+            // A real-time intruder where no chrt is (the vm-test guests' busybox): pinned to
+            // CPU, SCHED_FIFO at PRIO, spinning for SECONDS.
+            let (Some(secs), Some(cpu), Some(prio)) = (num(1), num(2), num(3)) else {
+                eprintln!("usage: keeper-probe rtspin SECONDS CPU PRIO [NAME]");
+                return ExitCode::from(2);
+            };
+            if let Some(name) = args.get(4) {
+                set_comm(name);
+            }
+            // SAFETY: a zeroed cpu_set_t with one CPU set, and a valid sched_param, for the
+            // calling thread.
+            let ok = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu as usize, &mut set);
+                let param = libc::sched_param {
+                    sched_priority: prio as i32,
+                };
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+                    && libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0
+            };
+            if !ok {
+                eprintln!("rtspin: {}", std::io::Error::last_os_error());
+                return ExitCode::FAILURE;
+            }
+            spin(secs as f64, None);
+            ExitCode::SUCCESS
+        }
         Some("threads") => {
             let (Some(secs), Some(n)) = (num(1), num(2)) else {
                 eprintln!("usage: keeper-probe threads SECONDS COUNT");

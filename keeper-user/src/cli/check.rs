@@ -94,7 +94,7 @@ fn trading_guard(policy: &crate::policy::Policy) -> Option<String> {
     Some(format!(
         "trading cores {trading} while {owner} is active: any other task (of `--scope` where given) is evicted to {hk} at its arrival, \
          before it runs, and at once each time it comes back; {repeat} returns within {within} make a repeat \
-         offender, {then} (rules.intruders: {{repeat: {repeat}, within: {within}, then: {t}{cap}}}{d}); intruders' share of each trading core {share}",
+         offender, {then} (rules.intruders: {{repeat: {repeat}, within: {within}, then: {t}{cap}}}{d}); a real-time intruder {rt}; intruders' share of each trading core {share}",
         trading = policy.host.trading_cores,
         owner = owner.name,
         hk = policy.host.housekeeping_cores,
@@ -107,6 +107,15 @@ fn trading_guard(policy: &crate::policy::Policy) -> Option<String> {
             _ => String::new(),
         },
         d = if defaults { ", the defaults" } else { "" },
+        rt = match rule.real_time {
+            crate::policy::RealTimeIntruders::Demote => {
+                "is demoted to SCHED_OTHER while it is off the trading cores".to_string()
+            }
+            crate::policy::RealTimeIntruders::Keep => format!(
+                "keeps its real-time class on {} (real_time: keep: only the kernel's RT throttling bounds it there)",
+                policy.host.housekeeping_cores
+            ),
+        },
         share = share.map_or_else(
             || "not judged (no slo.trading_intruder_share)".to_string(),
             |p| format!("judged against {p} (slo.trading_intruder_share)"),

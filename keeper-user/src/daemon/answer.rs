@@ -82,7 +82,7 @@ impl Running {
             return Reply::refused(e.to_string());
         }
         self.enforcer.policy = p;
-        self.enforcer.set_balloon_floor();
+        self.enforcer.set_actuator_values();
         let _ = self
             .sensor
             .set_protected(&protected_ids(&self.enforcer, &self.cg));

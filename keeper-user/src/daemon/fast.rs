@@ -189,6 +189,7 @@ fn evict(
         // The move first; the action, its report and the task's other threads after.
         let started = Instant::now();
         let cpus = possible.as_ref().and_then(|p| arrival_cpus(ev, p));
+        act.demote_real_time = filter.demote;
         if let Err(e) = act.evict_arrival(ev.pid, start, ev.timestamp_ns, cpus, &filter.to) {
             tracing::debug!(pid = ev.pid, error = %e, "first move on arrival failed: the eviction tries again");
         }

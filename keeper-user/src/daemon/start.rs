@@ -196,7 +196,7 @@ fn enforcer(
     let mut enforcer = Enforcer::new(cfg.source.clone(), policy, act);
     enforcer.observer.memory_psi = cfg.memory_psi.clone();
     enforcer.act.qmp_dir = cfg.qmp_dir.clone();
-    enforcer.set_balloon_floor();
+    enforcer.set_actuator_values();
     // VM, GPU and Proxmox calls run on a thread of their own: nothing on the loop waits on them.
     let (slow_tx, slow_done) = mpsc::unbounded_channel();
     if !cfg.dry_run {

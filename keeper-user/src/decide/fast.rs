@@ -24,6 +24,8 @@ pub struct FastEvictions {
     pub to: CpuList,
     /// Cgroup id → path: the cgroups whose tasks are intruders on the trading cores.
     pub cgroups: HashMap<u64, String>,
+    /// Whether a real-time intruder is demoted as it moves (`rules.intruders.real_time`).
+    pub demote: bool,
 }
 
 /// An arrival on a trading core, as the programs read it from the task.
@@ -69,6 +71,7 @@ pub fn compile(
         trading: policy.host.trading_cores.clone(),
         to: policy.host.housekeeping_cores.clone(),
         cgroups,
+        demote: policy.rules.intruders.real_time == crate::policy::RealTimeIntruders::Demote,
     })
 }
 

@@ -290,6 +290,11 @@ pub struct RawIntruders {
     pub then: Option<At<RepeatAction>>,
     /// The `cpu.max` of a repeat offender's workload with `then: throttle` (default `10%`).
     pub cpu_max: Option<At<String>>,
+    /// A real-time intruder (SCHED_FIFO, SCHED_RR) moved off the trading cores: `demote`d to
+    /// SCHED_OTHER until the exit gives it its CPUs back (the default), or moved as it is
+    /// (`keep`). A SCHED_DEADLINE task is always demoted: the kernel refuses to move it
+    /// otherwise.
+    pub real_time: Option<At<super::types::RealTimeIntruders>>,
 }
 
 /// Escalation: under CPU pressure (or an SLO breach), throttle the lowest-ranked

@@ -462,6 +462,8 @@ pub struct IntruderRule {
     pub then: RepeatAction,
     /// The `cpu.max` a repeat offender's workload gets with `then: throttle`.
     pub cpu_max: Percent,
+    /// What a real-time intruder's class becomes as it is moved to the housekeeping cores.
+    pub real_time: RealTimeIntruders,
 }
 
 impl Default for IntruderRule {
@@ -471,8 +473,27 @@ impl Default for IntruderRule {
             within: Duration::from_secs(10),
             then: RepeatAction::Stop,
             cpu_max: Percent::new(10.0),
+            real_time: RealTimeIntruders::Demote,
         }
     }
+}
+
+/// `rules.intruders.real_time`: the class of a real-time intruder (SCHED_FIFO, SCHED_RR) moved
+/// off the trading cores.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RealTimeIntruders {
+    /// Demoted to SCHED_OTHER while it is off the trading cores, its class journaled and given
+    /// back with its CPUs at the exit (the default: at its real-time priority it would starve
+    /// the housekeeping cores, the keeper's loop, sshd and the VMs' I/O threads with them).
+    #[default]
+    Demote,
+    /// Moved with its class. For an operator whose real-time work must keep its priority on
+    /// the housekeeping cores; the kernel's RT throttling is then all that bounds it there. A
+    /// SCHED_DEADLINE task is demoted all the same: the kernel refuses to move it otherwise.
+    Keep,
 }
 
 /// What a repeat offender gets.

@@ -174,6 +174,7 @@ impl Checker<'_> {
             within,
             then: i.then.as_ref().map_or(d.then, |t| t.value),
             cpu_max,
+            real_time: i.real_time.as_ref().map_or(d.real_time, |r| r.value),
         })
     }
 

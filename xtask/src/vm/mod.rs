@@ -45,6 +45,7 @@ const CHECKS: &[&str] = &[
     "psi-trigger",
     "protected-pressure",
     "repin-refused-by-cpuset",
+    "rt-intruder-demoted",
 ];
 
 /// The second guest's checks (Debian trixie's 6.12 kernel: the keeper inside the GPU VM on the
