@@ -315,7 +315,7 @@ kill -9 $REPIN $RBANKER 2>/dev/null; wait $REPIN $RBANKER 2>/dev/null
 #    `status` meanwhile, and gives its class back at the exit (1: SCHED_FIFO).
 policy_of() { cut -d' ' -f41 /proc/$1/stat; }
 sh -c "echo \$\$ > $S/vms/banker/cgroup.procs; exec sleep 120" & RBANKER=$!
-sh -c "echo \$\$ > $NOISY/cgroup.procs; exec $P rtspin 60 1 99 vm_rt" & RT=$!
+sh -c "echo \$\$ > $NOISY/cgroup.procs; exec $P rtspin 600 1 99 vm_rt" & RT=$!
 is_fifo() { [ "$(policy_of $RT)" = 1 ]; }
 wait_for 10 is_fifo
 $K run --policy /vm/repeat.yaml --state-dir /tmp/rt-state --socket /tmp/rt.sock > /tmp/rt.log 2>&1 &

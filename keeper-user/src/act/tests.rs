@@ -283,3 +283,54 @@ fn a_balloon_whose_journal_line_failed_is_journaled_at_the_next_change() {
     assert_eq!(balloons, 1, "the change went ahead unjournaled");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A real-time class is given back after every CPU mask and file (the exit's undo): given
+/// back first, a SCHED_FIFO 99 spinner still on the housekeeping cores starved the rest of
+/// the undo (the keeper's own thread among them).
+#[test]
+fn real_time_classes_come_back_last_in_the_undo() {
+    if unsafe { libc::geteuid() } != 0 {
+        return; // SCHED_FIFO needs CAP_SYS_NICE: the privileged run covers it
+    }
+    let dir = std::env::temp_dir().join(format!("keeper-undo-order-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cpuset.cpus");
+    std::fs::write(&file, "0").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        let _ = done_rx.recv();
+    });
+    let tid = rx.recv().unwrap();
+    let start = process::Proc::open_thread(tid, None).unwrap().start;
+    let mut journal = Journal::open(&dir.join("state")).unwrap();
+    journal
+        .record(&Entry::File {
+            path: file.clone(),
+            original: "0-1".into(),
+        })
+        .unwrap();
+    // Journaled after the file (a demotion, then a narrowing by another action).
+    journal
+        .record(&Entry::Scheduler {
+            pid: tid,
+            start,
+            policy: libc::SCHED_FIFO,
+            priority: 1,
+            deadline: None,
+        })
+        .unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    let done = act.restore_all().unwrap();
+    done_tx.send(()).unwrap();
+    helper.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        done[1].contains("back to its scheduling class SCHED_FIFO 1"),
+        "{done:?}"
+    );
+}

@@ -136,11 +136,13 @@ impl Backoff {
 /// oldest first.
 fn undo(entries: &[Entry]) -> (Vec<String>, Vec<Entry>) {
     let is_partition = |e: &&Entry| matches!(e, Entry::File { path, .. } if path.ends_with("cpuset.cpus.partition"));
-    let order = entries
-        .iter()
-        .rev()
-        .filter(is_partition)
-        .chain(entries.iter().rev().filter(|e| !is_partition(e)));
+    // A real-time class given back last, once every CPU mask and cpuset is: given back while
+    // its task still sat on the housekeeping cores, a spinner at SCHED_FIFO 99 starved the
+    // keeper's own undo there (the 6.1 guest's exit never ended).
+    let is_real_time = |e: &&Entry| matches!(e, Entry::Scheduler { policy, .. } if super::sched_class::is_real_time(*policy));
+    let order = (entries.iter().rev().filter(is_partition))
+        .chain((entries.iter().rev()).filter(|e| !is_partition(e) && !is_real_time(e)))
+        .chain(entries.iter().rev().filter(is_real_time));
     // Checkpoints already given back (newer `GpuRestored` entries) and VMs already started
     // (`VmStarted`) need no undoing.
     let mut restored = HashSet::new();
