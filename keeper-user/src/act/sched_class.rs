@@ -45,6 +45,15 @@ pub fn is_deadline(policy: i32) -> bool {
     class(policy) == SCHED_DEADLINE
 }
 
+/// Whether task `pid` runs in a real-time or deadline class now: one system call, no /proc
+/// (the eviction thread asks it of every task it moved lately, every 50 ms). A task gone is
+/// not.
+pub fn runs_real_time(pid: u32) -> bool {
+    // SAFETY: sched_getscheduler takes a pid and touches no memory of ours.
+    let policy = unsafe { libc::sched_getscheduler(pid as libc::pid_t) };
+    policy >= 0 && is_real_time(policy)
+}
+
 /// Whether `policy` (as `sched_getscheduler` gives it) is a real-time or deadline class.
 pub fn is_real_time(policy: i32) -> bool {
     matches!(
@@ -173,6 +182,40 @@ impl Actuators {
                 "demoted {demoted} {what} (from {class}) to SCHED_OTHER before its cpuset moves them to the housekeeping cores, until the exit"
             )),
         })
+    }
+}
+
+impl Actuators {
+    /// Process `pid` (started at `start`), moved off the trading cores a moment ago: those of
+    /// its threads that turned real-time since (a `chrt` after the move) demoted, journaled
+    /// (the exit gives the class back). On the housekeeping cores at SCHED_FIFO 99 such a
+    /// task starved the keeper's loop and its rescuer there (the bench's first all-at-once
+    /// row: the keeper stalled 12 s). What it said, if any was demoted.
+    pub fn demote_if_turned_real_time(
+        &mut self,
+        pid: u32,
+        start: u64,
+    ) -> Result<Option<String>, ActError> {
+        if self.dry_run || !self.demote_real_time {
+            return Ok(None);
+        }
+        // The number still names the process that was moved (its start time), then its
+        // threads (each with a start time of its own).
+        if Proc::open(pid, Some(start)).is_err() {
+            return Ok(None);
+        }
+        let mut was = None;
+        for tid in super::process::threads(pid) {
+            let Ok(task) = Proc::open_thread(tid, None) else {
+                continue;
+            };
+            if let Some(class) = self.demote(&task)? {
+                was.get_or_insert(class);
+            }
+        }
+        Ok(was.map(|class| {
+            format!("pid {pid} turned {class} on the housekeeping cores after its eviction: demoted to SCHED_OTHER until its CPUs are given back")
+        }))
     }
 }
 

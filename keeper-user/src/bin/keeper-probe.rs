@@ -66,8 +66,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("rtspin") => {
-            // A real-time intruder where no chrt is (the vm-test guests' busybox): pinned to
-            // CPU, SCHED_FIFO at PRIO, spinning for SECONDS.
+            // A real-time intruder where no chrt is (the vm-test guests' busybox): SCHED_FIFO
+            // at PRIO first, then pinned to CPU (so that it arrives there real-time), spinning
+            // for SECONDS.
             let (Some(secs), Some(cpu), Some(prio)) = (num(1), num(2), num(3)) else {
                 eprintln!("usage: keeper-probe rtspin SECONDS CPU PRIO [NAME]");
                 return ExitCode::from(2);
@@ -83,8 +84,8 @@ fn main() -> ExitCode {
                 let param = libc::sched_param {
                     sched_priority: prio as i32,
                 };
-                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
-                    && libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0
+                libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0
+                    && libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
             };
             if !ok {
                 eprintln!("rtspin: {}", std::io::Error::last_os_error());

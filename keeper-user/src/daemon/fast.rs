@@ -36,7 +36,10 @@ use crate::{
         process::Proc,
     },
     cpulist::CpuList,
-    decide::fast::{Arrival, FastEvictions},
+    decide::{
+        ActionKind,
+        fast::{Arrival, FastEvictions},
+    },
     device::procfs::{self, HostTotals},
     sense::sched::{IntruderEvents, comm_str},
 };
@@ -89,9 +92,11 @@ impl FastHands {
                 // Where a newcomer's CPUs read by the programs are taken (bits beyond the
                 // host's CPUs are the next field's, where the kernel's masks are shorter).
                 let possible = CpuList::possible().ok();
+                let mut moved = Moved::default();
                 while !s.load(Ordering::Relaxed) {
                     let woke = readable(&ring);
                     seat.progressed();
+                    moved.look(&mut act);
                     if !woke {
                         continue;
                     }
@@ -104,6 +109,7 @@ impl FastHands {
                         Some(filter) => evict(&mut act, totals, filter, &events, &possible, &seat),
                         None => vec![],
                     };
+                    moved.add(&evicted);
                     if to_loop.send(Batch { events, evicted }).is_err() {
                         break;
                     }
@@ -151,6 +157,65 @@ impl Drop for FastHands {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// The tasks this thread moved off the trading cores in the last [`Moved::WATCH`] (by pid,
+/// at most [`Moved::MAX`]), asked every [`Moved::EVERY`] for their class (one system call
+/// each): one that turned real-time since (a `chrt` after its move) is demoted. It runs on the
+/// housekeeping cores now, where at SCHED_FIFO 99 it would starve the loop and the rescuer;
+/// this thread, on the trading cores, is the one it cannot starve. Its main thread is asked
+/// (a process whose other threads alone turn real-time is not seen).
+#[derive(Default)]
+struct Moved {
+    tasks: std::collections::HashMap<u32, (u64, Instant)>,
+    looked: Option<Instant>,
+}
+
+impl Moved {
+    const WATCH: std::time::Duration = std::time::Duration::from_secs(10);
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+    const MAX: usize = 256;
+
+    fn add(&mut self, evicted: &[Done]) {
+        let now = Instant::now();
+        for d in evicted {
+            if let ActionKind::EvictIntruder {
+                pid,
+                start: Some(start),
+                ..
+            } = d.action.kind
+                && d.moved_ns.is_some()
+            {
+                if self.tasks.len() >= Self::MAX && !self.tasks.contains_key(&pid) {
+                    let oldest = (self.tasks.iter())
+                        .min_by_key(|(_, (_, at))| *at)
+                        .map(|(p, _)| *p);
+                    oldest.map(|p| self.tasks.remove(&p));
+                }
+                self.tasks.insert(pid, (start, now));
+            }
+        }
+    }
+
+    fn look(&mut self, act: &mut Actuators) {
+        if self.tasks.is_empty() || self.looked.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.looked = Some(Instant::now());
+        self.tasks.retain(|_, (_, at)| at.elapsed() < Self::WATCH);
+        for (&pid, &(start, _)) in &self.tasks {
+            if !crate::act::sched_class::runs_real_time(pid) {
+                continue;
+            }
+            match act.demote_if_turned_real_time(pid, start) {
+                Ok(Some(what)) => tracing::warn!(pid, "{what}"),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(pid, error = %e, "a moved task's class could not be changed")
+                }
+            }
         }
     }
 }

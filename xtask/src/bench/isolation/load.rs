@@ -114,14 +114,18 @@ impl Load {
                     file.display()
                 ))?);
             }
-            // Killed by pid (the guard): the spinner is the `chrt` process itself, and its
-            // `spin SECS` bounds it should the bench die.
+            // Killed by pid (the guard); `SECS` bounds it should the bench die. Started on CPU
+            // 0, it takes SCHED_FIFO 99 first and then pins itself to the last of `cpus` (CPU
+            // 1): it arrives there real-time. Spawned on CPU 1 and made real-time by `chrt`
+            // after, it was evicted while still the bench's SCHED_OTHER child, then turned
+            // FIFO 99 on CPU 0, and the rows measured a spinner that never reached CPU 1.
             Load::RealTime => {
+                let cpu = cpus.last().copied().unwrap_or(1).to_string();
                 out.push(guard(spawn_in(
                     &load,
-                    cpus,
-                    "chrt",
-                    &["-f", "99", probe, "spin", &s, "kb_fifo99"],
+                    &[0],
+                    probe,
+                    &["rtspin", &s, &cpu, "99", "kb_fifo99"],
                 )?));
             }
             Load::AffinityStress => {
