@@ -82,6 +82,13 @@ rmdir $CG/banker 2>/dev/null
 mkdir -p $CG/qemu.slice/200.scope $CG/lab
 sh -c "echo \$\$ > $CG/qemu.slice/200.scope/cgroup.procs; exec sleep 120" & VM=$!
 sh -c "echo \$\$ > $CG/lab/cgroup.procs; exec sleep 120" & LAB=$!
+# A SCHED_FIFO 99 spinner of lab pinned to CPU 1 before the keeper starts (issue 29): lab's
+# cpuset will move it to CPU 0, where at FIFO 99 it would starve the housekeeping core; the
+# keeper demotes it first (`stat` field 41: 0) and gives its class back at the exit (1).
+policy_of() { cut -d' ' -f41 /proc/$1/stat; }
+sh -c "echo \$\$ > $CG/lab/cgroup.procs; exec $P rtspin 600 1 99 vm_rt" & RT=$!
+is_fifo() { [ "$(policy_of $RT)" = 1 ]; }
+wait_for 10 is_fifo
 $K run --policy /vm/remote.yaml --state-dir /tmp/remote-state --socket /tmp/remote.sock > "$LOG" 2>&1 &
 REMOTE=$!
 part() { head -1 $CG/$1/cpuset.cpus.partition 2>/dev/null; }
@@ -89,6 +96,10 @@ remote() {
     [ "$(part qemu.slice/200.scope)" = isolated ] && [ "$(part qemu.slice)" = member ] \
         && has $CG/cpuset.cpus.isolated "1"
 }
+demoted() { [ "$(policy_of $RT)" = 0 ] && [ "$(taskset -c -p $RT | sed 's/.*: *//')" = 0 ]; }
+if wait_for 30 remote && wait_for 10 demoted; then
+    RT_DEMOTED=yes
+fi
 if wait_for 30 remote; then
     pass "remote-partition (qemu.slice/200.scope isolated on CPU $(cat $CG/qemu.slice/200.scope/cpuset.cpus.effective), qemu.slice $(part qemu.slice), exclusive $(cat $CG/qemu.slice/cpuset.cpus.exclusive), lab on $(cat $CG/lab/cpuset.cpus.effective), isolated CPUs $(cat $CG/cpuset.cpus.isolated))"
 else
@@ -118,7 +129,12 @@ if [ "$(part qemu.slice/200.scope)" != isolated ] && [ -z "$(cat $CG/qemu.slice/
 else
     fail remote-partition-undone "200.scope $(part qemu.slice/200.scope), exclusive '$(cat $CG/qemu.slice/cpuset.cpus.exclusive)', isolated '$(cat $CG/cpuset.cpus.isolated)'"
 fi
-kill -9 $VM $LAB 2>/dev/null
+if [ "$RT_DEMOTED" = yes ] && is_fifo; then
+    pass "rt-intruder-demoted-6.12 (lab's SCHED_FIFO 99 spinner pinned to CPU 1: SCHED_OTHER on CPU 0 beside the remote partition, SCHED_FIFO again after the exit)"
+else
+    fail rt-intruder-demoted-6.12 "demoted: '${RT_DEMOTED:-no}', class now $(policy_of $RT) on $(taskset -c -p $RT): $(grep -i 'demot' "$LOG" | tail -2)"
+fi
+kill -9 $VM $LAB $RT 2>/dev/null
 
 insmod /mod/watchdog.ko && insmod /mod/i6300esb.ko
 if ! wait_for 5 test -c /dev/watchdog; then

@@ -59,6 +59,7 @@ const CURRENT_CHECKS: &[&str] = &[
     "remote-partition",
     "partition-repaired",
     "remote-partition-undone",
+    "rt-intruder-demoted-6.12",
     "watchdog-armed",
     "watchdog-fed",
     "watchdog-disarmed",
