@@ -289,6 +289,7 @@ fn a_balloon_whose_journal_line_failed_is_journaled_at_the_next_change() {
 /// the undo (the keeper's own thread among them).
 #[test]
 fn real_time_classes_come_back_last_in_the_undo() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return; // SCHED_FIFO needs CAP_SYS_NICE: the privileged run covers it
     }

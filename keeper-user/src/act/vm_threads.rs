@@ -257,6 +257,7 @@ mod tests {
     /// Before the fix a vCPU kept SCHED_FIFO after the trading cores were let go.
     #[test]
     fn vcpus_made_real_time_are_normal_again_when_the_cores_are_let_go() {
+        // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return; // SCHED_FIFO needs CAP_SYS_NICE: the privileged run covers it
         }

@@ -32,6 +32,8 @@ mod gpu_mutex_tests;
 #[cfg(test)]
 mod gpu_tests;
 #[cfg(test)]
+mod intruder_tests;
+#[cfg(test)]
 mod memory_tests;
 #[cfg(test)]
 mod outcome_tests;

@@ -8,6 +8,7 @@
 pub mod amount;
 pub mod at;
 pub mod diag;
+pub mod intruders;
 pub mod load;
 pub mod raw;
 pub mod source;
@@ -28,6 +29,7 @@ mod window_tests;
 pub use amount::{Amount, Percent};
 pub use at::Pos;
 pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use intruders::{IntruderRule, RealTimeIntruders, RepeatAction};
 pub use load::{MAX_POLICY_BYTES, read_capped};
 pub use source::PolicySource;
 pub use types::*;

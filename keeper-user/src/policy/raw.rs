@@ -7,7 +7,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::at::At;
-use super::types::{Class, RepeatAction, Trigger, WhenInactive};
+use super::intruders::{RealTimeIntruders, RepeatAction};
+use super::types::{Class, Trigger, WhenInactive};
 
 /// A keeper policy: the host, the workloads on it (ranked, 1 = highest) and the rules.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -294,7 +295,7 @@ pub struct RawIntruders {
     /// SCHED_OTHER until the exit gives it its CPUs back (the default), or moved as it is
     /// (`keep`). A SCHED_DEADLINE task is always demoted: the kernel refuses to move it
     /// otherwise.
-    pub real_time: Option<At<super::types::RealTimeIntruders>>,
+    pub real_time: Option<At<RealTimeIntruders>>,
 }
 
 /// Escalation: under CPU pressure (or an SLO breach), throttle the lowest-ranked
