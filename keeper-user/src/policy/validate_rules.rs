@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::amount::{Amount, Percent};
 use super::at::At;
-use super::raw::*;
 use super::intruders::IntruderRule;
+use super::raw::*;
 use super::types::*;
 use super::validate::{Checker, DEFAULT_THAW_HYSTERESIS};
 
