@@ -16,7 +16,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -28,7 +28,7 @@ use std::{
 use keeper_common::{IntruderEvent, event};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::seat::{Rescuer, Seat, above_the_loop};
+use super::seat::{Rescuer, Seat, above_the_loop, readable};
 use crate::{
     act::{
         Actuators,
@@ -94,7 +94,8 @@ impl FastHands {
                 let possible = CpuList::possible().ok();
                 let mut moved = Moved::default();
                 while !s.load(Ordering::Relaxed) {
-                    let woke = readable(&ring);
+                    // Events, or the poll interval passed.
+                    let woke = readable(ring.as_fd(), POLL_MS);
                     seat.progressed();
                     moved.look(&mut act);
                     if !woke {
@@ -220,18 +221,6 @@ impl Moved {
     }
 }
 
-/// Waits until the ring has events (or the poll interval passed); whether it has.
-fn readable(ring: &IntruderEvents) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: ring.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, owned by this frame, for the ring's open fd.
-    let n = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
-}
-
 /// The evictions the filter asks for among `events`, carried out now (one per task).
 fn evict(
     act: &mut Actuators,
@@ -243,6 +232,7 @@ fn evict(
 ) -> Vec<Done> {
     let mut done = Vec::new();
     let mut seen = HashSet::new();
+    act.demote_real_time = filter.demote;
     let placements = BTreeMap::new();
     for ev in events {
         let Some(start) = arrival_start(ev) else {
@@ -254,7 +244,6 @@ fn evict(
         // The move first; the action, its report and the task's other threads after.
         let started = Instant::now();
         let cpus = possible.as_ref().and_then(|p| arrival_cpus(ev, p));
-        act.demote_real_time = filter.demote;
         if let Err(e) = act.evict_arrival(ev.pid, start, ev.timestamp_ns, cpus, &filter.to) {
             tracing::debug!(pid = ev.pid, error = %e, "first move on arrival failed: the eviction tries again");
         }

@@ -19,7 +19,7 @@
 //! joining it never waits on a trading core.
 
 use std::{
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -211,7 +211,7 @@ fn watch(seat: &Seat, ring: &OwnedFd, stop: &AtomicBool) {
             seat.settle();
             continue;
         }
-        if !readable(ring, 100) {
+        if !readable(ring.as_fd(), 100) {
             continue;
         }
         let before = seat.progress.load(Ordering::Relaxed);
@@ -221,7 +221,7 @@ fn watch(seat: &Seat, ring: &OwnedFd, stop: &AtomicBool) {
         // asleep (an event that woke nobody) or busy evicting is not.
         let starved = seat.progress.load(Ordering::Relaxed) == before
             && seat.on_trading.load(Ordering::Relaxed)
-            && readable(ring, 0)
+            && readable(ring.as_fd(), 0)
             && procfs::task_stat(seat.tid).is_some_and(|s| s.state == 'R')
             && ran.is_some()
             && procfs::run_time_ns(seat.tid) == ran;
@@ -241,14 +241,15 @@ fn watch(seat: &Seat, ring: &OwnedFd, stop: &AtomicBool) {
     }
 }
 
-/// Whether `fd` is readable within `ms` milliseconds.
-fn readable(fd: &OwnedFd, ms: i32) -> bool {
+/// Whether `fd` is readable within `ms` milliseconds (the ring's wait, for the eviction
+/// thread and the rescuer alike).
+pub(super) fn readable(fd: BorrowedFd<'_>, ms: i32) -> bool {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, owned by this frame, for an fd this thread owns.
+    // SAFETY: one valid pollfd, owned by this frame, for an fd borrowed for the call.
     let n = unsafe { libc::poll(&mut pfd, 1, ms) };
     n > 0 && pfd.revents & libc::POLLIN != 0
 }
