@@ -308,13 +308,8 @@ pub fn share_of_any_on_cpu(pids: &dyn Fn() -> Vec<u32>, cpu: u32, span: Duration
     let end = std::time::Instant::now() + span;
     let (mut on, mut all) = (0u64, 0u64);
     let running_on = |stat: &str| {
-        let Some(i) = stat.rfind(')') else {
-            return false;
-        };
-        let fields: Vec<&str> = stat[i + 2..].split_whitespace().collect();
-        // fields[0] is field 3 (state); `processor` is field 39.
-        fields.first() == Some(&"R")
-            && fields.get(36).and_then(|c| c.parse::<u32>().ok()) == Some(cpu)
+        keeper::device::procfs::parse_stat(stat)
+            .is_some_and(|s| s.state == 'R' && s.processor == Some(cpu))
     };
     while std::time::Instant::now() < end {
         let seen = pids().into_iter().any(|pid| {
@@ -331,15 +326,6 @@ pub fn share_of_any_on_cpu(pids: &dyn Fn() -> Vec<u32>, cpu: u32, span: Duration
         std::thread::sleep(Duration::from_micros(500));
     }
     on as f64 / all.max(1) as f64
-}
-
-/// A task's state letter (`R`, `S`, `T`, ...; `?` when gone).
-pub fn task_state(pid: u32) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    text.rfind(')')
-        .and_then(|i| text.get(i + 2..i + 3))
-        .unwrap_or("?")
-        .to_string()
 }
 
 /// A thread's scheduling policy (`SCHED_OTHER` 0, `SCHED_FIFO` 1, `SCHED_RR` 2, deadline 6) and
@@ -366,12 +352,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 /// CPU time (user + system, seconds) process `pid` has used so far, from /proc/PID/stat: what
 /// it costs, measured from outside it.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields from 3 on: utime is field 14, stime 15.
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = keeper::device::procfs::task_stat(pid).map_or(0, |s| s.cpu_ticks);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / hz

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{KEEPER, TestCgroup};
+use crate::{KEEPER, PROBE, TestCgroup, spawn_pinned};
 
 /// The scope and its workload cgroups, plus a policy naming them.
 pub struct Rig {
@@ -71,6 +71,33 @@ impl Rig {
 
     pub fn cg(&self, w: &str) -> PathBuf {
         self.scope.dir.join(w)
+    }
+    /// Cgroup `w` of the scope (created if it is not one of the rig's), to spawn into; the
+    /// scope removes it, so the caller forgets it once its tasks are in.
+    pub fn workload(&self, w: &str) -> TestCgroup {
+        std::fs::create_dir_all(self.cg(w)).unwrap();
+        TestCgroup {
+            rel: self.rel(w),
+            dir: self.cg(w),
+        }
+    }
+    /// A rig whose keeper froze muse for an interaction: a spinner in muse and a sleeper in
+    /// eva (returned: the caller ends them), `interaction start` answered, muse frozen.
+    pub fn with_muse_frozen(tag: &str) -> (Rig, Daemon, [Child; 2]) {
+        let rig = Rig::new(tag);
+        let (muse, eva) = (rig.workload("muse"), rig.workload("eva"));
+        let worker = spawn_pinned(PROBE, &["spin", "60", "kt_muse"], 0, Some(&muse));
+        let assistant = spawn_pinned(PROBE, &["sleep", "3000", "10000"], 0, Some(&eva));
+        std::mem::forget(muse);
+        std::mem::forget(eva);
+        let keeper = rig.keeper(&[]);
+        let answer = rig.control(&["interaction", "start"]);
+        assert_eq!(answer["ok"], true, "{answer:#}");
+        assert!(
+            rig.frozen("muse"),
+            "muse not frozen after `interaction start`: {answer:#}"
+        );
+        (rig, keeper, [worker, assistant])
     }
     pub fn rel(&self, w: &str) -> String {
         format!("{}/{w}", self.scope.rel)

@@ -37,14 +37,10 @@ fn threads(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_core() {
-    if !privileged(
-        "the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_core",
-    ) {
-        return;
-    }
-    let rig = Rig::new("vcpu");
+/// A rig whose Banker has `vcpu_priority: "fifo:1"`, and its VM: QEMU paused (`-S`), its
+/// threads named (`debug-threads=on`), `-accel ACCEL -smp SMP`, in the Banker's cgroup.
+fn banker_vm(tag: &str, accel: &str, smp: &str) -> (Rig, std::process::Child) {
+    let rig = Rig::new(tag);
     let policy = rig.dir.join("policy.yaml");
     let text = std::fs::read_to_string(&policy).unwrap().replacen(
         "owns_trading_cores: true }",
@@ -52,23 +48,14 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
         1,
     );
     std::fs::write(&policy, text).unwrap();
-    let rt_runtime = std::fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us").unwrap();
-    assert_ne!(
-        rt_runtime.trim(),
-        "-1",
-        "this test needs the kernel's RT throttling on"
-    );
-    let banker = TestCgroup {
-        rel: rig.rel("banker"),
-        dir: rig.cg("banker"),
-    };
+    let banker = rig.workload("banker");
     let args = [
         "-name",
         "banker,debug-threads=on",
         "-accel",
-        "tcg",
+        accel,
         "-smp",
-        "1",
+        smp,
         "-m",
         "64",
         "-display",
@@ -76,8 +63,25 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
         "-nodefaults",
         "-S",
     ];
-    let mut qemu = spawn_on("qemu-system-x86_64", &args, &[0, 1], Some(&banker));
+    let qemu = spawn_on("qemu-system-x86_64", &args, &[0, 1], Some(&banker));
     std::mem::forget(banker); // the rig's scope removes it
+    (rig, qemu)
+}
+
+#[test]
+fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_core() {
+    if !privileged(
+        "the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_core",
+    ) {
+        return;
+    }
+    let rt_runtime = std::fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us").unwrap();
+    assert_ne!(
+        rt_runtime.trim(),
+        "-1",
+        "this test needs the kernel's RT throttling on"
+    );
+    let (rig, mut qemu) = banker_vm("vcpu", "tcg", "1");
     let pid = qemu.id();
     let vcpu = |t: &[(String, String)]| t.iter().find(|(c, _)| c == "CPU 0/TCG").cloned();
     assert!(
@@ -136,34 +140,7 @@ fn vcpus_sharing_a_trading_core_are_never_stacked_at_sched_fifo() {
     if !privileged("vcpus_sharing_a_trading_core_are_never_stacked_at_sched_fifo") {
         return;
     }
-    let rig = Rig::new("vcpu4");
-    let policy = rig.dir.join("policy.yaml");
-    let text = std::fs::read_to_string(&policy).unwrap().replacen(
-        "owns_trading_cores: true }",
-        "owns_trading_cores: true, vcpu_priority: \"fifo:1\" }",
-        1,
-    );
-    std::fs::write(&policy, text).unwrap();
-    let banker = TestCgroup {
-        rel: rig.rel("banker"),
-        dir: rig.cg("banker"),
-    };
-    let args = [
-        "-name",
-        "banker,debug-threads=on",
-        "-accel",
-        "tcg,thread=multi",
-        "-smp",
-        "4",
-        "-m",
-        "64",
-        "-display",
-        "none",
-        "-nodefaults",
-        "-S",
-    ];
-    let mut qemu = spawn_on("qemu-system-x86_64", &args, &[0, 1], Some(&banker));
-    std::mem::forget(banker);
+    let (rig, mut qemu) = banker_vm("vcpu4", "tcg,thread=multi", "4");
     let pid = qemu.id();
     let vcpus = || -> Vec<u32> {
         (0..4)

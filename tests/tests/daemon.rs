@@ -69,27 +69,7 @@ fn interaction_freezes_muse_and_kill_9_then_restart_thaws_it() {
     if !privileged("interaction_freezes_muse_and_kill_9_then_restart_thaws_it") {
         return;
     }
-    let rig = Rig::new("freeze");
-    let muse = TestCgroup {
-        rel: rig.rel("muse"),
-        dir: rig.cg("muse"),
-    };
-    let eva = TestCgroup {
-        rel: rig.rel("eva"),
-        dir: rig.cg("eva"),
-    };
-    let worker = spawn_pinned(PROBE, &["spin", "30", "kt_muse"], 0, Some(&muse));
-    let assistant = spawn_pinned(PROBE, &["sleep", "3000", "10000"], 0, Some(&eva));
-    std::mem::forget(muse);
-    std::mem::forget(eva);
-
-    let keeper = rig.keeper(&[]);
-    let answer = rig.control(&["interaction", "start"]);
-    assert_eq!(answer["ok"], true, "{answer:#}");
-    assert!(
-        rig.frozen("muse"),
-        "muse not frozen after `interaction start`: {answer:#}"
-    );
+    let (rig, keeper, children) = Rig::with_muse_frozen("freeze");
     assert!(!rig.frozen("eva"));
     let status = rig.control(&["status"]);
     assert_eq!(status["frozen"], serde_json::json!(["muse"]), "{status:#}");
@@ -117,7 +97,7 @@ fn interaction_freezes_muse_and_kill_9_then_restart_thaws_it() {
         "muse not thawed after stop"
     );
     drop(keeper);
-    for c in [worker, assistant] {
+    for c in children {
         unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
         wait_cpu_time(c);
     }
@@ -315,10 +295,10 @@ fn a_self_re_pinning_task_is_evicted_at_each_return_then_stopped() {
     eprintln!(
         "re-pinning spinner: {:.2} % of CPU 1 over 10 s, {evictions} evictions, state {}",
         share * 100.0,
-        task_state(pid)
+        proc_state(pid)
     );
     assert!(evictions >= 3, "evicted at each return: {status:#}");
-    assert_eq!(task_state(pid), "T", "not stopped: {status:#}");
+    assert_eq!(proc_state(pid), 'T', "not stopped: {status:#}");
     assert!(
         share <= 0.05,
         "the re-pinning spinner held {:.1} % of the trading core",
@@ -331,7 +311,7 @@ fn a_self_re_pinning_task_is_evicted_at_each_return_then_stopped() {
     );
     // Undone at exit: it runs again.
     assert!(
-        eventually(Duration::from_secs(2), || task_state(pid) != "T"),
+        eventually(Duration::from_secs(2), || proc_state(pid) != 'T'),
         "still stopped after the keeper exited"
     );
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };

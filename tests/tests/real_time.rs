@@ -51,11 +51,7 @@ fn child_named(outer: u32, name: &str) -> Option<u32> {
 /// A cgroup of the scope outside every workload (`stray`): its tasks keep the CPUs they ask
 /// for (a workload's get the housekeeping ones first, which the exit would give back instead).
 fn stray(rig: &Rig) -> TestCgroup {
-    std::fs::create_dir_all(rig.cg("stray")).unwrap();
-    TestCgroup {
-        rel: rig.rel("stray"),
-        dir: rig.cg("stray"),
-    }
+    rig.workload("stray")
 }
 
 fn end(outer: Child) {
@@ -273,7 +269,7 @@ fn a_relentless_re_pinner_is_stopped_by_default() {
     let cost = (cpu_seconds(keeper.pid()) - cpu_before) / started.elapsed().as_secs_f64();
     let stopped: Vec<u32> = workers()
         .into_iter()
-        .filter(|p| task_state(*p) == "T")
+        .filter(|p| proc_state(*p) == 'T')
         .collect();
     eprintln!(
         "affinity stressor: {:.2} % of CPU 1, {} evictions, stopped {stopped:?}; the keeper used {:.2} % of a core, `status` answered in {answered:?}",
@@ -298,7 +294,7 @@ fn a_relentless_re_pinner_is_stopped_by_default() {
     assert!(
         eventually(Duration::from_secs(2), || stopped
             .iter()
-            .all(|p| task_state(*p) != "T")),
+            .all(|p| proc_state(*p) != 'T')),
         "still stopped after the exit: {log:#?}"
     );
     end(stress);
@@ -319,7 +315,7 @@ fn a_stopped_repeat_offender_goes_on_when_the_trading_cores_are_let_go() {
     std::mem::forget(stray);
     let pid = hog.id();
     assert!(
-        eventually(Duration::from_secs(5), || task_state(pid) == "T"),
+        eventually(Duration::from_secs(5), || proc_state(pid) == 'T'),
         "the re-pinner was not stopped"
     );
     // The owner gives the cores up: its cgroup disappears from the policy's view once the
@@ -329,7 +325,7 @@ fn a_stopped_repeat_offender_goes_on_when_the_trading_cores_are_let_go() {
     std::fs::write(&policy, text.replace(", owns_trading_cores: true", "")).unwrap();
     let reload = rig.control(&["reload"]);
     assert!(
-        eventually(Duration::from_secs(5), || task_state(pid) != "T"),
+        eventually(Duration::from_secs(5), || proc_state(pid) != 'T'),
         "still stopped after the trading cores were let go: {reload:#}"
     );
     keeper.stop();

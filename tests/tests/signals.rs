@@ -7,29 +7,7 @@ use std::time::Duration;
 
 use integration_test::{rig::*, *};
 
-/// A rig whose keeper froze muse for an interaction (muse and eva each run a task).
-fn frozen_muse(tag: &str) -> (Rig, Daemon, Vec<std::process::Child>) {
-    let rig = Rig::new(tag);
-    let muse = TestCgroup {
-        rel: rig.rel("muse"),
-        dir: rig.cg("muse"),
-    };
-    let eva = TestCgroup {
-        rel: rig.rel("eva"),
-        dir: rig.cg("eva"),
-    };
-    let worker = spawn_pinned(PROBE, &["spin", "60", "kt_muse"], 0, Some(&muse));
-    let assistant = spawn_pinned(PROBE, &["sleep", "3000", "10000"], 0, Some(&eva));
-    std::mem::forget(muse);
-    std::mem::forget(eva);
-    let keeper = rig.keeper(&[]);
-    let answer = rig.control(&["interaction", "start"]);
-    assert_eq!(answer["ok"], true, "{answer:#}");
-    assert!(rig.frozen("muse"), "{answer:#}");
-    (rig, keeper, vec![worker, assistant])
-}
-
-fn end(children: Vec<std::process::Child>) {
+fn end(children: [std::process::Child; 2]) {
     for c in children {
         unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
         wait_cpu_time(c);
@@ -43,7 +21,7 @@ fn sighup_reloads_the_policy_and_keeps_the_freeze() {
     if !privileged("sighup_reloads_the_policy_and_keeps_the_freeze") {
         return;
     }
-    let (rig, mut keeper, children) = frozen_muse("sighup");
+    let (rig, mut keeper, children) = Rig::with_muse_frozen("sighup");
     assert!(
         keeper.signal(libc::SIGHUP, Duration::from_secs(1)),
         "SIGHUP ended the keeper: {:#?}",
@@ -82,7 +60,7 @@ fn other_signals_are_ignored_and_sigquit_sigint_undo_everything() {
         return;
     }
     for stop in [libc::SIGQUIT, libc::SIGINT] {
-        let (rig, mut keeper, children) = frozen_muse("signals");
+        let (rig, mut keeper, children) = Rig::with_muse_frozen("signals");
         for sig in [
             libc::SIGUSR1,
             libc::SIGUSR2,
