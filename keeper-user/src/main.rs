@@ -98,6 +98,8 @@ fn man(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Kill points of a test build (`--features failpoints`); nothing in a shipped binary.
+    let _faults = keeper::act::fault::setup();
     let result = match &cli.command {
         Command::Run(args) => cli::run::run(args),
         Command::Status(args) => cli::control::status(args),

@@ -5,6 +5,7 @@
 //! tests/tests/, one binary each.
 
 pub mod chaos;
+pub mod faults;
 pub mod gpu;
 pub mod gpu_rig;
 pub mod irqs;

@@ -75,6 +75,12 @@ enum Cmd {
         /// Replays the run of this seed (printed by every run).
         #[arg(long)]
         seed: Option<u64>,
+        /// The crash-consistency harness instead, whole: a keeper built with kill points
+        /// killed at each step of each kind of change, at the exit and at a start's replay,
+        /// the host compared with its snapshot after each (`cargo xtask test` runs the steps
+        /// at the exit only).
+        #[arg(long)]
+        faults: bool,
     },
     /// Benchmarks; results go in docs/BENCHMARKS.md.
     Bench {
@@ -117,7 +123,17 @@ fn main() -> anyhow::Result<()> {
             setup::ensure_apt(TEST_PACKAGES)?;
             vm::run(&root, only.as_deref())
         }
-        Cmd::Chaos { minutes, seed } => {
+        Cmd::Chaos { faults: true, .. } => {
+            setup::ensure_ebpf_toolchain()?;
+            setup::ensure_apt(TEST_PACKAGES)?;
+            run(cargo().args(["build", "-p", "keeper-user", "--bins"]))?;
+            build_faulty_keeper()?;
+            run(cargo()
+                .args(["test", "-p", "integration-test", "--test", "faults", "--"])
+                .args(["--nocapture", "--test-threads=1"])
+                .env("KEEPER_FAULTS", "all"))
+        }
+        Cmd::Chaos { minutes, seed, .. } => {
             setup::ensure_ebpf_toolchain()?;
             setup::ensure_apt(TEST_PACKAGES)?;
             run(cargo().args(["build", "-p", "keeper-user", "--bins"]))?;
@@ -136,6 +152,23 @@ fn main() -> anyhow::Result<()> {
             bench::run(&root, which)
         }
     }
+}
+
+/// The keeper with its kill points (`--features failpoints`) for the crash-consistency
+/// harness (tests/tests/faults.rs), in a target directory of its own: the shipped build in
+/// target/debug never has them.
+fn build_faulty_keeper() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "-p",
+        "keeper-user",
+        "--bin",
+        "keeper",
+        "--features",
+        "failpoints",
+        "--target-dir",
+        "target/faults",
+    ]))
 }
 
 fn workspace_root() -> PathBuf {
@@ -243,6 +276,7 @@ fn test() -> anyhow::Result<()> {
     // The end-to-end tests (tests/, the integration-test crate) run keeper-user's binaries,
     // which cargo builds for another package only when asked.
     run(cargo().args(["build", "-p", "keeper-user", "--bins"]))?;
+    build_faulty_keeper()?;
     // Privileged tests share CPU 1 and the kernel's tracepoints: one at a time.
     run(cargo().args([
         "test",

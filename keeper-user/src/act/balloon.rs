@@ -56,6 +56,7 @@ impl Actuators {
             self.balloons_journaled.insert(socket.clone());
         }
         q.set_balloon(want)?;
+        super::fault::at_kind("balloon", super::fault::Step::Applied);
         Ok(Effect::Done(what))
     }
 }

@@ -70,6 +70,7 @@ impl Actuators {
         }
         fs::write(&path, write_form(value))
             .map_err(|source| self.file_error(rel, file, &path, source))?;
+        super::fault::at_kind("file", super::fault::Step::Applied);
         Ok(Effect::Done(what))
     }
 
@@ -145,6 +146,9 @@ impl Actuators {
         let start = Instant::now();
         fs::write(&file, want.to_string())
             .map_err(|source| self.file_error(rel, "cgroup.freeze", &file, source))?;
+        if frozen {
+            super::fault::at_kind("freeze", super::fault::Step::Applied);
+        }
         loop {
             if self.events_frozen(rel)? == want {
                 return Ok(Effect::Done(format!(
@@ -309,7 +313,9 @@ impl Actuators {
         })?;
         let file = dir.join("cgroup.subtree_control");
         fs::write(&file, format!("+{controller}"))
-            .map_err(|source| ActError::Io { path: file, source })
+            .map_err(|source| ActError::Io { path: file, source })?;
+        super::fault::at_kind("enable", super::fault::Step::Applied);
+        Ok(())
     }
 }
 

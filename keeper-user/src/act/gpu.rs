@@ -304,6 +304,7 @@ impl Actuators {
             self.gpu.journaled_limit = true;
         }
         apply_power_limit(gpu, mw)?;
+        super::fault::at_kind("gpu_power_limit", super::fault::Step::Applied);
         Ok(Effect::Done(format!(
             "{what}, was {} W; enforced limit read back",
             watts(limits.limit_mw)
@@ -337,6 +338,7 @@ impl Actuators {
             self.gpu.journaled_offset = true;
         }
         apply_clock_offset(gpu, mhz)?;
+        super::fault::at_kind("gpu_clock_offset", super::fault::Step::Applied);
         Ok(Effect::Done(format!(
             "{what}, was {current} MHz; read back"
         )))
@@ -391,6 +393,7 @@ impl Actuators {
             };
             match step {
                 Ok((start, took)) => {
+                    super::fault::at_kind("gpu_checkpoint", super::fault::Step::Applied);
                     done.push((pid, start));
                     notes.push(match took {
                         Some(took) => format!("pid {pid} in {}", ms(took)),

@@ -32,6 +32,7 @@ impl Actuators {
             path: socket.clone(),
             source,
         })?;
+        super::fault::at_kind("irqbalance_ban", super::fault::Step::Applied);
         Ok(Effect::Done(what))
     }
 
@@ -74,6 +75,7 @@ impl Actuators {
             }
             return Err(e.into());
         }
+        super::fault::at_kind("irq_affinity", super::fault::Step::Applied);
         // x86 moves a line at its next interrupt: until then it may still fire where it did.
         let fires = match irq::effective(number) {
             Some(e) if !e.difference(to).is_empty() => {

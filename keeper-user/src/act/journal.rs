@@ -21,7 +21,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::pending::Pending;
+use super::{
+    fault::{self, Step},
+    pending::Pending,
+};
 use crate::cpulist::CpuList;
 
 /// One recorded change, with what undoing it needs.
@@ -112,6 +115,32 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// The entry's kind, as the journal's `kind` field names it (`freeze`, `affinity`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::File { .. } => "file",
+            Entry::Enable { .. } => "enable",
+            Entry::Freeze { .. } => "freeze",
+            Entry::Stop { .. } => "stop",
+            Entry::Affinity { .. } => "affinity",
+            Entry::OwnMask { .. } => "own_mask",
+            Entry::Scheduler { .. } => "scheduler",
+            Entry::Balloon { .. } => "balloon",
+            Entry::GpuPowerLimit { .. } => "gpu_power_limit",
+            Entry::GpuClockOffset { .. } => "gpu_clock_offset",
+            Entry::GpuCheckpoint { .. } => "gpu_checkpoint",
+            Entry::GpuRestored { .. } => "gpu_restored",
+            Entry::IrqAffinity { .. } => "irq_affinity",
+            Entry::IrqbalanceBan { .. } => "irqbalance_ban",
+            Entry::VmStopped { .. } => "vm_stopped",
+            Entry::VmStarted { .. } => "vm_started",
+            Entry::GpuLent { .. } => "gpu_lent",
+            Entry::GpuConfigLent { .. } => "gpu_config_lent",
+            Entry::ServiceUnit { .. } => "service_unit",
+            Entry::ServiceCommand { .. } => "service_command",
+        }
+    }
+
     /// A change a reboot of the host does not undo: synced to disk as soon as it is recorded.
     pub fn outlives_reboot(&self) -> bool {
         matches!(self, Entry::VmStopped { .. })
@@ -233,6 +262,7 @@ impl Journal {
         if entry.outlives_reboot() {
             self.sync()?;
         }
+        fault::at(entry, Step::Recorded);
         Ok(())
     }
 
@@ -255,11 +285,16 @@ impl Journal {
         let armed = (self.pending.as_mut()).is_some_and(|p| p.arm(pid, start, original));
         if !armed {
             self.record(&entry())?;
-            return Ok(change());
+            let done = change();
+            fault::at_kind("affinity", Step::Applied);
+            return Ok(done);
         }
+        fault::at_kind("affinity", Step::Armed);
         let done = change();
+        fault::at_kind("affinity", Step::Applied);
         match self.append(&entry()) {
             Ok(()) => {
+                fault::at_kind("affinity", Step::Recorded);
                 if let Some(p) = &mut self.pending {
                     p.clear();
                 }

@@ -23,6 +23,7 @@ pub mod balloon;
 pub mod cgroup;
 mod compact;
 pub mod execute;
+pub mod fault;
 pub mod gpu;
 pub mod irq;
 pub mod journal;
@@ -365,6 +366,7 @@ impl Actuators {
             start: proc.start,
         })?;
         proc.signal(libc::SIGSTOP)?;
+        fault::at_kind("stop", fault::Step::Applied);
         Ok(Effect::Done(format!(
             "stopped process {pid} (SIGSTOP) while the trading cores stay protected"
         )))

@@ -51,7 +51,9 @@ impl Actuators {
             })?;
         }
         let unplugged = unplug(&from_sock, id, deadline)?;
-        if let Err(e) = plug(&to_sock, device, deadline) {
+        let plugged = plug(&to_sock, device, deadline);
+        super::fault::at_kind("gpu_lent", super::fault::Step::Applied);
+        if let Err(e) = plugged {
             let back = match unplugged {
                 true => match plug(&from_sock, device, deadline) {
                     Ok(()) => format!("plugged back into vm {from}"),
@@ -96,6 +98,7 @@ impl Actuators {
             })?;
         }
         let done = super::planned_restart::move_config(&api.client, ids, (id, value), deadline)?;
+        super::fault::at_kind("gpu_config_lent", super::fault::Step::Applied);
         Ok(Effect::Done(done))
     }
 

@@ -136,7 +136,9 @@ impl Actuators {
             priority,
             deadline,
         })?;
-        match task.set_scheduler(libc::SCHED_OTHER, 0) {
+        let set = task.set_scheduler(libc::SCHED_OTHER, 0);
+        super::fault::at_kind("scheduler", super::fault::Step::Applied);
+        match set {
             Ok(()) => Ok(Some(name(policy, priority))),
             Err(ActError::Vanished { .. }) => Ok(None),
             Err(e) => Err(e),

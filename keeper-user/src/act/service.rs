@@ -2,9 +2,10 @@
 //! command the keeper runs in a process group of its own (SIGTERM to the group, SIGKILL past
 //! the deadline). Journaled: this keeper's exit, or the next one's replay after a crash,
 //! stops what was started. A unit is journaled before its start; a command as soon as it
-//! has a pid (right after the spawn: before it, there is nothing to name).
+//! has a pid, before it runs: it waits at a gate ([`GATE`]) until its line is written.
 
 use std::{
+    io::Write as _,
     os::unix::process::CommandExt as _,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -16,6 +17,12 @@ use crate::{device::procfs, policy::Service};
 /// A command that ends within this long of its start (or its deadline, if shorter) failed to
 /// start (a wrong path, a port in use): its exit is the start's error.
 const SETTLE: Duration = Duration::from_millis(200);
+
+/// The gate a command passes before it runs (`sh -c GATE keeper-start-on ARGV...`): a line on
+/// stdin, written once the command's journal line is, and the shell becomes the command. A
+/// keeper killed before (or a journal that refused the line) closes stdin: the shell ends
+/// without running it. An unknown command is the shell's exit 127, "ended at once".
+const GATE: &str = r#"read -r _ && exec "$@" </dev/null"#;
 
 impl Actuators {
     /// Starts `workload`'s service.
@@ -43,6 +50,7 @@ impl Actuators {
                 self.journal()
                     .record(&Entry::ServiceUnit { unit: unit.clone() })?;
                 systemctl("start", unit, deadline)?;
+                super::fault::at_kind("service_unit", super::fault::Step::Applied);
                 Ok(Effect::Done(format!("started {what}")))
             }
             Service::Command(argv) => self.start_command(workload, argv, deadline, &what),
@@ -65,18 +73,30 @@ impl Actuators {
             what: what.to_string(),
             message,
         };
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
+        // Through the gate: the command runs only once its journal line is written (a keeper
+        // killed in between leaves nothing running that no journal names).
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", GATE, "keeper-start-on"])
+            .args(argv)
             .process_group(0)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| failed(format!("{}: {e}", argv[0])))?;
+            .map_err(|e| failed(format!("/bin/sh (the gate of {}): {e}", argv[0])))?;
         let pid = child.id();
         let start = procfs::task_stat(pid).map_or(0, |s| s.start);
+        super::fault::at_kind("service_command", super::fault::Step::Armed);
+        let mut gate = child.stdin.take();
         self.journal()
             .record(&Entry::ServiceCommand { pid, start })?;
+        // Opened: the line lets the gate exec the command (same pid, same start).
+        let opened = gate.as_mut().map(|g| g.write_all(b"\n"));
+        drop(gate);
+        if let Some(Err(e)) = opened {
+            return Err(failed(format!("opening the gate: {e}")));
+        }
+        super::fault::at_kind("service_command", super::fault::Step::Applied);
         if let Some(status) = wait_until(&mut child, SETTLE.min(deadline)) {
             return Err(failed(format!("ended at once ({status})")));
         }

@@ -335,3 +335,35 @@ fn real_time_classes_come_back_last_in_the_undo() {
         "{done:?}"
     );
 }
+
+/// A `start_on` command runs only once its journal line is written: spawned first (its pid
+/// names it), it waits at a gate. Before, a journal that refused the line (or a keeper killed
+/// there: `service_command.armed` in the fault harness) left the command running, named by
+/// no journal, never stopped.
+#[test]
+fn a_command_whose_journal_line_failed_never_runs() {
+    let dir = std::env::temp_dir().join(format!("keeper-gate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    let ran = dir.join("ran");
+    let argv = ["touch", ran.to_str().unwrap()].map(String::from).to_vec();
+    let service = crate::policy::Service::Command(argv);
+    let file = act.journal().break_writes();
+    let deadline = std::time::Duration::from_secs(2);
+    assert!(act.start_service("eva", &service, deadline).is_err());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!ran.exists(), "the command ran with no journal line");
+    act.journal().mend(file);
+    // Journaled, it runs (and, a `touch`, ends at once: the start's error says so).
+    let _ = act.start_service("eva", &service, deadline);
+    assert!(
+        (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            ran.exists()
+        }),
+        "the command never ran once journaled"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -165,7 +165,12 @@ fn undo(entries: &[Entry]) -> (Vec<String>, Vec<Entry>) {
             Entry::VmStopped { vmid, .. } if started.remove(vmid) => continue,
             _ => {}
         }
-        match restore(entry) {
+        fault::at(entry, fault::Step::Undoing);
+        let restored = restore(entry);
+        if restored.is_ok() {
+            fault::at(entry, fault::Step::Undone);
+        }
+        match restored {
             Ok(Some(what)) => done.push(what),
             Ok(None) => {}
             Err(e) => {

@@ -49,7 +49,9 @@ impl Actuators {
         let file = api.file.clone();
         self.journal()
             .record(&Entry::VmStopped { vmid, api: file })?;
-        match api.client.hibernate(vmid) {
+        let hibernated = api.client.hibernate(vmid);
+        super::fault::at_kind("vm_stopped", super::fault::Step::Applied);
+        match hibernated {
             Ok(upid) => {
                 self.vms_stopped.insert(vmid);
                 Ok(Effect::Done(format!("{what} (task {upid})")))

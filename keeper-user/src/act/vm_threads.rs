@@ -149,7 +149,9 @@ impl Actuators {
             priority: prio,
             deadline: None,
         })?;
-        match task.set_scheduler(libc::SCHED_FIFO, i32::from(priority)) {
+        let set = task.set_scheduler(libc::SCHED_FIFO, i32::from(priority));
+        super::fault::at_kind("scheduler", super::fault::Step::Applied);
+        match set {
             Ok(()) => Ok(true),
             Err(ActError::Vanished { .. }) => Ok(false),
             Err(e) => Err(e),

@@ -81,7 +81,9 @@ impl Actuators {
         std::fs::write(path, value).map_err(|source| ActError::Io {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+        super::fault::at_kind("file", super::fault::Step::Applied);
+        Ok(())
     }
 }
 

@@ -1,0 +1,445 @@
+//! The harness's scenarios: each a rig whose conditions make a keeper take one kind of
+//! action (or take it at its start), and the journal entry kinds with the steps it reaches.
+
+use std::{collections::BTreeMap, process::Child, sync::Arc, time::Duration};
+
+use integration_test::{
+    PROBE,
+    gpu::{FakeGpu, Process, STATE_ENV, fake_lib},
+    irqs::SavedIrqs,
+    pve_stub::{MIB, PveStub, StubVm},
+    rig::{Rig, write_psi},
+    spawn_on, spawn_pinned,
+};
+use keeper::act::fault::{self, Step};
+
+/// Makes a stage's action happen once the keeper runs, for the point of this entry kind.
+pub type Trigger = Box<dyn Fn(&Rig, &str)>;
+
+/// A rig in which a keeper takes one kind of action.
+pub struct Stage {
+    pub name: &'static str,
+    pub rig: Rig,
+    /// The journal entry kinds the action writes, each with the steps it has.
+    pub points: Vec<(&'static str, Vec<Step>)>,
+    pub args: Vec<String>,
+    /// Makes the action happen once the keeper runs (nothing: it happens at the start), for
+    /// the point of this entry kind.
+    pub trigger: Trigger,
+    /// Conditions back to quiet, before each keeper.
+    pub calm: Box<dyn Fn()>,
+    /// What the scenario adds to the host's snapshot.
+    pub extra: Box<dyn Fn() -> BTreeMap<String, String>>,
+    /// The keepers' environment (the fake GPU's state file).
+    pub env: Vec<(String, String)>,
+    /// How long a keeper runs before SIGTERM.
+    pub settle: Duration,
+    pub _children: Vec<Child>,
+    /// Puts back what a failed run left (interrupt lines, the workqueue mask).
+    pub _guard: Option<HostGuard>,
+    pub _gpu: Option<Arc<FakeGpu>>,
+}
+
+/// Every interrupt line's affinity and the workqueue mask, put back at drop.
+pub struct HostGuard {
+    _irqs: SavedIrqs,
+    workqueues: String,
+}
+
+const WORKQUEUES: &str = "/sys/devices/virtual/workqueue/cpumask";
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(WORKQUEUES, &self.workqueues);
+    }
+}
+
+/// Every step of a change; `undo: false` for a marker that has nothing to undo.
+fn steps(kind: &str, undo: bool) -> Vec<Step> {
+    Step::ALL
+        .into_iter()
+        .filter(|s| *s != Step::Armed || fault::armed(kind))
+        .filter(|s| undo || !matches!(s, Step::Undoing | Step::Undone | Step::Applied))
+        .collect()
+}
+
+fn stage(name: &'static str, rig: Rig, points: Vec<(&'static str, Vec<Step>)>) -> Stage {
+    Stage {
+        name,
+        rig,
+        points,
+        args: vec![],
+        trigger: Box::new(|_, _| {}),
+        calm: Box::new(|| {}),
+        extra: Box::new(BTreeMap::new),
+        env: vec![],
+        settle: Duration::from_secs(3),
+        _children: vec![],
+        _guard: None,
+        _gpu: None,
+    }
+}
+
+/// A process in the rig's cgroup `w`, pinned to `cpu`.
+fn spawn_in(rig: &Rig, w: &str, args: &[&str], cpu: usize) -> Child {
+    let cg = rig.workload(w);
+    let child = spawn_pinned(PROBE, args, cpu, Some(&cg));
+    std::mem::forget(cg); // the rig's scope removes it
+    child
+}
+
+/// Residents that wake every 2 ms on the trading core: each keeper evicts them as they
+/// arrive (the eviction thread's pending record), and its exit puts them back.
+pub fn evict() -> Stage {
+    let rig = Rig::new("faults-evict");
+    let kids = vec![
+        spawn_in(&rig, "banker", &["sleep", "100000000", "50000"], 1),
+        spawn_in(&rig, "strays", &["sleep", "100000000", "2000"], 1),
+        spawn_in(&rig, "strays", &["sleep", "100000000", "2000"], 1),
+    ];
+    Stage {
+        _children: kids,
+        ..stage("evict", rig, vec![("affinity", steps("affinity", true))])
+    }
+}
+
+/// EVA's interaction freezes Muse.
+pub fn freeze() -> Stage {
+    let rig = Rig::new("faults-freeze");
+    let kids = vec![
+        spawn_in(&rig, "muse", &["sleep", "100000000", "20000"], 0),
+        spawn_in(&rig, "eva", &["sleep", "100000000", "20000"], 0),
+    ];
+    Stage {
+        trigger: Box::new(|rig, _| interaction(rig, "start")),
+        _children: kids,
+        ..stage("freeze", rig, vec![("freeze", steps("freeze", true))])
+    }
+}
+
+fn interaction(rig: &Rig, what: &str) {
+    // Not `rig.control`: the keeper may die at the point while it answers.
+    let out = std::process::Command::new(integration_test::KEEPER)
+        .args(["interaction", what, "--socket"])
+        .arg(rig.socket())
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&out.stdout).contains("\"ok\": true") {
+        eprintln!("faults: `interaction {what}` not answered (the keeper died at its point?)");
+    }
+}
+
+/// EVA's interaction starts a command (`start_on`), stopped when it ends.
+pub fn start_on() -> Stage {
+    let rig = Rig::new("faults-start-on");
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+        "release_after: 1s }\n",
+        "release_after: 1s }\n    start_on: { command: [sleep, \"313\"], deadline: 5s }\n",
+        1,
+    );
+    std::fs::write(&policy, text).unwrap();
+    let kids = vec![
+        spawn_in(&rig, "muse", &["sleep", "100000000", "20000"], 0),
+        spawn_in(&rig, "eva", &["sleep", "100000000", "20000"], 0),
+    ];
+    Stage {
+        trigger: Box::new(|rig, _| interaction(rig, "start")),
+        extra: Box::new(|| {
+            BTreeMap::from([("sleep 313 running".into(), commands("sleep\x00313\x00"))])
+        }),
+        _children: kids,
+        ..stage(
+            "start_on",
+            rig,
+            vec![("service_command", steps("service_command", true))],
+        )
+    }
+}
+
+/// How many processes run the command line `cmdline` (NUL-separated).
+fn commands(cmdline: &str) -> String {
+    let n = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline.as_bytes()))
+        .count();
+    n.to_string()
+}
+
+/// Interrupt lines and the unbound workqueues kept off the trading core.
+pub fn irqs() -> Stage {
+    let rig = Rig::new("faults-irq");
+    rig.with_host("irq_guard: true, workqueue_guard: true");
+    let kids = vec![spawn_in(
+        &rig,
+        "banker",
+        &["sleep", "100000000", "50000"],
+        1,
+    )];
+    let guard = HostGuard {
+        _irqs: SavedIrqs::now(),
+        workqueues: std::fs::read_to_string(WORKQUEUES)
+            .unwrap()
+            .trim()
+            .to_string(),
+    };
+    Stage {
+        _children: kids,
+        _guard: Some(guard),
+        ..stage(
+            "irq",
+            rig,
+            vec![
+                ("irq_affinity", steps("irq_affinity", true)),
+                ("file", steps("file", true)),
+            ],
+        )
+    }
+}
+
+/// A real-time resident (SCHED_FIFO 10, waking every 2 ms) evicted and demoted, its class
+/// given back at the exit.
+pub fn real_time() -> Stage {
+    let rig = Rig::new("faults-rt");
+    let banker = spawn_in(&rig, "banker", &["sleep", "100000000", "50000"], 1);
+    let strays = rig.workload("strays");
+    // Bounded from outside (a `timeout` inside chrt would share its class and CPU).
+    let rt = spawn_on(
+        "timeout",
+        &[
+            "-s",
+            "KILL",
+            "900",
+            "chrt",
+            "-f",
+            "10",
+            PROBE,
+            "sleep",
+            "100000000",
+            "2000",
+        ],
+        &[1],
+        Some(&strays),
+    );
+    std::mem::forget(strays);
+    Stage {
+        _children: vec![banker, rt],
+        ..stage(
+            "real_time",
+            rig,
+            vec![("scheduler", steps("scheduler", true))],
+        )
+    }
+}
+
+/// The Banker's VM (QEMU, paused) with `vcpu_priority: fifo:1`: its vCPU made SCHED_FIFO.
+pub fn vcpu() -> Stage {
+    let rig = Rig::new("faults-vcpu");
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+        "owns_trading_cores: true }",
+        "owns_trading_cores: true, vcpu_priority: \"fifo:1\" }",
+        1,
+    );
+    std::fs::write(&policy, text).unwrap();
+    let banker = rig.workload("banker");
+    let args = [
+        "-name",
+        "banker,debug-threads=on",
+        "-accel",
+        "tcg",
+        "-smp",
+        "1",
+        "-m",
+        "64",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-S",
+    ];
+    let qemu = spawn_on("qemu-system-x86_64", &args, &[0, 1], Some(&banker));
+    std::mem::forget(banker);
+    Stage {
+        _children: vec![qemu],
+        ..stage(
+            "vcpu_priority",
+            rig,
+            vec![("scheduler", steps("scheduler", true))],
+        )
+    }
+}
+
+/// Sustained memory pressure: the lowest-ranked VM hibernated through the Proxmox stub
+/// (`stop_vm_after: 1s`; no QMP socket, so its balloon step fails at once).
+pub fn vm_stop() -> Stage {
+    let rig = Rig::with(
+        "faults-vmstop",
+        &|s| format!("  - {{ name: vm102, rank: 5, match: {{ vmid: 102, cgroup: {s}/vm102 }} }}\n"),
+        "  memory: { balloon_above: 10, balloon_target: 10%, balloon_floor: 64M, stop_vm_above: 20, stop_vm_after: 1s, release_after: 1s }\n",
+    );
+    let kid = spawn_in(&rig, "vm102", &["sleep", "100000000", "50000"], 0);
+    let stub = std::sync::Arc::new(PveStub::start_for(
+        "pve1",
+        [
+            (100, StubVm::running(256 * MIB)),
+            (102, StubVm::running(256 * MIB)),
+        ],
+        Duration::from_secs(3600),
+    ));
+    let api = stub.write_config(&rig.dir.join("pve"), None);
+    let pressure = rig.dir.join("memory.pressure");
+    write_psi(&pressure, 0.0, 0.0);
+    let qmp = rig.dir.join("qemu-server");
+    std::fs::create_dir_all(&qmp).unwrap();
+    let args = [
+        "--tick",
+        "200ms",
+        "--proxmox",
+        api.to_str().unwrap(),
+        "--memory-psi",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([
+        pressure.display().to_string(),
+        "--qmp-dir".into(),
+        qmp.display().to_string(),
+    ])
+    .collect();
+    let (up, down) = (pressure.clone(), pressure.clone());
+    Stage {
+        args,
+        // Up: the VM is stopped 1 s past the balloon's failure. For `vm_started`, down once it
+        // is: the keeper starts it again.
+        trigger: Box::new(move |_, kind| {
+            write_psi(&up, 30.0, 30.0);
+            if kind == "vm_started" {
+                std::thread::sleep(Duration::from_secs(3));
+                write_psi(&up, 0.0, 0.0);
+            }
+        }),
+        calm: Box::new(move || write_psi(&down, 0.0, 0.0)),
+        extra: Box::new(move || vms(&stub)),
+        settle: Duration::from_secs(5),
+        _children: vec![kid],
+        ..stage(
+            "vm_stop",
+            rig,
+            vec![
+                ("vm_stopped", steps("vm_stopped", true)),
+                ("vm_started", steps("vm_started", false)),
+            ],
+        )
+    }
+}
+
+/// The fake GPU (fake NVML, a stand-in `cuda-checkpoint`): eco mode caps an idle GPU's power
+/// and clocks; EVA's interaction checkpoints Muse's GPU state (then freezes it), and its end
+/// restores it.
+pub fn gpu() -> Stage {
+    let rig = Rig::with_rules(
+        "faults-gpu",
+        "  eco_mode: { idle_below: 10, idle_after: 1s, idle_power_limit: 60%, busy_power_limit: 100%, clock_offset_mhz: -200 }\n",
+    );
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+        "preempt: { on: interaction, deadline: 200ms, targets: [muse], release_after: 1s }",
+        "gpu_handoff: { on: interaction, from: [muse], release_after: 1s }",
+        1,
+    );
+    std::fs::write(&policy, text).unwrap();
+    let muse = spawn_in(&rig, "muse", &["sleep", "100000000", "20000"], 0);
+    let eva = spawn_in(&rig, "eva", &["sleep", "100000000", "20000"], 0);
+    let g = Arc::new(FakeGpu::new("faults"));
+    g.device(|d| d.clock_offset_mhz = Some(0));
+    let tool = g.stand_in_tool();
+    let args = vec![
+        "--tick".into(),
+        "200ms".into(),
+        "--nvml-lib".into(),
+        fake_lib().display().to_string(),
+        "--cuda-checkpoint".into(),
+        tool.display().to_string(),
+    ];
+    let env = vec![(STATE_ENV.to_string(), g.state.display().to_string())];
+    let pid = muse.id();
+    let (busy, calm, seen) = (g.clone(), g.clone(), g.clone());
+    Stage {
+        args,
+        env,
+        trigger: Box::new(move |rig, kind| gpu_trigger(&busy, rig, kind, pid)),
+        // Busy, nobody on it: no eco mode, no handoff.
+        calm: Box::new(move || {
+            calm.device(|d| {
+                d.utilization_gpu = 50;
+                d.compute_processes.clear();
+            })
+        }),
+        extra: Box::new(move || {
+            let d = seen.read().devices[0].clone();
+            let cuda = std::fs::read_to_string(seen.dir.join(format!("state-{pid}")));
+            BTreeMap::from([
+                ("GPU power limit".into(), d.power_limit_mw.to_string()),
+                (
+                    "GPU clock offset".into(),
+                    format!("{:?}", d.clock_offset_mhz),
+                ),
+                (
+                    "muse's CUDA state".into(),
+                    cuda.unwrap_or("running".into()).trim().into(),
+                ),
+            ])
+        }),
+        settle: Duration::from_secs(4),
+        _children: vec![muse, eva],
+        _gpu: Some(g),
+        ..stage(
+            "gpu",
+            rig,
+            vec![
+                ("gpu_power_limit", steps("gpu_power_limit", true)),
+                ("gpu_clock_offset", steps("gpu_clock_offset", true)),
+                ("gpu_checkpoint", steps("gpu_checkpoint", true)),
+                ("gpu_restored", steps("gpu_restored", false)),
+            ],
+        )
+    }
+}
+
+/// Idle for eco mode's points; Muse on the GPU and EVA's interaction for the handoff's, which
+/// ends (`gpu_restored`) when the interaction does and Muse has left the GPU.
+fn gpu_trigger(g: &FakeGpu, rig: &Rig, kind: &str, muse: u32) {
+    if kind.starts_with("gpu_power") || kind.starts_with("gpu_clock") {
+        g.device(|d| d.utilization_gpu = 0);
+        return;
+    }
+    g.device(|d| {
+        d.utilization_gpu = 98;
+        d.compute_processes = vec![Process {
+            pid: muse,
+            used_memory_bytes: 6 << 30,
+        }];
+    });
+    interaction(rig, "start");
+    if kind == "gpu_restored" {
+        std::thread::sleep(Duration::from_millis(1500));
+        g.device(|d| d.compute_processes.clear());
+        interaction(rig, "stop");
+    }
+}
+
+/// The stub's VMs: status, lock, balloon, GPU keys.
+fn vms(stub: &PveStub) -> BTreeMap<String, String> {
+    [100, 102]
+        .into_iter()
+        .map(|id| {
+            let vm = stub.vm(id);
+            let state = format!(
+                "{} lock {:?} balloon {:?} {:?}",
+                vm.status, vm.lock, vm.config_balloon, vm.hostpci
+            );
+            (format!("VM {id}"), state)
+        })
+        .collect()
+}
