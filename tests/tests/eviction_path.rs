@@ -303,3 +303,56 @@ fn evicted_newcomers_get_their_own_cpus_back_at_exit() {
         "the programs did not read the newcomers' CPUs: {log:#?}"
     );
 }
+
+/// Without cpuset v2 the keeper moves tasks one by one: a child forked during the run by a
+/// moved task inherits the housekeeping-only CPUs, and the exit gave back only the journaled
+/// parent its CPUs (the child stayed on CPU 0 for good). A child forked before the run and
+/// pinned by its own choice keeps its CPUs.
+#[test]
+fn a_child_forked_during_the_run_by_a_moved_task_gets_its_cpus_back_at_the_exit() {
+    if !privileged("a_child_forked_during_the_run_by_a_moved_task_gets_its_cpus_back") {
+        return;
+    }
+    let rig = Rig::new("forked");
+    let banker = rig.workload("banker");
+    let mut owner = spawn_pinned(PROBE, &["sleep", "1000", "50000"], 1, Some(&banker));
+    let strays = rig.workload("strays");
+    // A parent on both cores that forks a long-lived child 3 s into the run, and an older
+    // sibling that pinned itself to CPU 0 before the run.
+    let script =
+        format!("taskset -c 0 {PROBE} sleep 1000 50000 & sleep 3; {PROBE} sleep 1000 50000 & wait");
+    let mut parent = spawn_on("sh", &["-c", &script], &[0, 1], Some(&strays));
+    std::thread::sleep(Duration::from_millis(300));
+    let older = children_of(parent.id());
+    let keeper = rig.keeper(&["--for", "5s"]);
+    assert!(
+        eventually(Duration::from_secs(3), || affinity(parent.id()) == "0"),
+        "the parent was not moved off the trading core"
+    );
+    keeper.finish();
+    let children = children_of(parent.id());
+    let young: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|c| !older.contains(c))
+        .collect();
+    let old: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|c| older.contains(c))
+        .collect();
+    let cpus = |pids: &[u32]| pids.iter().map(|p| affinity(*p)).collect::<Vec<_>>();
+    let (young_cpus, old_cpus, parent_cpus) = (cpus(&young), cpus(&old), affinity(parent.id()));
+    for c in [&mut parent, &mut owner] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert_eq!(parent_cpus, "0-1");
+    assert_eq!(young_cpus, ["0-1"], "the child forked during the run");
+    assert_eq!(
+        old_cpus,
+        ["0"],
+        "the child that pinned itself before the run"
+    );
+    std::mem::forget((banker, strays));
+}

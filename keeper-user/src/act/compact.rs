@@ -90,6 +90,7 @@ mod tests {
             pid,
             start: 1,
             original: original.into(),
+            since: None,
         };
         let file = |v: &str| Entry::File {
             path: "/sys/fs/cgroup/m/cpu.max".into(),

@@ -40,11 +40,15 @@ pub enum Entry {
     /// A process the keeper stopped with SIGSTOP; `start` (clock ticks since boot) tells a
     /// reused pid apart.
     Stop { pid: u32, start: u64 },
-    /// A task whose CPU affinity the keeper changed, and the original CPU list.
+    /// A task whose CPU affinity the keeper changed, and the original CPU list; `since`: when
+    /// (clock ticks since boot, as task start times): a task born after it from this one
+    /// inherited the CPUs the keeper set, and gets the original back too (act/forks.rs).
     Affinity {
         pid: u32,
         start: u64,
         original: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
     },
     /// A task's own CPU affinity, journaled before the first cpuset partition on a kernel that
     /// forgets it when the partition ends (before 6.2): put back if found widened.
@@ -277,10 +281,12 @@ impl Journal {
         original: &CpuList,
         change: impl FnOnce() -> T,
     ) -> Result<T, JournalError> {
+        let since = Some(crate::device::procfs::now_ticks());
         let entry = || Entry::Affinity {
             pid,
             start,
             original: original.to_string(),
+            since,
         };
         let armed = (self.pending.as_mut()).is_some_and(|p| p.arm(pid, start, original));
         if !armed {

@@ -97,6 +97,7 @@ fn repeated_records_are_compacted_by_the_loop_by_a_rename() {
         pid: me,
         start,
         original: original.into(),
+        since: None,
     };
     j.record(&aff("0-1")).unwrap();
     // A task evicted again and again, and one that is gone.
@@ -154,6 +155,7 @@ fn a_move_is_journaled_around_it_and_a_kill_in_between_loses_nothing() {
         pid,
         start: 5,
         original: original.into(),
+        since: None,
     };
     let left = || pending::parse(&fs::read(dir.join(pending::FILE)).unwrap()).unwrap();
     let moved = j.record_around(10, 5, &"0-1".parse().unwrap(), || {
@@ -168,14 +170,28 @@ fn a_move_is_journaled_around_it_and_a_kill_in_between_loses_nothing() {
         None,
         "the record is cleared once the line is written"
     );
-    assert_eq!(j.entries().unwrap(), [aff(10, "0-1")]);
+    // The line says since when (a task forked from this one after it inherited the move).
+    let entries = j.entries().unwrap();
+    assert!(matches!(
+        entries[..],
+        [Entry::Affinity { since: Some(_), .. }]
+    ));
+    let plain = |e: Entry| match e {
+        Entry::Affinity { pid, original, .. } => aff(pid, &original),
+        e => e,
+    };
+    assert_eq!(
+        entries.into_iter().map(plain).collect::<Vec<_>>(),
+        [aff(10, "0-1")]
+    );
     drop(j);
     // A keeper killed between a move and its line: the record armed, no line.
     let (mut p, _) = pending::Pending::open(&dir).unwrap();
     assert!(p.arm(11, 5, &"1".parse().unwrap()));
     drop(p);
     let mut j = Journal::open(&dir).unwrap();
-    assert_eq!(j.entries().unwrap(), [aff(10, "0-1"), aff(11, "1")]);
+    let entries: Vec<Entry> = j.entries().unwrap().into_iter().map(plain).collect();
+    assert_eq!(entries, [aff(10, "0-1"), aff(11, "1")]);
     assert_eq!(left(), None);
     drop(j);
     fs::remove_dir_all(&dir).unwrap();

@@ -24,6 +24,7 @@ pub mod cgroup;
 mod compact;
 pub mod execute;
 pub mod fault;
+mod forks;
 pub mod gpu;
 pub mod irq;
 pub mod journal;

@@ -176,6 +176,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Option<Entry>, String> {
         pid,
         start,
         original: cpus.to_string(),
+        since: None,
     }))
 }
 
@@ -204,6 +205,7 @@ mod tests {
             pid: 4242,
             start: 77,
             original: "0-1,130".into(),
+            since: None,
         };
         assert_eq!(left, Some(want.clone()));
         // Until cleared, it is still there.

@@ -28,6 +28,9 @@ impl Actuators {
         // A retry still out first: its undos and these must not race.
         let mut done = self.collect_retry(true)?;
         let entries = self.journal().entries()?;
+        // Tasks forked from moved ones during the run first: their ancestors' CPUs are read
+        // before those are given back.
+        done.extend(forks::restore_descendants(&entries));
         let (now, kept) = undo(&entries);
         done.extend(now);
         self.journal().rewrite(&kept)?;
@@ -252,6 +255,7 @@ fn restore(entry: &Entry) -> Result<Option<String>, ActError> {
             pid,
             start,
             original,
+            ..
         } => match Proc::open_thread(*pid, Some(*start)) {
             Ok(p) => {
                 let cpus: CpuList = original.parse().unwrap_or_default();

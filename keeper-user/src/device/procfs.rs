@@ -88,6 +88,13 @@ pub fn task_stat(pid: u32) -> Option<TaskStat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// Now, in clock ticks since boot: the unit and clock of a task's start time.
+pub fn now_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    super::clock::ns(libc::CLOCK_BOOTTIME) / (1_000_000_000 / hz)
+}
+
 /// Whether a task that started at `start` (clock ticks since boot, `/proc/<pid>/stat`) began
 /// after `event_ns` (CLOCK_MONOTONIC, the eBPF events' clock): then its pid was reused since
 /// the event, and the event was about another task. The start is rounded down to its tick, so
