@@ -91,6 +91,7 @@ fn with_device(
 ) -> Ret {
     let r = enter(function).and_then(|s| {
         let i = index_of(&s, handle)?;
+        std::thread::sleep(std::time::Duration::from_millis(s.hang_ms));
         f(&s.devices[i])
     });
     r.err().unwrap_or(SUCCESS)

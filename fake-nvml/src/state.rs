@@ -23,6 +23,8 @@ pub struct State {
     /// an old driver without them fails.
     pub missing: Vec<String>,
     pub devices: Vec<Device>,
+    /// Each device query takes this long (ms): a driver that hangs, a GPU fallen off the bus.
+    pub hang_ms: u64,
 }
 
 impl Default for State {
@@ -32,6 +34,7 @@ impl Default for State {
             driver_version: "550.54.14-fake".into(),
             missing: vec![],
             devices: vec![Device::default()],
+            hang_ms: 0,
         }
     }
 }

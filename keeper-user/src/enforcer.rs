@@ -23,7 +23,7 @@ fn reading<'a>(policy: &'a Policy, act: &'a Actuators, interaction: bool) -> Rea
     Reading {
         policy,
         cg: act.cgroups(),
-        gpu: act.gpu(),
+        gpu: act.gpu_shared(),
         interaction,
     }
 }

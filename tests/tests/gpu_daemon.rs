@@ -251,3 +251,51 @@ fn a_live_run_without_a_gpu_library_says_so_once_and_keeps_working() {
     assert!(said[0].contains("GPU rules inactive, everything else keeps working"));
     assert!(!log.iter().any(|l| l.contains("panicked")));
 }
+
+/// A GPU whose driver hangs (each NVML query 3 s, the fake's `hang_ms`) does not hold the
+/// loop: the readout is made on a thread of its own, an interaction is answered and Muse
+/// frozen at once, the GPU is said unreadable (GPU rules still) and readable again once the
+/// driver answers. Before, the loop made the readout itself and stood still behind it.
+#[test]
+fn a_hanging_gpu_driver_does_not_hold_the_loop() {
+    if !privileged("a_hanging_gpu_driver_does_not_hold_the_loop") {
+        return;
+    }
+    let g = FakeGpu::new("hang");
+    let rig = Rig::new("gpu-hang");
+    let (muse, eva) = (rig.workload("muse"), rig.workload("eva"));
+    let mut kids = [
+        spawn_pinned(PROBE, &["sleep", "100000", "10000"], 0, Some(&muse)),
+        spawn_pinned(PROBE, &["sleep", "100000", "10000"], 0, Some(&eva)),
+    ];
+    let lib = fake_lib();
+    let mut run = rig.keeper_with_env(
+        &["--nvml-lib", lib.to_str().unwrap(), "--tick", "200ms"],
+        &[(STATE_ENV, g.state.to_str().unwrap())],
+    );
+    run.wait_for("GPU found: GPU rules active", Duration::from_secs(5));
+    let mut s = g.read();
+    s.hang_ms = 3000;
+    g.write(&s);
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    let answer = rig.control(&["interaction", "start"]);
+    let took = t.elapsed();
+    assert_eq!(answer["ok"], true, "{answer:#}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the interaction waited {took:?} behind the GPU's readout"
+    );
+    assert!(rig.frozen("muse"), "muse not frozen at once");
+    run.wait_for("has not answered a readout", Duration::from_secs(5));
+    s.hang_ms = 0;
+    g.write(&s);
+    run.wait_for("GPU readable again", Duration::from_secs(10));
+    rig.control(&["interaction", "stop"]);
+    run.stop();
+    for k in &mut kids {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    std::mem::forget((muse, eva));
+}

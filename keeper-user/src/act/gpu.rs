@@ -274,6 +274,11 @@ impl Actuators {
         self.gpu.gpu.as_deref()
     }
 
+    /// The GPU, shared with the thread that reads it (sense/gpu_reader.rs).
+    pub fn gpu_shared(&self) -> Option<&Arc<Gpu>> {
+        self.gpu.gpu.as_ref()
+    }
+
     /// Sets the power limit to `percent` of the default, clamped, confirmed by read-back.
     pub fn set_gpu_power_limit(&mut self, percent: Percent) -> Result<Effect, ActError> {
         let Some(gpu) = &self.gpu.gpu else {

@@ -16,6 +16,7 @@
 pub mod btf;
 pub mod ebpf;
 pub mod gpu;
+pub mod gpu_reader;
 pub mod host;
 pub mod latency;
 pub mod memory;

@@ -1,15 +1,20 @@
 //! One tick's observations: where each workload is, the host's and each workload's PSI (a
-//! trigger that just fired counts), the GPU (a readout reused for [`GPU_READ_EVERY`]), the
+//! trigger that just fired counts), the GPU (read on a thread of its own, a readout reused
+//! for [`GPU_READ_EVERY`]), the
 //! interaction flag, the intruders and the trading cores' latency. The last full observation is
 //! kept: intruder events are decided on it, nothing is read before an eviction.
 
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use super::host;
+use super::{
+    gpu_reader::{GPU_WAIT, GpuReader, Read},
+    host,
+};
 use crate::{
     decide::{GpuObs, Intruder, Observations},
     device::{
@@ -37,6 +42,10 @@ pub struct Observer {
     pub gpu_readout: Option<GpuReadout>,
     gpu_read_at: Option<Instant>,
     gpu_error: Option<String>,
+    /// The error is that NVML has not answered (said once however long it lasts).
+    gpu_hung: bool,
+    /// The thread that reads the GPU (started at the first observation with one).
+    gpu_reader: Option<GpuReader>,
     /// The last full observation, without its intruders.
     last: Option<Observations>,
 }
@@ -45,7 +54,7 @@ pub struct Observer {
 pub struct Reading<'a> {
     pub policy: &'a Policy,
     pub cg: &'a CgroupFs,
-    pub gpu: Option<&'a Gpu>,
+    pub gpu: Option<&'a Arc<Gpu>>,
     pub interaction: bool,
 }
 
@@ -59,6 +68,8 @@ impl Default for Observer {
             gpu_readout: None,
             gpu_read_at: None,
             gpu_error: None,
+            gpu_hung: false,
+            gpu_reader: None,
             last: None,
         }
     }
@@ -153,40 +164,70 @@ impl Observer {
             .map(|mw| mw as f64 / 1000.0)
     }
 
-    /// Reads the GPU (if any) and maps its processes to workloads. A failing readout is said
-    /// once (until it changes) and leaves the GPU rules still. NVML calls take milliseconds on
-    /// real GPUs: a readout younger than [`GPU_READ_EVERY`] is reused.
-    fn observe_gpu(&mut self, gpu: Option<&Gpu>) -> Option<GpuObs> {
+    /// Reads the GPU (if any) and maps its processes to workloads, off the loop (see
+    /// [`GpuReader`]). A failing readout is said once (until it changes) and leaves the GPU
+    /// rules still. A readout younger than [`GPU_READ_EVERY`] is reused, and so is the last
+    /// one while the next is awaited.
+    fn observe_gpu(&mut self, gpu: Option<&Arc<Gpu>>) -> Option<GpuObs> {
         let gpu = gpu?;
-        if self
+        let fresh = self
             .gpu_read_at
-            .is_some_and(|at| at.elapsed() < GPU_READ_EVERY)
-        {
-            let r = self.gpu_readout.as_mut()?;
-            r.assign(|pid| placement::owner_of(pid, &self.placements));
-            return Some(super::gpu::observation(r));
+            .is_some_and(|at| at.elapsed() < GPU_READ_EVERY);
+        if !self.gpu_reader.as_ref().is_some_and(|r| r.reads(gpu)) {
+            self.gpu_reader = GpuReader::start(gpu.clone())
+                .inspect_err(|e| tracing::warn!(error = %e, "no thread to read the GPU"))
+                .ok();
         }
-        self.gpu_read_at = Some(Instant::now());
-        match gpu.readout() {
-            Ok(mut r) => {
+        let read = match &mut self.gpu_reader {
+            _ if fresh => Read::Pending,
+            Some(reader) => reader.read(GPU_WAIT),
+            None => Read::Hung(Duration::ZERO),
+        };
+        match read {
+            Read::Pending => {
+                let r = self.gpu_readout.as_mut()?;
+                r.assign(|pid| placement::owner_of(pid, &self.placements));
+                Some(super::gpu::observation(r))
+            }
+            Read::Fresh(Ok(mut r)) => {
+                self.gpu_read_at = Some(Instant::now());
                 r.assign(|pid| placement::owner_of(pid, &self.placements));
                 let o = super::gpu::observation(&r);
+                self.gpu_hung = false;
                 if self.gpu_error.take().is_some() {
                     tracing::info!(gpu = %r.name, "GPU readable again: GPU rules active");
                 }
                 self.gpu_readout = Some(r);
                 Some(o)
             }
-            Err(e) => {
-                let msg = e.to_string();
-                if self.gpu_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!("{msg}; GPU rules inactive until it reads again");
-                }
-                self.gpu_error = Some(msg);
-                self.gpu_readout = None;
-                None
+            Read::Fresh(Err(e)) => {
+                self.gpu_read_at = Some(Instant::now());
+                self.gpu_unreadable(e.to_string(), false)
             }
+            Read::Hung(for_) => self.gpu_unreadable(
+                format!(
+                    "the GPU ({}) has not answered a readout for {:.1} s (NVML hangs)",
+                    gpu.name,
+                    for_.as_secs_f64()
+                ),
+                true,
+            ),
         }
+    }
+
+    /// No readout: said once per error (a hang once, however long it lasts).
+    fn gpu_unreadable(&mut self, msg: String, hung: bool) -> Option<GpuObs> {
+        let said = match hung {
+            true => self.gpu_hung,
+            false => self.gpu_error.as_deref() == Some(msg.as_str()),
+        };
+        if !said {
+            tracing::warn!("{msg}; GPU rules inactive until it reads again");
+        }
+        self.gpu_hung = hung;
+        self.gpu_error = Some(msg);
+        self.gpu_readout = None;
+        None
     }
 }
 
