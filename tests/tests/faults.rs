@@ -144,7 +144,7 @@ fn a_keeper_killed_at_any_step_of_any_change_leaves_the_host_as_it_found_it() {
     let only = std::env::var("KEEPER_FAULTS_ONLY").ok();
     let started = Instant::now();
     let mut tally = Tally::default();
-    let stages: [(&str, Build); 8] = [
+    let stages: [(&str, Build); 9] = [
         ("evict", stages::evict),
         ("freeze", stages::freeze),
         ("start_on", stages::start_on),
@@ -152,6 +152,7 @@ fn a_keeper_killed_at_any_step_of_any_change_leaves_the_host_as_it_found_it() {
         ("real_time", stages::real_time),
         ("vcpu_priority", stages::vcpu),
         ("vm_stop", stages::vm_stop),
+        ("balloon", stages::balloon),
         ("gpu", stages::gpu),
     ];
     for (name, build) in stages {

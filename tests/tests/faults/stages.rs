@@ -8,6 +8,8 @@ use integration_test::{
     gpu::{FakeGpu, Process, STATE_ENV, fake_lib},
     irqs::SavedIrqs,
     pve_stub::{MIB, PveStub, StubVm},
+    qemu::{Qemu, qemu_in},
+    qmp_proxy::QmpProxy,
     rig::{Rig, write_psi},
     spawn_on, spawn_pinned,
 };
@@ -38,6 +40,7 @@ pub struct Stage {
     /// Puts back what a failed run left (interrupt lines, the workqueue mask).
     pub _guard: Option<HostGuard>,
     pub _gpu: Option<Arc<FakeGpu>>,
+    pub _vm: Option<Qemu>,
 }
 
 /// Every interrupt line's affinity and the workqueue mask, put back at drop.
@@ -77,6 +80,7 @@ fn stage(name: &'static str, rig: Rig, points: Vec<(&'static str, Vec<Step>)>) -
         _children: vec![],
         _guard: None,
         _gpu: None,
+        _vm: None,
     }
 }
 
@@ -331,6 +335,48 @@ pub fn vm_stop() -> Stage {
                 ("vm_started", steps("vm_started", false)),
             ],
         )
+    }
+}
+
+/// Memory pressure between the balloon's threshold and the stop's: the lowest-ranked VM (a
+/// real QEMU behind a QMP proxy that sees each target sent) ballooned, given back its memory
+/// when the pressure ends and at the exit.
+pub fn balloon() -> Stage {
+    let rig = Rig::with(
+        "faults-balloon",
+        &|s| format!("  - {{ name: vm102, rank: 5, match: {{ vmid: 102, cgroup: {s}/vm102 }} }}\n"),
+        "  memory: { balloon_above: 10, balloon_target: 50%, balloon_floor: 64M, stop_vm_above: 95, stop_vm_after: 60s, release_after: 1s }\n",
+    );
+    let (real, qmp) = (rig.dir.join("qemu-real"), rig.dir.join("qemu-server"));
+    std::fs::create_dir_all(&qmp).unwrap();
+    let vm = qemu_in(&real, "faults", 102, 256).expect("QEMU (CI=true needs it)");
+    let cg = rig.workload("vm102");
+    std::fs::write(cg.dir.join("cgroup.procs"), vm.child.id().to_string()).unwrap();
+    std::mem::forget(cg);
+    let proxy = Arc::new(QmpProxy::start(&qmp.join("102.qmp"), &real.join("102.qmp")));
+    let pressure = rig.dir.join("memory.pressure");
+    write_psi(&pressure, 0.0, 0.0);
+    let args = ["--tick", "200ms", "--memory-psi"]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            pressure.display().to_string(),
+            "--qmp-dir".into(),
+            qmp.display().to_string(),
+        ])
+        .collect();
+    let (up, down) = (pressure.clone(), pressure);
+    Stage {
+        args,
+        trigger: Box::new(move |_, _| write_psi(&up, 15.0, 0.0)),
+        calm: Box::new(move || write_psi(&down, 0.0, 0.0)),
+        // The last target QEMU was told: its whole memory, or never told.
+        extra: Box::new(move || {
+            let target = proxy.last_balloon().unwrap_or(256 * MIB) >> 20;
+            BTreeMap::from([("VM 102 balloon target (MiB)".into(), target.to_string())])
+        }),
+        _vm: Some(vm),
+        ..stage("balloon", rig, vec![("balloon", steps("balloon", true))])
     }
 }
 
