@@ -16,7 +16,7 @@ use std::{
 };
 
 use integration_test::{
-    pve_stub::{PveStub, StubVm},
+    pve_stub::{Mode, PveStub, StubVm},
     qemu::{Qemu, cached_guest, last_line},
     rig::eventually,
 };
@@ -99,7 +99,7 @@ fn the_gpu_moves_between_running_guests_and_goes_back_to_its_holder() {
         return;
     };
     let dir = scratch("qmp");
-    let (_holder, _borrower) = (
+    let (holder, _borrower) = (
         boot(&dir, &guest, 100, true),
         boot(&dir, &guest, 104, false),
     );
@@ -165,6 +165,24 @@ fn the_gpu_moves_between_running_guests_and_goes_back_to_its_holder() {
     assert!(
         eventually(Duration::from_secs(10), home),
         "the holder did not get it back"
+    );
+
+    // Lent again, then the holder goes down: the exit takes the device from the borrower (the
+    // holder's next start takes it from its configuration). Before, the lend was dropped and
+    // the borrower kept it.
+    act.move_gpu(&lend, &device(), deadline).unwrap();
+    assert!(eventually(Duration::from_secs(10), lent), "not lent again");
+    drop(holder);
+    let _ = std::fs::remove_file(dir.join("100.qmp"));
+    let restored = act.restore_all().unwrap();
+    assert!(
+        restored.iter().any(|r| r.contains("its holder")),
+        "{restored:#?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || has_gpu(&dir, 104)
+            == Some(false)),
+        "the borrower kept the GPU of a holder that is down"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -251,5 +269,53 @@ fn a_borrower_that_is_not_running_gets_the_gpu_by_a_planned_restart() {
         ("running", Some(HOSTPCI.into()))
     );
     assert_eq!((stub.vm(104).status, gpu(104)), ("stopped", None));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A planned restart whose hibernation PVE carries out but never answers (the request times
+/// out): the holder is hibernated and the move fails before anything else. Before, nothing
+/// journaled that hibernation (the lend's line says the key moved, and the key never did):
+/// the exit left the holder hibernated for good. Now the hibernation is journaled before it is
+/// asked, and the exit starts the VM again.
+#[test]
+fn a_hibernation_that_gets_no_answer_is_undone_at_the_exit() {
+    let stub = PveStub::start(
+        "hive",
+        [
+            (100, StubVm::running(4 << 30).with_gpu(HOSTPCI)),
+            (104, StubVm::stopped(8 << 30)),
+        ],
+    );
+    let dir = scratch("restart-hang");
+    let file = stub.write_config(&dir.join("pve"), None);
+    let mut act = actuators(&dir);
+    act.proxmox = Some(ProxmoxHands {
+        client: Client::from_file(&file).unwrap(),
+        file,
+    });
+    let lend = Ends {
+        from_vmid: 100,
+        to_vmid: 104,
+        back: false,
+        config: Some(HOSTPCI.into()),
+    };
+    stub.set_mode(Mode::HangAfterWrite);
+    assert!(
+        act.move_gpu(&lend, &device(), Duration::from_secs(5))
+            .is_err()
+    );
+    stub.set_mode(Mode::Normal);
+    assert_eq!(
+        stub.vm(100).status,
+        "stopped",
+        "the stub never hibernated it"
+    );
+    let restored = act.restore_all().unwrap();
+    assert_eq!(
+        stub.vm(100).status,
+        "running",
+        "the holder stayed hibernated: {restored:#?}"
+    );
+    assert!(stub.vm(100).hostpci.contains_key("hostpci0"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -145,9 +145,11 @@ impl Entry {
         }
     }
 
-    /// A change a reboot of the host does not undo: synced to disk as soon as it is recorded.
+    /// A change a reboot of the host does not undo: synced to disk as soon as it is recorded
+    /// (a hibernated VM; a GPU's key moved between VMs' configurations, which live in
+    /// /etc/pve).
     pub fn outlives_reboot(&self) -> bool {
-        matches!(self, Entry::VmStopped { .. })
+        matches!(self, Entry::VmStopped { .. } | Entry::GpuConfigLent { .. })
     }
 }
 

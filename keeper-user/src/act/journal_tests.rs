@@ -203,3 +203,21 @@ fn a_disabled_journal_records_nothing() {
     j.record(&Entry::Stop { pid: 1, start: 1 }).unwrap();
     assert!(j.entries().unwrap().is_empty());
 }
+
+/// A GPU's key moved between two VMs' configurations (/etc/pve) outlives a reboot: its line is
+/// on disk before the move (before, it waited for the loop's next sync).
+#[test]
+fn a_lend_of_the_gpu_by_configuration_is_synced_at_once() {
+    let dir = temp_dir("config-lent");
+    let mut j = Journal::open(&dir).unwrap();
+    j.record(&Entry::GpuConfigLent {
+        api: "/etc/keeper/proxmox.toml".into(),
+        holder: 100,
+        borrower: 104,
+        key: "hostpci0".into(),
+        value: "0000:01:00,pcie=1".into(),
+    })
+    .unwrap();
+    assert!(j.to_sync().unwrap().is_none(), "left for a later sync");
+    fs::remove_dir_all(&dir).unwrap();
+}

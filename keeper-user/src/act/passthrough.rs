@@ -88,7 +88,19 @@ impl Actuators {
             });
         };
         let ids = (ends.from_vmid, ends.to_vmid);
-        if !ends.back {
+        // The holder's hibernation journaled before it is asked: one that times out (or a
+        // keeper killed meanwhile) leaves the VM to the exit's or the next keeper's undo,
+        // which waits for the save and starts it (its lend's undo finds the key still there
+        // and does nothing).
+        let lend = !ends.back;
+        if lend && api.client.status(ids.0)?.status == "running" {
+            let file = api.file.clone();
+            self.journal().record(&Entry::VmStopped {
+                vmid: ids.0,
+                api: file,
+            })?;
+        }
+        if lend {
             self.journal().record(&Entry::GpuConfigLent {
                 api: api.file.clone(),
                 holder: ids.0,
@@ -97,7 +109,19 @@ impl Actuators {
                 value: value.clone(),
             })?;
         }
-        let done = super::planned_restart::move_config(&api.client, ids, (id, value), deadline)?;
+        let moved = super::planned_restart::move_config(&api.client, ids, (id, value), deadline);
+        // The holder running again (given the GPU back, or a failed lend taken back): its
+        // hibernation needs no undo.
+        let holder = if lend { ids.0 } else { ids.1 };
+        let running = || {
+            api.client
+                .status(holder)
+                .is_ok_and(|s| s.status == "running")
+        };
+        if (moved.is_ok() && !lend) || (moved.is_err() && lend && running()) {
+            self.journal().record(&Entry::VmStarted { vmid: holder })?;
+        }
+        let done = moved?;
         super::fault::at_kind("gpu_config_lent", super::fault::Step::Applied);
         Ok(Effect::Done(done))
     }
@@ -165,7 +189,20 @@ pub(super) fn restore_lend(
 ) -> Result<Option<String>, ActError> {
     let id = device.get("id").map_or("", String::as_str);
     let deadline = Duration::from_secs(30);
-    if !holder.exists() || Qmp::connect(holder)?.has_device(id)? {
+    if !holder.exists() {
+        // The holder is down: its next start takes the device from its configuration, which
+        // a hot-plug lend never changed, if the borrower has given it up. Before, the entry
+        // was dropped and the device stayed with the borrower for good.
+        if !borrower.exists() || !unplug(borrower, id, deadline)? {
+            return Ok(None);
+        }
+        return Ok(Some(format!(
+            "the GPU ({id}) taken from {}: its holder {} is down and takes it at its next start",
+            borrower.display(),
+            holder.display()
+        )));
+    }
+    if Qmp::connect(holder)?.has_device(id)? {
         return Ok(None);
     }
     unplug(borrower, id, deadline)?;

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use super::ActError;
 use crate::device::proxmox::{Client, ProxmoxError};
 
+/// How long a take-back waits for a hibernation still being saved before it starts the VM.
+const SAVE_WAIT: Duration = Duration::from_secs(60);
+
 /// One step done, to be taken back if a later one fails.
 enum Done {
     Hibernated(u32),
@@ -87,13 +90,16 @@ fn wait_stopped(api: &Client, vmid: u32, deadline: Duration) -> Result<(), ActEr
 fn take_back(api: &Client, done: &[Done], (key, value): (&str, &str)) -> String {
     let mut failed: Vec<String> = Vec::new();
     for d in done.iter().rev() {
-        let r: Result<(), ProxmoxError> = match d {
-            Done::Added(vm) => api.set_config(*vm, key, None),
-            Done::Removed(vm) => api.set_config(*vm, key, Some(value)),
-            Done::Hibernated(vm) => api.start(*vm).map(drop),
+        let said = |e: ProxmoxError| e.to_string();
+        let r = match d {
+            Done::Added(vm) => api.set_config(*vm, key, None).map_err(said),
+            Done::Removed(vm) => api.set_config(*vm, key, Some(value)).map_err(said),
+            // A save still being written refuses a start: waited for first.
+            Done::Hibernated(vm) => (wait_stopped(api, *vm, SAVE_WAIT).map_err(|e| e.to_string()))
+                .and_then(|()| api.start(*vm).map(drop).map_err(said)),
         };
         if let Err(e) = r {
-            failed.push(e.to_string());
+            failed.push(e);
         }
     }
     match (done.is_empty(), failed.is_empty()) {
