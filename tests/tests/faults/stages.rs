@@ -171,6 +171,23 @@ fn commands(cmdline: &str) -> String {
     n.to_string()
 }
 
+/// A stock re-pinner (it puts itself back on the trading core every millisecond): a repeat
+/// offender, stopped (SIGSTOP, `rules.intruders.then`'s default) and continued at the exit.
+pub fn then_stop() -> Stage {
+    let rig = Rig::new("faults-stop");
+    let banker = spawn_in(&rig, "banker", &["sleep", "100000000", "50000"], 1);
+    let strays = rig.workload("strays");
+    // Bounded from outside; it spins, so only while this stage runs.
+    let args = ["-s", "KILL", "900", PROBE, "repin", "900", "1", "kt_repin"];
+    let repinner = spawn_on("timeout", &args, &[0, 1], Some(&strays));
+    std::mem::forget(strays);
+    Stage {
+        settle: Duration::from_secs(4),
+        _children: vec![banker, repinner],
+        ..stage("then_stop", rig, vec![("stop", steps("stop", true))])
+    }
+}
+
 /// Interrupt lines and the unbound workqueues kept off the trading core.
 pub fn irqs() -> Stage {
     let rig = Rig::new("faults-irq");
