@@ -95,9 +95,31 @@ impl Enforcer {
     /// comes back later, through [`Enforcer::slow_done`]). When a step of a GPU handoff fails,
     /// the engine is asked again at once and its rollback is carried out.
     pub fn tick(&mut self, obs: &Observations) -> Vec<Done> {
+        // Freezes not confirmed by now and given up: the engine hears it before it decides.
+        let (late, rollback) = self.unconfirmed_freezes();
         let actions = decide::decide(&self.policy, &mut self.state, obs, jiff::Timestamp::now());
-        let carried = self.carry(|q, h, s| q.carry(h, s, actions));
+        let mut carried = self.carry(|q, h, s| q.carry(h, s, actions));
+        carried.done.splice(0..0, late);
+        carried.rollback |= rollback;
         self.after(carried, obs)
+    }
+
+    /// The freezes and thaws that were not seen in time, as failed actions the engine has
+    /// heard; whether a GPU handoff rolls back.
+    fn unconfirmed_freezes(&mut self) -> (Vec<Done>, bool) {
+        let mut rollback = false;
+        let mut out = vec![];
+        for (action, e, waited) in self.act.confirm_freezes() {
+            let step = decide::Step::Failed {
+                retryable: true,
+                error: e.to_string(),
+            };
+            let d = Done::new(action, vec![step], waited.as_secs_f64() * 1000.0);
+            let mut batch = decide::Batch::default();
+            rollback |= decide::acknowledge(&mut self.state, &mut batch, &d.action, d.outcome);
+            out.push(d);
+        }
+        (out, rollback)
     }
 
     /// A slow action came back from the slow hands.

@@ -113,8 +113,16 @@ pub fn execute(
 ) -> Report {
     let place = |w: &str| placements.get(w).cloned().unwrap_or_default();
     match &action.kind {
-        ActionKind::Freeze { workload } => freeze(act, &place(workload), true),
-        ActionKind::Thaw { workload } => freeze(act, &place(workload), false),
+        ActionKind::Freeze { workload } => {
+            let report = freeze(act, &place(workload), true);
+            act.unconfirmed_are(action);
+            report
+        }
+        ActionKind::Thaw { workload } => {
+            let report = freeze(act, &place(workload), false);
+            act.unconfirmed_are(action);
+            report
+        }
         ActionKind::ApplyClassLimits {
             workload, limits, ..
         } => set_limits(act, &place(workload), limits, totals, false),

@@ -163,6 +163,9 @@ pub struct Actuators {
     /// When the last eviction moved its task off the trading cores (CLOCK_MONOTONIC ns):
     /// where an eviction's latency ends, taken by whoever times it.
     pub first_move_ns: Option<u64>,
+    /// Freezes and thaws written but not yet seen in `cgroup.events` (confirmed on later
+    /// ticks: [`Actuators::confirm_freezes`]).
+    unconfirmed: Vec<cgroup::Unconfirmed>,
     /// The arriving thread [`Actuators::evict_arrival`] moved (pid, start time): the
     /// eviction that follows for it moves the rest.
     pub(crate) moved_on_arrival: Option<(u32, u64)>,
@@ -204,6 +207,7 @@ impl Actuators {
             retrying: None,
             syncer: None,
             first_move_ns: None,
+            unconfirmed: Vec::new(),
             moved_on_arrival: None,
             demoted: None,
             demote_real_time: true,

@@ -367,3 +367,58 @@ fn a_command_whose_journal_line_failed_never_runs() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A freeze the kernel does not carry out at once (a task in uninterruptible sleep holds it
+/// back; here a cgroup directory whose `cgroup.events` never says `frozen 1`) does not hold
+/// the loop: the write is made, the call returns within milliseconds, and later looks (no
+/// wait) give it up past 2 s, take it back and hand the action back failed. Before, the loop
+/// waited up to 2 s per cgroup, on every retry.
+#[test]
+fn a_freeze_not_seen_at_once_is_confirmed_later_and_given_up_past_its_timeout() {
+    let dir = std::env::temp_dir().join(format!("keeper-slow-freeze-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cg = dir.join("muse");
+    std::fs::create_dir_all(&cg).unwrap();
+    std::fs::write(cg.join("cgroup.freeze"), "0").unwrap();
+    std::fs::write(cg.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    let mut act = Actuators::new(CgroupFs::at(&dir), journal, false, None);
+    let t = std::time::Instant::now();
+    let effect = act.freeze("muse").unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        matches!(&effect, Effect::Done(d) if d.contains("not seen within")),
+        "{effect:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cgroup.freeze")).unwrap(),
+        "1"
+    );
+    let action = crate::decide::Action {
+        kind: crate::decide::ActionKind::Freeze {
+            workload: "muse".into(),
+        },
+        rule: crate::decide::RuleId("eva.preempt".into()),
+        reason: "test".into(),
+    };
+    act.unconfirmed_are(&action);
+    assert!(act.confirm_freezes().is_empty(), "given up before its time");
+    std::thread::sleep(cgroup::FREEZE_TIMEOUT + std::time::Duration::from_millis(100));
+    let failed = act.confirm_freezes();
+    assert_eq!(failed.len(), 1);
+    assert!(matches!(
+        failed[0].1,
+        ActError::FreezeTimeout { want: 1, .. }
+    ));
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cgroup.freeze")).unwrap(),
+        "0",
+        "not taken back"
+    );
+    assert!(act.confirm_freezes().is_empty(), "said twice");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
