@@ -144,10 +144,11 @@ fn a_keeper_killed_at_any_step_of_any_change_leaves_the_host_as_it_found_it() {
     let only = std::env::var("KEEPER_FAULTS_ONLY").ok();
     let started = Instant::now();
     let mut tally = Tally::default();
-    let stages: [(&str, Build); 10] = [
+    let stages: [(&str, Build); 11] = [
         ("evict", stages::evict),
         ("freeze", stages::freeze),
         ("start_on", stages::start_on),
+        ("start_unit", stages::start_unit),
         ("then_stop", stages::then_stop),
         ("irq", stages::irqs),
         ("real_time", stages::real_time),

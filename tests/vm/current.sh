@@ -136,6 +136,57 @@ else
 fi
 kill -9 $VM $LAB $RT 2>/dev/null
 
+# Crash consistency with cgroup v2 controllers (issue 30; the host's harness,
+# tests/tests/faults.rs, has none): a keeper built with kill points (keeper-faulty,
+# `--features failpoints`) killed with SIGKILL at each step of the remote partition's and lab's
+# class's changes (`file`, `enable`: written, made, and around their undo at the exit), then
+# the shipped keeper's start (its replay) and exit; every control file of the tree and both
+# tasks' CPUs as before, the journal empty.
+FK=/usr/bin/keeper-faulty
+sh -c "echo \$\$ > $CG/qemu.slice/200.scope/cgroup.procs; exec sleep 600" & VM=$!
+sh -c "echo \$\$ > $CG/lab/cgroup.procs; exec sleep 600" & LAB=$!
+snap() {
+    for d in $CG $CG/qemu.slice $CG/qemu.slice/200.scope $CG/lab; do
+        for f in cgroup.subtree_control cpuset.cpus cpuset.cpus.exclusive cpuset.cpus.partition \
+                 cpu.weight cpu.max memory.high memory.max; do
+            [ -e $d/$f ] && echo "$d/$f $(head -1 $d/$f)"
+        done
+    done
+    echo "isolated $(cat $CG/cpuset.cpus.isolated)"
+    taskset -c -p $VM; taskset -c -p $LAB
+}
+FAULTS_OK=0
+FAULTS_BAD=""
+for point in file.recorded file.applied file.undoing file.undone \
+             enable.recorded enable.applied enable.undoing enable.undone; do
+    BEFORE="$(snap)"
+    FAILPOINTS="$point=return" $FK run --policy /vm/faults.yaml --state-dir /tmp/faults-state \
+        --socket /tmp/faults.sock > /tmp/faulty.log 2>&1 &
+    F=$!
+    case $point in
+        *.undoing|*.undone) wait_for 30 has /tmp/faulty.log "first pass done"; kill -TERM $F ;;
+    esac
+    wait $F; ST=$?
+    $K run --policy /vm/faults.yaml --state-dir /tmp/faults-state --socket /tmp/faults.sock \
+        --for 3s > /tmp/replay.log 2>&1
+    AFTER="$(snap)"
+    if [ "$ST" = 137 ] && has /tmp/faulty.log "failpoint $point: SIGKILL" \
+       && [ "$BEFORE" = "$AFTER" ] && [ ! -s /tmp/faults-state/journal.jsonl ]; then
+        FAULTS_OK=$((FAULTS_OK + 1))
+    else
+        FAULTS_BAD="$FAULTS_BAD $point(exit $ST)"
+        echo "faults: $point: before/after:"; echo "$BEFORE" > /tmp/b; echo "$AFTER" > /tmp/a
+        grep -v -x -F -f /tmp/a /tmp/b | sed 's/^/  before: /'; grep -v -x -F -f /tmp/b /tmp/a | sed 's/^/  after:  /'
+        tail -5 /tmp/faulty.log | sed 's/^/  faulty: /'
+    fi
+done
+if [ -z "$FAULTS_BAD" ]; then
+    pass "faults-cgroup-v2 ($FAULTS_OK injection points in the partition's and a class's changes, each reached; the tree as before after the replay and exit)"
+else
+    fail faults-cgroup-v2 "not reached or not back:$FAULTS_BAD"
+fi
+kill -9 $VM $LAB 2>/dev/null
+
 insmod /mod/watchdog.ko && insmod /mod/i6300esb.ko
 if ! wait_for 5 test -c /dev/watchdog; then
     fail watchdog-armed "no /dev/watchdog after insmod i6300esb"

@@ -161,6 +161,61 @@ pub fn start_on() -> Stage {
     }
 }
 
+/// EVA's interaction starts a systemd unit (`start_on: {unit: …}`), through a stand-in
+/// `systemctl` first on the keepers' PATH (no systemd here) that keeps each unit's state in a
+/// file, the way `is-active` reads it.
+pub fn start_unit() -> Stage {
+    let rig = Rig::new("faults-unit");
+    let policy = rig.dir.join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+        "release_after: 1s }\n",
+        "release_after: 1s }\n    start_on: { unit: llama3.service, deadline: 5s }\n",
+        1,
+    );
+    std::fs::write(&policy, text).unwrap();
+    let (bin, units) = (rig.dir.join("bin"), rig.dir.join("units"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&units).unwrap();
+    let script = format!(
+        "#!/bin/sh\ncase $1 in\n\
+         start) touch {u}/$2 ;;\n\
+         stop) rm -f {u}/$2 ;;\n\
+         is-active) test -e {u}/$3 ;;\n\
+         esac\n",
+        u = units.display()
+    );
+    let systemctl = bin.join("systemctl");
+    std::fs::write(&systemctl, script).unwrap();
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let kids = vec![
+        spawn_in(&rig, "muse", &["sleep", "100000000", "20000"], 0),
+        spawn_in(&rig, "eva", &["sleep", "100000000", "20000"], 0),
+    ];
+    Stage {
+        env: vec![("PATH".into(), path)],
+        trigger: Box::new(|rig, _| interaction(rig, "start")),
+        extra: Box::new(move || {
+            let active = units.join("llama3.service").exists();
+            BTreeMap::from([("llama3.service active".into(), active.to_string())])
+        }),
+        _children: kids,
+        ..stage(
+            "start_unit",
+            rig,
+            vec![("service_unit", steps("service_unit", true))],
+        )
+    }
+}
+
 /// How many processes run the command line `cmdline` (NUL-separated).
 fn commands(cmdline: &str) -> String {
     let n = std::fs::read_dir("/proc")

@@ -64,6 +64,7 @@ pub fn build_current(
         "current.sh",
         "watchdog.yaml",
         "remote.yaml",
+        "faults.yaml",
         "guards.yaml",
         "smt.sh",
         "smt.yaml",

@@ -60,6 +60,7 @@ const CURRENT_CHECKS: &[&str] = &[
     "partition-repaired",
     "remote-partition-undone",
     "rt-intruder-demoted-6.12",
+    "faults-cgroup-v2",
     "watchdog-armed",
     "watchdog-fed",
     "watchdog-disarmed",
@@ -95,6 +96,26 @@ const PLAIN: Guest = Guest {
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The keeper built with `--features failpoints` (release, in target/faults), copied as
+/// `keeper-faulty` so that the guest has both.
+fn faulty_keeper(root: &Path) -> anyhow::Result<std::path::PathBuf> {
+    crate::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "keeper-user",
+        "--bin",
+        "keeper",
+        "--features",
+        "failpoints",
+        "--target-dir",
+        "target/faults",
+    ]))?;
+    let faulty = root.join("target/faults/release/keeper-faulty");
+    std::fs::copy(root.join("target/faults/release/keeper"), &faulty)?;
+    Ok(faulty)
+}
+
 /// Both guests, or the one `only` names (`6.1` or `6.12`).
 pub fn run(root: &Path, only: Option<&str>) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -119,6 +140,8 @@ pub fn run(root: &Path, only: Option<&str>) -> anyhow::Result<()> {
     crate::run(cargo().args(["build", "--release", "-p", "fake-nvml"]))?;
     let mut with_gpu = bins.to_vec();
     with_gpu.push(root.join("target/release/libnvidia_ml_fake.so"));
+    // The keeper with its kill points, for the crash-consistency check (faults-cgroup-v2).
+    with_gpu.push(faulty_keeper(root)?);
     initramfs::build_current(root, &with_gpu, &current.modules, &current_initrd)?;
     let qmp = work.join("watchdog.qmp");
     let _ = std::fs::remove_file(&qmp);
