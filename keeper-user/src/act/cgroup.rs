@@ -158,6 +158,9 @@ impl Actuators {
             })?;
         }
         let file = dir.join("cgroup.freeze");
+        // A newer freeze or thaw of the cgroup replaces one still unconfirmed: a thaw written
+        // meanwhile is not the freeze's failure (nor taken back by it).
+        self.unconfirmed.retain(|u| u.rel != rel);
         let start = Instant::now();
         fs::write(&file, want.to_string())
             .map_err(|source| self.file_error(rel, "cgroup.freeze", &file, source))?;

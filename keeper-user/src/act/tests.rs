@@ -420,5 +420,16 @@ fn a_freeze_not_seen_at_once_is_confirmed_later_and_given_up_past_its_timeout() 
         "not taken back"
     );
     assert!(act.confirm_freezes().is_empty(), "said twice");
+    // A thaw written while the freeze is unconfirmed replaces it: no failure for the freeze
+    // (which would have the engine freeze again after the preemption ended).
+    act.freeze("muse").unwrap();
+    act.unconfirmed_are(&action);
+    std::fs::write(cg.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+    assert!(matches!(act.thaw("muse").unwrap(), Effect::Done(d) if d.contains("confirmed in")));
+    std::thread::sleep(cgroup::FREEZE_TIMEOUT + std::time::Duration::from_millis(100));
+    assert!(
+        act.confirm_freezes().is_empty(),
+        "the thawed cgroup's freeze came back failed"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
