@@ -138,7 +138,17 @@ impl Seat {
         let moved = Proc::open_thread(self.tid, None).and_then(|t| t.set_affinity(cpus));
         match moved {
             Ok(()) => {
-                if on.is_none() {
+                if on.is_none() && p.rescued_at.is_some_and(|t| t.elapsed() < HOLD) {
+                    // Held home by a rescue: above every real-time task a user may run there
+                    // (below the rescuer), so that the task it is to evict or demote, which
+                    // may spin there at its class, cannot starve it for the hold (a task
+                    // turned SCHED_FIFO 50 on CPU 0 kept it from its 50 ms watch 1.9 s).
+                    // SAFETY: sched_get_priority_max has no preconditions.
+                    set_fifo(
+                        self.tid,
+                        unsafe { libc::sched_get_priority_max(libc::SCHED_FIFO) } - 1,
+                    );
+                } else if on.is_none() {
                     above_the_loop(self.tid);
                 }
                 tracing::info!(cpus = %cpus, on_trading_cores = on.is_some(), "the eviction thread waits on CPUs {cpus}");
