@@ -61,12 +61,18 @@ impl Rig {
 
     /// Adds `keys` (YAML, e.g. `irq_guard: true`) to the policy's `host:` line.
     pub fn with_host(&self, keys: &str) {
-        let policy = self.dir.join("policy.yaml");
-        let text = std::fs::read_to_string(&policy).unwrap().replace(
+        self.edit_policy(
             "housekeeping_cores: \"0\" }",
             &format!("housekeeping_cores: \"0\", {keys} }}"),
         );
-        std::fs::write(&policy, text).unwrap();
+    }
+
+    /// Replaces the first `from` of the policy's text with `to`.
+    pub fn edit_policy(&self, from: &str, to: &str) {
+        let policy = self.dir.join("policy.yaml");
+        let text = std::fs::read_to_string(&policy).unwrap();
+        assert!(text.contains(from), "`{from}` is not in the rig's policy");
+        std::fs::write(&policy, text.replacen(from, to, 1)).unwrap();
     }
 
     pub fn cg(&self, w: &str) -> PathBuf {

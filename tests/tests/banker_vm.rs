@@ -41,13 +41,10 @@ fn threads(pid: u32) -> Vec<(String, String)> {
 /// threads named (`debug-threads=on`), `-accel ACCEL -smp SMP`, in the Banker's cgroup.
 fn banker_vm(tag: &str, accel: &str, smp: &str) -> (Rig, std::process::Child) {
     let rig = Rig::new(tag);
-    let policy = rig.dir.join("policy.yaml");
-    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+    rig.edit_policy(
         "owns_trading_cores: true }",
         "owns_trading_cores: true, vcpu_priority: \"fifo:1\" }",
-        1,
     );
-    std::fs::write(&policy, text).unwrap();
     let banker = rig.workload("banker");
     let args = [
         "-name",

@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
             setup::ensure_ebpf_toolchain()?;
             setup::ensure_apt(TEST_PACKAGES)?;
             run(cargo().args(["build", "-p", "keeper-user", "--bins"]))?;
-            build_faulty_keeper()?;
+            build_faulty_keeper(false)?;
             run(cargo()
                 .args(["test", "-p", "integration-test", "--test", "faults", "--"])
                 .args(["--nocapture", "--test-threads=1"])
@@ -157,18 +157,20 @@ fn main() -> anyhow::Result<()> {
 /// The keeper with its kill points (`--features failpoints`) for the crash-consistency
 /// harness (tests/tests/faults.rs), in a target directory of its own: the shipped build in
 /// target/debug never has them.
-fn build_faulty_keeper() -> anyhow::Result<()> {
-    run(cargo().args([
-        "build",
-        "-p",
-        "keeper-user",
-        "--bin",
-        "keeper",
-        "--features",
-        "failpoints",
-        "--target-dir",
-        "target/faults",
-    ]))
+/// `release`: the guest's build (vm-test's `faults-cgroup-v2`), in target/faults/release.
+pub fn build_faulty_keeper(release: bool) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.arg("build").args(release.then_some("--release"));
+    run(c
+        .args([
+            "-p",
+            "keeper-user",
+            "--bin",
+            "keeper",
+            "--features",
+            "failpoints",
+        ])
+        .args(["--target-dir", "target/faults"]))
 }
 
 fn workspace_root() -> PathBuf {
@@ -276,7 +278,7 @@ fn test() -> anyhow::Result<()> {
     // The end-to-end tests (tests/, the integration-test crate) run keeper-user's binaries,
     // which cargo builds for another package only when asked.
     run(cargo().args(["build", "-p", "keeper-user", "--bins"]))?;
-    build_faulty_keeper()?;
+    build_faulty_keeper(false)?;
     // Privileged tests share CPU 1 and the kernel's tracepoints: one at a time.
     run(cargo().args([
         "test",

@@ -136,13 +136,10 @@ fn interaction(rig: &Rig, what: &str) {
 /// EVA's interaction starts a command (`start_on`), stopped when it ends.
 pub fn start_on() -> Stage {
     let rig = Rig::new("faults-start-on");
-    let policy = rig.dir.join("policy.yaml");
-    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+    rig.edit_policy(
         "release_after: 1s }\n",
         "release_after: 1s }\n    start_on: { command: [sleep, \"313\"], deadline: 5s }\n",
-        1,
     );
-    std::fs::write(&policy, text).unwrap();
     let kids = vec![
         spawn_in(&rig, "muse", &["sleep", "100000000", "20000"], 0),
         spawn_in(&rig, "eva", &["sleep", "100000000", "20000"], 0),
@@ -166,13 +163,10 @@ pub fn start_on() -> Stage {
 /// file, the way `is-active` reads it.
 pub fn start_unit() -> Stage {
     let rig = Rig::new("faults-unit");
-    let policy = rig.dir.join("policy.yaml");
-    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+    rig.edit_policy(
         "release_after: 1s }\n",
         "release_after: 1s }\n    start_on: { unit: llama3.service, deadline: 5s }\n",
-        1,
     );
-    std::fs::write(&policy, text).unwrap();
     let (bin, units) = (rig.dir.join("bin"), rig.dir.join("units"));
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&units).unwrap();
@@ -312,13 +306,10 @@ pub fn real_time() -> Stage {
 /// The Banker's VM (QEMU, paused) with `vcpu_priority: fifo:1`: its vCPU made SCHED_FIFO.
 pub fn vcpu() -> Stage {
     let rig = Rig::new("faults-vcpu");
-    let policy = rig.dir.join("policy.yaml");
-    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+    rig.edit_policy(
         "owns_trading_cores: true }",
         "owns_trading_cores: true, vcpu_priority: \"fifo:1\" }",
-        1,
     );
-    std::fs::write(&policy, text).unwrap();
     let banker = rig.workload("banker");
     let args = [
         "-name",
@@ -460,13 +451,10 @@ pub fn gpu() -> Stage {
         "faults-gpu",
         "  eco_mode: { idle_below: 10, idle_after: 1s, idle_power_limit: 60%, busy_power_limit: 100%, clock_offset_mhz: -200 }\n",
     );
-    let policy = rig.dir.join("policy.yaml");
-    let text = std::fs::read_to_string(&policy).unwrap().replacen(
+    rig.edit_policy(
         "preempt: { on: interaction, deadline: 200ms, targets: [muse], release_after: 1s }",
         "gpu_handoff: { on: interaction, from: [muse], release_after: 1s }",
-        1,
     );
-    std::fs::write(&policy, text).unwrap();
     let muse = spawn_in(&rig, "muse", &["sleep", "100000000", "20000"], 0);
     let eva = spawn_in(&rig, "eva", &["sleep", "100000000", "20000"], 0);
     let g = Arc::new(FakeGpu::new("faults"));

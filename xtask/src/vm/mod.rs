@@ -99,18 +99,7 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// The keeper built with `--features failpoints` (release, in target/faults), copied as
 /// `keeper-faulty` so that the guest has both.
 fn faulty_keeper(root: &Path) -> anyhow::Result<std::path::PathBuf> {
-    crate::run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "keeper-user",
-        "--bin",
-        "keeper",
-        "--features",
-        "failpoints",
-        "--target-dir",
-        "target/faults",
-    ]))?;
+    crate::build_faulty_keeper(true)?;
     let faulty = root.join("target/faults/release/keeper-faulty");
     std::fs::copy(root.join("target/faults/release/keeper"), &faulty)?;
     Ok(faulty)
