@@ -5,6 +5,7 @@
 //! - [`cgroupfs`]: cgroup v2 paths, ids and control files;
 //! - [`procfs`]: what /proc says about a task (one parser of `/proc/<pid>/stat`), host totals;
 //! - [`placement`]: where each workload of the policy lives, and whose a process or cgroup is;
+//! - [`pid_file`]: pid files a policy names, read safely and off the loop;
 //! - [`docker`]: the Docker Engine API (running containers, their names, labels and cgroups);
 //! - [`qmp`]: a VM's QMP socket (balloon, status), Proxmox's socket layout;
 //! - [`irq`]: interrupt lines, their names and affinities; [`irqbalance`]: its control socket;
@@ -18,6 +19,7 @@ pub mod docker;
 pub mod gpu;
 pub mod irq;
 pub mod irqbalance;
+pub mod pid_file;
 pub mod placement;
 pub mod procfs;
 pub mod proxmox;

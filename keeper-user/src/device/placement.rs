@@ -121,7 +121,7 @@ fn place(
         pids.extend(comms.iter().filter(|(_, c)| c == name).map(|(p, _)| *p));
     }
     if let Some(file) = &w.matcher.pid_file {
-        match read_pid_file(Path::new(file)) {
+        match super::pid_file::pid_in(Path::new(file)) {
             Ok(Some(pid)) => pids.push(pid),
             Ok(None) => {}
             Err(why) => say_once(format!("{}.match.pid_file {file}: {why}; ignored", w.name)),
@@ -169,81 +169,6 @@ fn guest_cgroups(cg: &CgroupFs, guests: &GuestIds) -> Vec<String> {
         .collect();
     found.sort();
     found.into_iter().map(|(_, c)| c).collect()
-}
-
-/// Why a pid file was not taken.
-#[derive(Debug, thiserror::Error)]
-pub enum PidFileError {
-    #[error(
-        "owned by uid {uid} with mode {mode:o}: a pid file must be root's and writable by root only"
-    )]
-    NotRoots { uid: u32, mode: u32 },
-    #[error("a symbolic link: a pid file is read where it lies, never through a link")]
-    Link,
-    #[error("not a regular file ({0}): a pid file is a small regular file")]
-    NotRegular(&'static str),
-    #[error("larger than {PID_FILE_MAX} bytes: not a pid file")]
-    TooLarge,
-    #[error("`{0}` is not a pid")]
-    NotAPid(String),
-    #[error("pid {0} is init or the keeper itself")]
-    Forbidden(u32),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-}
-
-/// The most a pid file may hold.
-pub const PID_FILE_MAX: u64 = 64;
-
-/// The live pid a pid file names (`None`: no file, or the process is gone). The file must be
-/// a regular file (a FIFO or a device would block the read, or never end it), reached without
-/// a symbolic link (a link to `/run/sshd.pid` would make sshd's tree the workload), root's and
-/// writable by nobody else (whoever can write it chooses what the keeper acts on), at most
-/// [`PID_FILE_MAX`] bytes, and it may not name pid 1 or the keeper itself. Opened with
-/// `O_NOFOLLOW | O_NONBLOCK`, checked on the open file (no race with a rename).
-pub fn read_pid_file(file: &Path) -> Result<Option<u32>, PidFileError> {
-    use std::{
-        io::Read,
-        os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt},
-    };
-    let opened = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(file);
-    let f = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(PidFileError::Link),
-        Err(e) => return Err(e.into()),
-    };
-    let meta = f.metadata()?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        return Err(PidFileError::NotRegular(match () {
-            _ if kind.is_fifo() => "a FIFO",
-            _ if kind.is_socket() => "a socket",
-            _ if kind.is_char_device() => "a character device",
-            _ if kind.is_block_device() => "a block device",
-            _ if kind.is_dir() => "a directory",
-            _ => "not a file",
-        }));
-    }
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err(PidFileError::NotRoots {
-            uid: meta.uid(),
-            mode: meta.mode() & 0o777,
-        });
-    }
-    let mut text = String::new();
-    f.take(PID_FILE_MAX + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > PID_FILE_MAX {
-        return Err(PidFileError::TooLarge);
-    }
-    let pid: u32 = (text.trim().parse()).map_err(|_| PidFileError::NotAPid(text.trim().into()))?;
-    if pid <= 1 || pid == std::process::id() {
-        return Err(PidFileError::Forbidden(pid));
-    }
-    Ok(Path::new(&format!("/proc/{pid}")).exists().then_some(pid))
 }
 
 /// Logs a warning the first time it is given (placements are made every tick); the last 256
@@ -312,69 +237,6 @@ fn process_names() -> Vec<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pid_file_must_be_roots_and_name_a_plain_process() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("keeper-pidfile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("w.pid");
-        let me_child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        std::fs::write(&f, format!("{}\n", me_child.id())).unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        if unsafe { libc::geteuid() } == 0 {
-            assert_eq!(read_pid_file(&f).unwrap(), Some(me_child.id()));
-        }
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let err = read_pid_file(&f).unwrap_err().to_string();
-        assert!(err.contains("writable by root only"), "{err}");
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        if unsafe { libc::geteuid() } == 0 {
-            for pid in ["1".to_string(), std::process::id().to_string()] {
-                std::fs::write(&f, &pid).unwrap();
-                let err = read_pid_file(&f).unwrap_err().to_string();
-                assert!(err.contains("init or the keeper"), "{err}");
-            }
-        }
-        assert_eq!(read_pid_file(&dir.join("none.pid")).unwrap(), None);
-        let mut c = me_child;
-        let _ = c.kill();
-        let _ = c.wait();
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// A FIFO blocked the read for good (the loop with it); a link led to another daemon's
-    /// pid file; a large file was read whole. Each is refused now, at once.
-    #[test]
-    fn a_pid_file_is_a_small_regular_file_reached_without_a_link() {
-        let dir = std::env::temp_dir().join(format!("keeper-pidfile-kinds-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("fifo.pid");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let started = std::time::Instant::now();
-        let err = read_pid_file(&fifo).unwrap_err();
-        assert!(matches!(err, PidFileError::NotRegular("a FIFO")), "{err}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(1));
-        let real = dir.join("real.pid");
-        std::fs::write(&real, format!("{}\n", std::process::id())).unwrap();
-        let link = dir.join("link.pid");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        assert!(matches!(read_pid_file(&link), Err(PidFileError::Link)));
-        let big = dir.join("big.pid");
-        std::fs::write(&big, format!("{}{}", " ".repeat(100), 4242)).unwrap();
-        assert!(matches!(read_pid_file(&big), Err(PidFileError::TooLarge)));
-        assert!(matches!(
-            read_pid_file(&dir),
-            Err(PidFileError::NotRegular("a directory"))
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn a_process_belongs_to_the_workload_of_its_cgroup_or_ancestor() {
