@@ -525,7 +525,15 @@ fn answer(seen: &Seen, state: &Mutex<StubState>, mode: Mode) -> Answer {
             }
             ok(Value::Null)
         }
-        ("POST", ["qemu", vmid, "status", action @ ("suspend" | "start")]) => {
+        (
+            "POST",
+            [
+                "qemu",
+                vmid,
+                "status",
+                action @ ("suspend" | "start" | "shutdown"),
+            ],
+        ) => {
             let id: u32 = vmid.parse().unwrap_or(0);
             let Some(vm) = s.vms.get_mut(&id) else {
                 return no_vm(vmid);
@@ -539,6 +547,15 @@ fn answer(seen: &Seen, state: &Mutex<StubState>, mode: Mode) -> Answer {
                 }
                 vm.status = "stopped";
                 vm.lock = Some("suspended");
+            } else if *action == "shutdown" {
+                if seen.form.get("forceStop").map(String::as_str) != Some("1") {
+                    return bad_params(json!({"forceStop": "the keeper always forces the stop"}));
+                }
+                if vm.status != "running" {
+                    return err(500, format!("VM {id} not running"));
+                }
+                vm.status = "stopped";
+                vm.lock = None;
             } else {
                 if vm.status == "running" {
                     return err(500, format!("VM {id} already running"));
@@ -547,10 +564,10 @@ fn answer(seen: &Seen, state: &Mutex<StubState>, mode: Mode) -> Answer {
                 vm.lock = None;
             }
             s.upids += 1;
-            let kind = if *action == "suspend" {
-                "qmsuspend"
-            } else {
-                "qmstart"
+            let kind = match *action {
+                "suspend" => "qmsuspend",
+                "shutdown" => "qmshutdown",
+                _ => "qmstart",
             };
             ok(json!(format!(
                 "UPID:{node}:0000{:04X}:00000000:00000000:{kind}:{id}:{TOKEN_ID}:",

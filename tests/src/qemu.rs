@@ -111,3 +111,46 @@ pub fn last_line(console: &Path, prefix: &str) -> Option<String> {
     let text = std::fs::read_to_string(console).ok()?;
     (text.lines().rev()).find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
 }
+
+/// pci-testdev's device id, as the guest's sysfs says it.
+pub const TESTDEV: &str = "0x0005";
+
+/// A guest of the balloon kernel and initramfs, its QMP socket at `dir/<vmid>.qmp` (the
+/// Proxmox layout), its console in `dir/<vmid>.console`; with the stand-in GPU when `gpu`.
+pub fn boot_guest(dir: &Path, guest: &(PathBuf, PathBuf), vmid: u32, gpu: bool) -> Qemu {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults"])
+        .args(["-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&guest.0)
+        .arg("-initrd")
+        .arg(&guest.1)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-serial")
+        .arg(format!(
+            "file:{}",
+            dir.join(format!("{vmid}.console")).display()
+        ))
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join(format!("{vmid}.qmp")).display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if gpu {
+        // The GPU's stand-in, and a device in slot 5 (a move there must fail).
+        cmd.args(["-device", "pci-testdev,id=hostpci0"]);
+        cmd.args(["-device", "virtio-balloon-pci,addr=0x5"]);
+    }
+    Qemu {
+        child: cmd.spawn().unwrap(),
+        dir: None,
+    }
+}
+
+/// Whether the guest's last PCI line lists the stand-in GPU (`None`: no line yet).
+pub fn has_testdev(dir: &Path, vmid: u32) -> Option<bool> {
+    let ids = last_line(&dir.join(format!("{vmid}.console")), "PCI ")?;
+    Some(ids.split_whitespace().any(|i| i == TESTDEV))
+}

@@ -144,7 +144,7 @@ fn a_keeper_killed_at_any_step_of_any_change_leaves_the_host_as_it_found_it() {
     let only = std::env::var("KEEPER_FAULTS_ONLY").ok();
     let started = Instant::now();
     let mut tally = Tally::default();
-    let stages: [(&str, Build); 11] = [
+    let stages: [(&str, Build); 13] = [
         ("evict", stages::evict),
         ("freeze", stages::freeze),
         ("start_on", stages::start_on),
@@ -156,6 +156,8 @@ fn a_keeper_killed_at_any_step_of_any_change_leaves_the_host_as_it_found_it() {
         ("vm_stop", stages::vm_stop),
         ("balloon", stages::balloon),
         ("gpu", stages::gpu),
+        ("gpu_config_lent", stages::gpu_config_lent),
+        ("gpu_lent", stages::gpu_lent),
     ];
     for (name, build) in stages {
         if only.as_deref().is_some_and(|o| o != name) {

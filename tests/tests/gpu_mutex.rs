@@ -8,70 +8,17 @@
 //! Proxmox API (its stub): the holder hibernated, `hostpci0` moved between the two
 //! configurations, the borrower started; a step that fails is taken back.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use integration_test::{
     pve_stub::{Mode, PveStub, StubVm},
-    qemu::{Qemu, cached_guest, last_line},
+    qemu::{boot_guest as boot, cached_guest, has_testdev as has_gpu},
     rig::eventually,
 };
 use keeper::{
     act::{Actuators, Effect, journal::Journal, passthrough::Ends, vm_stop::ProxmoxHands},
     device::{cgroupfs::CgroupFs, proxmox::Client},
 };
-
-/// pci-testdev's device id, as the guest's sysfs says it.
-const TESTDEV: &str = "0x0005";
-
-/// A guest of the balloon kernel and initramfs, its QMP socket at `dir/<vmid>.qmp` (the
-/// Proxmox layout), its console in `dir/<vmid>.console`; with the stand-in GPU when `gpu`.
-fn boot(
-    dir: &Path,
-    guest: &(std::path::PathBuf, std::path::PathBuf),
-    vmid: u32,
-    gpu: bool,
-) -> Qemu {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults"])
-        .args(["-display", "none", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&guest.0)
-        .arg("-initrd")
-        .arg(&guest.1)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .arg("-serial")
-        .arg(format!(
-            "file:{}",
-            dir.join(format!("{vmid}.console")).display()
-        ))
-        .arg("-qmp")
-        .arg(format!(
-            "unix:{},server=on,wait=off",
-            dir.join(format!("{vmid}.qmp")).display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if gpu {
-        // The GPU's stand-in, and a device in slot 5 (a move there must fail).
-        cmd.args(["-device", "pci-testdev,id=hostpci0"]);
-        cmd.args(["-device", "virtio-balloon-pci,addr=0x5"]);
-    }
-    Qemu {
-        child: cmd.spawn().unwrap(),
-        dir: None,
-    }
-}
-
-/// Whether the guest's last PCI line lists the stand-in GPU (`None`: no line yet).
-fn has_gpu(dir: &Path, vmid: u32) -> Option<bool> {
-    let ids = last_line(&dir.join(format!("{vmid}.console")), "PCI ")?;
-    Some(ids.split_whitespace().any(|i| i == TESTDEV))
-}
 
 fn device() -> BTreeMap<String, String> {
     [("id", "hostpci0"), ("driver", "pci-testdev")]
@@ -268,7 +215,12 @@ fn a_borrower_that_is_not_running_gets_the_gpu_by_a_planned_restart() {
         (stub.vm(100).status, gpu(100)),
         ("running", Some(HOSTPCI.into()))
     );
-    assert_eq!((stub.vm(104).status, gpu(104)), ("stopped", None));
+    // As it was before the lend: stopped, not hibernated (before: `lock: suspended`, its
+    // state saved, where it had been stopped).
+    assert_eq!(
+        (stub.vm(104).status, gpu(104), stub.vm(104).lock),
+        ("stopped", None, None)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

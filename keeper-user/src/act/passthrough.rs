@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ActError, Actuators, Effect, journal::Entry};
+use super::{
+    ActError, Actuators, Effect,
+    journal::Entry,
+    planned_restart::{Release, move_config},
+};
 use crate::device::qmp::{self, Qmp};
 
 /// The two ends of a move.
@@ -109,7 +113,11 @@ impl Actuators {
                 value: value.clone(),
             })?;
         }
-        let moved = super::planned_restart::move_config(&api.client, ids, (id, value), deadline);
+        let release = match lend {
+            true => Release::Hibernate,
+            false => Release::ShutDown,
+        };
+        let moved = move_config(&api.client, ids, (id, value), (release, deadline));
         // The holder running again (given the GPU back, or a failed lend taken back): its
         // hibernation needs no undo.
         let holder = if lend { ids.0 } else { ids.1 };

@@ -1,8 +1,10 @@
 //! `rules.gpu_mutex`'s planned restart, for a VM that is not running (the design's fallback
-//! where hot-unplug cannot be used): the VM that has the GPU is hibernated, the device's key
-//! (`hostpci0`) leaves its Proxmox configuration and enters the other's, and that one is
-//! started. A step that fails takes the done ones back in reverse (the key put back, the
-//! hibernated VM started again), so a failed move leaves both VMs as they were.
+//! where hot-unplug cannot be used): the VM that has the GPU is let go of it ([`Release`]:
+//! the holder hibernated, so that the give-back resumes it where it was; a borrower shut
+//! down, since it was not running before the lend), the device's key (`hostpci0`) leaves its
+//! Proxmox configuration and enters the other's, and that one is started. A step that fails
+//! takes the done ones back in reverse (the key put back, the stopped VM started again), so a
+//! failed move leaves both VMs as they were.
 
 use std::time::{Duration, Instant};
 
@@ -12,9 +14,21 @@ use crate::device::proxmox::{Client, ProxmoxError};
 /// How long a take-back waits for a hibernation still being saved before it starts the VM.
 const SAVE_WAIT: Duration = Duration::from_secs(60);
 
+/// How the VM that has the GPU lets it go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The holder, for a lend: hibernated (its memory saved), resumed at the give-back.
+    Hibernate,
+    /// A borrower, at the give-back: shut down (ACPI, stopped by force after the deadline),
+    /// as it was before the lend started it. Before, it was hibernated: the exit left it
+    /// suspended (`lock: suspended`, its state on disk) where it had been stopped.
+    ShutDown,
+}
+
 /// One step done, to be taken back if a later one fails.
 enum Done {
     Hibernated(u32),
+    ShutDown(u32),
     Removed(u32),
     Added(u32),
 }
@@ -25,10 +39,16 @@ pub fn move_config(
     api: &Client,
     (from, to): (u32, u32),
     (key, value): (&str, &str),
-    deadline: Duration,
+    (release, deadline): (Release, Duration),
 ) -> Result<String, ActError> {
     let mut done = Vec::new();
-    match steps(api, (from, to), (key, value), deadline, &mut done) {
+    match steps(
+        api,
+        (from, to),
+        (key, value),
+        (release, deadline),
+        &mut done,
+    ) {
         Ok(()) => Ok(format!(
             "vm {from}'s {key} moved to vm {to} through {}: {}",
             api.url(),
@@ -48,13 +68,27 @@ fn steps(
     api: &Client,
     (from, to): (u32, u32),
     (key, value): (&str, &str),
-    deadline: Duration,
+    (release, deadline): (Release, Duration),
     done: &mut Vec<Done>,
 ) -> Result<(), ActError> {
     if api.status(from)?.status == "running" {
-        api.hibernate(from)?;
-        done.push(Done::Hibernated(from));
-        wait_stopped(api, from, deadline)?;
+        match release {
+            Release::Hibernate => {
+                api.hibernate(from)?;
+                done.push(Done::Hibernated(from));
+                super::fault::at_kind("vm_stopped", super::fault::Step::Applied);
+            }
+            Release::ShutDown => {
+                api.shutdown(from, deadline.as_secs().max(1))?;
+                done.push(Done::ShutDown(from));
+            }
+        }
+        // A shutdown's own timeout runs in PVE's task: its end is waited for a while more.
+        let wait = match release {
+            Release::Hibernate => deadline,
+            Release::ShutDown => deadline * 2,
+        };
+        wait_stopped(api, from, wait)?;
     }
     if api.config_value(from, key)?.is_some() {
         api.set_config(from, key, None)?;
@@ -79,7 +113,7 @@ fn wait_stopped(api: &Client, vmid: u32, deadline: Duration) -> Result<(), ActEr
         if Instant::now() >= end {
             return Err(ActError::Service {
                 what: format!("vm {vmid}"),
-                message: format!("not hibernated within {deadline:?}"),
+                message: format!("not stopped within {deadline:?}"),
             });
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -95,8 +129,9 @@ fn take_back(api: &Client, done: &[Done], (key, value): (&str, &str)) -> String 
             Done::Added(vm) => api.set_config(*vm, key, None).map_err(said),
             Done::Removed(vm) => api.set_config(*vm, key, Some(value)).map_err(said),
             // A save still being written refuses a start: waited for first.
-            Done::Hibernated(vm) => (wait_stopped(api, *vm, SAVE_WAIT).map_err(|e| e.to_string()))
-                .and_then(|()| api.start(*vm).map(drop).map_err(said)),
+            Done::Hibernated(vm) | Done::ShutDown(vm) => (wait_stopped(api, *vm, SAVE_WAIT)
+                .map_err(|e| e.to_string()))
+            .and_then(|()| api.start(*vm).map(drop).map_err(said)),
         };
         if let Err(e) = r {
             failed.push(e);
@@ -113,6 +148,7 @@ fn words(done: &[Done], key: &str) -> String {
     (done.iter())
         .map(|d| match d {
             Done::Hibernated(vm) => format!("vm {vm} hibernated"),
+            Done::ShutDown(vm) => format!("vm {vm} shut down"),
             Done::Removed(vm) => format!("{key} out of vm {vm}'s configuration"),
             Done::Added(vm) => format!("{key} into vm {vm}'s configuration"),
         })
@@ -135,7 +171,7 @@ pub(super) fn restore(
         &api,
         (borrower, holder),
         (key, value),
-        Duration::from_secs(60),
+        (Release::ShutDown, Duration::from_secs(60)),
     )
     .map(Some)
 }

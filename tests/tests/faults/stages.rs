@@ -8,12 +8,15 @@ use integration_test::{
     gpu::{FakeGpu, Process, STATE_ENV, fake_lib},
     irqs::SavedIrqs,
     pve_stub::{MIB, PveStub, StubVm},
-    qemu::{Qemu, qemu_in},
+    qemu::{Qemu, boot_guest, cached_guest, has_testdev, qemu_in},
     qmp_proxy::QmpProxy,
-    rig::{Rig, write_psi},
+    rig::{Rig, eventually, write_psi},
     spawn_on, spawn_pinned,
 };
-use keeper::act::fault::{self, Step};
+use keeper::{
+    act::fault::{self, Step},
+    device::qmp::Qmp,
+};
 
 /// Makes a stage's action happen once the keeper runs, for the point of this entry kind.
 pub type Trigger = Box<dyn Fn(&Rig, &str)>;
@@ -41,6 +44,7 @@ pub struct Stage {
     pub _guard: Option<HostGuard>,
     pub _gpu: Option<Arc<FakeGpu>>,
     pub _vm: Option<Qemu>,
+    pub _vms: Vec<Qemu>,
 }
 
 /// Every interrupt line's affinity and the workqueue mask, put back at drop.
@@ -81,6 +85,7 @@ fn stage(name: &'static str, rig: Rig, points: Vec<(&'static str, Vec<Step>)>) -
         _guard: None,
         _gpu: None,
         _vm: None,
+        _vms: vec![],
     }
 }
 
@@ -537,8 +542,12 @@ fn gpu_trigger(g: &FakeGpu, rig: &Rig, kind: &str, muse: u32) {
 
 /// The stub's VMs: status, lock, balloon, GPU keys.
 fn vms(stub: &PveStub) -> BTreeMap<String, String> {
-    [100, 102]
-        .into_iter()
+    vms_of(stub, &[100, 102])
+}
+
+/// The same, of these VMs.
+fn vms_of(stub: &PveStub, ids: &[u32]) -> BTreeMap<String, String> {
+    (ids.iter().copied())
         .map(|id| {
             let vm = stub.vm(id);
             let state = format!(
@@ -548,4 +557,112 @@ fn vms(stub: &PveStub) -> BTreeMap<String, String> {
             (format!("VM {id}"), state)
         })
         .collect()
+}
+
+/// The device's value in the stub's configurations (`rules.gpu_mutex.config`).
+const HOSTPCI: &str = "0000:01:00.0,pcie=1";
+
+/// `rules.gpu_mutex`'s planned restart through the Proxmox stub: the borrower (VM 104, not
+/// running, in its windows all day) gets the GPU at the keeper's start (the holder VM 100
+/// hibernated, `hostpci0` moved, VM 104 started); the exit gives it back.
+pub fn gpu_config_lent() -> Stage {
+    let rig = Rig::with(
+        "faults-gpulend",
+        &|_| {
+            "  - { name: brain, rank: 4, match: { vmid: 100 } }\n  - { name: visual, rank: 5, match: { vmid: 104 }, windows: [{ days: all, hours: \"00:00-24:00\" }] }\n".into()
+        },
+        &format!(
+            "  gpu_mutex: {{ holder: brain, lend_to: [visual], device: {{ id: hostpci0, driver: vfio-pci }}, config: \"{HOSTPCI}\", deadline: 5s }}\n"
+        ),
+    );
+    let stub = Arc::new(PveStub::start_for(
+        "pve1",
+        [
+            (100, StubVm::running(256 * MIB).with_gpu(HOSTPCI)),
+            (104, StubVm::stopped(256 * MIB)),
+        ],
+        Duration::from_secs(3600),
+    ));
+    let api = stub.write_config(&rig.dir.join("pve"), None);
+    let qmp = rig.dir.join("qemu-server");
+    std::fs::create_dir_all(&qmp).unwrap();
+    let args = vec![
+        "--tick".into(),
+        "200ms".into(),
+        "--proxmox".into(),
+        api.display().to_string(),
+        "--qmp-dir".into(),
+        qmp.display().to_string(),
+    ];
+    Stage {
+        args,
+        extra: Box::new(move || vms_of(&stub, &[100, 104])),
+        settle: Duration::from_secs(4),
+        ..stage(
+            "gpu_config_lent",
+            rig,
+            vec![
+                ("vm_stopped", steps("vm_stopped", true)),
+                ("gpu_config_lent", steps("gpu_config_lent", true)),
+            ],
+        )
+    }
+}
+
+/// `rules.gpu_mutex`'s hot-plug lend between two running guests (the cached 6.1 guest under
+/// TCG; QEMU's `pci-testdev` stands in for the GPU): the borrower (VM 104, active) gets it at
+/// the keeper's start (`device_del` on the holder, the guest's ACPI eject, `device_add` on the
+/// borrower); the exit gives it back.
+pub fn gpu_lent() -> Stage {
+    let rig = Rig::with(
+        "faults-gpuhot",
+        &|s| {
+            format!(
+                "  - {{ name: brain, rank: 4, match: {{ vmid: 100, cgroup: {s}/vm100 }} }}\n  - {{ name: visual, rank: 5, match: {{ vmid: 104, cgroup: {s}/vm104 }} }}\n"
+            )
+        },
+        "  gpu_mutex: { holder: brain, lend_to: [visual], device: { id: hostpci0, driver: pci-testdev }, deadline: 10s }\n",
+    );
+    let guest = cached_guest("the fault harness's gpu_lent stage")
+        .expect("the cached guest kernel (CI=true needs it)");
+    let qmp = rig.dir.join("qemu-server");
+    std::fs::create_dir_all(&qmp).unwrap();
+    let (holder, borrower) = (
+        boot_guest(&qmp, &guest, 100, true),
+        boot_guest(&qmp, &guest, 104, false),
+    );
+    for (vm, id) in [(&holder, "vm100"), (&borrower, "vm104")] {
+        let cg = rig.workload(id);
+        std::fs::write(cg.dir.join("cgroup.procs"), vm.child.id().to_string()).unwrap();
+        std::mem::forget(cg);
+    }
+    let booted = || has_testdev(&qmp, 100) == Some(true) && has_testdev(&qmp, 104).is_some();
+    assert!(
+        eventually(Duration::from_secs(90), booted),
+        "the guests never printed PCI lines"
+    );
+    let args = vec![
+        "--tick".into(),
+        "200ms".into(),
+        "--qmp-dir".into(),
+        qmp.display().to_string(),
+    ];
+    let seen = qmp.clone();
+    Stage {
+        args,
+        // Which machine has the device, as QEMU says (the keepers are gone when it is read).
+        extra: Box::new(move || {
+            [100, 104]
+                .into_iter()
+                .map(|id| {
+                    let sock = seen.join(format!("{id}.qmp"));
+                    let has = Qmp::connect(&sock).and_then(|mut q| q.has_device("hostpci0"));
+                    (format!("VM {id} has the GPU"), format!("{has:?}"))
+                })
+                .collect()
+        }),
+        settle: Duration::from_secs(8),
+        _vms: vec![holder, borrower],
+        ..stage("gpu_lent", rig, vec![("gpu_lent", steps("gpu_lent", true))])
+    }
 }

@@ -311,6 +311,16 @@ impl Client {
         self.decode("POST", &path, data)
     }
 
+    /// Shuts the VM down: `POST …/status/shutdown` (the guest's ACPI power button), stopped
+    /// by force after `timeout_s` (`forceStop=1`). Returns the task's UPID.
+    pub fn shutdown(&self, vmid: u32, timeout_s: u64) -> Result<String, ProxmoxError> {
+        let path = format!("/nodes/{}/qemu/{vmid}/status/shutdown", self.node);
+        let timeout = timeout_s.to_string();
+        let form = https::form(&[("forceStop", "1"), ("timeout", &timeout)]);
+        let data = self.call("POST", &path, Some(&form))?;
+        self.decode("POST", &path, data)
+    }
+
     /// `POST …/status/start` (resumes a hibernated VM from its saved state). Returns the UPID.
     pub fn start(&self, vmid: u32) -> Result<String, ProxmoxError> {
         let path = format!("/nodes/{}/qemu/{vmid}/status/start", self.node);
