@@ -275,6 +275,49 @@ fn the_alerting_rules_pass_promtool_and_their_unit_tests() {
     }
 }
 
+/// The dashboard with several keepers behind one Prometheus (a cluster's hosts) and hosts of
+/// several trading cores: every aggregation keeps `instance` (before, `sum by (kind)` merged
+/// the keepers), and a panel in percent divides by a total (before, "Trading cores' time by
+/// kind" summed the cores' seconds per second: two busy cores read 200 %). The interrupt
+/// noise the keeper serves is charted.
+#[test]
+fn the_dashboard_keeps_keepers_apart_and_shares_below_one() {
+    let file = root().join("deploy/grafana/keeper.json");
+    let dash: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    let mut noise = false;
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or_default();
+        let unit = p["fieldConfig"]["defaults"]["unit"]
+            .as_str()
+            .unwrap_or_default();
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            noise |= expr.contains("keeper_noise_seconds");
+            let mut rest = expr;
+            while let Some(at) = rest.find("sum") {
+                rest = &rest[at + 3..];
+                let by = rest.trim_start();
+                assert!(
+                    by.starts_with("by (")
+                        && by[4..].split(')').next().unwrap().contains("instance"),
+                    "panel `{title}`: `{expr}` sums without `by (instance, …)`: several keepers would be added up"
+                );
+            }
+            // A ratio already (`_ratio`, Prometheus's name for 0–1), or one source's share of
+            // one core.
+            let a_share = expr.contains("_ratio{") || expr.contains("keeper_noise_seconds");
+            if unit == "percentunit" && !a_share {
+                assert!(
+                    expr.contains(" / "),
+                    "panel `{title}` shows `{expr}` in percent without dividing by a total"
+                );
+            }
+        }
+    }
+    assert!(noise, "no panel charts keeper_noise_seconds");
+}
+
 #[test]
 fn shell_completions_and_man_pages_come_from_the_command_line() {
     let keeper = integration_test::KEEPER;
