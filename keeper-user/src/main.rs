@@ -11,7 +11,8 @@ use keeper::cli;
     about = "The Keeper: eBPF resource enforcer for one Proxmox host"
 )]
 struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr: `text`, `json`, or `journald` (text with each line's syslog
+    /// priority first, `<4>` for a warning: journald stores it at that priority).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -22,6 +23,7 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+    Journald,
 }
 
 // Parsed once per process: the size of `keeper run`'s arguments does not matter.
@@ -126,15 +128,65 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("KEEPER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
-    let builder = fmt()
-        .with_env_filter(filter)
+    if let LogFormat::Journald = format {
+        return journald(filter());
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+        _ => builder.init(),
+    }
+}
+
+/// `KEEPER_LOG` (an `EnvFilter`), else `info`.
+fn filter() -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    EnvFilter::try_from_env("KEEPER_LOG").unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// `--log-format journald`: text lines on stderr, each prefixed with its syslog priority (error
+/// `<3>`, warn `<4>`, info `<6>`, debug and trace `<7>`), which journald takes as the line's
+/// priority (systemd's `SyslogLevelPrefix=`, on by default; sd-daemon(3)); no timestamp (the
+/// journal has its own) and no colour. The fields stay in the line, where `journalctl -u keeper`
+/// shows them (journald's native fields would hide an action's outcome from its default view:
+/// docs/decisions/0036).
+fn journald(filter: tracing_subscriber::EnvFilter) {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .event_format(Prioritized(
+            tracing_subscriber::fmt::format().without_time(),
+        ))
+        .init();
+}
+
+/// An event format with the syslog priority prefix before the inner format's line.
+struct Prioritized<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Prioritized<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }

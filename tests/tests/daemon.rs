@@ -127,6 +127,62 @@ fn vanished_pids_are_logged_not_fatal() {
     assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
 }
 
+/// `--allow-uid` and `--allow-group` open the socket to whom they name, and only to them.
+/// Before, the socket was always 0600 (the unit's folder 0700): an allowed uid could not even
+/// connect, so `--allow-uid` was useless; there was no group. Clients run through setpriv with
+/// uids and groups no account has (nothing is added to this host's users or groups).
+#[test]
+fn allowed_uids_and_the_allowed_group_reach_the_socket_and_nobody_else() {
+    if !privileged("allowed_uids_and_the_allowed_group_reach_the_socket_and_nobody_else") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let rig = Rig::new("sockgroup");
+    std::fs::set_permissions(&rig.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status_as = |uid: u32, groups: &str| {
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg(format!("--groups={groups}"))
+            .args([KEEPER, "status", "--socket"])
+            .arg(rig.socket())
+            .output()
+            .expect("setpriv (util-linux)");
+        let answer: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (answer.is_some_and(|a| a["ok"] == true), said)
+    };
+    // A group: the socket root:4242, 0660; a member gets in, others do not.
+    let keeper = rig.keeper(&["--for", "8s", "--allow-group", "4242"]);
+    let meta = std::fs::metadata(rig.socket()).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, 4242));
+    assert!(
+        status_as(65534, "4242").0,
+        "a member of group 4242 was refused"
+    );
+    let (ok, said) = status_as(65534, "65534");
+    assert!(!ok && said.contains("Permission denied"), "{said}");
+    keeper.stop();
+    // A uid: the socket 0666, the peer's uid checked inside.
+    let keeper = rig.keeper(&["--for", "8s", "--allow-uid", "65533"]);
+    let meta = std::fs::metadata(rig.socket()).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o666);
+    assert!(status_as(65533, "65533").0, "the allowed uid was refused");
+    assert!(!status_as(65534, "65534").0, "uid 65534 was let in");
+    keeper.stop();
+    // An unknown group name is a located error at the start, not a socket open to all.
+    let out = Command::new(KEEPER)
+        .args(["run", "--for", "1s", "--allow-group", "no-such-group-here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--allow-group no-such-group-here: no such group"),
+        "{said}"
+    );
+}
+
 #[test]
 fn the_control_socket_refuses_non_root_peers() {
     if !privileged("the_control_socket_refuses_non_root_peers") {
@@ -540,4 +596,56 @@ fn every_thread_of_a_multi_threaded_intruder_is_evicted_and_put_back() {
     );
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     wait_cpu_time(hog);
+}
+
+/// `--log-format journald` (the unit's): each line starts with its syslog priority, which
+/// journald stores as the line's (`journalctl -p warning`); before, the unit logged JSON and
+/// journald stored every line at info. The fields stay in the line (the journal's default
+/// view shows them), with no timestamp and no colour.
+#[test]
+fn journald_lines_carry_their_priority() {
+    if !privileged("journald_lines_carry_their_priority") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("keeper-journald-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let extra =
+        move |_: &str| format!("  - {{ name: lab, rank: 4, match: {{ pid_file: {d} }} }}\n");
+    let rig = Rig::with("journald", &extra, "");
+    let out = Command::new(KEEPER)
+        .args(["run", "--log-format", "journald", "--for", "2s", "--policy"])
+        .arg(rig.dir.join("policy.yaml"))
+        .args(["--scope", &rig.scope.rel, "--socket"])
+        .arg(rig.socket())
+        .arg("--state-dir")
+        .arg(rig.dir.join("state"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.iter().all(|l| ["<3>", "<4>", "<6>", "<7>"]
+            .iter()
+            .any(|p| l.starts_with(p))),
+        "a line without its priority: {lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("<4>")
+            && l.contains("lab.match.pid_file")
+            && l.contains("a directory")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>") && l.contains("keeper running") && l.contains("mode=")),
+        "an info line with its fields: {lines:#?}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in the journal: {text}"
+    );
 }

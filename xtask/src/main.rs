@@ -24,6 +24,11 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "qemu-system-x86",
+    // The host guest's root file system (vm-test's `host`): built from Debian's packages,
+    // booted under a copy-on-write overlay, its second disk an ext4 image made from a folder.
+    "mmdebstrap",
+    "qemu-utils",
+    "e2fsprogs",
     "busybox-static",
     "cpio",
     "kmod",
@@ -60,8 +65,9 @@ enum Cmd {
     Test,
     /// Boot Debian's 6.1 and trixie's 6.12 cloud kernels in QEMU (TCG) with full cgroup v2 and run the guest tests.
     VmTest {
-        /// Boot only this guest: `6.1` (tests/vm/guest.sh) or `6.12` (tests/vm/current.sh).
-        #[arg(long, value_parser = ["6.1", "6.12"])]
+        /// Boot only this guest: `6.1` (tests/vm/guest.sh), `6.12` (tests/vm/current.sh) or
+        /// `host` (systemd as PID 1, the .deb, LXC, a 4-vCPU Banker: tests/vm/host.sh).
+        #[arg(long, value_parser = ["6.1", "6.12", "host"])]
         only: Option<String>,
     },
     /// Build a Debian package (binary, systemd unit, default policy, docs) in target/deb/.

@@ -8,6 +8,34 @@ use anyhow::Context as _;
 
 use crate::{cargo, run};
 
+/// Before the files go (`remove`, and so `purge`): the keeper stopped (its undo) and disabled
+/// (no `multi-user.target.wants` link left behind).
+const PRERM: &str = "#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ \"$1\" = remove ]; then
+    systemctl stop keeper || true
+    systemctl disable keeper >/dev/null 2>&1 || true
+fi
+";
+
+/// After: systemd told; at `purge`, the state and runtime folders go, unless the journal still
+/// names changes (a keeper that was killed and never started again): those are kept, and said,
+/// so that a keeper started once more can undo them.
+const POSTRM: &str = "#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+if [ \"$1\" = purge ]; then
+    rm -rf /run/keeper
+    if [ -s /var/lib/keeper/journal.jsonl ]; then
+        echo \"keeper: /var/lib/keeper/journal.jsonl still names changes of a keeper that did not stop: kept (install and start the keeper once to undo them)\" >&2
+    else
+        rm -rf /var/lib/keeper
+    fi
+    rmdir /etc/keeper 2>/dev/null || true
+    groupdel keeper 2>/dev/null || true
+fi
+";
+
 pub fn deb(root: &Path) -> anyhow::Result<PathBuf> {
     run(cargo().args(["build", "--release", "-p", "keeper-user", "--bin", "keeper"]))?;
     let version = env!("CARGO_PKG_VERSION");
@@ -82,13 +110,11 @@ pub fn deb(root: &Path) -> anyhow::Result<PathBuf> {
     std::fs::write(debian.join("conffiles"), "/etc/keeper/policy.yaml\n")?;
     std::fs::write(
         debian.join("postinst"),
-        "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n",
+        "#!/bin/sh\nset -e\n# The control socket's group (the unit's --allow-group keeper).\ngetent group keeper >/dev/null || groupadd --system keeper\nif [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n",
     )?;
-    std::fs::write(
-        debian.join("prerm"),
-        "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ] && [ \"$1\" = remove ]; then systemctl stop keeper || true; fi\n",
-    )?;
-    for script in ["postinst", "prerm"] {
+    std::fs::write(debian.join("prerm"), PRERM)?;
+    std::fs::write(debian.join("postrm"), POSTRM)?;
+    for script in ["postinst", "prerm", "postrm"] {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(debian.join(script), std::fs::Permissions::from_mode(0o755))?;
     }

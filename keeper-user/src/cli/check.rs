@@ -57,6 +57,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 }
                 if args.host {
                     boot_advice(&name, &loaded.policy.host);
+                    vm_advice(&name, &loaded.policy);
                 }
             }
             Err(diags) => {
@@ -80,6 +81,18 @@ fn boot_advice(name: &str, host: &crate::policy::Host) {
     let boot = BootFacts::read(&host.trading_cores);
     for finding in host_advice(&host.trading_cores, &host.housekeeping_cores, &boot) {
         println!("{name}: host: {finding}");
+    }
+}
+
+/// `--host`: a VM owning the trading cores with more vCPUs than trading CPUs (running, or by
+/// its Proxmox configuration).
+fn vm_advice(name: &str, policy: &crate::policy::Policy) {
+    let Ok(cg) = crate::device::cgroupfs::CgroupFs::discover() else {
+        return;
+    };
+    let pve = std::path::Path::new("/etc/pve");
+    if let Some(advice) = crate::report::vm_advice::vcpu_advice(policy, &cg, pve) {
+        println!("{name}: host: {advice}");
     }
 }
 

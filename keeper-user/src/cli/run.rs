@@ -40,9 +40,14 @@ pub struct RunArgs {
     /// Control socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Also allow this uid on the control socket (root always is). Repeatable.
+    /// Also allow this uid on the control socket (root always is; the socket is then mode
+    /// 0666, each peer's uid checked). Repeatable.
     #[arg(long)]
     pub allow_uid: Vec<u32>,
+    /// Also allow the members of this group (a name or a gid) on the control socket: the
+    /// socket is then the group's, mode 0660 (the unit's `keeper` group).
+    #[arg(long, value_name = "GROUP")]
+    pub allow_group: Option<String>,
     /// Where the crash-safety journal lives.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -73,9 +78,20 @@ pub struct RunArgs {
     pub proxmox: Option<PathBuf>,
 }
 
+/// A group's id: a number as it is, a name through the system's group database (NSS).
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => anyhow::bail!("--allow-group {group}: no such group"),
+        Err(e) => anyhow::bail!("--allow-group {group}: {e}"),
+    }
+}
+
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let mut allowed = vec![0];
-    allowed.extend(&args.allow_uid);
+    let gid = args.allow_group.as_deref().map(group_id).transpose()?;
     let cfg = DaemonConfig {
         source: PolicySource {
             file: args.policy.clone(),
@@ -87,7 +103,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         state_dir: args.state_dir.clone(),
         socket: args.socket.clone(),
-        allowed_uids: allowed,
+        access: crate::interface::server::Access::new(&args.allow_uid, gid),
         tick: args.tick,
         metrics: args.metrics,
         qmp_dir: args.qmp_dir.clone(),

@@ -52,7 +52,8 @@ pub struct DaemonConfig {
     pub duration: Option<Duration>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
-    pub allowed_uids: Vec<u32>,
+    /// Who may use the control socket (`--allow-uid`, `--allow-group`).
+    pub access: crate::interface::server::Access,
     pub tick: Duration,
     /// Serve Prometheus metrics here (`--metrics`).
     pub metrics: Option<std::net::SocketAddr>,

@@ -65,6 +65,9 @@ struct Place {
     placed: Option<CpuList>,
     rescued_at: Option<Instant>,
     rescuer: Option<Thread>,
+    /// The CPUs a move was last refused to (a cpuset partition holds them): said once, not
+    /// at each tick's try.
+    refused: Option<CpuList>,
 }
 
 impl Seat {
@@ -128,6 +131,22 @@ impl Seat {
         self.put(&mut p, None);
     }
 
+    /// The thread's priority at home: above every real-time task a user may run there (below
+    /// the rescuer) while a rescue holds it home, so that the task it is to evict or demote,
+    /// which may spin there at its class, cannot starve it for the hold (a task turned
+    /// SCHED_FIFO 50 on CPU 0 kept it from its 50 ms watch 1.9 s); else one above the loop.
+    fn home_priority(&self, p: &Place) {
+        if p.rescued_at.is_some_and(|t| t.elapsed() < HOLD) {
+            // SAFETY: sched_get_priority_max has no preconditions.
+            set_fifo(
+                self.tid,
+                unsafe { libc::sched_get_priority_max(libc::SCHED_FIFO) } - 1,
+            );
+        } else {
+            above_the_loop(self.tid);
+        }
+    }
+
     /// Moves the thread to `on` (the trading cores) at SCHED_FIFO 1, or home (`None`) one
     /// priority above the loop. Only a real-time thread goes to the trading cores (a normal
     /// one would queue behind the intruder it is to evict): without SCHED_FIFO it stays
@@ -138,19 +157,10 @@ impl Seat {
         let moved = Proc::open_thread(self.tid, None).and_then(|t| t.set_affinity(cpus));
         match moved {
             Ok(()) => {
-                if on.is_none() && p.rescued_at.is_some_and(|t| t.elapsed() < HOLD) {
-                    // Held home by a rescue: above every real-time task a user may run there
-                    // (below the rescuer), so that the task it is to evict or demote, which
-                    // may spin there at its class, cannot starve it for the hold (a task
-                    // turned SCHED_FIFO 50 on CPU 0 kept it from its 50 ms watch 1.9 s).
-                    // SAFETY: sched_get_priority_max has no preconditions.
-                    set_fifo(
-                        self.tid,
-                        unsafe { libc::sched_get_priority_max(libc::SCHED_FIFO) } - 1,
-                    );
-                } else if on.is_none() {
-                    above_the_loop(self.tid);
+                if on.is_none() {
+                    self.home_priority(p);
                 }
+                p.refused = None;
                 tracing::info!(cpus = %cpus, on_trading_cores = on.is_some(), "the eviction thread waits on CPUs {cpus}");
                 self.on_trading.store(on.is_some(), Ordering::Relaxed);
                 p.placed = on;
@@ -160,10 +170,17 @@ impl Seat {
             }
             // A cpuset partition holds the trading cores: no task outside it can run there,
             // this thread included, and none is to be evicted there.
+            // Tried again at each tick (the partition may go), said once: before, each tick
+            // logged it (a journal of nothing else), and left the thread at the trading
+            // cores' SCHED_FIFO 1 at home.
             Err(ActError::Process { source, .. })
                 if source.raw_os_error() == Some(libc::EINVAL) =>
             {
-                tracing::info!(cpus = %cpus, "the trading cores are outside the keeper's cpuset (a partition holds them) or offline: the eviction thread waits where it was")
+                self.home_priority(p);
+                if p.refused.as_ref() != Some(cpus) {
+                    tracing::info!(cpus = %cpus, "the trading cores are outside the keeper's cpuset (a partition holds them) or offline: the eviction thread waits where it was");
+                    p.refused = Some(cpus.clone());
+                }
             }
             Err(ActError::Vanished { .. }) => {}
             Err(e) => {

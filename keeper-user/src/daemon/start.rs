@@ -85,7 +85,7 @@ pub(super) async fn start(
     )?;
     let (memory_sensor, oom_events) = memory::attach_polled(&tracefs);
     crate::sense::ebpf::release_load_memory();
-    let calls = server::serve(&cfg.socket, cfg.allowed_uids.clone())?;
+    let calls = server::serve(&cfg.socket, cfg.access.clone())?;
     tracing::info!(
         mode = if cfg.dry_run { "dry-run" } else { "enforcing" },
         policy = %enforcer.source.name(),

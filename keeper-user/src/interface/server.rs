@@ -1,6 +1,9 @@
 //! The control socket's serving end (the daemon's; [`super::client`] is the CLI's): a unix
-//! socket (mode 0600, peer credentials checked: root only by default) taking one JSON request
-//! per connection and answering one JSON line; each request goes to the loop as a [`Call`].
+//! socket taking one JSON request per connection and answering one JSON line; each request
+//! goes to the loop as a [`Call`]. Who may use it is an [`Access`]: root alone (mode 0600) by
+//! default; uids named by `--allow-uid` (mode 0666, each peer's uid checked); the members of
+//! the group `--allow-group` names (the socket's group, mode 0660: the kernel lets only them
+//! connect, and each peer's groups are checked again).
 //!
 //! The requests and answers are the typed [`crate::interface`]: `{"command":"status"}`,
 //! `{"command":"interaction","state":"start"|"stop"}`, `{"command":"reload"}`,
@@ -37,11 +40,71 @@ pub enum ControlError {
     Io { path: PathBuf, source: io::Error },
     #[error("control socket {path}: another keeper is listening there")]
     InUse { path: PathBuf },
+    #[error(
+        "control socket {path}: cannot give it to group {gid} ({source}): the keeper must be a member of that group (the unit's SupplementaryGroups=) or hold CAP_CHOWN"
+    )]
+    Group {
+        path: PathBuf,
+        gid: u32,
+        source: io::Error,
+    },
 }
 
-/// Binds the socket (replacing a stale one), mode 0600, and serves it until the receiver of
-/// the returned channel is dropped.
-pub fn serve(path: &Path, allowed_uids: Vec<u32>) -> Result<mpsc::Receiver<Call>, ControlError> {
+/// Who may use the control socket: root, the uids given, the members of a group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    uids: Vec<u32>,
+    gid: Option<u32>,
+}
+
+impl Access {
+    /// Root and `uids`, and the members of group `gid`.
+    pub fn new(uids: &[u32], gid: Option<u32>) -> Access {
+        let mut all = vec![0];
+        all.extend(uids.iter().filter(|u| **u != 0));
+        Access { uids: all, gid }
+    }
+
+    /// The socket's mode: only as open as the access needs (the peer is checked anyway).
+    fn mode(&self) -> u32 {
+        match (self.gid, self.uids.len()) {
+            (Some(_), _) => 0o660,
+            (None, 1) => 0o600,
+            (None, _) => 0o666,
+        }
+    }
+
+    /// Whether a peer (its uid, primary gid and pid, from `SO_PEERCRED`) may ask: an allowed
+    /// uid, or a member of the group (its primary group, or one of the groups
+    /// `/proc/<pid>/status` lists).
+    fn allows(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
+        self.uids.contains(&uid)
+            || self
+                .gid
+                .is_some_and(|g| g == gid || pid.is_some_and(|p| in_group(p, g)))
+    }
+
+    /// Who is allowed, in words (for a refusal).
+    fn said(&self) -> String {
+        match self.gid {
+            Some(g) => format!("uids {:?} and group {g}", self.uids),
+            None => format!("uids {:?}", self.uids),
+        }
+    }
+}
+
+/// Whether process `pid`'s supplementary groups hold `gid`.
+fn in_group(pid: i32, gid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        (s.lines())
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+    })
+}
+
+/// Binds the socket (replacing a stale one) with the mode and group `access` needs, and serves
+/// it until the receiver of the returned channel is dropped.
+pub fn serve(path: &Path, access: Access) -> Result<mpsc::Receiver<Call>, ControlError> {
     let io_err = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,
@@ -58,7 +121,16 @@ pub fn serve(path: &Path, allowed_uids: Vec<u32>) -> Result<mpsc::Receiver<Call>
         std::fs::remove_file(path).map_err(io_err)?;
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    // The group first: the mode opens the socket to the group only once it is the right one.
+    if let Some(gid) = access.gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| ControlError::Group {
+            path: path.to_path_buf(),
+            gid,
+            source,
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode()))
+        .map_err(io_err)?;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let mut failing = false;
@@ -78,7 +150,7 @@ pub fn serve(path: &Path, allowed_uids: Vec<u32>) -> Result<mpsc::Receiver<Call>
             };
             failing = false;
             let conn_tx = tx.clone();
-            let allowed = allowed_uids.clone();
+            let allowed = access.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle(stream, &allowed, conn_tx).await {
                     tracing::debug!(error = %e, "control connection failed");
@@ -92,18 +164,20 @@ pub fn serve(path: &Path, allowed_uids: Vec<u32>) -> Result<mpsc::Receiver<Call>
     Ok(rx)
 }
 
-async fn handle(stream: UnixStream, allowed: &[u32], tx: mpsc::Sender<Call>) -> io::Result<()> {
-    let uid = stream.peer_cred()?.uid();
+async fn handle(stream: UnixStream, allowed: &Access, tx: mpsc::Sender<Call>) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let uid = cred.uid();
     let (read, mut write) = stream.into_split();
     // The request is read first, even from a peer that will be refused: closing on a client
     // that is still writing would make it see a broken pipe instead of the refusal.
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-    let request = if !allowed.contains(&uid) {
+    let request = if !allowed.allows(uid, cred.gid(), cred.pid()) {
         tracing::warn!(uid, "control socket: refused a peer that is not allowed");
         Err(refusal(format!(
-            "uid {uid} is not allowed on this socket (allowed: {allowed:?})"
+            "uid {uid} is not allowed on this socket (allowed: {})",
+            allowed.said()
         )))
     } else {
         match read {

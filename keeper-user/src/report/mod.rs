@@ -17,6 +17,7 @@ pub mod sizing;
 mod svg;
 pub mod text;
 pub mod view;
+pub mod vm_advice;
 
 use std::path::Path;
 

@@ -79,29 +79,63 @@ pub fn build_current(
     )?;
     std::fs::create_dir_all(stage.join("mod"))?;
     for m in ["watchdog", "i6300esb"] {
-        let dir = modules.join("kernel/drivers/watchdog");
-        let plain = dir.join(format!("{m}.ko"));
-        let dest = stage.join("mod").join(format!("{m}.ko"));
-        if plain.exists() {
-            std::fs::copy(&plain, &dest)?;
-            continue;
-        }
-        let xz = dir.join(format!("{m}.ko.xz"));
-        let out = Command::new("xz")
-            .arg("-dc")
-            .arg(&xz)
-            .output()
-            .with_context(|| format!("xz -dc {} (apt package xz-utils)", xz.display()))?;
-        if !out.status.success() {
-            bail!(
-                "xz -dc {} failed: {}",
-                xz.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::fs::write(&dest, out.stdout)?;
+        copy_module(modules, "kernel/drivers/watchdog", m, &stage.join("mod"))?;
     }
     pack(&stage, &INIT.replace("SCRIPT", "current.sh"), out)
+}
+
+/// Module `name` of `modules/dir` into `to` as a plain object (decompressed here: busybox's
+/// insmod reads plain objects).
+fn copy_module(modules: &Path, dir: &str, name: &str, to: &Path) -> anyhow::Result<()> {
+    let dir = modules.join(dir);
+    let plain = dir.join(format!("{name}.ko"));
+    let dest = to.join(format!("{name}.ko"));
+    if plain.exists() {
+        std::fs::copy(&plain, &dest)?;
+        return Ok(());
+    }
+    let xz = dir.join(format!("{name}.ko.xz"));
+    let out = Command::new("xz")
+        .arg("-dc")
+        .arg(&xz)
+        .output()
+        .with_context(|| format!("xz -dc {} (apt package xz-utils)", xz.display()))?;
+    if !out.status.success() {
+        bail!(
+            "xz -dc {} failed: {}",
+            xz.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::write(&dest, out.stdout)?;
+    Ok(())
+}
+
+/// The host guest's initramfs (vm-test's `host`): busybox and virtio_blk, whose `init`
+/// mounts the root file system's disk and hands over to its systemd.
+pub fn build_switch_root(modules: &Path, init: &str, out: &Path) -> anyhow::Result<()> {
+    let stage = stage_with_busybox(
+        out,
+        &["bin", "proc", "sys", "dev", "mod"],
+        &[
+            "sh",
+            "mount",
+            "umount",
+            "insmod",
+            "sleep",
+            "mkdir",
+            "echo",
+            "switch_root",
+            "poweroff",
+        ],
+    )?;
+    copy_module(
+        modules,
+        "kernel/drivers/block",
+        "virtio_blk",
+        &stage.join("mod"),
+    )?;
+    pack(&stage, init, out)
 }
 
 /// A stage with busybox, the binaries and the libraries they need.
