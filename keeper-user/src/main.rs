@@ -30,7 +30,7 @@ enum LogFormat {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the keeper: enforce the policy (default: the embedded policies/hive.yaml).
+    /// Run the keeper: enforce the policy (default: /etc/keeper/policy.yaml).
     Run(Box<cli::run::RunArgs>),
     /// Ask the running keeper for its state.
     Status(cli::control::SocketArgs),
@@ -48,6 +48,9 @@ enum Command {
     /// The VMs' balloons, by QMP: `keeper vm list`, `keeper vm balloon VMID SIZE`.
     #[command(subcommand)]
     Vm(cli::vm::VmCommand),
+    /// Write a policy from this host: its Proxmox guests, physical cores and GPUs, each
+    /// choice commented (`--output FILE`, else printed).
+    Init(cli::init::InitArgs),
     /// Check policy files; exit 0 when all are valid, 1 when not.
     Check(cli::check::CheckArgs),
     /// Print the JSON Schema of the policy (for editors).
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cli::report::run(args),
         Command::Watch(args) => cli::watch::run(args),
         Command::Vm(cmd) => cli::vm::run(cmd),
+        Command::Init(args) => cli::init::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::Schema(args) => cli::schema::run(args),
         Command::Simulate(args) => cli::simulate::run(args),

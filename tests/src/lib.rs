@@ -26,6 +26,30 @@ use std::{
 /// keeper-user's binaries (build.rs: `cargo build -p keeper-user --bins` puts them there).
 pub const KEEPER: &str = concat!(env!("KEEPER_BIN_DIR"), "/keeper");
 pub const PROBE: &str = concat!(env!("KEEPER_BIN_DIR"), "/keeper-probe");
+/// Which of this host's first two CPUs the trading-core tests protect: CPU 1, or CPU 0 with
+/// `KEEPER_TEST_ROLES=swapped` (`cargo xtask test` runs tests/tests/real_time.rs and
+/// eviction_path.rs both ways, so that no test assumes which CPU trades).
+pub fn trading_cpu() -> u32 {
+    u32::from(std::env::var("KEEPER_TEST_ROLES").as_deref() != Ok("swapped"))
+}
+
+/// The other one: the housekeeping CPU.
+pub fn housekeeping_cpu() -> u32 {
+    1 - trading_cpu()
+}
+
+/// [`trading_cpu`] as a CPU list (`"1"`).
+pub fn trading() -> &'static str {
+    ["0", "1"][trading_cpu() as usize]
+}
+
+/// [`housekeeping_cpu`] as a CPU list (`"0"`).
+pub fn housekeeping() -> &'static str {
+    ["0", "1"][housekeeping_cpu() as usize]
+}
+
+/// The Hive's policy in the source tree (`keeper run` alone reads /etc/keeper/policy.yaml).
+pub const HIVE_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/hive.yaml");
 
 /// True when this test can run. Otherwise says why, loudly; under CI=true it fails instead.
 pub fn privileged(test: &str) -> bool {
@@ -141,9 +165,11 @@ pub fn spawn_on(
             Ok(())
         });
     }
-    // Fork from CPU 0, so the child does not run on `cpus` before it joined its cgroup.
+    // Fork from the housekeeping CPU, so the child does not run on the trading CPU before it
+    // joined its cgroup (with the roles swapped, CPU 0 trades: forked there, a newcomer was
+    // journaled with CPU 0 alone as its own).
     let saved = thread_affinity();
-    set_thread_affinity(&[0]);
+    set_thread_affinity(&[housekeeping_cpu() as usize]);
     let child = cmd.spawn().expect("spawn pinned child");
     // SAFETY: restoring this thread's own mask.
     unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &saved) };

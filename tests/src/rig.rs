@@ -42,7 +42,7 @@ impl Rig {
             dir.join("policy.yaml"),
             format!(
                 "version: 1\n\
-                 host: {{ name: test, time_zone: UTC, trading_cores: \"1\", housekeeping_cores: \"0\" }}\n\
+                 host: {{ name: test, time_zone: UTC, trading_cores: \"{t}\", housekeeping_cores: \"{h}\" }}\n\
                  workloads:\n\
                  \x20 - {{ name: banker, rank: 1, match: {{ cgroup: {s}/banker }}, owns_trading_cores: true }}\n\
                  \x20 - name: eva\n\
@@ -52,7 +52,9 @@ impl Rig {
                  \x20 - {{ name: muse, rank: 3, match: {{ cgroup: {s}/muse }} }}\n\
                  {}{}",
                 extra(s),
-                if rules.is_empty() { String::new() } else { format!("rules:\n{rules}") }
+                if rules.is_empty() { String::new() } else { format!("rules:\n{rules}") },
+                t = crate::trading(),
+                h = crate::housekeeping(),
             ),
         )
         .unwrap();

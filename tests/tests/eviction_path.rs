@@ -98,7 +98,12 @@ fn newcomers_in_muse(rig: &Rig, secs: &str) {
         rel: rig.rel("muse"),
         dir: rig.cg("muse"),
     };
-    let spawner = spawn_pinned(PROBE, &["newcomers", secs, "50", "1"], 0, Some(&muse));
+    let spawner = spawn_pinned(
+        PROBE,
+        &["newcomers", secs, "50", trading()],
+        housekeeping_cpu() as usize,
+        Some(&muse),
+    );
     std::mem::forget(muse); // the rig's scope removes it
     wait_cpu_time(spawner);
 }
@@ -143,7 +148,7 @@ fn a_task_that_joins_the_scope_after_its_first_run_is_evicted_on_arrival() {
                 "sleep 0.2; echo $$ > {}; {pause}exec {PROBE} spin 1 kb_joiner",
                 procs.display()
             );
-            let launcher = spawn_pinned("/bin/sh", &["-c", &script], 1, None);
+            let launcher = spawn_pinned("/bin/sh", &["-c", &script], trading_cpu() as usize, None);
             let pid = launcher.id();
             wait_cpu_time(launcher);
             (how, pid)
@@ -177,7 +182,11 @@ fn the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder() {
     keeper.wait_for("first pass done", Duration::from_secs(10));
     let keeper_pid = keeper.pid();
     let tid = tid_named(keeper_pid, "keeper-evict").expect("no keeper-evict thread");
-    assert_eq!(affinity(tid), "1", "the eviction thread waits elsewhere");
+    assert_eq!(
+        affinity(tid),
+        trading(),
+        "the eviction thread waits elsewhere"
+    );
     newcomers_in_muse(&rig, "1");
     keeper.finish();
     let record = record(&report);
@@ -198,12 +207,12 @@ fn the_eviction_thread_waits_on_the_trading_core_and_is_no_intruder() {
             "the keeper evicted itself: {evicted:#?}"
         );
     }
-    let cpu1 = (record["cpus"].as_array().unwrap().iter())
-        .find(|c| c["cpu"] == 1)
-        .expect("CPU 1 in the record");
+    let on_trading = (record["cpus"].as_array().unwrap().iter())
+        .find(|c| c["cpu"] == trading_cpu())
+        .expect("the trading CPU in the record");
     assert!(
-        cpu1["keeper_ns"].as_u64().is_some_and(|ns| ns > 0),
-        "the eviction thread's time on CPU 1 was not counted as the keeper's: {cpu1:#}"
+        on_trading["keeper_ns"].as_u64().is_some_and(|ns| ns > 0),
+        "the eviction thread's time on the trading CPU was not counted as the keeper's: {on_trading:#}"
     );
     assert!(
         record["evictions"].as_u64().is_some_and(|n| n >= 5),
@@ -227,8 +236,13 @@ fn a_move_whose_journal_line_was_cut_off_by_a_kill_is_put_back_by_the_next_keepe
         rel: rig.rel("muse"),
         dir: rig.cg("muse"),
     };
-    // The task as the killed keeper left it: moved to CPU 0 from its own CPUs 0-1.
-    let task = spawn_on(PROBE, &["sleep", "6000", "1000"], &[0], Some(&muse));
+    // The task as the killed keeper left it: moved to the housekeeping CPU from its own 0-1.
+    let task = spawn_on(
+        PROBE,
+        &["sleep", "6000", "1000"],
+        &[housekeeping_cpu() as usize],
+        Some(&muse),
+    );
     std::mem::forget(muse);
     let pid = task.id();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -250,8 +264,9 @@ fn a_move_whose_journal_line_was_cut_off_by_a_kill_is_put_back_by_the_next_keepe
     std::fs::create_dir_all(rig.dir.join("state")).unwrap();
     std::fs::write(rig.dir.join("state/journal.pending"), &record).unwrap();
     let keeper = rig.keeper(&[]);
-    // This keeper keeps the task off CPU 1 too (its journal line says "0": no news).
-    assert!(eventually(Duration::from_secs(2), || affinity(pid) == "0"));
+    // This keeper keeps the task off the trading CPU too (its journal line says the
+    // housekeeping CPU: no news).
+    assert!(eventually(Duration::from_secs(2), || affinity(pid) == housekeeping()));
     let log = keeper.stop();
     assert!(
         log.iter().any(|l| l.contains("journaled now")),
@@ -277,13 +292,18 @@ fn evicted_newcomers_get_their_own_cpus_back_at_exit() {
         rel: rig.rel("muse"),
         dir: rig.cg("muse"),
     };
-    let pinned = spawn_on(PROBE, &["spin", "30", "own_pinned"], &[1], Some(&muse));
+    let pinned = spawn_on(
+        PROBE,
+        &["spin", "30", "own_pinned"],
+        &[trading_cpu() as usize],
+        Some(&muse),
+    );
     let both = spawn_on(PROBE, &["spin", "30", "own_both"], &[0, 1], Some(&muse));
     std::mem::forget(muse);
     let (p, b) = (pinned.id(), both.id());
     assert!(
-        eventually(Duration::from_secs(3), || affinity(p) == "0"
-            && affinity(b) == "0"),
+        eventually(Duration::from_secs(3), || affinity(p) == housekeeping()
+            && affinity(b) == housekeeping()),
         "not evicted: {} / {}",
         affinity(p),
         affinity(b)
@@ -295,7 +315,11 @@ fn evicted_newcomers_get_their_own_cpus_back_at_exit() {
     }
     wait_cpu_time(pinned);
     wait_cpu_time(both);
-    assert_eq!(own_p, "1", "the pinned newcomer's CPUs were not put back");
+    assert_eq!(
+        own_p,
+        trading(),
+        "the pinned newcomer's CPUs were not put back"
+    );
     assert_eq!(own_b, "0-1", "the other newcomer's CPUs were not put back");
     assert!(
         !log.iter()
@@ -315,18 +339,26 @@ fn a_child_forked_during_the_run_by_a_moved_task_gets_its_cpus_back_at_the_exit(
     }
     let rig = Rig::new("forked");
     let banker = rig.workload("banker");
-    let mut owner = spawn_pinned(PROBE, &["sleep", "1000", "50000"], 1, Some(&banker));
+    let mut owner = spawn_pinned(
+        PROBE,
+        &["sleep", "1000", "50000"],
+        trading_cpu() as usize,
+        Some(&banker),
+    );
     let strays = rig.workload("strays");
     // A parent on both cores that forks a long-lived child 3 s into the run, and an older
     // sibling that pinned itself to CPU 0 before the run.
-    let script =
-        format!("taskset -c 0 {PROBE} sleep 1000 50000 & sleep 3; {PROBE} sleep 1000 50000 & wait");
+    let script = format!(
+        "taskset -c {} {PROBE} sleep 1000 50000 & sleep 3; {PROBE} sleep 1000 50000 & wait",
+        housekeeping()
+    );
     let mut parent = spawn_on("sh", &["-c", &script], &[0, 1], Some(&strays));
     std::thread::sleep(Duration::from_millis(300));
     let older = children_of(parent.id());
     let keeper = rig.keeper(&["--for", "5s"]);
     assert!(
-        eventually(Duration::from_secs(3), || affinity(parent.id()) == "0"),
+        eventually(Duration::from_secs(3), || affinity(parent.id())
+            == housekeeping()),
         "the parent was not moved off the trading core"
     );
     keeper.finish();
@@ -351,7 +383,7 @@ fn a_child_forked_during_the_run_by_a_moved_task_gets_its_cpus_back_at_the_exit(
     assert_eq!(young_cpus, ["0-1"], "the child forked during the run");
     assert_eq!(
         old_cpus,
-        ["0"],
+        [housekeeping()],
         "the child that pinned itself before the run"
     );
     std::mem::forget((banker, strays));

@@ -228,6 +228,8 @@ fn a_live_run_without_a_gpu_library_says_so_once_and_keeps_working() {
     let scope = TestCgroup::new("nogpu");
     let run = Daemon::start(
         &[
+            "--policy",
+            integration_test::HIVE_POLICY,
             "--scope",
             &scope.rel,
             "--socket",

@@ -169,3 +169,129 @@ fn schema_is_json_for_the_policy() {
     assert_eq!(v["title"], "The Keeper policy");
     assert!(v["properties"]["workloads"].is_object());
 }
+
+/// The package's policy observes only: it passes, and says so. `keeper run` with no policy
+/// file at the path it reads says so plainly, at once, and changes nothing.
+#[test]
+fn the_shipped_conffile_observes_and_a_missing_policy_is_said() {
+    let (code, out) = check(&["policies/observe.yaml"]);
+    assert_eq!(code, 0, "{out}");
+    let out = Command::new(integration_test::KEEPER)
+        .args([
+            "run",
+            "--for",
+            "1s",
+            "--policy",
+            "/nonexistent/keeper/policy.yaml",
+        ])
+        .output()
+        .expect("run keeper");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("no policy at /nonexistent/keeper/policy.yaml"),
+        "{said}"
+    );
+    assert!(!said.contains("panicked"), "{said}");
+}
+
+/// `keeper init` on this host, from a fake /etc/pve laid out as Proxmox lays it out: the
+/// policy it prints passes `keeper check --host` here, the Banker owns the trading cores, and
+/// the CPUs it chose are read from this host (one per physical core, never the core of CPU 0).
+#[test]
+fn init_writes_a_policy_this_host_accepts() {
+    let dir = std::env::temp_dir().join(format!("keeper-init-{}", std::process::id()));
+    let pve = dir.join("pve");
+    std::fs::create_dir_all(pve.join("nodes/hive/qemu-server")).unwrap();
+    std::fs::create_dir_all(pve.join("nodes/hive/lxc")).unwrap();
+    // /etc/pve/qemu-server is a link to the local node's folder, as pmxcfs shows it.
+    std::os::unix::fs::symlink("nodes/hive/qemu-server", pve.join("qemu-server")).unwrap();
+    std::os::unix::fs::symlink("nodes/hive/lxc", pve.join("lxc")).unwrap();
+    let conf = |p: &str, text: &str| std::fs::write(pve.join(p), text).unwrap();
+    conf(
+        "qemu-server/200.conf",
+        "cores: 2\nmemory: 8192\nname: banker\nsockets: 1\n\n[snap]\ncores: 8\n",
+    );
+    conf(
+        "qemu-server/100.conf",
+        "cores: 8\nhostpci0: 0000:01:00.0,pcie=1\nmemory: 32768\nname: brain\n",
+    );
+    conf(
+        "lxc/101.conf",
+        "arch: amd64\ncores: 1\nhostname: lab\nmemory: 1024\n",
+    );
+    std::fs::write(pve.join("qemu-server/notes.txt"), "not a guest").unwrap();
+    let out = Command::new(integration_test::KEEPER)
+        .args(["init", "--pve"])
+        .arg(&pve)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let (code, said) = check(&["--host", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{said}\n{text}");
+    assert!(
+        text.contains("match: { vmid: 200 }\n    owns_trading_cores: true"),
+        "{text}"
+    );
+    assert!(text.contains("match: { ctid: 101 }") && text.contains("match: { vmid: 100 }"));
+    // The trading CPUs from this host: one per physical core, none sharing CPU 0's core.
+    let trading: String = (text.lines())
+        .find_map(|l| l.trim().strip_prefix("trading_cores: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let siblings = |c: &str| {
+        std::fs::read_to_string(format!(
+            "/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list"
+        ))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+    };
+    let home = siblings("0");
+    let cpus: Vec<String> = expand(&trading);
+    let cores: std::collections::BTreeSet<String> = cpus.iter().map(|c| siblings(c)).collect();
+    assert_eq!(
+        cores.len(),
+        cpus.len(),
+        "two trading CPUs on one core: {text}"
+    );
+    assert!(!cores.contains(&home), "the core of CPU 0 trades: {text}");
+    assert!(
+        cpus.len() <= 2,
+        "more trading CPUs than the Banker's 2 vCPUs: {text}"
+    );
+    // --output never overwrites.
+    let again = Command::new(integration_test::KEEPER)
+        .args(["init", "--pve"])
+        .arg(&pve)
+        .arg("--output")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `1,3-4` → ["1", "3", "4"].
+fn expand(list: &str) -> Vec<String> {
+    let mut out = vec![];
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().unwrap(), b.parse().unwrap());
+                out.extend((a..=b).map(|c| c.to_string()));
+            }
+            None => out.push(part.to_string()),
+        }
+    }
+    out
+}

@@ -29,7 +29,11 @@ fn spinner(
     // The whole chain starts on `cpus`: a step of it that the keeper's pass over the scope
     // caught on other CPUs would be given those back at the exit (the oldest journaled CPUs
     // of a task win), not the ones `taskset` asked for.
-    let on: Vec<usize> = if cpus == "1" { vec![1] } else { vec![0, 1] };
+    let on: Vec<usize> = if cpus == trading() {
+        vec![trading_cpu() as usize]
+    } else {
+        vec![0, 1]
+    };
     let outer = spawn_on("timeout", &args, &on, cgroup);
     let pid =
         child_named(outer.id(), name).unwrap_or_else(|| panic!("the spinner {name} did not start"));
@@ -82,9 +86,9 @@ fn real_time_intruders_are_evicted_demoted_and_given_back_at_exit() {
     ];
     let mut spinners = vec![];
     for (class, name, was) in classes {
-        let (outer, pid) = spinner(class, "1", name, 20, Some(&stray));
+        let (outer, pid) = spinner(class, trading(), name, 20, Some(&stray));
         let evicted = within(Duration::from_secs(3), || {
-            affinity(pid) == "0" && sched_of(pid).0 == libc::SCHED_OTHER
+            affinity(pid) == housekeeping() && sched_of(pid).0 == libc::SCHED_OTHER
         });
         let status = rig.control(&["status"]);
         assert!(
@@ -99,13 +103,14 @@ fn real_time_intruders_are_evicted_demoted_and_given_back_at_exit() {
     std::mem::forget(stray);
     let share = share_of_any_on_cpu(
         &|| spinners.iter().map(|s| s.1).collect(),
-        1,
+        trading_cpu(),
         Duration::from_secs(2),
     );
     assert!(
         share <= 0.01,
-        "the real-time spinners kept {:.1} % of CPU 1",
-        share * 100.0
+        "the real-time spinners kept {:.1} % of CPU {}",
+        share * 100.0,
+        trading()
     );
     let stopping = Instant::now();
     let log = keeper.stop();
@@ -116,7 +121,11 @@ fn real_time_intruders_are_evicted_demoted_and_given_back_at_exit() {
         "the eviction did not say the demotion: {log:#?}"
     );
     for (outer, pid, name, was) in spinners {
-        assert_eq!(affinity(pid), "1", "{name}: its CPU was not given back");
+        assert_eq!(
+            affinity(pid),
+            trading(),
+            "{name}: its CPU was not given back"
+        );
         assert_eq!(sched_of(pid), was, "{name}: its class was not given back");
         end(outer);
     }
@@ -146,7 +155,7 @@ fn a_deadline_intruder_is_demoted_then_evicted_and_given_back_at_exit() {
         "10000000",
         "0",
     ];
-    // Two of them, so that one runs on CPU 1 whatever the deadline scheduler picks.
+    // Two of them, so that one runs on the trading CPU whatever the deadline scheduler picks.
     let a = spinner(&dl, "0-1", "kt_dl_a", 20, Some(&stray));
     let b = spinner(&dl, "0-1", "kt_dl_b", 20, Some(&stray));
     std::mem::forget(stray);
@@ -154,7 +163,7 @@ fn a_deadline_intruder_is_demoted_then_evicted_and_given_back_at_exit() {
     let keeper = rig.keeper(&[]);
     let evicted = within(Duration::from_secs(5), || {
         pids.iter()
-            .all(|p| affinity(*p) == "0" && sched_of(*p).0 == libc::SCHED_OTHER)
+            .all(|p| affinity(*p) == housekeeping() && sched_of(*p).0 == libc::SCHED_OTHER)
     });
     assert!(
         evicted.is_some(),
@@ -190,7 +199,7 @@ fn the_keeper_stops_in_time_whatever_runs_on_the_trading_core() {
     let rig = Rig::new("rt-exit");
     let mut keeper = rig.keeper(&[]);
     keeper.wait_for("first pass done", Duration::from_secs(10));
-    let (outer, pid) = spinner(&["-f", "50"], "1", "kt_outside", 15, None);
+    let (outer, pid) = spinner(&["-f", "50"], trading(), "kt_outside", 15, None);
     std::thread::sleep(Duration::from_secs(2));
     let asked = Instant::now();
     let status = rig.control(&["status"]);
@@ -210,7 +219,8 @@ fn the_keeper_stops_in_time_whatever_runs_on_the_trading_core() {
     );
     assert!(
         took < Duration::from_secs(3),
-        "the keeper took {took:?} to stop behind a SCHED_FIFO task on CPU 1; status {status:#}; {log:#?}"
+        "the keeper took {took:?} to stop behind a SCHED_FIFO task on CPU {}; status {status:#}; {log:#?}",
+        trading()
     );
     assert!(
         log.iter()
@@ -262,7 +272,7 @@ fn a_relentless_re_pinner_is_stopped_by_default() {
             .collect::<Vec<u32>>()
     };
     std::thread::sleep(Duration::from_secs(2));
-    let share = share_of_any_on_cpu(&workers, 1, Duration::from_secs(4));
+    let share = share_of_any_on_cpu(&workers, trading_cpu(), Duration::from_secs(4));
     let asked = Instant::now();
     let status = rig.control(&["status"]);
     let answered = asked.elapsed();
@@ -272,8 +282,9 @@ fn a_relentless_re_pinner_is_stopped_by_default() {
         .filter(|p| proc_state(*p) == 'T')
         .collect();
     eprintln!(
-        "affinity stressor: {:.2} % of CPU 1, {} evictions, stopped {stopped:?}; the keeper used {:.2} % of a core, `status` answered in {answered:?}",
+        "affinity stressor: {:.2} % of CPU {}, {} evictions, stopped {stopped:?}; the keeper used {:.2} % of a core, `status` answered in {answered:?}",
         share * 100.0,
+        trading(),
         status["evictions"],
         cost * 100.0
     );
@@ -288,8 +299,9 @@ fn a_relentless_re_pinner_is_stopped_by_default() {
     assert!(!stopped.is_empty(), "no worker stopped: {status:#}");
     assert!(
         share <= 0.01,
-        "the stressor kept {:.1} % of CPU 1",
-        share * 100.0
+        "the stressor kept {:.1} % of CPU {}",
+        share * 100.0,
+        trading()
     );
     assert!(
         eventually(Duration::from_secs(2), || stopped
@@ -311,7 +323,12 @@ fn a_stopped_repeat_offender_goes_on_when_the_trading_cores_are_let_go() {
     let rig = Rig::new("let-go");
     let keeper = rig.keeper(&[]);
     let stray = stray(&rig);
-    let hog = spawn_pinned(PROBE, &["repin", "20", "1", "kt_repin2"], 1, Some(&stray));
+    let hog = spawn_pinned(
+        PROBE,
+        &["repin", "20", trading(), "kt_repin2"],
+        trading_cpu() as usize,
+        Some(&stray),
+    );
     std::mem::forget(stray);
     let pid = hog.id();
     assert!(
@@ -345,9 +362,9 @@ fn with_real_time_keep_an_intruder_is_evicted_with_its_class() {
     let stray = stray(&rig);
     // Moved as it is, it spins at FIFO 10 on the housekeeping core: ended at once (the
     // test's own threads and the keeper's loop share that core).
-    let (outer, pid) = spinner(&["-f", "10"], "1", "kt_keep", 5, Some(&stray));
+    let (outer, pid) = spinner(&["-f", "10"], trading(), "kt_keep", 5, Some(&stray));
     std::mem::forget(stray);
-    let evicted = within(Duration::from_secs(3), || affinity(pid) == "0");
+    let evicted = within(Duration::from_secs(3), || affinity(pid) == housekeeping());
     let class = sched_of(pid);
     end(outer);
     let log = keeper.stop();
@@ -376,8 +393,18 @@ fn a_task_that_turns_real_time_after_its_eviction_is_demoted() {
     let late = format!("sleep 0.5; exec chrt -f 50 {PROBE} spin 4 kt_late");
     let outer = spawn_on(
         "timeout",
-        &["-s", "KILL", "8", "taskset", "-c", "1", "sh", "-c", &late],
-        &[1],
+        &[
+            "-s",
+            "KILL",
+            "8",
+            "taskset",
+            "-c",
+            trading(),
+            "sh",
+            "-c",
+            &late,
+        ],
+        &[trading_cpu() as usize],
         Some(&stray),
     );
     std::mem::forget(stray);
@@ -392,7 +419,7 @@ fn a_task_that_turns_real_time_after_its_eviction_is_demoted() {
         demoted.is_some(),
         "kt_late at {class:?} on CPUs {cpus}: not demoted; {log:#?}"
     );
-    assert_eq!(cpus, "0", "kt_late was not evicted first");
+    assert_eq!(cpus, housekeeping(), "kt_late was not evicted first");
     assert!(
         log.iter().any(
             |l| l.contains("turned SCHED_FIFO 50 on the housekeeping cores after its eviction")

@@ -87,6 +87,19 @@ same_as_before() {
 
 # --- the package, and systemd's start ---
 dpkg -i /vm/keeper.deb >/tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; }
+# The package's own policy observes only: started as installed, the keeper runs and changes
+# nothing; `keeper run` without --policy reads it.
+if timeout 120 systemctl start keeper && [ "$(systemctl is-active keeper)" = active ] &&
+    sleep 3 && same_as_before && timeout 10 keeper status >/dev/null; then
+    pass "host-conffile-observes ($(journal | grep -o 'no workloads[^"]*' | head -1))"
+else
+    fail host-conffile-observes "the installed policy: $(systemctl is-active keeper)"
+fi
+timeout 100 systemctl stop keeper
+mv /etc/keeper/policy.yaml /tmp/shipped.yaml
+if keeper run --for 1s >/tmp/nopolicy.log 2>&1 || ! grep -q "no policy at /etc/keeper/policy.yaml" /tmp/nopolicy.log; then
+    fail host-conffile-observes "keeper run without a policy: $(cat /tmp/nopolicy.log)"
+fi
 cp /vm/host.yaml /etc/keeper/policy.yaml
 if timeout 120 systemctl start keeper && [ "$(systemctl is-active keeper)" = active ]; then
     pass host-systemd-ready
@@ -222,6 +235,24 @@ if timeout 100 systemctl stop keeper && same_as_before; then
 else
     fail host-systemd-stop-undone "the host differs from before the install"
 fi
+
+# --- keeper init from /etc/pve as pmxcfs lays it out (qemu-server and lxc are the local node's
+# folders): this guest's 2 cores × 2 threads give the 4-vCPU Banker the second core's first
+# thread, its sibling reserved, and no real-time priority (its vCPUs share) ---
+mkdir -p /etc/pve/nodes/hive/qemu-server /etc/pve/nodes/hive/lxc
+ln -sfn nodes/hive/qemu-server /etc/pve/qemu-server
+ln -sfn nodes/hive/lxc /etc/pve/lxc
+printf 'cores: 4\nmemory: 64\nname: banker\nsockets: 1\n' > /etc/pve/qemu-server/200.conf
+printf 'arch: amd64\ncores: 1\nhostname: lab\nmemory: 512\n' > /etc/pve/lxc/101.conf
+rm -f /tmp/init.yaml
+if keeper init --output /tmp/init.yaml 2>/tmp/init.err && keeper check --host /tmp/init.yaml >/tmp/init.check 2>&1 &&
+    grep -q 'trading_cores: "2"' /tmp/init.yaml && grep -q 'smt: reserve_siblings' /tmp/init.yaml &&
+    grep -q 'match: { ctid: 101 }' /tmp/init.yaml && ! grep -q 'vcpu_priority' /tmp/init.yaml; then
+    pass "host-init-from-pve ($(grep -c 'name:' /tmp/init.yaml) names; $(grep -m1 '^  # ' /tmp/init.yaml | cut -c5-90))"
+else
+    fail host-init-from-pve "$(cat /tmp/init.err /tmp/init.yaml /tmp/init.check 2>/dev/null | head -40)"
+fi
+rm -rf /etc/pve
 
 echo "VMTEST NOTE purge"
 # --- apt-get purge while it runs: stopped (its undo), and no file, unit or change left ---

@@ -116,7 +116,16 @@ fn main() -> anyhow::Result<()> {
                 k = keeper.display()
             );
             let mut c = Command::new(&keeper);
-            c.arg("run").args(&args);
+            c.arg("run");
+            // The Hive's policy of the source tree, unless the arguments name one (`keeper
+            // run` alone reads /etc/keeper/policy.yaml, the installed package's).
+            if !args
+                .iter()
+                .any(|a| a == "--policy" || a.starts_with("--policy="))
+            {
+                c.args(["--policy", "policies/hive.yaml"]);
+            }
+            c.args(&args);
             run(&mut c)
         }
         Cmd::Test => test(),
@@ -294,6 +303,14 @@ fn test() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ]))?;
+    // The trading-core tests again with the roles swapped (trading CPU 0, housekeeping 1): no
+    // test may assume which CPU trades (issue 31).
+    eprintln!("xtask: the trading-core tests with the roles swapped (KEEPER_TEST_ROLES=swapped)");
+    run(cargo()
+        .args(["test", "-p", "integration-test"])
+        .args(["--test", "real_time", "--test", "eviction_path"])
+        .args(["--", "--test-threads=1"])
+        .env("KEEPER_TEST_ROLES", "swapped"))?;
     eprintln!("xtask: vm-test (Debian 6.1 and trixie 6.12 cloud kernels in QEMU, full cgroup v2)");
     if setup::is_root() {
         vm::run(&workspace_root(), None)

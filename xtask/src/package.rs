@@ -55,9 +55,12 @@ pub fn deb(root: &Path) -> anyhow::Result<PathBuf> {
         "usr/lib/systemd/system/keeper.service",
         0o644,
     )?;
-    copy("policies/hive.yaml", "etc/keeper/policy.yaml", 0o644)?;
-    // The keeper inside the GPU VM (docs/hive.md) and the one-machine layout, as examples.
-    for example in ["brain-vm.yaml", "one-host.yaml", "demo.yaml"] {
+    // Observes only until it is edited (or replaced by what `keeper init` writes): the Hive's
+    // cores are not this host's.
+    copy("policies/observe.yaml", "etc/keeper/policy.yaml", 0o644)?;
+    // The Hive, the keeper inside the GPU VM (docs/hive.md) and the one-machine layout, as
+    // examples.
+    for example in ["hive.yaml", "brain-vm.yaml", "one-host.yaml", "demo.yaml"] {
         copy(
             &format!("policies/{example}"),
             &format!("usr/share/keeper/policies/{example}"),

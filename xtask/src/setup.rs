@@ -127,34 +127,113 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
     ensure_bpf_linker()
 }
 
-/// Installs missing Debian packages (needs root; `apt-get update` only when something is missing).
-pub fn ensure_apt(packages: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
+/// The packages of `packages` not installed.
+fn not_installed<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    (packages.iter().copied())
         .filter(|p| {
             !Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", p])
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
+        .collect()
+}
+
+/// Installs missing Debian packages (needs root; `apt-get update` only when something is
+/// missing), without starting or enabling a service: the tests start their own daemons
+/// (dockerd, prometheus's promtool) and the machine must not be left running one (docker.io's
+/// service rewrites iptables and bridges). Installing one package can remove another (a
+/// backported qemu-utils for stable's qemu-system-x86): checked again after, once.
+pub fn ensure_apt(packages: &[&str]) -> anyhow::Result<()> {
+    for _ in 0..2 {
+        let missing = not_installed(packages);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !is_root() {
+            bail!(
+                "missing packages: {}; run as root or `apt-get install {}`",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
+        eprintln!("xtask: installing {}", missing.join(" "));
+        run(cmd("apt-get").arg("update").arg("-q"))?;
+        let no_starts = NoServiceStarts::new()?;
+        run(cmd("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        drop(no_starts);
+        disable_units_of(&missing);
     }
-    if !is_root() {
-        bail!(
-            "missing packages: {}; run as root or `apt-get install {}`",
-            missing.join(" "),
-            missing.join(" ")
-        );
+    let missing = not_installed(packages);
+    if !missing.is_empty() {
+        bail!("still missing after apt-get install: {}", missing.join(" "));
     }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    run(cmd("apt-get").arg("update").arg("-q"))?;
-    run(cmd("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    Ok(())
+}
+
+/// `/usr/sbin/policy-rc.d` saying 101 ("action forbidden") while it lives: the packages'
+/// maintainer scripts start no service (invoke-rc.d and deb-systemd-invoke ask it). An
+/// administrator's own file is left as it is.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn new() -> anyhow::Result<Self> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(
+            &path,
+            "#!/bin/sh\n# cargo xtask: no service starts while it installs\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The systemd units the packages just installed ship (services, sockets, timers), disabled:
+/// their maintainer scripts enabled them for the next boot.
+fn disable_units_of(packages: &[&str]) {
+    let Some(helper) = ["/usr/bin/deb-systemd-helper"]
+        .into_iter()
+        .find(|h| Path::new(h).exists())
+    else {
+        return;
+    };
+    for p in packages {
+        let Ok(out) = Command::new("dpkg-query").args(["-L", p]).output() else {
+            continue;
+        };
+        let files = String::from_utf8_lossy(&out.stdout).into_owned();
+        for f in files.lines().filter(|f| f.contains("/systemd/system/")) {
+            let unit = f.rsplit('/').next().unwrap_or_default();
+            let kind = unit.rsplit('.').next().unwrap_or_default();
+            if !["service", "socket", "timer"].contains(&kind) || unit.contains('@') {
+                continue;
+            }
+            let enabled = Command::new(helper)
+                .args(["was-enabled", unit])
+                .status()
+                .is_ok_and(|s| s.success());
+            if enabled {
+                eprintln!("xtask: {unit} (of {p}) disabled: the tests start their own");
+                let _ = Command::new(helper).args(["disable", unit]).status();
+            }
+        }
+    }
 }
 
 pub fn is_root() -> bool {

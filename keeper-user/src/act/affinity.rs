@@ -236,6 +236,7 @@ impl Actuators {
         known: Option<CpuList>,
         target: impl FnOnce(&CpuList) -> Option<(CpuList, bool)>,
     ) -> Result<Option<u64>, ActError> {
+        let fast = known.is_some();
         let original = match known.map_or_else(|| task.affinity(), Ok) {
             Ok(a) => a,
             Err(ActError::Vanished { .. }) => return Ok(None),
@@ -243,6 +244,13 @@ impl Actuators {
         };
         let Some((to, demote)) = target(&original) else {
             return Ok(None);
+        };
+        // Off the eviction path (two small reads): a thread that only follows its cpuset is
+        // given back to it at undo, not pinned to what the cpuset was then.
+        let original = if fast {
+            original
+        } else {
+            self.follows_its_cpuset(task.pid, original)
         };
         // A deadline task cannot be moved at all (EBUSY): demoted first, whatever `target` says.
         let deadline = || (task.scheduler()).is_ok_and(|(p, _)| super::sched_class::is_deadline(p));
@@ -272,4 +280,26 @@ pub(super) fn user_threads(wanted: impl Fn(u32, &str) -> bool) -> Vec<u32> {
         .filter(|&pid| procfs::task_stat(pid).is_some_and(|s| !s.is_kernel_thread()))
         .flat_map(process::threads)
         .collect()
+}
+
+impl Actuators {
+    /// `mask`, or all possible CPUs where `mask` is just its cpuset's effective CPUs (the task has
+    /// no mask of its own). Written back at undo, the mask as read would pin the task for good to
+    /// what a partition or the keeper's own cpuset writes had left it (from 6.2 the kernel keeps a
+    /// mask set by sched_setaffinity across later cpuset changes: a VM's threads stayed on the old
+    /// trading cores after `systemctl stop keeper`); all possible CPUs is narrowed by the kernel to
+    /// the cpuset's, then and later.
+    fn follows_its_cpuset(&self, pid: u32, mask: CpuList) -> CpuList {
+        let effective = crate::device::procfs::task_cgroup(pid)
+            .and_then(|cg| {
+                let dir = self.cg.dir(&cg).ok()?;
+                std::fs::read_to_string(dir.join("cpuset.cpus.effective")).ok()
+            })
+            .and_then(|t| t.trim().parse::<CpuList>().ok())
+            .or_else(|| CpuList::online().ok());
+        match (effective, CpuList::possible()) {
+            (Some(e), Ok(all)) if e == mask => all,
+            _ => mask,
+        }
+    }
 }

@@ -272,8 +272,13 @@ impl Actuators {
         // protect_trading_cores asked already, before it narrowed the others.
         self.keep_own_masks(std::slice::from_ref(&rel))?;
         self.enable_cpuset_above(&rel)?;
+        self.leave_other_partition(&rel, cpus)?;
         self.write_file(&rel, "cpuset.cpus", &cpus.to_string())?;
-        if let Some(state) = self.try_partition(&rel)? {
+        // Valid is not enough: on 6.7+ a cgroup below a parent with exclusive CPUs becomes a
+        // valid remote partition on those CPUs alone (the old cores of a reload).
+        if let Some(state) = self.try_partition(&rel)?
+            && self.holds(&rel, cpus)?
+        {
             return Ok(Effect::Done(format!(
                 "partition /{rel} = {state} on CPUs {cpus}"
             )));
@@ -289,6 +294,33 @@ impl Actuators {
             cgroup: format!("/{rel}"),
             state,
         })
+    }
+
+    /// A partition `rel` holds on other CPUs than `cpus` (the trading cores moved by a reload)
+    /// is left first: a member again, its own exclusive CPUs emptied. Else the old partition
+    /// stays valid on its old CPUs (a remote one keeps its `cpuset.cpus.exclusive`, whatever
+    /// `cpuset.cpus` says), the new cores are in no partition and what runs there stays.
+    fn leave_other_partition(&mut self, rel: &str, cpus: &CpuList) -> Result<(), ActError> {
+        let state = self.read_file(rel, "cpuset.cpus.partition")?;
+        if state.split_whitespace().next() == Some("member") {
+            return Ok(());
+        }
+        if self.holds(rel, cpus)? {
+            return Ok(());
+        }
+        let from = self.read_file(rel, "cpuset.cpus.effective")?;
+        tracing::info!(cgroup = %rel, from = %from.trim(), to = %cpus, "the partition moves: left first");
+        self.write_file(rel, "cpuset.cpus.partition", "member")?;
+        if self.cg.dir(rel)?.join("cpuset.cpus.exclusive").exists() {
+            self.write_file(rel, "cpuset.cpus.exclusive", "")?;
+        }
+        Ok(())
+    }
+
+    /// The partition `rel` holds `cpus`, no fewer and no more (`cpuset.cpus.effective`).
+    fn holds(&self, rel: &str, cpus: &CpuList) -> Result<bool, ActError> {
+        let effective = self.read_file(rel, "cpuset.cpus.effective")?;
+        Ok(effective.trim().parse::<CpuList>().ok().as_ref() == Some(cpus))
     }
 
     /// `isolated`, else `root`: the state read back when one is valid.
@@ -323,7 +355,13 @@ impl Actuators {
         for c in &chain {
             let before = self.read_file(c, "cpuset.cpus.exclusive")?;
             let had: CpuList = before.trim().parse().unwrap_or_default();
-            let want = had.union(cpus);
+            // A parent's exclusive CPUs must hold its children's; the partition's own are
+            // exactly its CPUs.
+            let want = if c == rel {
+                cpus.clone()
+            } else {
+                had.union(cpus)
+            };
             if let Err(e) = self.write_file(c, "cpuset.cpus.exclusive", &want.to_string()) {
                 tracing::debug!(cgroup = %c, error = %e, "cpuset.cpus.exclusive refused");
                 self.take_back_exclusive(&written);
@@ -331,7 +369,10 @@ impl Actuators {
             }
             written.push((c.clone(), before.trim().to_string()));
         }
-        let state = self.try_partition(rel)?;
+        let mut state = self.try_partition(rel)?;
+        if state.is_some() && !self.holds(rel, cpus)? {
+            state = None;
+        }
         if state.is_none() {
             self.write_file(rel, "cpuset.cpus.partition", "member")?;
             self.take_back_exclusive(&written);

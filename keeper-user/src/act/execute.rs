@@ -257,14 +257,21 @@ fn protect_trading_cores(
     out.push(act.keep_own_masks(&owner.cgroups));
     // The others next: a sibling whose cpuset.cpus holds the trading cores (written out by an
     // administrator, by Proxmox's `affinity`, or by 6.1 refusing an empty one) would make the
-    // partition invalid.
-    for (name, p) in placements {
-        if name == workload {
-            continue;
-        }
-        for c in &p.cgroups {
-            out.push(act.demote_pinned_in(c, cpus));
-            out.push(act.restrict_cpus(c, &housekeeping.to_string()));
+    // partition invalid. One with an empty cpuset.cpus (its parent's CPUs) is left so while a
+    // partition holds the cores (it takes them from every other cpuset): the kernel refuses
+    // an empty cpuset.cpus again while the cgroup has tasks, so once written it could only be
+    // put back as the parent's CPUs of the moment (an LXC container stayed on 0-3 after the
+    // keeper's stop on the host guest).
+    let others: Vec<&String> = (placements.iter())
+        .filter(|(name, _)| *name != workload)
+        .flat_map(|(_, p)| &p.cgroups)
+        .collect();
+    let mut inherits = Vec::new();
+    for c in &others {
+        out.push(act.demote_pinned_in(c, cpus));
+        match act.read_file(c, "cpuset.cpus") {
+            Ok(v) if v.is_empty() && !owner.cgroups.is_empty() => inherits.push(*c),
+            _ => out.push(act.restrict_cpus(c, &housekeeping.to_string())),
         }
     }
     let mut partitioned = !owner.cgroups.is_empty();
@@ -284,9 +291,13 @@ fn protect_trading_cores(
             }
         }
     }
-    // No partition holds the cores: the tasks already there are kept off them, so that what
-    // they start is born on the housekeeping cores; newcomers from elsewhere are evicted.
+    // No partition holds the cores: the others' cpusets keep them, and the tasks already
+    // there are kept off them, so that what they start is born on the housekeeping cores;
+    // newcomers from elsewhere are evicted.
     if !partitioned {
+        for c in inherits {
+            out.push(act.restrict_cpus(c, &housekeeping.to_string()));
+        }
         out.push(act.keep_tasks_off(cpus, housekeeping, (&owner.cgroups, &owner.pids)));
     }
     // A VM's own threads: its vCPUs one to one on the trading cores, the rest off them.

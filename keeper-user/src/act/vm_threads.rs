@@ -37,6 +37,13 @@ pub fn vcpu_index(comm: &str) -> Option<usize> {
     n.trim().parse().ok()
 }
 
+/// A process's threads, each with its vCPU index where QEMU named it a vCPU thread.
+pub fn vcpu_threads(pid: u32) -> Vec<(u32, Option<usize>)> {
+    (process::threads(pid).into_iter())
+        .map(|t| (t, procfs::task_stat(t).and_then(|s| vcpu_index(&s.comm))))
+        .collect()
+}
+
 impl Actuators {
     /// For each process of the owner (its cgroups' and its pids) that has vCPU threads:
     /// vCPU n on the n-th trading core (wrapping when there are more vCPUs than cores), every
@@ -68,10 +75,7 @@ impl Actuators {
         });
         let (mut vcpus, mut others, mut rt, mut stacked, mut sharing) = (0, 0, 0, 0, 0);
         for pid in owner_processes(owner) {
-            let threads: Vec<(u32, Option<usize>)> = process::threads(pid)
-                .into_iter()
-                .map(|t| (t, procfs::task_stat(t).and_then(|s| vcpu_index(&s.comm))))
-                .collect();
+            let threads = vcpu_threads(pid);
             if threads.iter().all(|(_, v)| v.is_none()) {
                 continue; // not a VM
             }

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod control;
 pub mod gpu;
+pub mod init;
 pub mod report;
 pub mod run;
 pub mod schema;

@@ -12,12 +12,15 @@ use crate::{
 
 pub const DEFAULT_SOCKET: &str = "/run/keeper/keeper.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/keeper";
+/// The policy `keeper run` reads without `--policy`: the package's conffile.
+pub const DEFAULT_POLICY: &str = "/etc/keeper/policy.yaml";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Policy file; default: the embedded policies/hive.yaml.
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
+    /// Policy file; default: /etc/keeper/policy.yaml (the package's, which observes only
+    /// until it is edited; `keeper init` writes one from this host).
+    #[arg(long, default_value = DEFAULT_POLICY)]
+    pub policy: PathBuf,
     /// Trading cores, overriding the policy's (the rest of the online CPUs do housekeeping).
     #[arg(long, value_parser = parse_cpus)]
     pub trading_cores: Option<CpuList>,
@@ -90,11 +93,27 @@ fn group_id(group: &str) -> anyhow::Result<u32> {
     }
 }
 
+/// The policy file is there; else what to do about it, said plainly.
+fn policy_exists(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let how = if path == std::path::Path::new(DEFAULT_POLICY) {
+        "write one from this host with `keeper init --output /etc/keeper/policy.yaml` (then \
+         read and edit it), install the package (its policy observes only), or name another \
+         with --policy (examples: /usr/share/keeper/policies, policies/ in the source tree)"
+    } else {
+        "name an existing file with --policy"
+    };
+    anyhow::bail!("no policy at {}: {how}", path.display())
+}
+
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let gid = args.allow_group.as_deref().map(group_id).transpose()?;
+    policy_exists(&args.policy)?;
     let cfg = DaemonConfig {
         source: PolicySource {
-            file: args.policy.clone(),
+            file: Some(args.policy.clone()),
             trading_cores: args.trading_cores.clone(),
             protect: args.protect.clone(),
         },

@@ -292,3 +292,24 @@ fn a_workload_that_appears_while_the_cores_are_protected_is_kept_off_them_too() 
     );
     assert!(protects(&mut state, &all_present(&ALL), 3).is_empty());
 }
+
+/// The trading cores moved by a reload: the cpusets' change widened the masks of the tasks the
+/// keeper had moved, and the kernel put them back on a trading core; not the task's doing.
+/// Before, each such return counted, and the host's own shells (a unit's script) were stopped
+/// as repeat offenders after the reload on a systemd host (vm-test host-systemd-reload).
+#[test]
+fn returns_after_the_trading_cores_moved_start_over() {
+    let p = repeat_policy(2, crate::policy::RepeatAction::Stop);
+    let mut state = EngineState::default();
+    let alone = || pinner(9, "system.slice/vmtest.service", true);
+    assert_eq!(intruder_kinds(&p, &mut state, alone(), 0), ["evict"]);
+    assert_eq!(intruder_kinds(&p, &mut state, alone(), 1), ["evict"]);
+    let mut moved = p.clone();
+    moved.host.trading_cores = "1-2".parse().unwrap();
+    moved.host.housekeeping_cores = "0".parse().unwrap();
+    assert_eq!(intruder_kinds(&moved, &mut state, alone(), 2), ["evict"]);
+    assert!(state.stopped.is_empty(), "{:?}", state.stopped);
+    // Coming back under the new cores counts again, as ever.
+    assert_eq!(intruder_kinds(&moved, &mut state, alone(), 3), ["evict"]);
+    assert_eq!(intruder_kinds(&moved, &mut state, alone(), 4), ["stop"]);
+}

@@ -43,6 +43,15 @@ pub fn run(t: &mut Tick<'_>, state: &mut EngineState) {
     });
     let now = t.now;
     let repeat = &policy.rules.intruders;
+    // The trading cores moved (a reload): the cpusets' change widens the masks of tasks the
+    // keeper had moved, and the kernel puts them back on the cores: no task's doing, so the
+    // record of evictions and returns starts over (a task stopped stays stopped).
+    let cores = host.trading_cores.to_string();
+    if (state.applied.trading_cores.as_ref()).is_some_and(|had| *had != cores) {
+        state.evicted.clear();
+        state.returns.clear();
+        state.moved_at.clear();
+    }
     state
         .evicted
         .retain(|_, at| elapsed(*at, now) < EVICT_COOLDOWN);

@@ -11,6 +11,7 @@
 //! - [`irq`]: interrupt lines, their names and affinities; [`irqbalance`]: its control socket;
 //! - [`gpu`]: the GPU through NVML (readouts, power limit, clock offset);
 //! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernate/start);
+//!   [`pve_config`]: its guest configurations in /etc/pve, the physical cores and the GPUs;
 //! - [`trust`]: whether a library or tool the keeper would load or run is root's alone.
 
 pub mod cgroupfs;
@@ -23,6 +24,7 @@ pub mod pid_file;
 pub mod placement;
 pub mod procfs;
 pub mod proxmox;
+pub mod pve_config;
 pub mod qmp;
 pub mod topology;
 pub mod trust;

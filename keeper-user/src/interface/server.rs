@@ -65,12 +65,14 @@ impl Access {
         Access { uids: all, gid }
     }
 
-    /// The socket's mode: only as open as the access needs (the peer is checked anyway).
+    /// The socket's mode: only as open as the access needs (the peer is checked anyway). An
+    /// allowed uid outside the group needs it open to all (before, `--allow-group` with
+    /// `--allow-uid` made it 0660: the uid was allowed and could not connect).
     fn mode(&self) -> u32 {
         match (self.gid, self.uids.len()) {
+            (_, n) if n > 1 => 0o666,
             (Some(_), _) => 0o660,
-            (None, 1) => 0o600,
-            (None, _) => 0o666,
+            (None, _) => 0o600,
         }
     }
 
@@ -231,4 +233,23 @@ async fn write_line(write: &mut OwnedWriteHalf, answer: &Reply) -> io::Result<()
 
 fn refusal(error: String) -> Reply {
     Reply::refused(error)
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::Access;
+
+    #[test]
+    fn the_socket_is_as_open_as_its_access_needs() {
+        assert_eq!(Access::new(&[], None).mode(), 0o600);
+        assert_eq!(Access::new(&[0], None).mode(), 0o600);
+        assert_eq!(Access::new(&[], Some(997)).mode(), 0o660);
+        assert_eq!(Access::new(&[1000], None).mode(), 0o666);
+        // A uid beside a group: the uid may not be in the group, so open to all (the peer's
+        // uid and groups are checked inside).
+        assert_eq!(Access::new(&[1000], Some(997)).mode(), 0o666);
+        let a = Access::new(&[1000], Some(997));
+        assert!(a.allows(1000, 1000, None) && a.allows(0, 0, None) && a.allows(5, 997, None));
+        assert!(!a.allows(5, 5, None));
+    }
 }

@@ -8,6 +8,7 @@
 pub mod amount;
 pub mod at;
 pub mod diag;
+pub mod init;
 pub mod intruders;
 pub mod load;
 pub mod raw;

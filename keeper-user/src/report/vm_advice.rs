@@ -7,8 +7,8 @@
 use std::{collections::BTreeSet, path::Path};
 
 use crate::{
-    act::{process, vm_threads::vcpu_index},
-    device::{cgroupfs::CgroupFs, procfs},
+    act::vm_threads::vcpu_threads,
+    device::{cgroupfs::CgroupFs, pve_config::config_vcpus},
     policy::Policy,
 };
 
@@ -26,8 +26,8 @@ pub fn vm_vcpus(cg: &CgroupFs, pve: &Path, vmid: u32) -> Option<(usize, VcpuSour
     let running: BTreeSet<usize> = (cg.procs(&format!("qemu.slice/{vmid}.scope")).ok())
         .into_iter()
         .flatten()
-        .flat_map(process::threads)
-        .filter_map(|t| procfs::task_stat(t).and_then(|s| vcpu_index(&s.comm)))
+        .flat_map(vcpu_threads)
+        .filter_map(|(_, vcpu)| vcpu)
         .collect();
     if !running.is_empty() {
         return Some((running.len(), VcpuSource::Running));
@@ -38,17 +38,6 @@ pub fn vm_vcpus(cg: &CgroupFs, pve: &Path, vmid: u32) -> Option<(usize, VcpuSour
         config_vcpus(&text),
         VcpuSource::Config(file.display().to_string()),
     ))
-}
-
-/// The vCPUs a Proxmox VM configuration starts with: `vcpus` where set, else `sockets` ×
-/// `cores` (1 each by default); snapshots (`[name]` sections) are not the current one.
-pub fn config_vcpus(text: &str) -> usize {
-    let value = |key: &str| -> Option<usize> {
-        (text.lines())
-            .take_while(|l| !l.starts_with('['))
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
-    };
-    value("vcpus").unwrap_or_else(|| value("sockets").unwrap_or(1) * value("cores").unwrap_or(1))
 }
 
 /// The advice for the owner of the trading cores, if it is a VM with more vCPUs than trading
@@ -73,15 +62,6 @@ pub fn vcpu_advice(policy: &Policy, cg: &CgroupFs, pve: &Path) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_configuration_counts_vcpus_then_sockets_times_cores() {
-        assert_eq!(config_vcpus("cores: 4\nmemory: 8192\n"), 4);
-        assert_eq!(config_vcpus("sockets: 2\ncores: 4\n"), 8);
-        assert_eq!(config_vcpus("sockets: 2\ncores: 4\nvcpus: 3\n"), 3);
-        assert_eq!(config_vcpus("memory: 512\n"), 1);
-        assert_eq!(config_vcpus("cores: 2\n[before-upgrade]\ncores: 8\n"), 2);
-    }
 
     #[test]
     fn more_vcpus_than_trading_cpus_is_said_from_the_configuration() {

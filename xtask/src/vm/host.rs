@@ -18,6 +18,7 @@ use super::{Guest, PLAIN, kernel::Kernel};
 
 /// The checks tests/vm/host.sh must report as passed.
 pub const HOST_CHECKS: &[&str] = &[
+    "host-conffile-observes",
     "host-systemd-ready",
     "host-systemd-watchdog",
     "host-systemd-reload",
@@ -28,6 +29,7 @@ pub const HOST_CHECKS: &[&str] = &[
     "host-lxc-evicted",
     "host-vcpus-one-per-core",
     "host-start-on-unit",
+    "host-init-from-pve",
     "host-deb-purged",
 ];
 
