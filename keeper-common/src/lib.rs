@@ -76,10 +76,6 @@ pub mod maps {
     pub const PROTECTED_CGROUPS: &str = "PROTECTED_CGROUPS";
     /// `PerCpuArray<CpuStats>` with one entry: each CPU's counters.
     pub const CPU_STATS: &str = "CPU_STATS";
-    /// `LruPerCpuHashMap<u64, u64>`: run time (ns) on trading cores per cgroup v2 id. Each CPU
-    /// adds a cgroup's slices when another cgroup starts running there, so the cgroup running
-    /// right now may be missing its latest stretch.
-    pub const CGROUP_RUNTIME: &str = "CGROUP_RUNTIME";
     /// `LruHashMap<u32, IntruderTotal>`: run time on trading cores per intruding pid.
     pub const INTRUDER_TOTALS: &str = "INTRUDER_TOTALS";
     /// `LruHashMap<u32, u64>`: when a task became runnable for a trading core, by pid.

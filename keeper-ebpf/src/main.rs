@@ -33,7 +33,7 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, perf_event, tracepoint},
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{PerfEventContext, TracePointContext},
 };
 use keeper_common::{
@@ -86,8 +86,6 @@ static PROTECTED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 static CPU_STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static CGROUP_RUNTIME: LruPerCpuHashMap<u64, u64> = LruPerCpuHashMap::with_max_entries(4096, 0);
-#[map]
 static INTRUDER_TOTALS: LruHashMap<u32, IntruderTotal> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static INTRUDER_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -112,10 +110,6 @@ struct CpuState {
     pending_pid: u32,
     _pad: u32,
     pending_ns: u64,
-    /// Run time of `batch_cgroup` not yet added to CGROUP_RUNTIME: consecutive slices of one
-    /// cgroup are summed here and written to the hash map when another cgroup runs.
-    batch_cgroup: u64,
-    batch_ns: u64,
     /// The global rate limit: events sent from this CPU in the millisecond that began at
     /// `window_start`.
     window_start: u64,
@@ -290,14 +284,6 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
         } else if current_is_keeper() {
             stats.keeper_ns += ran;
         } else {
-            if state.batch_cgroup != cgroup_id {
-                if state.batch_ns != 0 {
-                    add_cgroup_runtime(state.batch_cgroup, state.batch_ns);
-                }
-                state.batch_cgroup = cgroup_id;
-                state.batch_ns = 0;
-            }
-            state.batch_ns += ran;
             if protected {
                 stats.protected_ns += ran;
             } else {
@@ -352,16 +338,6 @@ fn file_latency(stats: &mut CpuStats, class: usize, ns: u64) {
         stats.hist[class][b] += 1;
         if ns > stats.max_ns[class] {
             stats.max_ns[class] = ns;
-        }
-    }
-}
-
-#[inline(always)]
-fn add_cgroup_runtime(cgroup_id: u64, ran: u64) {
-    match CGROUP_RUNTIME.get_ptr_mut(cgroup_id) {
-        Some(total) => unsafe { *total += ran },
-        None => {
-            let _ = CGROUP_RUNTIME.insert(cgroup_id, ran, 0);
         }
     }
 }

@@ -72,12 +72,10 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
     ) {
         return;
     }
+    // Where the kernel's RT throttling is off (-1) the keeper sets no SCHED_FIFO and says
+    // why: the expectation is read from this host.
     let rt_runtime = std::fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us").unwrap();
-    assert_ne!(
-        rt_runtime.trim(),
-        "-1",
-        "this test needs the kernel's RT throttling on"
-    );
+    let rt_guarded = rt_runtime.trim() != "-1";
     let (rig, mut qemu) = banker_vm("vcpu", "tcg", "1");
     let pid = qemu.id();
     let vcpu = |t: &[(String, String)]| t.iter().find(|(c, _)| c == "CPU 0/TCG").cloned();
@@ -103,17 +101,21 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
         "vCPU not on 1 or other threads not on 0: {:?}",
         threads(pid)
     );
+    let (want, said) = if rt_guarded {
+        ((1, 1), "1 vCPUs at SCHED_FIFO 1")
+    } else {
+        ((0, 0), "vcpu_priority not applied")
+    };
     assert_eq!(
         scheduler(pid, vcpu_tid),
-        (1, 1),
-        "SCHED_FIFO 1 while protected"
+        want,
+        "SCHED_FIFO 1 while protected (SCHED_OTHER without RT throttling)"
     );
     let log = keeper.finish();
     assert!(
-        log.iter().any(
-            |l| l.contains("pinned 1 vCPU threads one to one on the trading cores 1")
-                && l.contains("1 vCPUs at SCHED_FIFO 1")
-        ),
+        log.iter()
+            .any(|l| l.contains("pinned 1 vCPU threads one to one on the trading cores 1"))
+            && log.iter().any(|l| l.contains(said)),
         "{log:#?}"
     );
     assert_eq!(

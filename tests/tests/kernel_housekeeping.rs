@@ -80,7 +80,7 @@ fn movable_irqs_leave_the_trading_core_come_back_when_put_back_and_are_restored_
 
     // Put back on the trading core (a driver reset, irqbalance): moved again.
     let irq = moved[0];
-    std::fs::write(format!("/proc/irq/{irq}/smp_affinity_list"), "0-1").unwrap();
+    std::fs::write(format!("/proc/irq/{irq}/smp_affinity_list"), &saved.0[&irq]).unwrap();
     assert!(
         eventually(Duration::from_secs(3), || affinity(irq) == "0"),
         "IRQ {irq} left on CPUs {}",

@@ -205,14 +205,12 @@ impl Drop for NoServiceStarts {
 }
 
 /// The systemd units the packages just installed ship (services, sockets, timers), disabled:
-/// their maintainer scripts enabled them for the next boot.
+/// their maintainer scripts enabled them for the next boot. `systemctl` works on the unit
+/// files whether or not systemd runs (`deb-systemd-helper` refuses outside dpkg).
 fn disable_units_of(packages: &[&str]) {
-    let Some(helper) = ["/usr/bin/deb-systemd-helper"]
-        .into_iter()
-        .find(|h| Path::new(h).exists())
-    else {
+    if !Path::new("/usr/bin/systemctl").exists() && !Path::new("/bin/systemctl").exists() {
         return;
-    };
+    }
     for p in packages {
         let Ok(out) = Command::new("dpkg-query").args(["-L", p]).output() else {
             continue;
@@ -224,13 +222,15 @@ fn disable_units_of(packages: &[&str]) {
             if !["service", "socket", "timer"].contains(&kind) || unit.contains('@') {
                 continue;
             }
-            let enabled = Command::new(helper)
-                .args(["was-enabled", unit])
+            let enabled = Command::new("systemctl")
+                .args(["is-enabled", "--quiet", unit])
                 .status()
                 .is_ok_and(|s| s.success());
             if enabled {
                 eprintln!("xtask: {unit} (of {p}) disabled: the tests start their own");
-                let _ = Command::new(helper).args(["disable", unit]).status();
+                let _ = Command::new("systemctl")
+                    .args(["disable", "--quiet", unit])
+                    .status();
             }
         }
     }

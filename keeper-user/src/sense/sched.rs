@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, ProgramError, RawTracePoint, TracePoint,
         perf_event::{
@@ -418,18 +418,6 @@ impl SchedSensor {
                 kernel_thread: crate::device::procfs::task_stat(pid)
                     .is_some_and(|s| s.is_kernel_thread()),
             })
-            .collect())
-    }
-
-    /// Run time on the trading cores per cgroup id, summed over the cores.
-    pub fn cgroup_runtime(&self) -> Result<BTreeMap<u64, u64>, SenseError> {
-        let name = maps::CGROUP_RUNTIME;
-        let err = |source| SenseError::Map { name, source };
-        let map: PerCpuHashMap<&MapData, u64, u64> = self.map(name)?.try_into().map_err(err)?;
-        Ok(map
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(id, per_cpu)| (id, per_cpu.iter().sum()))
             .collect())
     }
 
