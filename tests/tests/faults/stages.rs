@@ -332,6 +332,14 @@ pub fn vcpu() -> Stage {
     ];
     let qemu = spawn_on("qemu-system-x86_64", &args, &[0, 1], Some(&banker));
     std::mem::forget(banker);
+    // Its vCPU thread first: a keeper that protects the cores before QEMU made it has no vCPU
+    // to make real-time, and the first point (`scheduler.recorded`) went unreached under load.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            integration_test::tid_named(qemu.id(), "CPU 0/TCG").is_some()
+        }),
+        "QEMU made no vCPU thread"
+    );
     Stage {
         _children: vec![qemu],
         ..stage(
