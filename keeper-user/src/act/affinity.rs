@@ -291,11 +291,8 @@ impl Actuators {
     /// the cpuset's, then and later.
     fn follows_its_cpuset(&self, pid: u32, mask: CpuList) -> CpuList {
         let effective = crate::device::procfs::task_cgroup(pid)
-            .and_then(|cg| {
-                let dir = self.cg.dir(&cg).ok()?;
-                std::fs::read_to_string(dir.join("cpuset.cpus.effective")).ok()
-            })
-            .and_then(|t| t.trim().parse::<CpuList>().ok())
+            .and_then(|cg| self.read_file(&cg, "cpuset.cpus.effective").ok())
+            .and_then(|t| t.parse::<CpuList>().ok())
             .or_else(|| CpuList::online().ok());
         match (effective, CpuList::possible()) {
             (Some(e), Ok(all)) if e == mask => all,

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use crate::{
     cpulist::CpuList,
-    device::pve_config,
+    device::{pve_config, topology},
     policy::{self, HostFacts, init::Inventory},
 };
 
@@ -44,7 +44,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
         host_name: (std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default())
             .trim()
             .to_string(),
-        cores: pve_config::physical_cores(&online, "/sys/devices/system/cpu".as_ref()),
+        cores: pve_config::physical_cores(&online, topology::SYSFS_CPU.as_ref()),
         guests,
         gpus: pve_config::nvidia_gpus("/sys/bus/pci/devices".as_ref()),
         pve: args.pve.display().to_string(),

@@ -78,18 +78,17 @@ pub fn read_guests(pve: &Path) -> std::io::Result<Vec<Guest>> {
 /// The online CPUs grouped by physical core (each CPU with its SMT siblings), ordered by
 /// their first CPU; a CPU whose siblings cannot be read is a core of its own.
 pub fn physical_cores(online: &CpuList, sysfs_cpu: &Path) -> Vec<CpuList> {
+    let siblings = super::topology::siblings(online, sysfs_cpu);
     let mut cores: Vec<CpuList> = Vec::new();
     for c in online.iter() {
         if cores.iter().any(|k| k.contains(c)) {
             continue;
         }
-        let path = sysfs_cpu.join(format!("cpu{c}/topology/thread_siblings_list"));
-        let siblings = (std::fs::read_to_string(path).ok())
-            .and_then(|t| t.trim().parse::<CpuList>().ok())
+        let core = (siblings.get(&c))
             .map(|s| s.intersection(online))
             .filter(|s| s.contains(c))
             .unwrap_or_else(|| CpuList::new([c]));
-        cores.push(siblings);
+        cores.push(core);
     }
     cores
 }

@@ -2,7 +2,7 @@
 //! (/proc/cmdline, parameters before `--`) and each CPU's SMT siblings
 //! (`/sys/devices/system/cpu/cpuN/topology/thread_siblings_list`).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
 use crate::cpulist::CpuList;
 
@@ -19,19 +19,26 @@ impl BootFacts {
     /// Reads /proc/cmdline and the siblings of `cpus`; what cannot be read is left out.
     pub fn read(cpus: &CpuList) -> Self {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let siblings = cpus
-            .iter()
-            .filter_map(|c| {
-                let path = format!("/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list");
-                let text = std::fs::read_to_string(path).ok()?;
-                Some((c, text.trim().parse().ok()?))
-            })
-            .collect();
         BootFacts {
             params: parse_cmdline(&cmdline),
-            siblings,
+            siblings: siblings(cpus, Path::new(SYSFS_CPU)),
         }
     }
+}
+
+/// Where the kernel lists its CPUs.
+pub const SYSFS_CPU: &str = "/sys/devices/system/cpu";
+
+/// The SMT siblings of each of `cpus` (itself included), read under `sysfs_cpu`; what cannot be
+/// read is left out.
+pub fn siblings(cpus: &CpuList, sysfs_cpu: &Path) -> BTreeMap<u32, CpuList> {
+    cpus.iter()
+        .filter_map(|c| {
+            let path = sysfs_cpu.join(format!("cpu{c}/topology/thread_siblings_list"));
+            let text = std::fs::read_to_string(path).ok()?;
+            Some((c, text.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// The kernel's parameters of a command line (those after `--` are init's).

@@ -83,20 +83,21 @@ fn workload_name(g: &Guest, taken: &[String]) -> String {
     }
 }
 
+/// Every CPU of `cores`.
+fn union(cores: &[CpuList]) -> CpuList {
+    CpuList::new(cores.iter().flat_map(CpuList::iter))
+}
+
 /// The cores chosen: (trading CPUs, housekeeping CPUs, whether SMT siblings are reserved,
 /// the comment that says why).
 fn choose_cores(inv: &Inventory, vcpus: usize) -> (CpuList, CpuList, bool, String) {
-    let all = (inv.cores.iter()).fold(CpuList::default(), |a, c| a.union(c));
+    let all = union(&inv.cores);
     let spare = inv.cores.len().saturating_sub(1); // the core of CPU 0 stays home
     let n = vcpus.min(spare);
     let chosen = &inv.cores[inv.cores.len() - n..];
     let smt = chosen.iter().any(|c| c.len() > 1);
-    let trading = chosen
-        .iter()
-        .filter_map(|c| c.iter().next())
-        .fold(CpuList::default(), |a, c| a.union(&CpuList::new([c])));
-    let taken = chosen.iter().fold(CpuList::default(), |a, c| a.union(c));
-    let housekeeping = all.difference(&taken);
+    let trading = CpuList::new(chosen.iter().filter_map(|c| c.iter().next()));
+    let housekeeping = all.difference(&union(chosen));
     let why = if n == 0 {
         "this host has one physical core: none to spare for trading".to_string()
     } else if n < vcpus {
@@ -131,7 +132,7 @@ pub fn write(inv: &Inventory, asked: Option<u32>) -> String {
     let (trading, housekeeping, smt, why) = match banker {
         Some(b) => choose_cores(inv, b.vcpus),
         None => {
-            let all = (inv.cores.iter()).fold(CpuList::default(), |a, c| a.union(c));
+            let all = union(&inv.cores);
             let why = "no trading VM (name one with `keeper init --trading-vm VMID`): no \
                        trading cores, nothing evicted"
                 .to_string();
