@@ -40,11 +40,24 @@ fn threads(pid: u32) -> Vec<(String, String)> {
 /// A rig whose Banker has `vcpu_priority: "fifo:1"`, and its VM: QEMU paused (`-S`), its
 /// threads named (`debug-threads=on`), `-accel ACCEL -smp SMP`, in the Banker's cgroup.
 fn banker_vm(tag: &str, accel: &str, smp: &str) -> (Rig, std::process::Child) {
+    let rig = banker_rig(tag);
+    let qemu = start_vm(&rig, accel, smp);
+    (rig, qemu)
+}
+
+/// A rig whose Banker has `vcpu_priority: "fifo:1"`, its cgroup made (the Banker present).
+fn banker_rig(tag: &str) -> Rig {
     let rig = Rig::new(tag);
     rig.edit_policy(
         "owns_trading_cores: true }",
         "owns_trading_cores: true, vcpu_priority: \"fifo:1\" }",
     );
+    std::mem::forget(rig.workload("banker")); // the rig's scope removes it
+    rig
+}
+
+/// The Banker's VM started in its cgroup.
+fn start_vm(rig: &Rig, accel: &str, smp: &str) -> std::process::Child {
     let banker = rig.workload("banker");
     let args = [
         "-name",
@@ -62,7 +75,7 @@ fn banker_vm(tag: &str, accel: &str, smp: &str) -> (Rig, std::process::Child) {
     ];
     let qemu = spawn_on("qemu-system-x86_64", &args, &[0, 1], Some(&banker));
     std::mem::forget(banker); // the rig's scope removes it
-    (rig, qemu)
+    qemu
 }
 
 #[test]
@@ -93,12 +106,19 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
     assert_eq!(scheduler(pid, vcpu_tid), (0, 0), "SCHED_OTHER before");
     let keeper = rig.keeper(&["--for", "5s"]);
     let placed = |t: &[(String, String)]| {
-        t.iter()
-            .all(|(c, a)| if c == "CPU 0/TCG" { a == "1" } else { a == "0" })
+        t.iter().all(|(c, a)| {
+            if c == "CPU 0/TCG" {
+                a == trading()
+            } else {
+                a == housekeeping()
+            }
+        })
     };
     assert!(
         eventually(Duration::from_secs(4), || placed(&threads(pid))),
-        "vCPU not on 1 or other threads not on 0: {:?}",
+        "vCPU not on {} or other threads not on {}: {:?}",
+        trading(),
+        housekeeping(),
         threads(pid)
     );
     let (want, said) = if rt_guarded {
@@ -113,9 +133,10 @@ fn the_banker_vms_vcpus_are_pinned_and_its_other_threads_kept_off_the_trading_co
     );
     let log = keeper.finish();
     assert!(
-        log.iter()
-            .any(|l| l.contains("pinned 1 vCPU threads one to one on the trading cores 1"))
-            && log.iter().any(|l| l.contains(said)),
+        log.iter().any(|l| l.contains(&format!(
+            "pinned 1 vCPU threads one to one on the trading cores {}",
+            trading()
+        ))) && log.iter().any(|l| l.contains(said)),
         "{log:#?}"
     );
     assert_eq!(
@@ -155,8 +176,9 @@ fn vcpus_sharing_a_trading_core_are_never_stacked_at_sched_fifo() {
     assert!(
         eventually(Duration::from_secs(3), || vcpus()
             .iter()
-            .all(|t| affinity(*t) == "1")),
-        "the vCPUs were not pinned to CPU 1: {:?}",
+            .all(|t| affinity(*t) == trading())),
+        "the vCPUs were not pinned to CPU {}: {:?}",
+        trading(),
         threads(pid)
     );
     let classes: Vec<(u32, u32)> = vcpus().iter().map(|t| scheduler(pid, *t)).collect();
@@ -172,11 +194,57 @@ fn vcpus_sharing_a_trading_core_are_never_stacked_at_sched_fifo() {
             .any(|l| l.contains("4 vCPUs sharing a core left at SCHED_OTHER")),
         "{log:#?}"
     );
-    // Before: "pinned 4 vCPU threads one to one on the trading cores 1".
+    // Before: "pinned 4 vCPU threads one to one on the trading cores {trading}".
     assert!(
         log.iter()
             .any(|l| l
                 .contains("4 of the VM's vCPUs sharing a core (more vCPUs than trading cores)")),
+        "{log:#?}"
+    );
+}
+
+/// The Banker's VM started after the keeper protected its (empty) scope, as when Proxmox makes
+/// the scope a moment before QEMU's vCPU threads, or a vCPU is hot-plugged: before the fix its
+/// vCPU thread was never pinned nor made real-time (the cores were protected again only when
+/// the owner, the cores or a newcomer changed), and its other threads ran on the trading core.
+#[test]
+fn a_vcpu_thread_born_after_the_protection_is_pinned_too() {
+    if !privileged("a_vcpu_thread_born_after_the_protection_is_pinned_too") {
+        return;
+    }
+    let rt_guarded = std::fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us")
+        .is_ok_and(|r| r.trim() != "-1");
+    let rig = banker_rig("vcpu-late");
+    let mut keeper = rig.keeper(&["--for", "8s"]);
+    keeper.wait_for("first pass done", Duration::from_secs(10));
+    let mut qemu = start_vm(&rig, "tcg", "1");
+    let pid = qemu.id();
+    let placed = |t: &[(String, String)]| {
+        t.iter().any(|(c, _)| c == "CPU 0/TCG")
+            && t.iter().all(|(c, a)| {
+                if c == "CPU 0/TCG" {
+                    a == trading()
+                } else {
+                    a == housekeeping()
+                }
+            })
+    };
+    let ok = eventually(Duration::from_secs(6), || placed(&threads(pid)));
+    let seen = threads(pid);
+    let class = tid_named(pid, "CPU 0/TCG").map(|t| scheduler(pid, t));
+    let log = keeper.finish();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert!(ok, "the late vCPU was not placed: {seen:?}\n{log:#?}");
+    let want = if rt_guarded { (1, 1) } else { (0, 0) };
+    assert_eq!(
+        class,
+        Some(want),
+        "SCHED_FIFO 1 where RT throttling guards it"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("vCPU threads changed (0 → 1)")),
         "{log:#?}"
     );
 }

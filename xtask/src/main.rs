@@ -308,7 +308,14 @@ fn test() -> anyhow::Result<()> {
     eprintln!("xtask: the trading-core tests with the roles swapped (KEEPER_TEST_ROLES=swapped)");
     run(cargo()
         .args(["test", "-p", "integration-test"])
-        .args(["--test", "real_time", "--test", "eviction_path"])
+        .args([
+            "--test",
+            "real_time",
+            "--test",
+            "eviction_path",
+            "--test",
+            "banker_vm",
+        ])
         .args(["--", "--test-threads=1"])
         .env("KEEPER_TEST_ROLES", "swapped"))?;
     eprintln!("xtask: vm-test (Debian 6.1 and trixie 6.12 cloud kernels in QEMU, full cgroup v2)");

@@ -272,16 +272,7 @@ pub fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The threads of a process (/proc/<pid>/task).
-pub fn threads(pid: u32) -> Vec<u32> {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use crate::device::vcpus::threads;
 
 /// `root` and all its descendants, parents before children (from /proc/*/stat ppid).
 pub fn tree(root: u32) -> Vec<u32> {

@@ -10,7 +10,7 @@ use super::{
     process::{self, Proc},
     task_cgroup, under,
 };
-use crate::{cpulist::CpuList, device::procfs};
+use crate::{cpulist::CpuList, device::vcpus::vcpu_threads};
 
 /// Where the kernel says how much of each period real-time tasks may take.
 const RT_RUNTIME: &str = "/proc/sys/kernel/sched_rt_runtime_us";
@@ -27,21 +27,6 @@ pub fn rt_unguarded(runtime_us: &str) -> Option<String> {
         Ok(_) => None,
         Err(_) => Some(format!("{RT_RUNTIME} unreadable (`{}`)", runtime_us.trim())),
     }
-}
-
-/// The vCPU index a thread name gives (`CPU 3/KVM` → 3).
-pub fn vcpu_index(comm: &str) -> Option<usize> {
-    let rest = comm.strip_prefix("CPU ")?;
-    let (n, accel) = rest.split_once('/')?;
-    matches!(accel, "KVM" | "TCG" | "HVF" | "WHPX").then_some(())?;
-    n.trim().parse().ok()
-}
-
-/// A process's threads, each with its vCPU index where QEMU named it a vCPU thread.
-pub fn vcpu_threads(pid: u32) -> Vec<(u32, Option<usize>)> {
-    (process::threads(pid).into_iter())
-        .map(|t| (t, procfs::task_stat(t).and_then(|s| vcpu_index(&s.comm))))
-        .collect()
 }
 
 impl Actuators {
@@ -297,15 +282,5 @@ mod tests {
         done_tx.send(()).unwrap();
         vcpu.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn vcpu_threads_are_told_by_qemus_names() {
-        assert_eq!(vcpu_index("CPU 0/KVM"), Some(0));
-        assert_eq!(vcpu_index("CPU 12/TCG"), Some(12));
-        assert_eq!(vcpu_index("CPU x/KVM"), None);
-        assert_eq!(vcpu_index("CPU 1/foo"), None);
-        assert_eq!(vcpu_index("qemu-system-x86"), None);
-        assert_eq!(vcpu_index("worker"), None);
     }
 }

@@ -34,6 +34,11 @@ pub struct WorkloadObs {
     /// else a partition (`/x: isolated`), else `member`; `None` without cpuset files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+    /// Its vCPU threads (thread ids, sorted), read for the owner of the trading cores only:
+    /// one born after the protection (a VM started moments later, a vCPU hot-plugged) is
+    /// placed too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vcpus: Vec<u32>,
 }
 
 impl Default for WorkloadObs {
@@ -42,6 +47,7 @@ impl Default for WorkloadObs {
             running: true,
             memory_pressure: Psi::default(),
             partition: None,
+            vcpus: Vec::new(),
         }
     }
 }

@@ -337,19 +337,32 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         .collect();
     applied.kept_off.retain(|w| others.contains(w));
     let newcomer = others.difference(&applied.kept_off).next().cloned();
+    let vcpus = |owner: &str| (obs.workloads.get(owner)).map_or(Vec::new(), |w| w.vcpus.clone());
     match (trading, applied.trading.clone()) {
         (Some(mut want), had)
             if had.as_deref() != Some(want.value.as_str())
                 || applied.trading_cores.as_deref() != Some(cores.as_str())
-                || newcomer.is_some() =>
+                || newcomer.is_some()
+                || vcpus(&want.value) != applied.trading_vcpus =>
         {
+            let now = vcpus(&want.value);
             if let (Some(w), Some(_)) = (&newcomer, &had) {
                 want.reason = format!(
                     "{w} appeared while the trading cores are protected: kept off them too"
                 );
+            } else if had.as_deref() == Some(want.value.as_str())
+                && applied.trading_cores.as_deref() == Some(cores.as_str())
+            {
+                want.reason = format!(
+                    "{}'s vCPU threads changed ({} → {}): placed on the trading cores again",
+                    want.value,
+                    applied.trading_vcpus.len(),
+                    now.len()
+                );
             }
             applied.trading = Some(want.value.clone());
             applied.trading_cores = Some(cores);
+            applied.trading_vcpus = now;
             applied.kept_off = others;
             let vcpu_fifo = policy.workload(&want.value).and_then(|w| w.vcpu_fifo);
             let kind = ActionKind::ProtectTradingCores {
@@ -363,6 +376,7 @@ pub fn run(t: Tick<'_>, state: &mut EngineState) -> Vec<Action> {
         (None, Some(owner)) => {
             applied.trading = None;
             applied.trading_cores = None;
+            applied.trading_vcpus.clear();
             applied.kept_off.clear();
             let rule = RuleId::new(format!("{owner}.owns_trading_cores"));
             let reason = format!("{owner} is no longer active");

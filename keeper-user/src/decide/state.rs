@@ -167,6 +167,10 @@ pub struct Applied {
     /// `host.trading_cores` protects the new ones.
     #[serde(default)]
     pub trading_cores: Option<String>,
+    /// The owner's vCPU threads when its cores were last protected: one born since (a VM
+    /// started moments later, a hot-plugged vCPU) is placed by protecting them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trading_vcpus: Vec<u32>,
     pub gpu_power_limit: Option<Percent>,
     #[serde(default)]
     pub gpu_clock_offset: Option<i32>,

@@ -97,6 +97,41 @@ fn seed_matrix_table() {
     }
 }
 
+/// Before the fix a vCPU thread born after the protection (the Banker's QEMU started a moment
+/// after its scope, a vCPU hot-plugged with `qm set --vcpus`) was never pinned nor made
+/// real-time: the cores were protected again only when the owner, the cores or a newcomer
+/// changed.
+#[test]
+fn a_vcpu_thread_born_after_the_protection_is_placed_too() {
+    let p = one_host().unwrap();
+    let mut state = EngineState::default();
+    let protects = |state: &mut EngineState, vcpus: &[u32], secs: i64| {
+        let mut obs = all_present(&ALL);
+        obs.workloads.get_mut("banker").unwrap().vcpus = vcpus.to_vec();
+        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+        decide(&p, state, &obs, now)
+            .into_iter()
+            .filter(|a| matches!(a.kind, ActionKind::ProtectTradingCores { .. }))
+            .map(|a| a.reason)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        protects(&mut state, &[], 0).len(),
+        1,
+        "the first protection"
+    );
+    assert!(protects(&mut state, &[], 1).is_empty());
+    let again = protects(&mut state, &[4001], 2);
+    assert_eq!(
+        again,
+        ["banker's vCPU threads changed (0 → 1): placed on the trading cores again"]
+    );
+    assert!(protects(&mut state, &[4001], 3).is_empty(), "once");
+    let hot_plugged = protects(&mut state, &[4001, 4002], 4);
+    assert_eq!(hot_plugged.len(), 1, "a vCPU hot-plugged");
+    assert!(protects(&mut state, &[4001, 4002], 5).is_empty());
+}
+
 #[test]
 fn an_invalid_partition_is_protected_again_at_most_every_ten_seconds() {
     let p = one_host().unwrap();

@@ -12,6 +12,7 @@
 //! - [`gpu`]: the GPU through NVML (readouts, power limit, clock offset);
 //! - [`proxmox`]: the Proxmox VE API client (persistent balloon settings, hibernate/start);
 //!   [`pve_config`]: its guest configurations in /etc/pve, the physical cores and the GPUs;
+//! - [`vcpus`]: a VM's vCPU threads, by the names QEMU gives them;
 //! - [`trust`]: whether a library or tool the keeper would load or run is root's alone.
 
 pub mod cgroupfs;
@@ -28,6 +29,7 @@ pub mod pve_config;
 pub mod qmp;
 pub mod topology;
 pub mod trust;
+pub mod vcpus;
 pub mod watchdog;
 
 /// The loop runs at SCHED_FIFO (it evicts intruders); device calls do not need to, and a

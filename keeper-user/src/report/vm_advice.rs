@@ -7,8 +7,7 @@
 use std::{collections::BTreeSet, path::Path};
 
 use crate::{
-    act::vm_threads::vcpu_threads,
-    device::{cgroupfs::CgroupFs, pve_config::config_vcpus},
+    device::{cgroupfs::CgroupFs, pve_config::config_vcpus, vcpus::vcpu_threads},
     policy::Policy,
 };
 

@@ -67,6 +67,7 @@ pub fn observe_workload(p: &Placement, cg: &CgroupFs) -> WorkloadObs {
         running: procs && !frozen,
         memory_pressure: pressure,
         partition: partition.map(|(_, s)| s),
+        vcpus: Vec::new(),
     }
 }
 

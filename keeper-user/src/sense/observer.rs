@@ -125,6 +125,9 @@ impl Observer {
                 .iter()
                 .map(|(n, p)| {
                     let mut o = host::observe_workload(p, r.cg);
+                    if r.policy.workload(n).is_some_and(|w| w.owns_trading_cores) {
+                        o.vcpus = crate::device::vcpus::of_placement(p, r.cg);
+                    }
                     if let Some((pct, _)) = self.workload_hints.get(n).filter(|h| fresh(h.1)) {
                         o.memory_pressure.some_avg10 =
                             o.memory_pressure.some_avg10.max(above(*pct));
