@@ -2,15 +2,26 @@
 //!
 //! Everything here is `#[repr(C)]` plain data: the eBPF programs write it into maps and the ring
 //! buffer, userspace reads it back byte for byte. Change a layout here and both sides change with it.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Highest CPU number + 1 that the trading-core mask can name.
 pub const MAX_CPUS: u32 = 256;
 /// 64-bit words of a mask of [`MAX_CPUS`] CPUs.
 pub const CPU_MASK_WORDS: usize = MAX_CPUS as usize / 64;
-/// Buckets of the log2 run-queue latency histogram (bucket `i` holds `2^i <= µs < 2^(i+1)`,
-/// bucket 0 also holds 0 µs).
-pub const HIST_BUCKETS: usize = 32;
+/// The latency histograms are log-linear (as HdrHistogram's): in units of
+/// 2^[`HIST_UNIT_SHIFT`] ns (128 ns), the first [`HIST_SUB`] buckets one unit wide (0–2 µs),
+/// then each power of two cut into [`HIST_SUB`] equal sub-buckets, so that a bucket is at most
+/// 1/16 (6.25 %) of its lower bound wide; the last one (from 1.04 s) also holds everything
+/// above. See [`latency_bucket`] and [`bucket_low_ns`].
+pub const HIST_UNIT_SHIFT: u32 = 7;
+/// log2 of [`HIST_SUB`].
+pub const HIST_SUB_BITS: u32 = 4;
+/// Sub-buckets per power of two.
+pub const HIST_SUB: usize = 1 << HIST_SUB_BITS;
+/// Powers of two above the first [`HIST_SUB`] units: up to 2^(4 + 19) units = 2^30 ns.
+pub const HIST_OCTAVES: usize = 19;
+/// Buckets of a latency histogram.
+pub const HIST_BUCKETS: usize = HIST_SUB * (HIST_OCTAVES + 1);
 /// Latency classes: tasks in a protected cgroup, and everybody else.
 pub const CLASS_PROTECTED: usize = 0;
 pub const CLASS_OTHER: usize = 1;
@@ -282,17 +293,63 @@ mod pod {
     unsafe impl aya::Pod for super::NoiseTotal {}
 }
 
-/// Index of the log2 bucket for a latency in nanoseconds (shared so both sides agree).
+/// Index of the log-linear bucket for a latency in nanoseconds (shared so both sides agree):
+/// a shift, a count of leading zeros and a mask.
 #[inline(always)]
 pub fn latency_bucket(ns: u64) -> usize {
-    let us = ns / 1000;
-    if us == 0 {
-        return 0;
+    let v = ns >> HIST_UNIT_SHIFT;
+    if v < HIST_SUB as u64 {
+        return v as usize;
     }
-    let b = 63 - us.leading_zeros() as usize;
+    let msb = 63 - v.leading_zeros();
+    let sub = ((v >> (msb - HIST_SUB_BITS)) as usize) & (HIST_SUB - 1);
+    let b = (msb - HIST_SUB_BITS + 1) as usize * HIST_SUB + sub;
     if b >= HIST_BUCKETS {
         HIST_BUCKETS - 1
     } else {
         b
+    }
+}
+
+/// The lowest latency (ns) bucket `b` holds; it holds up to the next bucket's lower bound
+/// (the last one: without bound).
+pub const fn bucket_low_ns(b: usize) -> u64 {
+    if b < HIST_SUB {
+        return (b as u64) << HIST_UNIT_SHIFT;
+    }
+    let msb = (b / HIST_SUB) as u32 + HIST_SUB_BITS - 1;
+    let sub = (b % HIST_SUB) as u64;
+    ((HIST_SUB as u64 + sub) << (msb - HIST_SUB_BITS)) << HIST_UNIT_SHIFT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every latency lands in the bucket whose bounds hold it, and every bucket from 2 µs on is
+    /// at most 1/16 of its lower bound wide.
+    #[test]
+    fn log_linear_buckets_hold_their_latencies_within_one_sixteenth() {
+        for b in 0..HIST_BUCKETS {
+            let (low, high) = (bucket_low_ns(b), bucket_low_ns(b + 1));
+            assert!(low < high, "bucket {b}");
+            assert_eq!(latency_bucket(low), b, "{low} ns");
+            if b + 1 < HIST_BUCKETS {
+                assert_eq!(latency_bucket(high - 1), b, "{} ns", high - 1);
+            }
+            if b >= HIST_SUB {
+                assert!((high - low) * 16 <= low, "bucket {b}: {low}..{high}");
+            } else {
+                assert_eq!(high - low, 1 << HIST_UNIT_SHIFT);
+            }
+        }
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(
+            latency_bucket(65_000),
+            latency_bucket(bucket_low_ns(latency_bucket(65_000)))
+        );
+        assert_eq!(bucket_low_ns(HIST_BUCKETS - 1), 1_040_187_392); // 31 × 2^18 units
+        assert_eq!(latency_bucket(u64::MAX), HIST_BUCKETS - 1);
+        assert_eq!(latency_bucket(60_000_000_000), HIST_BUCKETS - 1);
     }
 }

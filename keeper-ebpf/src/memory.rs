@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use keeper_common::{OomEvent, ReclaimStats, latency_bucket};
@@ -19,8 +19,15 @@ static OOM_VICTIM_PID_OFF: u32 = 0;
 #[map(name = "RECLAIM_START")]
 static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 
+/// Per cgroup (an LRU map is allocated whole: 1024 × 2.6 KB of log-linear buckets; a host's
+/// memory cgroups that stall are far fewer, and the least recent one makes room).
 #[map(name = "RECLAIM_STATS")]
-static RECLAIM_STATS: LruHashMap<u64, ReclaimStats> = LruHashMap::with_max_entries(4096, 0);
+static RECLAIM_STATS: LruHashMap<u64, ReclaimStats> = LruHashMap::with_max_entries(1024, 0);
+
+/// A zeroed [`ReclaimStats`], never written: a cgroup's first stall inserts a copy of it (the
+/// log-linear buckets do not fit on the 512-byte BPF stack).
+#[map(name = "RECLAIM_ZERO")]
+static RECLAIM_ZERO: PerCpuArray<ReclaimStats> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "OOM_EVENTS")]
 static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
@@ -47,24 +54,24 @@ pub fn keeper_rcl_end(_ctx: TracePointContext) -> u32 {
     let ns = now - start;
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let b = latency_bucket(ns);
-    match RECLAIM_STATS.get_ptr_mut(cgroup) {
-        Some(s) => unsafe {
+    if RECLAIM_STATS.get_ptr_mut(cgroup).is_none() {
+        let Some(zero) = RECLAIM_ZERO.get_ptr(0) else {
+            return 0;
+        };
+        // SAFETY: a valid pointer to the map's value, read whole by the helper. By reference:
+        // a value would be copied onto the stack, which it does not fit.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let _ = RECLAIM_STATS.insert(cgroup, unsafe { &*zero }, 0);
+    }
+    if let Some(s) = RECLAIM_STATS.get_ptr_mut(cgroup) {
+        // SAFETY: a pointer to this cgroup's value in the map, valid for this program's run;
+        // concurrent updates from another CPU may lose a count (statistics only).
+        unsafe {
             if b < (*s).hist.len() {
                 (*s).hist[b] += 1;
             }
             (*s).count += 1;
             (*s).total_ns += ns;
-        },
-        None => {
-            let mut s = ReclaimStats {
-                hist: [0; keeper_common::HIST_BUCKETS],
-                count: 1,
-                total_ns: ns,
-            };
-            if b < s.hist.len() {
-                s.hist[b] = 1;
-            }
-            let _ = RECLAIM_STATS.insert(cgroup, s, 0);
         }
     }
     0

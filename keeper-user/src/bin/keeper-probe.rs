@@ -12,6 +12,11 @@
 //!   an absolute clock) it wakes and does WORK_US of CPU work; each tick's response time (from
 //!   its due time to its work done, in µs) goes to OUT, one per line. Unlike a wakeup-latency
 //!   probe it needs the CPU: a task sharing the core stretches every tick;
+//! - `keeper-probe wakes SECONDS PERIOD_US WAKER_CPU OUT`: a thread pinned to WAKER_CPU
+//!   wakes the main thread through an eventfd every PERIOD_US, stamping the instant just
+//!   before; the main thread, once it runs, writes how long after that stamp (in ns, one per
+//!   line) to OUT: its own wake-up latency, beside the keeper's run-queue latency (`cargo
+//!   xtask bench isolation`'s latency check);
 //! - `keeper-probe newcomers SECONDS EVERY_MS CPU...`: every EVERY_MS, starts a fresh
 //!   `keeper-probe spin 0.03` allowed on CPU... (its own affinity stays as it was): newcomers
 //!   born in this process's cgroup, the way a service's workers are;
@@ -124,6 +129,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("wakes") => {
+            let (Some(secs), Some(period), Some(cpu), Some(out)) =
+                (num(1), num(2), num(3), args.get(4))
+            else {
+                eprintln!("usage: keeper-probe wakes SECONDS PERIOD_US WAKER_CPU OUT");
+                return ExitCode::from(2);
+            };
+            let text: String = (wakes(secs, period, cpu as usize).iter())
+                .map(|ns| format!("{ns}\n"))
+                .collect();
+            match std::fs::write(out, text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keeper-probe: {out}: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some("newcomers") => {
             let (Some(secs), Some(every)) = (num(1), num(2)) else {
                 eprintln!("usage: keeper-probe newcomers SECONDS EVERY_MS CPU...");
@@ -163,7 +186,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME] | repin SECONDS CPU [NAME] | ticks SECONDS PERIOD_US WORK_US OUT | newcomers SECONDS EVERY_MS CPU... | mem MIB SECONDS | psi-wait FILE PERCENT SECONDS"
+                "usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME] | repin SECONDS CPU [NAME] | ticks SECONDS PERIOD_US WORK_US OUT | wakes SECONDS PERIOD_US WAKER_CPU OUT | newcomers SECONDS EVERY_MS CPU... | mem MIB SECONDS | psi-wait FILE PERCENT SECONDS"
             );
             ExitCode::from(2)
         }
@@ -213,6 +236,61 @@ fn ticks(secs: u64, period_us: u64, work_us: u64) -> Vec<u64> {
         due += period;
     }
     std::hint::black_box(x);
+    out
+}
+
+/// Wake-up latencies (ns) of this thread, woken through an eventfd by a thread on `waker_cpu`
+/// every `period_us` for `secs`: from the waker's stamp, taken just before its write, to this
+/// thread running again.
+fn wakes(secs: u64, period_us: u64, waker_cpu: usize) -> Vec<u64> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    // SAFETY: eventfd with no preconditions; -1 on failure, checked.
+    let efd = unsafe { libc::eventfd(0, 0) };
+    if efd < 0 {
+        return vec![];
+    }
+    let stamp = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (s, d) = (stamp.clone(), done.clone());
+    let waker = std::thread::spawn(move || {
+        // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread (0).
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(waker_cpu, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_micros(period_us.max(1)));
+            s.store(clock_ns(libc::CLOCK_MONOTONIC), Ordering::SeqCst);
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a valid u64 to the eventfd.
+            unsafe { libc::write(efd, (&raw const one).cast(), 8) };
+        }
+        d.store(true, Ordering::SeqCst);
+        let one = 1u64;
+        // SAFETY: as above: the last write lets the reader see `done`.
+        unsafe { libc::write(efd, (&raw const one).cast(), 8) };
+    });
+    let mut out = Vec::with_capacity((secs * 1_000_000 / period_us.max(1)) as usize);
+    loop {
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a valid u64 from the eventfd.
+        let r = unsafe { libc::read(efd, (&raw mut n).cast(), 8) };
+        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        if r != 8 || done.load(Ordering::SeqCst) {
+            break;
+        }
+        // Two writes folded into one read (this thread was late by a whole period): only the
+        // last one is timed.
+        out.push(now.saturating_sub(stamp.load(Ordering::SeqCst)));
+    }
+    let _ = waker.join();
+    // SAFETY: closes the eventfd made above, used by no one now.
+    unsafe { libc::close(efd) };
     out
 }
 

@@ -9,7 +9,6 @@ use super::{
     svg::{self, Mark, Series, esc},
     view::{CpuView, LatencyView},
 };
-use crate::sense::latency::Histogram;
 
 const STYLE: &str = "body{font-family:sans-serif;margin:24px;color:#222;max-width:1000px}\
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ccc}\
@@ -113,7 +112,7 @@ fn slo(h: &mut String, r: &RunRecord) {
 }
 
 fn quantiles(l: &LatencyView) -> String {
-    let f = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("≤ {v}"));
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     format!(
         "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
         l.count,
@@ -121,7 +120,7 @@ fn quantiles(l: &LatencyView) -> String {
         f(l.p90_us),
         f(l.p99_us),
         f(l.p999_us),
-        l.max_us.map_or("-".into(), |m| format!("{m:.0}"))
+        l.max_us.map_or("-".into(), |m| format!("{m:.1}"))
     )
 }
 
@@ -143,6 +142,11 @@ fn trading_cores(h: &mut String, r: &RunRecord) {
         }
     }
     h.push_str("</table>");
+    let _ = write!(
+        h,
+        "<p class=\"small\">Quantiles {}.</p>",
+        esc(crate::sense::latency::QUANTILE_ERROR)
+    );
     for c in &r.cpus {
         histogram(h, c);
     }
@@ -150,13 +154,13 @@ fn trading_cores(h: &mut String, r: &RunRecord) {
 
 fn histogram(h: &mut String, c: &CpuView) {
     let l = &c.protected;
-    let last = l.buckets.iter().rposition(|&n| n > 0).unwrap_or(0);
-    let labels: Vec<String> = (0..=last.max(7))
-        .map(|i| Histogram::bucket_low_us(i).to_string())
+    // From 0 µs to at least 256 µs, so that the axis reads the same across runs.
+    let mut rows = super::view::all_octaves(&l.buckets);
+    rows.truncate(rows.iter().rposition(|r| r.2 > 0).unwrap_or(0).max(7) + 1);
+    let labels: Vec<String> = (rows.iter())
+        .map(|(low, _, _)| format!("{}", *low as f64 / 1000.0))
         .collect();
-    let values: Vec<u64> = (0..labels.len())
-        .map(|i| l.buckets.get(i).copied().unwrap_or(0))
-        .collect();
+    let values: Vec<u64> = rows.iter().map(|r| r.2).collect();
     h.push_str(&svg::bars(
         &format!("histogram-cpu{}", c.cpu),
         &format!(
@@ -359,7 +363,7 @@ fn memory(h: &mut String, r: &RunRecord) {
                 esc(&rc.cgroup),
                 rc.stalls,
                 rc.total_ms,
-                rc.p99_us.map_or("-".into(), |p| format!("≤ {p}"))
+                rc.p99_us.map_or("-".into(), |p| format!("{p:.1}"))
             );
         }
         h.push_str("</table>");

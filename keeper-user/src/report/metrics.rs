@@ -24,7 +24,10 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::report::view::{CpuView, NoiseView};
+use crate::{
+    report::view::{CpuView, NoiseView},
+    sense::latency::Histogram,
+};
 
 /// Everything a scrape shows, as of the last tick.
 #[derive(Debug, Default, Clone)]
@@ -155,31 +158,19 @@ impl Collector for Metrics {
             Ok(s) => s.clone(),
             Err(_) => return Ok(()),
         };
-        // Wakeup latency per trading core, from the kernel's log2 buckets: bucket i counts
-        // 2^i ≤ µs < 2^(i+1), so its upper bound is 2^(i+1) µs. The sum is estimated from the
-        // bucket midpoints (the kernel side keeps counts, not sums).
+        // Wakeup latency per trading core, from the kernel's log-linear buckets, four of them
+        // to a `le` bound (docs/run.md); the sum is estimated from the bucket midpoints (the
+        // kernel side keeps counts, not sums).
         let mut m = enc.encode_descriptor(
             "keeper_wakeup_latency_seconds",
-            "Run-queue latency (wakeup to on-CPU) on the trading cores, by task kind",
+            "Run-queue latency (wakeup to on-CPU) on the trading cores, by task kind (le bounds: 4 per power of two, 0.512 us apart below 2.048 us)",
             None,
             MetricType::Histogram,
         )?;
         for c in &s.cpus {
             for (tasks, l) in [("protected", &c.protected), ("other", &c.other)] {
                 let labels: Labels = vec![("cpu", c.cpu.to_string()), ("tasks", tasks.into())];
-                let mut buckets: Vec<(f64, u64)> = l
-                    .buckets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| ((1u64 << (i + 1)) as f64 / 1e6, *n))
-                    .collect();
-                buckets.push((f64::MAX, 0));
-                let sum: f64 = l
-                    .buckets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| *n as f64 * 1.5 * (1u64 << i) as f64 / 1e6)
-                    .sum();
+                let (buckets, sum) = le_buckets(&l.buckets);
                 m.encode_family(&labels)?
                     .encode_histogram::<NoLabelSet>(sum, l.count, &buckets, None)?;
             }
@@ -463,6 +454,36 @@ pub async fn serve(
     }))
 }
 
+/// The kernel's log-linear buckets, four to a `le` bound (in seconds; the last one `+Inf`),
+/// as /metrics gives them (non-cumulative counts), and the sum estimated from the buckets'
+/// midpoints (the last one's lower bound).
+fn le_buckets(buckets: &[u64]) -> (Vec<(f64, u64)>, f64) {
+    const PER_BOUND: usize = 4;
+    let groups = keeper_common::HIST_BUCKETS / PER_BOUND;
+    let le = (0..groups)
+        .map(|g| {
+            let n = (buckets.iter().skip(g * PER_BOUND).take(PER_BOUND)).sum();
+            let bound = match g + 1 {
+                last if last == groups => f64::MAX,
+                next => keeper_common::bucket_low_ns(next * PER_BOUND) as f64 / 1e9,
+            };
+            (bound, n)
+        })
+        .collect();
+    let sum = (buckets.iter().enumerate())
+        .map(|(i, &n)| {
+            let (low, high) = Histogram::bucket_bounds_ns(i);
+            let mid = if high == u64::MAX {
+                low
+            } else {
+                (low + high) / 2
+            };
+            n as f64 * mid as f64 / 1e9
+        })
+        .sum();
+    (le, sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +497,23 @@ mod tests {
         assert!(parse_addr("nope").unwrap_err().contains("HOST:PORT"));
     }
 
+    /// Four log-linear buckets to a `le` bound, the last one `+Inf`; each wakeup counted once.
+    #[test]
+    fn le_bounds_gather_four_log_linear_buckets() {
+        let mut b = vec![0; keeper_common::HIST_BUCKETS];
+        b[keeper_common::latency_bucket(3_000)] = 2;
+        b[keeper_common::latency_bucket(65_000)] = 1;
+        b[keeper_common::HIST_BUCKETS - 1] = 1;
+        let (le, sum) = le_buckets(&b);
+        assert_eq!(le.len(), keeper_common::HIST_BUCKETS / 4);
+        assert_eq!(le.iter().map(|x| x.1).sum::<u64>(), 4);
+        assert_eq!(le.last().unwrap(), &(f64::MAX, 1));
+        let at = |s: f64| le.iter().find(|(bound, _)| *bound >= s).unwrap();
+        assert_eq!(at(3e-6).1, 2, "{le:?}");
+        assert!((at(65e-6).0 - 65e-6).abs() < 65e-6 * 0.25);
+        assert!(sum > 1.0 && sum < 1.1, "{sum}");
+    }
+
     #[test]
     fn a_snapshot_renders_as_openmetrics() {
         let m = Metrics::default();
@@ -487,7 +525,12 @@ mod tests {
                 p99_us: None,
                 p999_us: None,
                 max_us: None,
-                buckets: vec![0, 2, 1],
+                buckets: {
+                    let mut b = vec![0; keeper_common::HIST_BUCKETS];
+                    b[keeper_common::latency_bucket(3_000)] = 2;
+                    b[keeper_common::latency_bucket(50_000)] = 1;
+                    b
+                },
             };
             s.cpus = vec![CpuView {
                 cpu: 1,
@@ -506,7 +549,9 @@ mod tests {
         });
         let text = m.render();
         for want in [
-            "keeper_wakeup_latency_seconds_bucket{le=\"0.000004\",cpu=\"1\",tasks=\"protected\"} 2",
+            "keeper_wakeup_latency_seconds_bucket{le=\"0.000003072\",cpu=\"1\",tasks=\"protected\"} 2",
+            "keeper_wakeup_latency_seconds_bucket{le=\"0.000049152\",cpu=\"1\",tasks=\"protected\"} 2",
+            "keeper_wakeup_latency_seconds_bucket{le=\"0.000057344\",cpu=\"1\",tasks=\"protected\"} 3",
             "keeper_wakeup_latency_seconds_bucket{le=\"+Inf\",cpu=\"1\",tasks=\"protected\"} 3",
             "keeper_evictions_total 4",
             "keeper_actions_total{kind=\"freeze\",ok=\"true\"} 2",

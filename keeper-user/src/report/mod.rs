@@ -175,7 +175,8 @@ pub struct ReclaimRecord {
     pub workload: Option<String>,
     pub stalls: u64,
     pub total_ms: f64,
-    pub p99_us: Option<u64>,
+    /// Interpolated in its log-linear bucket (before: its log2 bucket's upper bound).
+    pub p99_us: Option<f64>,
 }
 
 /// "This workload's class is too small."

@@ -318,16 +318,17 @@ fn wakeup_verdict(workload: &str, target: std::time::Duration, cpus: &[CpuView])
         });
     }
     let target_us = target.as_secs_f64() * 1e6;
-    let p99 = merged.quantile_upper_us(0.99);
+    let p99 = merged.quantile(0.99).map(|q| q.us());
     SloVerdict {
         workload: workload.into(),
         objective: "trading_p99_wakeup".into(),
         target: format!("p99 ≤ {target_us:.0} µs"),
-        measured: p99.map(|p| format!("p99 ≤ {p} µs ({} wakeups)", merged.count())),
-        met: p99.map(|p| (p as f64) <= target_us),
-        detail: "protected tasks' wakeup latency on the trading cores, whole run (log2 buckets: \
-                 the p99 is the upper bound of its bucket)"
-            .into(),
+        measured: p99.map(|p| format!("p99 {p:.1} µs ({} wakeups)", merged.count())),
+        met: p99.map(|p| p <= target_us),
+        detail: format!(
+            "protected tasks' wakeup latency on the trading cores, whole run (quantiles {})",
+            crate::sense::latency::QUANTILE_ERROR
+        ),
     }
 }
 
@@ -436,7 +437,7 @@ pub fn reclaim_records(
                 cgroup,
                 stalls: r.count,
                 total_ms: r.total_ns as f64 / 1e6,
-                p99_us: r.stalls.quantile_upper_us(0.99),
+                p99_us: r.stalls.quantile(0.99).map(|q| q.us()),
             }
         })
         .collect();

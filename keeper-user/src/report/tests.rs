@@ -3,16 +3,16 @@
 use super::{view::*, *};
 
 fn record() -> RunRecord {
-    let mut buckets = vec![0u64; 27];
-    buckets[3] = 900;
-    buckets[4] = 90;
-    buckets[6] = 10;
+    let mut buckets = vec![0u64; keeper_common::HIST_BUCKETS];
+    buckets[keeper_common::latency_bucket(10_000)] = 900;
+    buckets[keeper_common::latency_bucket(20_000)] = 90;
+    buckets[keeper_common::latency_bucket(70_000)] = 10;
     let lat = LatencyView {
         count: 1000,
-        p50_us: Some(15),
-        p90_us: Some(15),
-        p99_us: Some(31),
-        p999_us: Some(127),
+        p50_us: Some(10.1),
+        p90_us: Some(10.2),
+        p99_us: Some(20.3),
+        p999_us: Some(70.4),
         max_us: Some(101.0),
         buckets,
     };
@@ -54,7 +54,7 @@ fn record() -> RunRecord {
             workload: "banker".into(),
             objective: "trading_p99_wakeup".into(),
             target: "p99 ≤ 100 µs".into(),
-            measured: Some("p99 ≤ 31 µs (1000 wakeups)".into()),
+            measured: Some("p99 20.3 µs (1000 wakeups)".into()),
             met: Some(true),
             detail: "d".into(),
         }],
@@ -103,12 +103,9 @@ fn html_is_one_self_contained_page_with_every_chart() {
     );
     assert!(html.contains("class=\"met\""));
     assert!(html.contains("No GPU readings"));
-    // Buckets 0..=7 are drawn (at least eight, so the axis reads the same across runs).
-    assert_eq!(
-        html.matches("class=\"bar\"").count(),
-        8,
-        "buckets 0..=7 drawn"
-    );
+    // Powers of two from 0 µs to 256 µs are drawn (at least eight, so the axis reads the same
+    // across runs).
+    assert_eq!(html.matches("class=\"bar\"").count(), 8, "0–256 µs drawn");
 }
 
 #[test]
@@ -119,7 +116,7 @@ fn text_leads_with_the_verdicts() {
     let slo = text.find("Service levels").unwrap();
     assert!(slo < text.find("Trading cores").unwrap());
     assert!(text.contains("MET"));
-    assert!(text.contains("p99 ≤31"));
+    assert!(text.contains("p99 20.3 "), "{text}");
     assert!(text.contains("freeze muse [eva-core.preempt]"));
 }
 
@@ -134,6 +131,22 @@ fn json_round_trips_and_old_records_still_read() {
         "eviction_latency":{"count":0,"p50_us":null,"p99_us":null,"max_us":null,"samples_us":[]},
         "errors":0,"actions":[]}"#;
     assert!(parse("old.json", old).unwrap().samples.is_empty());
+}
+
+/// A record written with the former 32 log2 buckets reads into the log-linear ones, each
+/// count at its bucket's midpoint (bucket 3, 8–16 µs: at 12 µs).
+#[test]
+fn a_record_with_log2_buckets_reads_into_log_linear_ones() {
+    let mut log2 = vec![0u64; 32];
+    log2[3] = 5;
+    log2[10] = 1;
+    let json =
+        format!(r#"{{"count":6,"p50_us":16,"p99_us":2048,"max_us":1500.0,"buckets":{log2:?}}}"#);
+    let view: LatencyView = serde_json::from_str(&json).unwrap();
+    assert_eq!(view.buckets.len(), keeper_common::HIST_BUCKETS);
+    assert_eq!(view.buckets[keeper_common::latency_bucket(12_000)], 5);
+    assert_eq!(view.buckets[keeper_common::latency_bucket(1_536_000)], 1);
+    assert_eq!(view.p50_us, Some(16.0));
 }
 
 #[test]

@@ -43,9 +43,13 @@ pub fn write(out: &mut impl Write, r: &RunRecord) -> io::Result<()> {
         )?;
     }
 
-    writeln!(out, "\nTrading cores:")?;
+    writeln!(
+        out,
+        "\nTrading cores (quantiles {}):",
+        crate::sense::latency::QUANTILE_ERROR
+    )?;
     for c in &r.cpus {
-        let q = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("≤{v}"));
+        let q = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let l = &c.protected;
         writeln!(
             out,
@@ -56,7 +60,7 @@ pub fn write(out: &mut impl Write, r: &RunRecord) -> io::Result<()> {
             q(l.p90_us),
             q(l.p99_us),
             q(l.p999_us),
-            l.max_us.map_or("-".into(), |m| format!("{m:.0}"))
+            l.max_us.map_or("-".into(), |m| format!("{m:.1}"))
         )?;
         write_histogram(out, c.cpu, "protected tasks", l)?;
     }
@@ -112,11 +116,11 @@ pub fn write(out: &mut impl Write, r: &RunRecord) -> io::Result<()> {
     for rc in r.reclaim.iter().take(5) {
         writeln!(
             out,
-            "  direct reclaim in {}: {} stalls, {:.1} ms in all, p99 ≤ {} µs",
+            "  direct reclaim in {}: {} stalls, {:.1} ms in all, p99 {} µs",
             rc.cgroup,
             rc.stalls,
             rc.total_ms,
-            rc.p99_us.map_or("-".into(), |p| p.to_string())
+            rc.p99_us.map_or("-".into(), |p| format!("{p:.1}"))
         )?;
     }
     for a in &r.sizing {

@@ -43,26 +43,47 @@ impl CpuView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LatencyView {
     pub count: u64,
-    pub p50_us: Option<u64>,
+    /// Quantiles in µs, interpolated in their bucket ([`crate::sense::latency::QUANTILE_ERROR`];
+    /// in records written before the log-linear buckets: their log2 bucket's upper bound).
+    pub p50_us: Option<f64>,
     #[serde(default)]
-    pub p90_us: Option<u64>,
-    pub p99_us: Option<u64>,
+    pub p90_us: Option<f64>,
+    pub p99_us: Option<f64>,
     #[serde(default)]
-    pub p999_us: Option<u64>,
+    pub p999_us: Option<f64>,
     pub max_us: Option<f64>,
-    /// Bucket i counts wakeups with 2^i ≤ latency < 2^(i+1) µs (bucket 0 also holds 0 µs).
+    /// Counts per log-linear bucket ([`Histogram::bucket_bounds_ns`]); a record written with
+    /// the former 32 log2 buckets is read into them, each count at its bucket's midpoint.
+    #[serde(deserialize_with = "log_linear_buckets")]
     pub buckets: Vec<u64>,
+}
+
+/// Buckets as a record holds them: log-linear, or the former 32 log2 buckets (bucket i:
+/// 2^i ≤ µs < 2^(i+1)), each count moved to the log-linear bucket of its midpoint.
+fn log_linear_buckets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    let read = Vec::<u64>::deserialize(d)?;
+    const LOG2_BUCKETS: usize = 32;
+    if read.len() != LOG2_BUCKETS {
+        return Ok(read);
+    }
+    let mut out = vec![0; keeper_common::HIST_BUCKETS];
+    for (i, n) in read.into_iter().enumerate() {
+        let mid_ns = if i == 0 { 500 } else { 1500u64 << i };
+        out[keeper_common::latency_bucket(mid_ns)] += n;
+    }
+    Ok(out)
 }
 
 impl From<&Histogram> for LatencyView {
     fn from(h: &Histogram) -> Self {
         let count = h.count();
+        let q = |q: f64| h.quantile(q).map(|q| q.us());
         Self {
             count,
-            p50_us: h.quantile_upper_us(0.5),
-            p90_us: h.quantile_upper_us(0.9),
-            p99_us: h.quantile_upper_us(0.99),
-            p999_us: h.quantile_upper_us(0.999),
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
             max_us: (count > 0).then(|| h.max_ns as f64 / 1000.0),
             buckets: h.buckets.clone(),
         }
@@ -136,45 +157,75 @@ pub fn intruder_views(
     (strip(&mut users), strip(&mut kernel))
 }
 
+/// The histogram as text: its quantiles, then one line per power of two that holds wakeups
+/// (its 16 log-linear buckets summed; the quantiles come from the fine buckets).
 pub fn write_histogram(
     out: &mut impl std::io::Write,
     cpu: u32,
     label: &str,
     l: &LatencyView,
 ) -> std::io::Result<()> {
-    let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("≤ {v} µs"));
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} µs"));
     writeln!(
         out,
-        "CPU {cpu}, {label}: {} wakeups, p50 {}, p99 {}, max {}",
+        "CPU {cpu}, {label}: {} wakeups, p50 {}, p99 {}, p99.9 {}, max {}",
         l.count,
         fmt(l.p50_us),
         fmt(l.p99_us),
-        l.max_us.map_or("-".to_string(), |m| format!("{m:.0} µs"))
+        fmt(l.p999_us),
+        l.max_us.map_or("-".to_string(), |m| format!("{m:.1} µs"))
     )?;
-    let first = l.buckets.iter().position(|&c| c > 0);
-    let last = l.buckets.iter().rposition(|&c| c > 0);
-    let (Some(first), Some(last)) = (first, last) else {
+    let rows = octaves(&l.buckets);
+    let peak = rows.iter().map(|r| r.2).max().unwrap_or(1).max(1);
+    if rows.is_empty() {
         return Ok(());
-    };
-    let peak = l.buckets.iter().copied().max().unwrap_or(1).max(1);
+    }
     writeln!(
         out,
         "{:>10} -> {:<10} : {:<8} distribution",
         "µs", "", "count"
     )?;
-    for i in first..=last {
-        let c = l.buckets[i];
+    for (low, high, c) in rows {
         let bar = "*".repeat(((c * 40).div_ceil(peak)) as usize);
+        let high = if high == u64::MAX {
+            "…".to_string()
+        } else {
+            format!("{:.1}", high as f64 / 1000.0)
+        };
         writeln!(
             out,
-            "{:>10} -> {:<10} : {:<8} |{:<40}|",
-            Histogram::bucket_low_us(i),
-            (1u64 << (i + 1)) - 1,
+            "{:>10.1} -> {:<10} : {:<8} |{:<40}|",
+            low as f64 / 1000.0,
+            high,
             c,
             bar
         )?;
     }
     Ok(())
+}
+
+/// Log-linear buckets summed by power of two (the first 2 µs as one row), from the first row
+/// that holds a count to the last: `(low ns, high ns, count)`.
+pub fn octaves(buckets: &[u64]) -> Vec<(u64, u64, u64)> {
+    let rows = all_octaves(buckets);
+    let first = rows.iter().position(|r| r.2 > 0);
+    let last = rows.iter().rposition(|r| r.2 > 0);
+    match (first, last) {
+        (Some(f), Some(l)) => rows[f..=l].to_vec(),
+        _ => vec![],
+    }
+}
+
+/// Every power of two's row of [`octaves`], from 0 µs.
+pub fn all_octaves(buckets: &[u64]) -> Vec<(u64, u64, u64)> {
+    let sub = keeper_common::HIST_SUB;
+    (buckets.chunks(sub).enumerate())
+        .map(|(o, chunk)| {
+            let low = Histogram::bucket_bounds_ns(o * sub).0;
+            let high = Histogram::bucket_bounds_ns(o * sub + chunk.len() - 1).1;
+            (low, high, chunk.iter().sum())
+        })
+        .collect()
 }
 
 pub fn write_intruders(

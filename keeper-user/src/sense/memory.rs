@@ -100,10 +100,12 @@ impl MemorySensor {
             .iter()
             .filter_map(Result::ok)
             .map(|(cgroup_id, s)| {
-                let max_bucket = s.hist.iter().rposition(|&n| n > 0).unwrap_or(0);
+                // No exact maximum is kept: the top bucket's upper bound stands for it.
+                let top = s.hist.iter().rposition(|&n| n > 0).unwrap_or(0);
+                let max_ns = Histogram::bucket_bounds_ns(top).1.saturating_sub(1);
                 ReclaimReadout {
                     cgroup_id,
-                    stalls: Histogram::from_buckets(&s.hist, (1u64 << (max_bucket + 1)) * 1000),
+                    stalls: Histogram::from_buckets(&s.hist, max_ns),
                     count: s.count,
                     total_ns: s.total_ns,
                 }

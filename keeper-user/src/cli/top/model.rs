@@ -80,16 +80,16 @@ pub struct Core {
     /// Shares of the core's time (0–1) taken by intruders.
     pub intruder_share_window: Option<f64>,
     pub intruder_share_run: Option<f64>,
-    /// The window's histogram (bucket i: 2^i ≤ µs < 2^(i+1)).
+    /// The window's histogram (the kernel's log-linear buckets).
     pub buckets: Vec<u64>,
 }
 
-/// Wakeups counted, and their p50 and p99 (upper bounds of log2 buckets, µs).
+/// Wakeups counted, and their p50 and p99 (µs, interpolated in their log-linear bucket).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Latency {
     pub wakeups: u64,
-    pub p50_us: Option<u64>,
-    pub p99_us: Option<u64>,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
 }
 
 /// One intruder: its time on the trading cores in the window and over the run.
@@ -126,7 +126,7 @@ fn core(now: &CpuView, before: Option<&CpuView>) -> Core {
     let (b_intruder, b_total) = before.map_or((0, 0), |b| (b.intruder_ns, total(b)));
     Core {
         cpu: now.cpu,
-        window: latency(&buckets),
+        window: latency(&buckets, now.protected.max_us),
         run: Latency {
             wakeups: now.protected.count,
             p50_us: now.protected.p50_us,
@@ -141,16 +141,16 @@ fn core(now: &CpuView, before: Option<&CpuView>) -> Core {
     }
 }
 
-fn latency(buckets: &[u64]) -> Latency {
-    // The window's largest sample is unknown: bucket bounds only.
+fn latency(buckets: &[u64], run_max_us: Option<f64>) -> Latency {
+    // The window's largest sample is unknown: the run's bounds it.
     let h = Histogram {
         buckets: buckets.to_vec(),
-        max_ns: u64::MAX,
+        max_ns: run_max_us.map_or(u64::MAX, |m| (m * 1000.0).ceil() as u64),
     };
     Latency {
         wakeups: h.count(),
-        p50_us: h.quantile_upper_us(0.5),
-        p99_us: h.quantile_upper_us(0.99),
+        p50_us: h.quantile(0.5).map(|q| q.us()),
+        p99_us: h.quantile(0.99).map(|q| q.us()),
     }
 }
 
@@ -224,22 +224,32 @@ pub fn workloads(frame: &Frame, sort: Sort) -> Vec<&crate::interface::frame::Wor
 /// that holds a wakeup, with the range it covers: `▁▃█▂ 2µs–32µs`.
 pub fn histogram_line(buckets: &[u64]) -> String {
     const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let (Some(first), Some(last)) = (
-        buckets.iter().position(|&c| c > 0),
-        buckets.iter().rposition(|&c| c > 0),
-    ) else {
+    let rows = crate::report::view::octaves(buckets);
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return "no wakeups".to_string();
     };
-    let peak = buckets.iter().copied().max().unwrap_or(1).max(1);
-    let bars: String = buckets[first..=last]
-        .iter()
-        .map(|&c| match c {
+    let peak = rows.iter().map(|r| r.2).max().unwrap_or(1).max(1);
+    let bars: String = (rows.iter())
+        .map(|&(_, _, c)| match c {
             0 => ' ',
             c => BLOCKS[((c * 8).div_ceil(peak) as usize).clamp(1, 8) - 1],
         })
         .collect();
-    let low = Histogram::bucket_low_us(first);
-    format!("{bars} {}–{}", micros(low), micros(1u64 << (last + 1)))
+    let high = match last.1 {
+        u64::MAX => "…".to_string(),
+        ns => micros(ns / 1000),
+    };
+    format!("{bars} {}–{high}", micros(first.0 / 1000))
+}
+
+/// A quantile in microseconds, short: `3.2µs`, `512µs`, `2.05ms`, `1.20s`.
+pub fn micros_f(us: f64) -> String {
+    match us {
+        ..10.0 => format!("{us:.1}µs"),
+        ..1_000.0 => format!("{us:.0}µs"),
+        ..1_000_000.0 => format!("{:.2}ms", us / 1e3),
+        _ => format!("{:.2}s", us / 1e6),
+    }
 }
 
 /// A duration in microseconds, short: `512µs`, `2ms`, `1s`.
@@ -270,7 +280,7 @@ mod tests {
     fn cpu(buckets: Vec<u64>, intruder_ns: u64, all_ns: u64) -> CpuView {
         let h = Histogram {
             buckets: buckets.clone(),
-            max_ns: 1 << 20,
+            max_ns: 2_000_000,
         };
         CpuView {
             cpu: 1,
@@ -324,9 +334,10 @@ mod tests {
     #[test]
     fn the_window_is_the_difference_of_frames_about_five_seconds_apart() {
         let mut h = History::default();
-        // 100 fast wakeups in the first 10 s, then 100 slow ones (bucket 10: 1–2 ms).
-        let mut fast = vec![0u64; 12];
-        fast[3] = 100;
+        // 100 fast wakeups in the first 10 s (at 12 µs), then 100 slow ones (at 1.5 ms).
+        let at = keeper_common::latency_bucket;
+        let mut fast = vec![0u64; keeper_common::HIST_BUCKETS];
+        fast[at(12_000)] = 100;
         for s in 0..=10u64 {
             h.push(frame(
                 s as f64,
@@ -335,7 +346,7 @@ mod tests {
             ));
         }
         let mut both = fast.clone();
-        both[10] = 100;
+        both[at(1_500_000)] = 100;
         // The intruder took 1 s of the last 5 s (0.5 s in each of the last two frames).
         for s in 11..=15u64 {
             let intruder = if s >= 14 { (s - 13) * 500_000_000 } else { 0 };
@@ -351,9 +362,10 @@ mod tests {
             c.window.wakeups, 100,
             "only the slow ones are in the window"
         );
-        assert_eq!(c.window.p50_us, Some(2048));
+        let near = |got: Option<f64>, us: f64| got.is_some_and(|g| (g - us).abs() <= us * 0.0625);
+        assert!(near(c.window.p50_us, 1500.0), "{:?}", c.window);
         assert_eq!(c.run.wakeups, 200);
-        assert_eq!(c.run.p50_us, Some(16));
+        assert!(near(c.run.p50_us, 12.0), "{:?}", c.run);
         let w = c.intruder_share_window.unwrap();
         assert!((w - 0.2).abs() < 1e-6, "{w}");
         let r = c.intruder_share_run.unwrap();
@@ -371,12 +383,20 @@ mod tests {
 
     #[test]
     fn histograms_read_as_one_line_of_blocks() {
-        assert_eq!(histogram_line(&[0, 0, 0]), "no wakeups");
-        assert_eq!(histogram_line(&[0, 8, 0, 1, 4]), "█ ▁▄ 2µs–32µs");
-        let mut b = vec![0; 21];
-        b[20] = 1;
-        assert_eq!(histogram_line(&b), "█ 1s–2s");
+        let at = keeper_common::latency_bucket;
+        let mut b = vec![0; keeper_common::HIST_BUCKETS];
+        assert_eq!(histogram_line(&b), "no wakeups");
+        // By power of two: 8 wakeups at 3 µs, 1 at 10 µs, 4 at 20 µs.
+        b[at(3_000)] = 8;
+        b[at(10_000)] = 1;
+        b[at(20_000)] = 4;
+        assert_eq!(histogram_line(&b), "█ ▁▄ 2µs–32µs");
+        let mut b = vec![0; keeper_common::HIST_BUCKETS];
+        b[at(1_500_000_000)] = 1;
+        assert_eq!(histogram_line(&b), "█ 536ms–…");
         assert_eq!(micros(2048), "2ms");
+        assert_eq!(micros_f(3.25), "3.2µs");
+        assert_eq!(micros_f(2048.0), "2.05ms");
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn counters(f: &Frame) -> String {
 /// Two lines per trading core: the protected tasks' wakeup latency, then the intruders'
 /// share of its time and the window's histogram.
 pub fn core_lines(c: &Core) -> [String; 2] {
-    let us = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("≤{}", model::micros(v)));
+    let us = |v: Option<f64>| v.map_or("-".to_string(), model::micros_f);
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
     [
         format!(

@@ -14,11 +14,14 @@
 //! SCHED_FIFO 99 spinner on CPU 1 and stress-ng's affinity stressor (each also unprotected, to
 //! show that it hurts), and every adversary at once.
 //! For each: the load's share of CPU 1 sampled from /proc apart from the keeper, and the
-//! keeper's evictions with their latency (first instant on CPU 1 → moved, from its record).
-//! Then, with the keeper running: EVA preemption round trips and the daemon's footprint.
+//! keeper's evictions with their latency (first instant on CPU 1 → moved), from its record and
+//! from outside it (bpftrace on the scheduler's tracepoints, [`outside`]).
+//! Then, with the keeper running: the protected task's own wake-up latencies beside the
+//! keeper's figures, EVA preemption round trips and the daemon's footprint.
 
 pub mod guest;
 mod load;
+mod outside;
 mod rig;
 
 use std::{
@@ -231,6 +234,8 @@ struct Row {
     share: f64,
     evictions: u64,
     eviction_us: Vec<f64>,
+    /// The same evictions timed by bpftrace (first switch-in on CPU 1 → migrated off it).
+    traced_us: Vec<f64>,
     /// The keeper's own share of CPU 1 over its run (its eviction thread waits there), from
     /// its record (`None` without a keeper).
     keeper_share: Option<f64>,
@@ -275,6 +280,10 @@ impl Bench<'_> {
             )?),
             false => None,
         };
+        let tracer = match c.keeper {
+            true => Some(outside::EvictionTracer::start()?),
+            false => None,
+        };
         let load = c
             .load
             .start(self.scope, self.probe, c.cpus, self.secs + 2)?;
@@ -299,6 +308,7 @@ impl Bench<'_> {
             .collect();
         drop(load);
         drop(fresh);
+        let traced_us = tracer.map(|t| t.finish()).unwrap_or_default();
         let (evictions, eviction_us, keeper_share) = match daemon {
             Some(d) => {
                 let record = d.stop()?;
@@ -313,6 +323,7 @@ impl Bench<'_> {
             share,
             evictions,
             eviction_us,
+            traced_us,
             keeper_share,
             irqs_per_s,
         })
@@ -362,11 +373,14 @@ pub fn run(
             rows.push(bench.run(c, round)?);
         }
     }
+    eprintln!("bench: the protected task's own wake-up latencies beside the keeper's");
+    let checks = outside::latency_check(&bench)?;
     let (preempt_ms, idle_cpu_pct, rss_kib, hwm_kib) =
         preemption_and_footprint(&bench, preemptions)?;
     let _ = std::fs::remove_dir_all(&work);
     load::remove_disk_file();
     print_tables(&rows, &chosen, rounds, secs);
+    outside::print_latency_check(&checks);
     let pq = |q| quantile(&preempt_ms, q).map_or("-".into(), |v| format!("{v:.2}"));
     println!("\n| measure | count | p50 | p99 | max | target |\n|---|---|---|---|---|---|");
     println!(
@@ -394,9 +408,9 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
         load::WORK_US
     );
     println!(
-        "| condition | ticks | p50 µs | p99 µs | p99.9 µs | max µs | p99 vs static | load's share of CPU 1 | evictions | eviction p50 / p99 µs | keeper's own share of CPU 1 | IRQs/s on CPU 1 |"
+        "| condition | ticks | p50 µs | p99 µs | p99.9 µs | max µs | p99 vs static | load's share of CPU 1 | evictions | eviction p50 / p99 µs (keeper's record) | eviction p50 / p99 µs (bpftrace: on CPU 1 → migrated) | keeper's own share of CPU 1 | IRQs/s on CPU 1 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let of = |label: &str| rows.iter().filter(|r| r.label == label).collect::<Vec<_>>();
     let med = |rs: &[&Row], f: &dyn Fn(&Row) -> f64| {
         median(&rs.iter().map(|r| f(r)).collect::<Vec<_>>()).unwrap_or(0.0)
@@ -406,8 +420,10 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
         let rs = of(c.label);
         let ev: Vec<f64> = rs.iter().flat_map(|r| r.eviction_us.clone()).collect();
         let eq = |q| quantile(&ev, q).map_or("-".into(), |v| format!("{v:.0}"));
+        let tr: Vec<f64> = rs.iter().flat_map(|r| r.traced_us.clone()).collect();
+        let tq = |q| quantile(&tr, q).map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2} % | {} | {} / {} | {} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2} % | {} | {} / {} | {} / {} ({}) | {} | {:.0} |",
             c.label,
             rs.iter().map(|r| r.ticks.len()).sum::<usize>(),
             med(&rs, &|r| r.q(0.5)),
@@ -419,6 +435,9 @@ fn print_tables(rows: &[Row], chosen: &[Condition], rounds: usize, secs: u64) {
             rs.iter().map(|r| r.evictions).sum::<u64>(),
             eq(0.5),
             eq(0.99),
+            tq(0.5),
+            tq(0.99),
+            tr.len(),
             median(&rs.iter().filter_map(|r| r.keeper_share).collect::<Vec<_>>())
                 .map_or("-".into(), |s| format!("{:.3} %", 100.0 * s)),
             med(&rs, &|r| r.irqs_total()),
@@ -464,6 +483,10 @@ interrupts on CPU 1 (median per second), {}: {}",
                 .flat_map(|r| r.eviction_us.clone())
                 .collect();
             println!("\neviction samples (µs), {}: {ev:?}", c.label);
+            let tr: Vec<f64> = (of(c.label).iter())
+                .flat_map(|r| r.traced_us.clone())
+                .collect();
+            println!("bpftrace's eviction samples (µs), {}: {tr:?}", c.label);
         }
     }
 }
