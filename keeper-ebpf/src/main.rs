@@ -268,7 +268,6 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
     if prev_pid == 0 {
         stats.idle_ns += ran;
     } else {
-        let comm = unsafe { ctx.read_at::<[u8; COMM_LEN]>(global_u32(&SWITCH_PREV_COMM_OFF))? };
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         let protected = unsafe { PROTECTED_CGROUPS.get(cgroup_id) }.is_some();
         if state.pending_pid == prev_pid {
@@ -279,17 +278,20 @@ fn on_trading_switch(ctx: &TracePointContext, cpu: u32) -> Result<(), i32> {
             };
             file_latency(stats, class, state.pending_ns);
         }
-        if current_is_kthread() {
+        // A protected task is counted without reading its flags (kernel threads live in the
+        // root cgroup; a kernel thread attached to a protected one, 6.1's vhost workers, works
+        // for it); an intruder's name is read only when an event goes out.
+        if protected {
+            stats.protected_ns += ran;
+        } else if current_is_kthread() {
             stats.kernel_ns += ran;
         } else if current_is_keeper() {
             stats.keeper_ns += ran;
         } else {
-            if protected {
-                stats.protected_ns += ran;
-            } else {
-                stats.intruder_ns += ran;
-                on_intruder(stats, cpu, prev_pid, cgroup_id, ran, ran, now, &comm);
-            }
+            stats.intruder_ns += ran;
+            let off = global_u32(&SWITCH_PREV_COMM_OFF);
+            let comm = || unsafe { ctx.read_at::<[u8; COMM_LEN]>(off) }.ok();
+            on_intruder(stats, cpu, prev_pid, cgroup_id, ran, ran, now, comm);
         }
         if prev_state == 0 || prev_state & PREEMPTED_STATE != 0 {
             mark_runnable(prev_pid, now);
@@ -367,7 +369,6 @@ fn sample() -> Result<(), i32> {
     if current_is_kthread() || current_is_keeper() {
         return Ok(());
     }
-    let comm = bpf_get_current_comm()?;
     let stats = CPU_STATS.get_ptr_mut(0).ok_or(0)?;
     let state = CPU_STATE.get_ptr_mut(0).ok_or(0)?;
     let (stats, state) = unsafe { (&mut *stats, &*state) };
@@ -377,12 +378,14 @@ fn sample() -> Result<(), i32> {
     } else {
         0
     };
-    on_intruder(stats, cpu, pid, cgroup_id, 0, running, now, &comm);
+    let comm = || bpf_get_current_comm().ok();
+    on_intruder(stats, cpu, pid, cgroup_id, 0, running, now, comm);
     Ok(())
 }
 
 /// Adds `add_ns` to the pid's total and sends an event (its slice so far: `slice_ns`) unless one
-/// went out less than the rate-limit interval ago.
+/// went out less than the rate-limit interval ago. The task's name (`comm`) is read only then:
+/// most switches of an intruder send nothing.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn on_intruder(
@@ -393,11 +396,12 @@ fn on_intruder(
     add_ns: u64,
     slice_ns: u64,
     now: u64,
-    comm: &[u8; COMM_LEN],
+    comm: impl FnOnce() -> Option<[u8; COMM_LEN]>,
 ) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let interval = unsafe { core::ptr::read_volatile(&INTRUDER_EVENT_INTERVAL_NS) };
-    let moved = match INTRUDER_TOTALS.get_ptr_mut(pid) {
+    let total = INTRUDER_TOTALS.get_ptr_mut(pid);
+    let moved = match total {
         Some(total) => unsafe {
             (*total).ran_ns += add_ns;
             (*total).last_cpu = cpu;
@@ -405,14 +409,20 @@ fn on_intruder(
             // a workload or the scope); otherwise one event per interval.
             let moved = (*total).cgroup_id != cgroup_id;
             (*total).cgroup_id = cgroup_id;
-            // exec and prctl(PR_SET_NAME) rename a task: keep the latest name.
-            (*total).comm = *comm;
             if !moved && now.saturating_sub((*total).last_event_ns) < interval {
                 return;
             }
             (*total).last_event_ns = now;
             moved
         },
+        None => false,
+    };
+    let Some(comm) = comm() else {
+        return;
+    };
+    match total {
+        // exec and prctl(PR_SET_NAME) rename a task: the latest name, at each event.
+        Some(total) => unsafe { (*total).comm = comm },
         None => {
             let total = IntruderTotal {
                 ran_ns: add_ns,
@@ -420,12 +430,11 @@ fn on_intruder(
                 last_event_ns: now,
                 tgid,
                 last_cpu: cpu,
-                comm: *comm,
+                comm,
             };
             let _ = INTRUDER_TOTALS.insert(pid, total, 0);
-            false
         }
-    };
+    }
     let header = Header {
         cpu,
         pid,
@@ -437,7 +446,7 @@ fn on_intruder(
         // The sampler's report (nothing added: the task runs now) or a move: on the core now.
         wake: add_ns == 0 || moved,
     };
-    send(stats, &header, event::SLICE, slice_ns, comm);
+    send(stats, &header, event::SLICE, slice_ns, &comm);
 }
 
 /// Who an event is about.

@@ -111,6 +111,9 @@ fn policy_exists(path: &std::path::Path) -> anyhow::Result<()> {
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let gid = args.allow_group.as_deref().map(group_id).transpose()?;
     policy_exists(&args.policy)?;
+    // Before anything else grows the heap: the eBPF loader's one read of the kernel's BTF
+    // (the daemon's RSS peak is this read over what the process holds by then).
+    crate::sense::ebpf::prepare_loader();
     let cfg = DaemonConfig {
         source: PolicySource {
             file: Some(args.policy.clone()),

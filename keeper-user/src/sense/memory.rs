@@ -2,7 +2,6 @@
 //! kills, from the same eBPF object as the scheduler sensor (keeper-ebpf/src/memory.rs).
 
 use aya::{
-    EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
     programs::TracePoint,
 };
@@ -47,9 +46,12 @@ impl MemorySensor {
     pub fn attach(tracefs: &Tracefs) -> Result<Self, SenseError> {
         let pid_off = tracefs.format("oom", "mark_victim")?.offset("pid", 4)?;
         ebpf::raise_memlock_rlimit();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::OOM_VICTIM_PID_OFF, &pid_off, true)
-            .load(ebpf::object()?)?;
+        let object = ebpf::object()?;
+        let mut ebpf = ebpf::with_loader(|loader| {
+            loader
+                .override_global(globals::OOM_VICTIM_PID_OFF, ebpf::global(pid_off), true)
+                .load(object)
+        })?;
         // Direct reclaim: global (a task short of memory on the host) and a cgroup's own
         // (a task at its memory.high/max); the same programs serve both.
         let begin: &[&str] = &[
