@@ -281,7 +281,7 @@ impl Bench<'_> {
             false => None,
         };
         let tracer = match c.keeper {
-            true => Some(outside::EvictionTracer::start()?),
+            true => Some(outside::Tracer::start(outside::EVICTIONS_BT)?),
             false => None,
         };
         let load = c
