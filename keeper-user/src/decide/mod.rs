@@ -20,6 +20,7 @@ mod kernel;
 mod memory;
 mod observe;
 mod outcome;
+mod partition;
 mod reconcile;
 mod retry;
 mod service;
@@ -46,8 +47,9 @@ use jiff::Timestamp;
 
 pub use action::{Action, ActionKind, RuleId, limits_text};
 use handoff::step_failed;
-pub use observe::{GpuObs, Intruder, IrqObs, Observations, Psi, WorkloadObs};
+pub use observe::{GpuObs, Intruder, IrqObs, Observations, PartitionObs, Psi, WorkloadObs};
 pub use outcome::{Outcome, Step, acknowledge, moved, still_wanted};
+pub use partition::{PartitionKind, PartitionState};
 pub use retry::{FIRST_RETRY, LAST_RETRY, Retries};
 pub use state::{
     Applied, Batch, EVICT_COOLDOWN, EngineState, EscalationState, Handoff, Hold, Knobs,

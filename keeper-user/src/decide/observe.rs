@@ -29,11 +29,11 @@ pub struct WorkloadObs {
     /// It has runnable work (uses CPU); an idle or frozen workload is not running.
     pub running: bool,
     pub memory_pressure: Psi,
-    /// What its cgroups' `cpuset.cpus.partition` say, the most telling first: one gone
-    /// invalid (`/x: isolated invalid (…)`: a CPU went offline, someone changed a parent),
-    /// else a partition (`/x: isolated`), else `member`; `None` without cpuset files.
+    /// What its cgroups' `cpuset.cpus.partition` say, the most telling: one gone invalid (a
+    /// CPU went offline, someone changed a parent), else a partition, else a member; `None`
+    /// without cpuset files.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub partition: Option<String>,
+    pub partition: Option<PartitionObs>,
     /// Its vCPU threads (thread ids, sorted), read for the owner of the trading cores only:
     /// one born after the protection (a VM started moments later, a vCPU hot-plugged) is
     /// placed too.
@@ -49,6 +49,22 @@ impl Default for WorkloadObs {
             partition: None,
             vcpus: Vec::new(),
         }
+    }
+}
+
+/// One of a workload's cgroups and what its `cpuset.cpus.partition` says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionObs {
+    /// Relative to the cgroup v2 mount.
+    pub cgroup: String,
+    pub state: super::PartitionState,
+}
+
+impl std::fmt::Display for PartitionObs {
+    /// `/qemu.slice/200.scope: isolated invalid (…)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/{}: {}", self.cgroup, self.state)
     }
 }
 

@@ -138,8 +138,10 @@ fn an_invalid_partition_is_protected_again_at_most_every_ten_seconds() {
     let mut state = EngineState::default();
     let protects = |state: &mut EngineState, partition: &str, secs: i64| {
         let mut obs = all_present(&ALL);
-        obs.workloads.get_mut("banker").unwrap().partition =
-            Some(format!("/qemu.slice/200.scope: {partition}"));
+        obs.workloads.get_mut("banker").unwrap().partition = Some(crate::decide::PartitionObs {
+            cgroup: "qemu.slice/200.scope".into(),
+            state: crate::decide::PartitionState::parse(partition).unwrap(),
+        });
         let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
         decide(&p, state, &obs, now)
             .into_iter()

@@ -1,6 +1,7 @@
 //! The trading cores for their active owner: protection (and the partition's repair),
 //! intruders evicted, repeat offenders escalated (`rules.intruders`), and the latency SLO.
 
+use super::PartitionState;
 use super::action::{ActionKind, RuleId};
 use super::state::{EVICT_COOLDOWN, EngineState, MAX_OBSERVED_ONLY, elapsed};
 use super::tick::{Tick, Want};
@@ -295,12 +296,13 @@ pub const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(10)
 /// that was never made (a `member` from the start: no cpuset partition on this kernel) is
 /// not one to repair. Returns why, when it is repaired now.
 fn repair_partition(t: &Tick<'_>, state: &mut EngineState, owner: &str) -> Option<String> {
-    let now = t.obs.workloads.get(owner)?.partition.as_deref()?;
-    if !now.contains("invalid") && !now.ends_with(": member") {
-        state.partition_broken = None; // valid
+    let now = t.obs.workloads.get(owner)?.partition.as_ref()?;
+    let invalid = matches!(now.state, PartitionState::Invalid { .. });
+    if now.state.is_valid() {
+        state.partition_broken = None;
         return None;
     }
-    if now.contains("invalid") && state.partition_broken.is_none() {
+    if invalid && state.partition_broken.is_none() {
         state.partition_broken = Some(now.to_string());
     }
     let broken = state.partition_broken.clone()?;

@@ -4,7 +4,7 @@
 use std::{fs, path::Path};
 
 use crate::{
-    decide::{Psi, WorkloadObs},
+    decide::{PartitionObs, PartitionState, Psi, WorkloadObs},
     device::{cgroupfs::CgroupFs, placement::Placement},
 };
 
@@ -42,19 +42,19 @@ pub fn observe_workload(p: &Placement, cg: &CgroupFs) -> WorkloadObs {
     let mut frozen = !p.cgroups.is_empty();
     let mut procs = !p.pids.is_empty();
     let mut pressure = Psi::default();
-    let mut partition: Option<(u8, String)> = None;
+    let mut partition: Option<PartitionObs> = None;
     for c in &p.cgroups {
         let Ok(dir) = cg.dir(c) else { continue };
-        if let Ok(state) = fs::read_to_string(dir.join("cpuset.cpus.partition")) {
-            let state = state.trim();
-            let rank = match state {
-                s if s.contains("invalid") => 2,
-                "member" => 0,
-                _ => 1,
-            };
-            if partition.as_ref().is_none_or(|(r, _)| rank > *r) {
-                partition = Some((rank, format!("/{c}: {state}")));
-            }
+        let read = fs::read_to_string(dir.join("cpuset.cpus.partition")).ok();
+        if let Some(state) = read.as_deref().and_then(PartitionState::parse)
+            && partition
+                .as_ref()
+                .is_none_or(|p| state.rank() > p.state.rank())
+        {
+            partition = Some(PartitionObs {
+                cgroup: c.clone(),
+                state,
+            });
         }
         let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
         frozen &= events.lines().any(|l| l == "frozen 1");
@@ -66,7 +66,7 @@ pub fn observe_workload(p: &Placement, cg: &CgroupFs) -> WorkloadObs {
     WorkloadObs {
         running: procs && !frozen,
         memory_pressure: pressure,
-        partition: partition.map(|(_, s)| s),
+        partition,
         vcpus: Vec::new(),
     }
 }

@@ -127,21 +127,17 @@ pub fn control(socket: &Path, request: &str) -> anyhow::Result<serde_json::Value
     Ok(serde_json::from_str(&line)?)
 }
 
-pub fn proc_stat_ticks(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest: Vec<&str> = text
-        .rsplit_once(')')
-        .map(|r| r.1)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    rest.get(11)
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        + rest
-            .get(12)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+/// CPU time (ns) the process's threads have run, from each one's `schedstat` (exact; the
+/// `stat` line's utime and stime are in 10 ms ticks, too coarse for an idle daemon over 10 s).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 pub fn status_kib(pid: u32, key: &str) -> u64 {
