@@ -396,7 +396,9 @@ pub fn run(
         rss_kib as f64 / 1024.0,
         hwm_kib as f64 / 1024.0
     );
-    println!("| CPU while idle (10 s, from each thread's schedstat) | {idle_cpu_pct:.3} % of one core | ≤ 0.2 % |");
+    println!(
+        "| CPU while idle (10 s, from each thread's schedstat) | {idle_cpu_pct:.3} % of one core | ≤ 0.2 % |"
+    );
     Ok(())
 }
 
