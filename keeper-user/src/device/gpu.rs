@@ -51,8 +51,8 @@ pub enum GpuError {
         call: &'static str,
         source: NvmlError,
     },
-    #[error("no GPU: the NVML library is not loaded: {why}")]
-    Untrusted { why: String },
+    #[error("no GPU: the NVML library is not loaded: {source}")]
+    Untrusted { source: super::trust::TrustError },
     #[error("GPU {index}: no power management here (NVML: not supported); power limit left as is")]
     NoPowerManagement { index: u32 },
     #[error("GPU power limit {want_mw} mW not confirmed: the GPU enforces {enforced_mw} mW")]
@@ -181,7 +181,8 @@ impl Gpu {
     /// (`libnvidia-ml.so.1`) is the dynamic loader's search of the system's directories.
     pub fn open(lib: &Path) -> Result<Gpu, GpuError> {
         if lib.components().count() > 1 {
-            super::trust::trusted_file(lib, false).map_err(|why| GpuError::Untrusted { why })?;
+            super::trust::trusted_file(lib, false)
+                .map_err(|source| GpuError::Untrusted { source })?;
         }
         let nvml = Nvml::builder()
             .lib_path(lib.as_os_str())

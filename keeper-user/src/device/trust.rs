@@ -7,27 +7,43 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// Why a file is not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("{path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("{path} is not executable")]
+    NotExecutable { path: PathBuf },
+    #[error("{path} is owned by uid {uid} (only root's or the keeper's own files are used)")]
+    Owner { path: PathBuf, uid: u32 },
+    #[error("{path} is writable by group or others (mode {mode:o})")]
+    Writable { path: PathBuf, mode: u32 },
+}
+
 /// `p`'s canonical path when it is a regular file (executable, with `executable`) owned by
 /// root or the keeper's user, not writable by group or others, and every directory above it
 /// is the same or sticky (`/tmp`); otherwise why not.
-pub fn trusted_file(p: &Path, executable: bool) -> Result<PathBuf, String> {
-    let real = p
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", p.display()))?;
-    let m = real
-        .metadata()
-        .map_err(|e| format!("{}: {e}", real.display()))?;
+pub fn trusted_file(p: &Path, executable: bool) -> Result<PathBuf, TrustError> {
+    let unreadable = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrustError::Unreadable { path, source }
+    };
+    let real = p.canonicalize().map_err(unreadable(p))?;
+    let m = real.metadata().map_err(unreadable(&real))?;
     if !m.is_file() {
-        return Err(format!("{} is not a regular file", real.display()));
+        return Err(TrustError::NotAFile { path: real });
     }
     if executable && m.mode() & 0o111 == 0 {
-        return Err(format!("{} is not executable", real.display()));
+        return Err(TrustError::NotExecutable { path: real });
     }
     owned_safely(&real, &m)?;
     for dir in real.ancestors().skip(1) {
-        let d = dir
-            .metadata()
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let d = dir.metadata().map_err(unreadable(dir))?;
         if d.mode() & 0o1000 == 0 {
             owned_safely(dir, &d)?;
         }
@@ -35,22 +51,20 @@ pub fn trusted_file(p: &Path, executable: bool) -> Result<PathBuf, String> {
     Ok(real)
 }
 
-fn owned_safely(p: &Path, m: &std::fs::Metadata) -> Result<(), String> {
+fn owned_safely(p: &Path, m: &std::fs::Metadata) -> Result<(), TrustError> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if m.uid() != 0 && m.uid() != me {
-        return Err(format!(
-            "{} is owned by uid {} (only root's or the keeper's own files are used)",
-            p.display(),
-            m.uid()
-        ));
+        return Err(TrustError::Owner {
+            path: p.to_path_buf(),
+            uid: m.uid(),
+        });
     }
     if m.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by group or others (mode {:o})",
-            p.display(),
-            m.mode() & 0o7777
-        ));
+        return Err(TrustError::Writable {
+            path: p.to_path_buf(),
+            mode: m.mode() & 0o7777,
+        });
     }
     Ok(())
 }
@@ -73,23 +87,23 @@ mod tests {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
         };
         mode(&f, 0o644);
-        assert_eq!(trusted_file(&f, false), Ok(f.canonicalize().unwrap()));
-        let e = trusted_file(&f, true).unwrap_err();
+        assert_eq!(trusted_file(&f, false).unwrap(), f.canonicalize().unwrap());
+        let e = trusted_file(&f, true).unwrap_err().to_string();
         assert!(e.contains("not executable"), "{e}");
         mode(&f, 0o666);
-        let e = trusted_file(&f, false).unwrap_err();
+        let e = trusted_file(&f, false).unwrap_err().to_string();
         assert!(e.contains("writable by group or others (mode 666)"), "{e}");
         // A safe file in a directory others may write (not sticky): it could be swapped.
         mode(&f, 0o644);
         mode(&dir, 0o777);
-        let e = trusted_file(&f, false).unwrap_err();
+        let e = trusted_file(&f, false).unwrap_err().to_string();
         assert!(e.contains("keeper-trust") && e.contains("mode 777"), "{e}");
         mode(&dir, 0o755);
         if unsafe { libc::geteuid() } == 0 {
             // SAFETY: chown on a path we created.
             let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
             assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
-            let e = trusted_file(&f, false).unwrap_err();
+            let e = trusted_file(&f, false).unwrap_err().to_string();
             assert!(e.contains("owned by uid 65534"), "{e}");
         }
         assert!(trusted_file(&dir.join("missing.so"), false).is_err());
