@@ -196,6 +196,22 @@ fn workspace_root() -> PathBuf {
 }
 
 /// A command with PATH set so the private bpf-linker is found.
+/// Sends each line `from` gives to `to`, on a thread of its own, until either side ends (a
+/// child's output read while the caller waits for a line).
+pub fn forward_lines(
+    from: impl std::io::Read + Send + 'static,
+    to: std::sync::mpsc::Sender<String>,
+) {
+    use std::io::BufRead as _;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            if to.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 pub fn cmd(program: &str) -> Command {
     let mut c = Command::new(program);
     if let Ok(path) = setup::path_with_bpf_linker() {

@@ -119,15 +119,7 @@ fn main() -> ExitCode {
                 eprintln!("usage: keeper-probe ticks SECONDS PERIOD_US WORK_US OUT");
                 return ExitCode::from(2);
             };
-            let samples = ticks(secs, period, work);
-            let text: String = samples.iter().map(|us| format!("{us}\n")).collect();
-            match std::fs::write(out, text) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("keeper-probe: {out}: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            write_samples(out, &ticks(secs, period, work))
         }
         Some("wakes") => {
             let (Some(secs), Some(period), Some(cpu), Some(out)) =
@@ -136,16 +128,7 @@ fn main() -> ExitCode {
                 eprintln!("usage: keeper-probe wakes SECONDS PERIOD_US WAKER_CPU OUT");
                 return ExitCode::from(2);
             };
-            let text: String = (wakes(secs, period, cpu as usize).iter())
-                .map(|ns| format!("{ns}\n"))
-                .collect();
-            match std::fs::write(out, text) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("keeper-probe: {out}: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            write_samples(out, &wakes(secs, period, cpu as usize))
         }
         Some("newcomers") => {
             let (Some(secs), Some(every)) = (num(1), num(2)) else {
@@ -188,6 +171,18 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: keeper-probe sleep COUNT INTERVAL_US | spin SECONDS [NAME] | repin SECONDS CPU [NAME] | ticks SECONDS PERIOD_US WORK_US OUT | wakes SECONDS PERIOD_US WAKER_CPU OUT | newcomers SECONDS EVERY_MS CPU... | mem MIB SECONDS | psi-wait FILE PERCENT SECONDS"
             );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A probe's samples to OUT, one per line.
+fn write_samples(out: &str, samples: &[u64]) -> ExitCode {
+    let text: String = samples.iter().map(|v| format!("{v}\n")).collect();
+    match std::fs::write(out, text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keeper-probe: {out}: {e}");
             ExitCode::from(2)
         }
     }

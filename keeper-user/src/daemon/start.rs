@@ -63,8 +63,6 @@ pub(super) async fn start(
     signals: Signals,
 ) -> Result<(Running, Sources), DaemonError> {
     let started = jiff::Timestamp::now();
-    // First, while the heap is small: the eBPF loader's one read of the kernel's BTF.
-    crate::sense::ebpf::prepare_loader();
     let cg = CgroupFs::discover()?;
     let (enforcer, restored_at_start, slow_done, hardware) = enforcer(cfg, &cg)?;
     let tracefs = Tracefs::find_or_mount()?;

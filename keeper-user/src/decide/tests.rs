@@ -101,19 +101,30 @@ fn seed_matrix_table() {
 /// after its scope, a vCPU hot-plugged with `qm set --vcpus`) was never pinned nor made
 /// real-time: the cores were protected again only when the owner, the cores or a newcomer
 /// changed.
+/// The reasons of the trading-core protections one tick asks for, `secs` after 10:00, every
+/// workload present and the Banker's observation as `banker` makes it.
+fn protections(
+    p: &Policy,
+    state: &mut EngineState,
+    secs: i64,
+    banker: impl FnOnce(&mut WorkloadObs),
+) -> Vec<String> {
+    let mut obs = all_present(&ALL);
+    banker(obs.workloads.get_mut("banker").unwrap());
+    let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
+    decide(p, state, &obs, now)
+        .into_iter()
+        .filter(|a| matches!(a.kind, ActionKind::ProtectTradingCores { .. }))
+        .map(|a| a.reason)
+        .collect()
+}
+
 #[test]
 fn a_vcpu_thread_born_after_the_protection_is_placed_too() {
     let p = one_host().unwrap();
     let mut state = EngineState::default();
     let protects = |state: &mut EngineState, vcpus: &[u32], secs: i64| {
-        let mut obs = all_present(&ALL);
-        obs.workloads.get_mut("banker").unwrap().vcpus = vcpus.to_vec();
-        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
-        decide(&p, state, &obs, now)
-            .into_iter()
-            .filter(|a| matches!(a.kind, ActionKind::ProtectTradingCores { .. }))
-            .map(|a| a.reason)
-            .collect::<Vec<_>>()
+        protections(&p, state, secs, |b| b.vcpus = vcpus.to_vec())
     };
     assert_eq!(
         protects(&mut state, &[], 0).len(),
@@ -137,17 +148,12 @@ fn an_invalid_partition_is_protected_again_at_most_every_ten_seconds() {
     let p = one_host().unwrap();
     let mut state = EngineState::default();
     let protects = |state: &mut EngineState, partition: &str, secs: i64| {
-        let mut obs = all_present(&ALL);
-        obs.workloads.get_mut("banker").unwrap().partition = Some(crate::decide::PartitionObs {
-            cgroup: "qemu.slice/200.scope".into(),
-            state: crate::decide::PartitionState::parse(partition).unwrap(),
-        });
-        let now = at("2026-03-09T10:00") + jiff::SignedDuration::from_secs(secs);
-        decide(&p, state, &obs, now)
-            .into_iter()
-            .filter(|a| matches!(a.kind, ActionKind::ProtectTradingCores { .. }))
-            .map(|a| a.reason)
-            .collect::<Vec<_>>()
+        protections(&p, state, secs, |b| {
+            b.partition = Some(crate::decide::PartitionObs {
+                cgroup: "qemu.slice/200.scope".into(),
+                state: crate::decide::PartitionState::parse(partition).unwrap(),
+            })
+        })
     };
     let invalid = "isolated invalid (Cpu list in cpuset.cpus not exclusive)";
     assert_eq!(

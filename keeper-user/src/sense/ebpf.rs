@@ -32,7 +32,7 @@ pub fn object() -> Result<&'static [u8], NoObject> {
 /// of the start (the daemon's RSS peak was 32–36 MB for a steady 13 MB).
 static LOADER: Mutex<Option<EbpfLoader<'static>>> = Mutex::new(None);
 
-/// Makes the loader now (the daemon's first step).
+/// Makes the loader now (`keeper run`'s first step; else the first sensor makes it).
 pub fn prepare_loader() {
     with_loader(|_| ());
 }

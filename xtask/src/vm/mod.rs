@@ -286,14 +286,7 @@ fn boot(
         .context("starting qemu-system-x86_64 (apt package qemu-system-x86)")?;
     let out = qemu.stdout.take().context("qemu stdout")?;
     let (tx, rx) = mpsc::channel();
-    let console = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if console.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    crate::forward_lines(out, tx.clone());
     if let Some(qmp) = qmp {
         qmp_events(qmp.to_path_buf(), tx);
     }

@@ -547,7 +547,7 @@ fn preemption_and_footprint(
 
 /// The keeper's own share of CPU 1 in a run record (`keeper_ns` over the CPU's time).
 fn keeper_share(record: &serde_json::Value) -> Option<f64> {
-    let cpu1 = (record["cpus"].as_array()?.iter()).find(|c| c["cpu"] == 1)?;
+    let cpu1 = cpu1(record)?;
     let ns = |k: &str| cpu1[k].as_f64().unwrap_or(0.0);
     let all = [
         "idle_ns",
@@ -560,6 +560,11 @@ fn keeper_share(record: &serde_json::Value) -> Option<f64> {
     .iter()
     .sum::<f64>();
     (all > 0.0).then(|| ns("keeper_ns") / all)
+}
+
+/// CPU 1 (the trading core) in a run record.
+fn cpu1(record: &serde_json::Value) -> Option<&serde_json::Value> {
+    (record["cpus"].as_array()?.iter()).find(|c| c["cpu"] == 1)
 }
 
 /// The eviction latency samples (µs) of a run record.

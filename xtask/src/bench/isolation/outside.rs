@@ -13,7 +13,6 @@
 //!   same task, same window. The keeper and bpftrace measure one interval and must agree.
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     sync::mpsc,
     thread::sleep,
@@ -73,13 +72,7 @@ impl Tracer {
             .context("starting bpftrace")?;
         let out = child.stdout.take().context("bpftrace's stdout")?;
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        crate::forward_lines(out, tx);
         let t = Instant::now();
         loop {
             match lines.recv_timeout(Duration::from_millis(100)) {
@@ -170,8 +163,7 @@ pub fn latency_check(b: &Bench<'_>) -> anyhow::Result<Vec<LatencyCheck>> {
 
 /// The run record's protected wake-ups on CPU 1.
 fn keeper_latency(record: &serde_json::Value) -> (u64, [Option<f64>; 3]) {
-    let cpu1 = (record["cpus"].as_array().into_iter().flatten()).find(|c| c["cpu"] == 1);
-    let Some(p) = cpu1.map(|c| &c["protected"]) else {
+    let Some(p) = super::cpu1(record).map(|c| &c["protected"]) else {
         return (0, [None; 3]);
     };
     let q = |k: &str| p[k].as_f64();
